@@ -1,0 +1,118 @@
+"""Measurements the benchmark records: metrics, peak memory, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    y, p = np.asarray(labels), np.asarray(predictions)
+    return float((y == p).mean())
+
+
+def macro_f1(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> float:
+    """Macro-averaged F1 over all ``num_labels`` classes (a class never predicted scores 0)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predictions, labels=list(range(num_labels)), average="macro", zero_division=0))
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+class PeakMemory:
+    """Peak resident memory (and peak CUDA memory) of this process while the block runs.
+
+    Samples ``/proc/self/statm`` every 20 ms in a thread (``ru_maxrss`` is a lifetime peak, useless
+    for one run among many); falls back to ``ru_maxrss`` where /proc is missing.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_cuda = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_rss = _rss_bytes() or 0
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        except Exception:  # noqa: BLE001
+            pass
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes()
+            if rss is not None:
+                self.peak_rss = max(self.peak_rss, rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        rss = _rss_bytes()
+        if rss is None:
+            self.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:
+            self.peak_rss = max(self.peak_rss, rss)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.peak_cuda = int(torch.cuda.max_memory_allocated())
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine, recorded with every run."""
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "hf_lowdata": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

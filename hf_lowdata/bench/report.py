@@ -1,0 +1,170 @@
+"""``summary.md`` and ``plots/*.png``, derived from the run records only.
+
+Anything shown here can be recomputed from ``runs.jsonl`` with :func:`write_report`; nothing is
+typed in by hand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .results import atomic_write_text
+
+GroupKey = tuple[str, str, str, float, int]  # dataset, method, budget label, label noise, unlabelled
+
+
+def budget_label(record: dict[str, Any]) -> str:
+    return f"k={record['k']}" if record.get("k") is not None else f"N={record['n']}"
+
+
+def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
+    """Successful runs grouped by (dataset, method, budget, label noise, unlabelled pool)."""
+    groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise", 0.0)), int(r.get("unlabelled", 0)))
+        groups[key].append(r)
+    return dict(groups)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    m, s = mean_std(values)
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def _budget_sort(label: str) -> tuple[str, int]:
+    kind, value = label.split("=")
+    return kind, int(value)
+
+
+def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Mean ± std over seeds per dataset x method x budget (and scenario), plus OOD and failures."""
+    groups = group_records(records)
+    lines = ["# Benchmark summary", ""]
+    ok = [r for r in records if r.get("status") == "ok"]
+    failed = [r for r in records if r.get("status") == "failed"]
+    lines.append(f"{len(ok)} successful runs, {len(failed)} failed. Accuracy and macro-F1 in %, mean ± std over seeds.")
+    if ok:
+        v = ok[0].get("versions", {})
+        m = ok[0].get("machine", {})
+        lines.append(
+            f"Model `{ok[0].get('model')}`; torch {v.get('torch')}, transformers {v.get('transformers')}, "
+            f"peft {v.get('peft')}; {m.get('cpu_count')} CPUs ({m.get('torch_threads')} torch threads)"
+            + (f", GPU {m['cuda']}" if m.get("cuda") else "") + "."
+        )
+    lines.append("")
+    header = ("| dataset | method | labels | noise | unlabelled | seeds | accuracy | macro-F1 | train s | "
+              "infer s/1k | peak RSS MB | trainable params | saved bytes |")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for key in sorted(groups, key=lambda k: (k[0], _budget_sort(k[2]), k[3], k[4], k[1])):
+        dataset, method, label, noise, unl = key
+        rs = groups[key]
+        lines.append(
+            f"| {dataset} | {method} | {label} | {noise:g} | {unl} | {len(rs)} | {_pm([r['accuracy'] for r in rs])} | "
+            f"{_pm([r['macro_f1'] for r in rs])} | {np.mean([r['train_seconds'] for r in rs]):.1f} | "
+            f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
+            f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | {int(np.mean([r['trainable_params'] for r in rs])):,} | "
+            f"{int(np.mean([r['adapter_bytes'] for r in rs])):,} |"
+        )
+    ood_rows = [(k, rs) for k, rs in groups.items() if any(r.get("ood_accuracy") for r in rs)]
+    if ood_rows:
+        lines += ["", "## Out-of-domain accuracy (%)", "",
+                  "| trained on | method | labels | in-domain | out-of-domain (test set: accuracy) |",
+                  "|---|---|---|---|---|"]
+        for key, rs in sorted(ood_rows, key=lambda kv: (kv[0][0], _budget_sort(kv[0][2]), kv[0][1])):
+            targets = sorted({t for r in rs for t in r.get("ood_accuracy", {})})
+            cells = "; ".join(f"{t}: {_pm([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
+                              for t in targets)
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_pm([r['accuracy'] for r in rs])} | {cells} |")
+    if failed:
+        lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
+        for r in failed:
+            error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {r['dataset']} | {r['method']} | {budget_label(r)} | {r['seed']} | {error} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]:
+    """Accuracy vs label budget (error bars) per dataset, and accuracy vs training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group_records(records)
+    if not groups:
+        return []
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    methods = sorted({k[1] for k in groups})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    for dataset in sorted({k[0] for k in groups}):
+        for kind in ("k", "N"):
+            series = defaultdict(list)
+            for (ds, method, label, noise, unl), rs in groups.items():
+                if ds != dataset or not label.startswith(kind + "=") or noise != 0.0:
+                    continue
+                m, s = mean_std([r["accuracy"] for r in rs])
+                series[(method, unl)].append((int(label.split("=")[1]), m * 100, s * 100))
+            if not series:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for (method, unl), points in sorted(series.items()):
+                points.sort()
+                x, y, e = zip(*points)
+                name = method + (f" (+{unl} unlabelled)" if unl else "")
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method],
+                            linestyle="--" if unl else "-")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_xlabel("labelled examples per class (k)" if kind == "k" else "labelled examples in total (N)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{dataset}: accuracy vs labels (mean ± std over seeds)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            written.append(_save(fig, plot_dir / f"accuracy_vs_{kind.lower()}_{dataset}.png"))
+            plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in methods:
+        pts = [(np.mean([r["train_seconds"] for r in rs]), np.mean([r["accuracy"] for r in rs]) * 100)
+               for (ds, m, label, noise, unl), rs in groups.items() if m == method]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(x, y, label=method, color=colors[method], alpha=0.8)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("training time per run (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs training time (one point per dataset x budget)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, plot_dir / "accuracy_vs_train_time.png"))
+    plt.close(fig)
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path
+
+
+def write_report(records: Sequence[dict[str, Any]], out: str | Path) -> None:
+    """Rewrite ``summary.md`` and ``plots/`` from the records."""
+    out = Path(out)
+    atomic_write_text(out / "summary.md", summary_markdown(records))
+    write_plots(records, out / "plots")

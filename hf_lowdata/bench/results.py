@@ -1,0 +1,79 @@
+"""The benchmark's result file: one JSON object per run, appended and fsynced as each run ends.
+
+A kill at any moment loses at most the run in flight: a line is written in one ``write`` call and
+flushed to disk before the next run starts; a partial last line (a kill during the write) is
+ignored on reading and cut off before the next append. Derived files (summary, plots) are written
+to a temporary name and renamed, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file (a truncated last line is skipped)."""
+    file = Path(path)
+    if not file.exists():
+        return []
+    records = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill; the run is redone on --resume
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def repair_tail(path: str | os.PathLike) -> None:
+    """Cut a partial last line (no trailing newline) so the next append starts on a fresh line."""
+    file = Path(path)
+    if not file.exists() or file.stat().st_size == 0:
+        return
+    data = file.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(file, "r+b") as fh:
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one record as a line and fsync it."""
+    line = json.dumps(record, sort_keys=True, default=_jsonable) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def finished_keys(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Keys of runs that completed successfully (failed runs are retried on resume)."""
+    return {r["run_key"] for r in records if r.get("status") == "ok" and "run_key" in r}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

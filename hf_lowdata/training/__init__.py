@@ -1,0 +1,15 @@
+"""Training: the LowDataTrainer, the per-method objective interface, and few-shot TrainingArguments."""
+
+from .arguments import few_shot_training_args
+from .objectives import AuxiliaryOptimizer, TrainingObjective, module_parameter_ids
+from .trainer import LowDataTrainer, NonFiniteLossError, last_complete_checkpoint
+
+__all__ = [
+    "AuxiliaryOptimizer",
+    "LowDataTrainer",
+    "NonFiniteLossError",
+    "TrainingObjective",
+    "few_shot_training_args",
+    "last_complete_checkpoint",
+    "module_parameter_ids",
+]

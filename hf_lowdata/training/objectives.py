@@ -1,0 +1,114 @@
+"""The per-method training strategy that :class:`~hf_lowdata.training.LowDataTrainer` calls.
+
+Each method that trains differently from plain supervised fine-tuning (bi-level weight mixing,
+mutual-information losses on unlabelled data, episodic meta-learning, a projecting optimizer)
+implements one small :class:`TrainingObjective` subclass, so the trainer itself holds no
+``if method == ...`` branches. The base class *is* plain supervised training with the model's own
+loss; every hook has a default that does nothing special.
+
+Hooks, in the order the trainer calls them:
+
+* :meth:`TrainingObjective.setup` once, when the trainer is built;
+* :meth:`train_dataloader` when training starts (episodic objectives supply their own data);
+* :meth:`main_parameters` / :meth:`create_optimizer` for the optimizer the Trainer steps, and
+  :meth:`create_auxiliary_optimizers` for any second optimizer (outer problem, discriminator),
+  which the trainer prepares with accelerate and checkpoints beside the first;
+* per micro-batch :meth:`compute_loss` (``step_start=True`` on the first micro-batch of an
+  optimizer step, which is where bi-level objectives do their outer step);
+* after each optimizer step :meth:`on_optimizer_step` (clamping, a discriminator step, ...);
+* :meth:`state_dict` / :meth:`load_state_dict` for objective state that must survive resume
+  (weights of training-only modules such as a discriminator; never saved with the adapter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from .trainer import LowDataTrainer
+
+
+@dataclass
+class AuxiliaryOptimizer:
+    """A second optimizer (and optional scheduler) owned by an objective.
+
+    The trainer prepares ``optimizer`` with accelerate (so it steps only on gradient-sync steps and
+    works under DDP), saves both states in every checkpoint and restores them on resume.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None = None
+
+
+class TrainingObjective:
+    """Plain supervised training; subclass and override hooks for a method's own training."""
+
+    #: Short name used in logs and error messages.
+    name: str = "supervised"
+    #: Whether the objective reads unlabelled batches (``trainer.unlabelled_batch()``).
+    uses_unlabelled: bool = False
+
+    def setup(self, trainer: LowDataTrainer) -> None:
+        """Called once from the trainer's constructor."""
+
+    # ---- data -----------------------------------------------------------------------------------
+    def train_dataloader(self, trainer: LowDataTrainer) -> DataLoader | None:
+        """A custom training DataLoader (episodes, ...); ``None`` uses Trainer's own."""
+        return None
+
+    # ---- optimizers ----------------------------------------------------------------------------
+    def excluded_parameters(self, model: torch.nn.Module) -> set[int]:
+        """``id()`` of trainable parameters the main optimizer must not update (outer variables)."""
+        return set()
+
+    def main_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """Named parameters the main (Trainer-stepped) optimizer updates."""
+        excluded = self.excluded_parameters(model)
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in excluded]
+
+    def create_optimizer(
+        self, trainer: LowDataTrainer, model: torch.nn.Module, param_groups: list[dict[str, Any]]
+    ) -> torch.optim.Optimizer | None:
+        """A custom main optimizer over ``param_groups``; ``None`` lets Trainer pick from its args."""
+        return None
+
+    def create_auxiliary_optimizers(
+        self, trainer: LowDataTrainer, model: torch.nn.Module
+    ) -> dict[str, AuxiliaryOptimizer]:
+        """Second optimizers keyed by a name unique within this objective."""
+        return {}
+
+    # ---- the step -------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        trainer: LowDataTrainer,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        step_start: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The loss to backpropagate for one micro-batch (also used under ``no_grad`` in eval)."""
+        return trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def on_optimizer_step(self, trainer: LowDataTrainer, model: torch.nn.Module) -> None:
+        """Called right after the main optimizer stepped."""
+
+    # ---- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors (and nothing else) that must survive a resume; saved as safetensors."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def module_parameter_ids(modules: Iterable[torch.nn.Module]) -> set[int]:
+    """``id()`` of every parameter of ``modules``; a helper for :meth:`TrainingObjective.excluded_parameters`."""
+    return {id(p) for m in modules for p in m.parameters()}

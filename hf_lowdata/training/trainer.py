@@ -1,0 +1,278 @@
+"""``LowDataTrainer``: a ``transformers.Trainer`` for objectives beyond one loss and one optimizer.
+
+It keeps everything Trainer does (``TrainingArguments``, progress bars, logging, callbacks,
+accelerate underneath, checkpoints) and adds, through a per-method
+:class:`~hf_lowdata.training.objectives.TrainingObjective`:
+
+* extra losses on unlabelled batches (``unlabeled_dataset=``), drawn deterministically per step so
+  a resumed run sees exactly the batches the uninterrupted one would have seen;
+* second optimizers (bi-level outer problem, discriminator) prepared with accelerate and saved /
+  restored with the first one in every checkpoint;
+* custom main optimizers and parameters excluded from the main optimizer;
+* a custom training DataLoader (episodic meta-learning).
+
+It also refuses to continue on a non-finite loss (:class:`NonFiniteLossError`, instead of Trainer's
+silent skipping) and resumes only from complete checkpoints (:func:`last_complete_checkpoint`).
+
+DeepSpeed and FSDP accept one model and one optimizer only, so objectives with auxiliary optimizers
+raise a clear error under them; plain DDP (multi-GPU or multi-process CPU) works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from transformers import Trainer, TrainerCallback
+
+from .objectives import AuxiliaryOptimizer, TrainingObjective
+
+AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
+OBJECTIVE_STATE_FILE = "objective_state.safetensors"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder that was completely written, or ``None``.
+
+    Trainer writes ``trainer_state.json`` last; a checkpoint whose state file is missing or does not
+    parse (a kill during the write) is skipped, so a kill at any moment leaves the previous one usable.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    candidates = sorted(
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
+    )
+    for _, path in reversed(candidates):
+        state = path / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
+
+
+class _ObjectiveCallback(TrainerCallback):
+    """Forwards the end of each optimizer step to the objective."""
+
+    def __init__(self, trainer: LowDataTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.objective.on_optimizer_step(self.trainer, self.trainer.model)
+        return control
+
+
+class LowDataTrainer(Trainer):
+    """A ``Trainer`` that runs a :class:`TrainingObjective` (default: plain supervised training).
+
+    Args:
+        objective: the method's training strategy; ``None`` means supervised training with the
+            model's own loss, i.e. the same as ``transformers.Trainer``.
+        unlabeled_dataset: texts without labels for semi-supervised objectives: a tokenised
+            ``datasets.Dataset`` (``input_ids``, ``attention_mask``) or a
+            :class:`~hf_lowdata.data.TextDataset` (tokenised here with ``processing_class``).
+        unlabeled_batch_size: examples per unlabelled batch (per process).
+        All other arguments are those of ``transformers.Trainer``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        objective: TrainingObjective | None = None,
+        unlabeled_dataset: Any = None,
+        unlabeled_batch_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective or TrainingObjective()
+        self.auxiliary_optimizers: dict[str, AuxiliaryOptimizer] = {}
+        self.unlabeled_dataset = self._prepare_unlabelled(unlabeled_dataset)
+        self.unlabeled_batch_size = unlabeled_batch_size
+        if self.objective.uses_unlabelled and self.unlabeled_dataset is None:
+            raise ValueError(
+                f"The {self.objective.name!r} objective trains on unlabelled data: pass unlabeled_dataset= "
+                "(texts without labels) to LowDataTrainer, or turn the unlabelled terms off in its config."
+            )
+        self._micro_step = 0
+        self.add_callback(_ObjectiveCallback(self))
+        self.objective.setup(self)
+
+    # ---- data -----------------------------------------------------------------------------------
+    def _prepare_unlabelled(self, data: Any) -> Any:
+        if data is None:
+            return None
+        from ..data import TextDataset
+
+        if isinstance(data, TextDataset):
+            if self.processing_class is None:
+                raise ValueError("A TextDataset as unlabeled_dataset needs processing_class= (the tokenizer).")
+            from ..data import tokenize
+
+            data = tokenize(data.without_labels(), self.processing_class)
+        if len(data) == 0:
+            raise ValueError("unlabeled_dataset is empty; pass at least one text or leave it out.")
+        keep = [c for c in data.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+        return data.select_columns(keep)
+
+    def get_train_dataloader(self):
+        custom = self.objective.train_dataloader(self)
+        if custom is not None:
+            return self.accelerator.prepare(custom)
+        return super().get_train_dataloader()
+
+    def unlabelled_batch(self) -> dict[str, torch.Tensor]:
+        """The unlabelled batch for the current micro-step, on the training device.
+
+        Batches are a pure function of (seed, micro-step, process): epoch ``e`` of the pool is a
+        permutation seeded by ``args.seed + e``; processes take disjoint slices of it.
+        """
+        if self.unlabeled_dataset is None:
+            raise ValueError("No unlabeled_dataset was given to the trainer.")
+        n = len(self.unlabeled_dataset)
+        world = max(1, self.args.world_size)
+        per_step = min(self.unlabeled_batch_size * world, max(n, 1))
+        steps_per_epoch = max(1, n // per_step)
+        epoch, offset = divmod(self._micro_step, steps_per_epoch)
+        generator = torch.Generator().manual_seed(self.args.seed + 1_000_003 * epoch)
+        perm = torch.randperm(n, generator=generator)
+        block = perm[offset * per_step : (offset + 1) * per_step]
+        mine = block[self.args.process_index :: world].tolist()
+        features = [self.unlabeled_dataset[i] for i in mine]
+        batch = self.data_collator(features)
+        return self._prepare_inputs(dict(batch))
+
+    # ---- optimizers -----------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            named = self.objective.main_parameters(opt_model)
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups = [
+                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+            ]
+            groups = [g for g in groups if g["params"]]
+            if not groups:
+                raise ValueError(
+                    "No trainable parameters for the optimizer: every parameter is frozen or claimed by the "
+                    f"{self.objective.name!r} objective's other optimizers. Check the adapter config's "
+                    "target_modules and modules_to_save."
+                )
+            custom = self.objective.create_optimizer(self, opt_model, groups)
+            if custom is None:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+                custom = optimizer_cls(groups, **optimizer_kwargs)
+            self.optimizer = custom
+        if not self.auxiliary_optimizers:
+            aux = self.objective.create_auxiliary_optimizers(self, opt_model)
+            if aux and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+                raise ValueError(
+                    f"The {self.objective.name!r} objective uses a second optimizer, which DeepSpeed and FSDP do "
+                    "not support (one model, one optimizer). Train with DDP or on one device."
+                )
+            for name, entry in aux.items():
+                entry.optimizer = self.accelerator.prepare(entry.optimizer)
+                self.auxiliary_optimizers[name] = entry
+        return self.optimizer
+
+    # ---- the step -------------------------------------------------------------------------------
+    def model_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's own loss computation (the model's loss, label smoothing if configured)."""
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        step_start = model.training and self._micro_step % self.args.gradient_accumulation_steps == 0
+        return self.objective.compute_loss(
+            self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch,
+            step_start=step_start,
+        )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            lr = self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
+            raise NonFiniteLossError(
+                f"The training loss is {loss.item()} at step {self.state.global_step} (objective "
+                f"{self.objective.name!r}, learning rate {lr:.3g}). Usual causes: a learning rate that is too "
+                "high, fp16 overflow (use bf16 or fp32), or inputs that are empty or corrupted. Lower "
+                "learning_rate, set max_grad_norm, or check the data; completed checkpoints in "
+                f"{self.args.output_dir} are intact."
+            )
+        self._micro_step += 1
+        return loss
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint; "
+                    "start without resume_from_checkpoint."
+                )
+        if resume_from_checkpoint:
+            state = json.loads((Path(resume_from_checkpoint) / "trainer_state.json").read_text())
+            ga = self.args.gradient_accumulation_steps
+            self._micro_step = int(state.get("global_step", 0)) * ga
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if not self.args.should_save:
+            return
+        if self.auxiliary_optimizers:
+            state = {
+                name: {
+                    "optimizer": entry.optimizer.state_dict(),
+                    "scheduler": entry.scheduler.state_dict() if entry.scheduler is not None else None,
+                }
+                for name, entry in self.auxiliary_optimizers.items()
+            }
+            _atomic_torch_save(state, os.path.join(output_dir, AUX_OPTIMIZERS_FILE))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.objective.state_dict().items()}
+        if tensors:
+            tmp = os.path.join(output_dir, OBJECTIVE_STATE_FILE + ".tmp")
+            save_safetensors(tensors, tmp)
+            os.replace(tmp, os.path.join(output_dir, OBJECTIVE_STATE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        aux_path = os.path.join(checkpoint, AUX_OPTIMIZERS_FILE)
+        if self.auxiliary_optimizers:
+            if not os.path.isfile(aux_path):
+                raise FileNotFoundError(
+                    f"Checkpoint {checkpoint} has no {AUX_OPTIMIZERS_FILE}, but the {self.objective.name!r} "
+                    "objective has second optimizers: this checkpoint was not written by this objective."
+                )
+            state = torch.load(aux_path, map_location="cpu", weights_only=True)
+            for name, entry in self.auxiliary_optimizers.items():
+                if name not in state:
+                    raise KeyError(f"Checkpoint {checkpoint} has no state for auxiliary optimizer {name!r}.")
+                entry.optimizer.load_state_dict(state[name]["optimizer"])
+                if entry.scheduler is not None and state[name]["scheduler"] is not None:
+                    entry.scheduler.load_state_dict(state[name]["scheduler"])
+        objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_FILE)
+        if os.path.isfile(objective_path):
+            self.objective.load_state_dict(load_safetensors(objective_path))
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,133 @@
+"""The benchmark harness: outputs, resume after a kill, clear errors, the summary's arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_lowdata.bench import BenchConfig, BenchError, plan_runs, read_records, run_benchmark, summary_markdown
+from hf_lowdata.bench.results import append_record
+from hf_lowdata.cli import main
+
+
+def _config(toy_data_dir, tiny_bert_dir, out, **kw):
+    base = dict(data_dir=toy_data_dir, datasets=["toya"], methods=["probe", "lora"], out=out, shots=[4],
+                seeds=[0, 1], model=str(tiny_bert_dir), options={})
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _fast_budgets(monkeypatch):
+    from hf_lowdata import budgets
+
+    fast = {k: (v if k == "probe" else budgets.Budget(learning_rate=1e-3, epochs=1, min_steps=3, max_steps=3, batch_size=4))
+            for k, v in budgets.BUDGETS.items()}
+    monkeypatch.setattr(budgets, "BUDGETS", fast)
+
+
+def test_bench_writes_runs_summary_plots(toy_data_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    records = run_benchmark(_config(toy_data_dir, tiny_bert_dir, out, ood_datasets=["toyb"]), show_progress=False)
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    r = records[0]
+    for field in ("dataset", "method", "k", "seed", "accuracy", "macro_f1", "ood_accuracy", "train_seconds",
+                  "inference_seconds_per_1k", "peak_rss_mb", "trainable_params", "adapter_bytes", "versions"):
+        assert field in r, field
+    assert set(r["versions"]) >= {"torch", "transformers", "peft"}
+    assert set(r["ood_accuracy"]) == {"toyb"} and r["labelled_examples"] == 8
+    summary = (out / "summary.md").read_text()
+    assert "| toya | lora | k=4 |" in summary and "Out-of-domain" in summary
+    assert (out / "plots" / "accuracy_vs_k_toya.png").stat().st_size > 1000
+    assert (out / "plots" / "accuracy_vs_train_time.png").is_file()
+
+
+def test_resume_skips_finished_and_redoes_a_cut_run(toy_data_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0, 1, 2])
+    run_benchmark(config, show_progress=False)
+    runs = out / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    # simulate a kill: the last record was cut half-way through its write
+    runs.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    assert len(read_records(runs)) == 2
+    with pytest.raises(BenchError, match="already holds results. Pass --resume"):
+        run_benchmark(config, show_progress=False)
+    config.resume = True
+    seen = []
+    records = run_benchmark(config, show_progress=False, on_record=seen.append)
+    assert [r["seed"] for r in seen] == [2]  # only the cut run was redone
+    assert sorted(r["seed"] for r in records) == [0, 1, 2]
+    assert all(json.loads(line) for line in runs.read_text().splitlines())
+
+
+def test_failed_run_is_recorded_and_retried_on_resume(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    from hf_lowdata.methods import probe
+
+    def boom(self, task, ctx):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(probe.Probe, "fit", boom)
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0])
+    records = run_benchmark(config, show_progress=False)
+    assert records[0]["status"] == "failed" and "simulated failure" in records[0]["error"]
+    assert "## Failed runs" in (out / "summary.md").read_text()
+    monkeypatch.undo()
+    config.resume = True
+    records = run_benchmark(config, show_progress=False)
+    assert [r["status"] for r in records] == ["failed", "ok"]
+
+
+def test_unknown_method_fails_before_training_and_lists_available(toy_data_dir, tiny_bert_dir, tmp_path, capsys):
+    code = main(["bench", "--data-dir", str(toy_data_dir), "--datasets", "toya", "--shots", "4", "--seeds", "0",
+                 "--methods", "probe,nope", "--out", str(tmp_path / "o"), "--model", str(tiny_bert_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown method 'nope'" in err and "lora" in err and "probe" in err
+    assert not (tmp_path / "o" / "runs.jsonl").exists()
+
+
+def test_unknown_dataset_and_model(toy_data_dir, tiny_bert_dir, tmp_path):
+    with pytest.raises(BenchError, match="Dataset 'nope' not found.*Available: toya, toyb"):
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path, datasets=["nope"]), show_progress=False)
+    from hf_lowdata.models import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path, model=str(tmp_path / "no-model")), show_progress=False)
+
+
+def test_plan_covers_the_cross_product():
+    config = BenchConfig(data_dir=".", datasets=["a", "b"], methods=["probe", "lora"], out=".", shots=[8, 16],
+                         totals=[300], seeds=[0, 1, 2], label_noise=[0.0, 0.3])
+    specs = plan_runs(config)
+    assert len(specs) == 2 * 3 * 2 * 3 * 2 and len(set(specs)) == len(specs)
+    assert [s.dataset for s in specs[: len(specs) // 2]] == ["a"] * (len(specs) // 2)
+
+
+def test_summary_mean_and_std_are_computed_from_records(tmp_path):
+    base = dict(status="ok", dataset="d", method="m", k=8, n=None, label_noise=0.0, unlabelled=0, macro_f1=0.5,
+                train_seconds=1.0, inference_seconds_per_1k=2.0, peak_rss_mb=100.0, trainable_params=10,
+                adapter_bytes=40, ood_accuracy={}, model="x", versions={}, machine={})
+    records = [dict(base, seed=i, accuracy=a, run_key=str(i)) for i, a in enumerate([0.6, 0.7, 0.8])]
+    text = summary_markdown(records)
+    assert "| d | m | k=8 | 0 | 0 | 3 | 70.0 ± 10.0 |" in text
+    path = tmp_path / "runs.jsonl"
+    for r in records:
+        append_record(path, r)
+    assert read_records(path) == records
+
+
+@pytest.mark.slow
+def test_cli_bench_on_real_data_and_default_model(shared_data, tmp_path):
+    """The issue's acceptance command (probe + LoRA, sst2, 8 shots, one seed) end to end."""
+    out = tmp_path / "OUT"
+    code = main(["bench", "--data-dir", str(shared_data), "--datasets", "sst2", "--shots", "8", "--seeds", "0",
+                 "--methods", "probe,lora", "--out", str(out), "--no-progress"])
+    assert code == 0
+    records = read_records(out / "runs.jsonl")
+    assert {r["method"] for r in records} == {"probe", "lora"} and all(r["status"] == "ok" for r in records)
+    assert all(r["test_examples"] == 1821 for r in records)
+    probe = next(r for r in records if r["method"] == "probe")
+    assert probe["accuracy"] > 0.6
+    assert (out / "summary.md").is_file() and list((out / "plots").glob("*.png"))

@@ -1,0 +1,61 @@
+"""Shared fixtures: offline mode, the shared data folder, tiny random models, toy data folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SHARED_DATA, toy_sentences, write_jsonl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "sst2" / "train.jsonl").is_file():
+        pytest.fail(f"The shared data folder is missing at {SHARED_DATA} (set HF_LOWDATA_SHARED_DATA).")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> Path:
+    """A data dir with two toy datasets (same labels) in the shared format."""
+    root = tmp_path_factory.mktemp("toydata")
+    for name, seed in (("toya", 0), ("toyb", 1)):
+        folder = root / name
+        folder.mkdir()
+        write_jsonl(folder / "train.jsonl", toy_sentences(80, seed))
+        write_jsonl(folder / "test.jsonl", toy_sentences(40, seed + 100))
+        (folder / "meta.json").write_text(json.dumps({"name": name, "label_names": ["negative", "positive"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from hf_lowdata.models import resolve_model_path
+
+    return resolve_model_path(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A tiny random BERT encoder (2 layers, hidden 32) with MiniLM's tokenizer, saved like MiniLM."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

