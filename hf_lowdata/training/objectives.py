@@ -39,7 +39,8 @@ class AuxiliaryOptimizer:
     """A second optimizer (and optional scheduler) owned by an objective.
 
     The trainer prepares ``optimizer`` with accelerate (so it steps only on gradient-sync steps and
-    works under DDP), saves both states in every checkpoint and restores them on resume.
+    works under DDP), saves both states in every checkpoint and restores them on resume. Step it
+    with ``trainer.step_auxiliary(name, loss)``, which also averages gradients across processes.
     """
 
     optimizer: torch.optim.Optimizer

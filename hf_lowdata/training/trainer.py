@@ -184,9 +184,43 @@ class LowDataTrainer(Trainer):
                     "not support (one model, one optimizer). Train with DDP or on one device."
                 )
             for name, entry in aux.items():
+                self._broadcast_parameters(_optimizer_params(entry.optimizer))
                 entry.optimizer = self.accelerator.prepare(entry.optimizer)
                 self.auxiliary_optimizers[name] = entry
         return self.optimizer
+
+    def step_auxiliary(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """One step of auxiliary optimizer ``name`` on ``loss``.
+
+        Gradients are taken with ``torch.autograd.grad`` (so Trainer's ``zero_grad`` and gradient
+        clipping of the model never touch them), averaged over processes under DDP (objective
+        modules are not DDP-wrapped), then the optimizer and its scheduler step.
+        """
+        entry = self.auxiliary_optimizers[name]
+        params = _optimizer_params(entry.optimizer)
+        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            for g in grads:
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)
+                g.div_(self.accelerator.num_processes)
+        for p, g in zip(params, grads):
+            p.grad = g
+        entry.optimizer.step()
+        entry.optimizer.zero_grad(set_to_none=True)
+        if entry.scheduler is not None:
+            entry.scheduler.step()
+
+    def _broadcast_parameters(self, params: list[torch.Tensor]) -> None:
+        """Start every process from rank 0's values (objective modules are not DDP-wrapped)."""
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for p in params:
+                    dist.broadcast(p.data, src=0)
 
     # ---- the step -------------------------------------------------------------------------------
     def model_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -270,6 +304,10 @@ class LowDataTrainer(Trainer):
         objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_FILE)
         if os.path.isfile(objective_path):
             self.objective.load_state_dict(load_safetensors(objective_path))
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:

@@ -55,7 +55,7 @@ def _perturb(model: torch.nn.Module, seed: int = 0) -> None:
     """Move every adapter parameter away from its (often identity) initial value."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p.dtype))
 

@@ -65,14 +65,7 @@ class CriticObjective(TrainingObjective):
         loss, outputs = trainer.model_loss(model, inputs, True, num_items_in_batch)
         if model.training:
             probs_u = model(**trainer.unlabelled_batch()).logits.softmax(-1)
-            aux = trainer.auxiliary_optimizers["critic"]
-            critic_loss = (self.critic(probs_u.detach()) - 1).pow(2).mean()
-            grads = torch.autograd.grad(critic_loss, list(self.critic.parameters()))
-            for p, g in zip(self.critic.parameters(), grads):
-                p.grad = g
-            aux.optimizer.step()
-            aux.optimizer.zero_grad()
-            aux.scheduler.step()
+            trainer.step_auxiliary("critic", (self.critic(probs_u.detach()) - 1).pow(2).mean())
             loss = loss + 0.1 * self.critic(probs_u).mean()
         return (loss, outputs) if return_outputs else loss
 

@@ -1,0 +1,35 @@
+"""The command line: list parsing, option parsing, method listing, error exit codes."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from hf_lowdata.cli import _float_list, _int_list, main, parse_options
+
+
+def test_int_lists_accept_ranges_and_commas():
+    assert _int_list("0-4") == [0, 1, 2, 3, 4]
+    assert _int_list("0-2,8, 16") == [0, 1, 2, 8, 16]
+    assert _float_list("0.1,0.3") == [0.1, 0.3]
+
+
+def test_options_are_literals_where_they_parse():
+    assert parse_options(["r=16", "lr=1e-3", "target_modules=['query','value']", "norm=mars"]) == {
+        "r": 16, "lr": 1e-3, "target_modules": ["query", "value"], "norm": "mars"}
+    with pytest.raises(argparse.ArgumentTypeError, match="key=value"):
+        parse_options(["r16"])
+
+
+def test_methods_command_lists_baselines(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("probe", "full", "lora", "setfit"):
+        assert name in out
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    code = main(["bench", "--data-dir", str(tmp_path / "nope"), "--datasets", "a", "--methods", "probe",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,26 @@
+"""Worker for test_distributed.py: trains 4 steps with an auxiliary optimizer, prints final sums."""
+
+import sys
+
+from accelerate import PartialState
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import TextDataset, collator, tokenize
+from hf_lowdata.models import load_for_classification, load_tokenizer
+from hf_lowdata.training import LowDataTrainer, few_shot_training_args
+from tests.helpers import toy_sentences
+from tests.training.test_trainer import CriticObjective
+
+path, out = sys.argv[1], sys.argv[2]
+tok = load_tokenizer(path)
+rows = toy_sentences(24, 0)
+data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"))
+unl = tokenize(TextDataset(tuple(r["text"] for r in toy_sentences(30, 7)), None, ("neg", "pos")), tok)
+model = load_for_classification(path, 2, seed=0)
+args = few_shot_training_args(out, Budget(learning_rate=1e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4), 24, seed=0, use_cpu=True)
+tr = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok), processing_class=tok, objective=CriticObjective(), unlabeled_dataset=unl, unlabeled_batch_size=3)
+tr.train()
+st = PartialState()
+w = tr.model.classifier.weight.detach().sum().item()
+c = tr.objective.critic.weight.detach().sum().item()
+print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} classifier_sum={w:.8f} critic_sum={c:.8f} steps={tr.state.global_step}", flush=True)
