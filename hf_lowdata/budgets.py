@@ -66,6 +66,11 @@ BUDGETS: dict[str, Budget] = {
     "probe": Budget(learning_rate=0.0, epochs=0, min_steps=0, max_steps=0, options={"C": 1.0}),
     # SetFit: contrastive pairs then a logistic head, with SetFit's own defaults.
     "setfit": Budget(learning_rate=2e-5, epochs=1, batch_size=16, options={"num_iterations": 20}),
+    # --- hf_lowdata methods: each method's entries go below its marker line. ---
+    # [ftp]
+    # [mixup_blo]
+    # [twin_turbo]
+    # [sparse_expert]
 }
 
 #: Demo presets: multiply every method's steps.

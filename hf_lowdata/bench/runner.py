@@ -262,6 +262,8 @@ def execute_run(
             ood=ood_scores,
             ood_accuracy={name: s["accuracy"] for name, s in ood_scores.items()},
             train_seconds=round(train_timer.seconds, 3),
+            step_seconds_median=fitted.train_step_seconds,
+            optimizer_step_seconds_median=fitted.optimizer_step_seconds,
             inference_seconds_per_1k=round(infer_per_1k, 3),
             test_examples=len(splits.test),
             peak_rss_mb=round(memory.peak_rss / 2**20, 1),

@@ -1,10 +1,12 @@
 """Methods the benchmark, the demo and ``hf-lowdata train`` can run, by name.
 
-Importing this package registers the baselines (``probe``, ``full``, ``lora``, ``setfit``) and every
-hf_lowdata method whose recipe module is listed below.
+Every module in this package registers its methods with :func:`register_method` on import; the
+package imports them all, so a new method is one new module here (no list to edit).
 """
 
-from . import finetune, probe, setfit_method  # noqa: F401  (registration side effects)
+import importlib
+import pkgutil
+
 from .base import (
     METHODS,
     FittedClassifier,
@@ -18,6 +20,10 @@ from .base import (
     get_method,
     register_method,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "METHODS",

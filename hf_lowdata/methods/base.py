@@ -130,6 +130,10 @@ class FittedClassifier(ABC):
     #: True when predictions reuse memoised features (the probe): the benchmark then times
     #: inference on a sample with ``use_cache=False`` so the figure is the real cost.
     caches_features: bool = False
+    #: Median seconds of one training step and of the optimizer's ``step()`` alone (transformer
+    #: methods; ``None`` where not measured). The benchmark records both.
+    train_step_seconds: float | None = None
+    optimizer_step_seconds: float | None = None
 
     @abstractmethod
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
@@ -230,23 +234,40 @@ class TransformerClassifier(FittedClassifier):
         return out
 
 
-class _ProgressCallback:
-    """TrainerCallback that reports progress and honours cancellation (built lazily: import cost)."""
+def _run_callback(ctx: RunContext, label: str):
+    """A TrainerCallback that reports progress, honours cancellation and times the steps."""
+    import time
 
-    @staticmethod
-    def make(ctx: RunContext, label: str):
-        from transformers import TrainerCallback
+    from transformers import TrainerCallback
 
-        class Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if ctx.cancel is not None and ctx.cancel.is_set():
-                    raise RunCancelled(f"{label}: cancelled at step {state.global_step}")
-                if ctx.progress is not None and state.max_steps:
-                    ctx.progress(f"{label}: step {state.global_step}/{state.max_steps}",
-                                 state.global_step / state.max_steps)
-                return control
+    class RunCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_seconds: list[float] = []
+            self.optimizer_seconds: list[float] = []
+            self._t_step = self._t_opt = 0.0
 
-        return Callback()
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t_step = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self._t_opt = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            self.optimizer_seconds.append(time.perf_counter() - self._t_opt)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_seconds.append(time.perf_counter() - self._t_step)
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                raise RunCancelled(f"{label}: cancelled at step {state.global_step}")
+            if ctx.progress is not None and state.max_steps:
+                ctx.progress(f"{label}: step {state.global_step}/{state.max_steps}", state.global_step / state.max_steps)
+            return control
+
+    return RunCallback()
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if values else None
 
 
 class TransformerMethod(Method):
@@ -284,6 +305,7 @@ class TransformerMethod(Method):
         args = few_shot_training_args(
             str(Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"), budget, len(task.labelled), ctx.seed, **overrides
         )
+        run_callback = _run_callback(ctx, self.name)
         trainer = LowDataTrainer(
             model=model,
             args=args,
@@ -292,12 +314,15 @@ class TransformerMethod(Method):
             processing_class=tokenizer,
             objective=self.objective(task, ctx, model),
             unlabeled_dataset=unlabelled,
-            callbacks=[_ProgressCallback.make(ctx, self.name)],
+            callbacks=[run_callback],
         )
         if ctx.quiet:
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
         trainer.train()
-        return TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
+        fitted = TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
+        fitted.train_step_seconds = _median(run_callback.step_seconds)
+        fitted.optimizer_step_seconds = _median(run_callback.optimizer_seconds)
+        return fitted
 

@@ -1,7 +1,13 @@
 """Training: the LowDataTrainer, the per-method objective interface, and few-shot TrainingArguments."""
 
 from .arguments import few_shot_training_args
-from .objectives import AuxiliaryOptimizer, TrainingObjective, module_parameter_ids
+from .objectives import (
+    AuxiliaryOptimizer,
+    TrainingObjective,
+    default_objective_for,
+    module_parameter_ids,
+    register_default_objective,
+)
 from .trainer import LowDataTrainer, NonFiniteLossError, last_complete_checkpoint
 
 __all__ = [
@@ -9,7 +15,9 @@ __all__ = [
     "LowDataTrainer",
     "NonFiniteLossError",
     "TrainingObjective",
+    "default_objective_for",
     "few_shot_training_args",
     "last_complete_checkpoint",
     "module_parameter_ids",
+    "register_default_objective",
 ]

@@ -22,7 +22,7 @@ Hooks, in the order the trainer calls them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,3 +113,31 @@ class TrainingObjective:
 def module_parameter_ids(modules: Iterable[torch.nn.Module]) -> set[int]:
     """``id()`` of every parameter of ``modules``; a helper for :meth:`TrainingObjective.excluded_parameters`."""
     return {id(p) for m in modules for p in m.parameters()}
+
+
+ObjectiveFactory = Callable[[torch.nn.Module, Any], TrainingObjective]
+_DEFAULT_OBJECTIVES: dict[str, ObjectiveFactory] = {}
+
+
+def register_default_objective(peft_type: str, factory: ObjectiveFactory) -> None:
+    """Make ``LowDataTrainer`` use ``factory(model, peft_config)`` for models with this adapter type.
+
+    Each tuner package registers its objective here, so ``LowDataTrainer(model=get_peft_model(m,
+    FTPConfig()), ...)`` trains with FTP's optimizer without being told.
+    """
+    _DEFAULT_OBJECTIVES[str(peft_type).upper()] = factory
+
+
+def default_objective_for(model: torch.nn.Module) -> TrainingObjective | None:
+    """The registered objective for the model's active adapter type, or ``None``."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    active = getattr(model, "active_adapter", None)
+    if isinstance(active, (list, tuple)):
+        active = active[0] if active else None
+    config = configs.get(active) if active in configs else next(iter(configs.values()))
+    peft_type = getattr(config, "peft_type", None)
+    key = getattr(peft_type, "value", peft_type)
+    factory = _DEFAULT_OBJECTIVES.get(str(key).upper()) if key is not None else None
+    return factory(model, config) if factory is not None else None

@@ -31,7 +31,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from transformers import Trainer, TrainerCallback
 
-from .objectives import AuxiliaryOptimizer, TrainingObjective
+from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for
 
 AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
 OBJECTIVE_STATE_FILE = "objective_state.safetensors"
@@ -79,8 +79,9 @@ class LowDataTrainer(Trainer):
     """A ``Trainer`` that runs a :class:`TrainingObjective` (default: plain supervised training).
 
     Args:
-        objective: the method's training strategy; ``None`` means supervised training with the
-            model's own loss, i.e. the same as ``transformers.Trainer``.
+        objective: the method's training strategy; ``None`` takes the objective registered for the
+            model's adapter type (FTP's optimizer for an FTP adapter, ...), and for other models
+            plain supervised training with the model's own loss, i.e. ``transformers.Trainer``.
         unlabeled_dataset: texts without labels for semi-supervised objectives: a tokenised
             ``datasets.Dataset`` (``input_ids``, ``attention_mask``) or a
             :class:`~hf_lowdata.data.TextDataset` (tokenised here with ``processing_class``).
@@ -97,7 +98,7 @@ class LowDataTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.objective = objective or TrainingObjective()
+        self.objective = objective or default_objective_for(self.model) or TrainingObjective()
         self.auxiliary_optimizers: dict[str, AuxiliaryOptimizer] = {}
         self.unlabeled_dataset = self._prepare_unlabelled(unlabeled_dataset)
         self.unlabeled_batch_size = unlabeled_batch_size
