@@ -1,0 +1,148 @@
+"""``TwinTurboModel``: PEFT tuner that puts a TwinTurbo projector + head in place of a model's head."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .config import TwinTurboConfig
+from .layer import MERGE_ERROR, TokenTap, TwinTurboLayer
+
+#: Names transformers gives classification heads (``*ForSequenceClassification``, image classifiers).
+DEFAULT_HEAD_NAMES = ("classifier", "score")
+
+
+def find_backbone(model: nn.Module, name: str | None) -> nn.Module:
+    """The module whose first output holds the token states (``name`` or the model's ``base_model_prefix``)."""
+    name = name or getattr(model, "base_model_prefix", None)
+    module = None
+    if name:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+    if module is None or module is model:
+        raise ValueError(
+            f"TwinTurbo reads token states from the model's backbone but could not find it (looked for "
+            f"{name!r}). Set TwinTurboConfig(backbone_module=...) to the name of the module whose first output is "
+            "the token states, e.g. 'bert' for BERT or 'efficientnet' for EfficientNet."
+        )
+    return module
+
+
+def token_tap(backbone: nn.Module) -> TokenTap:
+    """The backbone's :class:`TokenTap`, registered as a forward hook on first use."""
+    for hook in backbone._forward_hooks.values():
+        if isinstance(hook, TokenTap):
+            return hook
+    tap = TokenTap()
+    backbone.register_forward_hook(tap, with_kwargs=True)
+    return tap
+
+
+def remove_token_taps(model: nn.Module) -> None:
+    """Remove every TokenTap hook below ``model`` (after unloading the adapters)."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, TokenTap):
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+
+
+class TwinTurboModel(BaseTuner):
+    """Replaces a model's classification head with a TwinTurbo projector + head over its frozen backbone.
+
+    ``get_peft_model(AutoModelForSequenceClassification.from_pretrained(...), TwinTurboConfig())``
+    gives a model whose logits are ``head(projector(token states))``; only projector and head are
+    trainable and saved. ``disable_adapter()`` gives the base model's own head back. The adapter
+    cannot be merged (``merge_and_unload`` raises); ``unload()`` removes it.
+    """
+
+    prefix: str = "twin_turbo_"
+    tuner_layer_cls = TwinTurboLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        if peft_config.target_modules is None:
+            names = {n.rsplit(".", 1)[-1] for n, _ in self.model.named_modules()}
+            found = [h for h in DEFAULT_HEAD_NAMES if h in names]
+            if not found:
+                raise ValueError(
+                    "TwinTurbo replaces the model's classification head, but the model has no module named "
+                    f"{' or '.join(DEFAULT_HEAD_NAMES)}. Set TwinTurboConfig(target_modules=[...]) to the head's name "
+                    "(load the model with AutoModelForSequenceClassification / ...ForImageClassification to get one)."
+                )
+            peft_config.target_modules = {found[0]}
+        return peft_config
+
+    def _create_and_replace(
+        self,
+        peft_config: TwinTurboConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, TwinTurboLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        tap = token_tap(find_backbone(self.model, peft_config.backbone_module))
+        new_module = TwinTurboLayer(target, adapter_name, peft_config, tap)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until set active
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _post_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        layers = [n for n, m in model.named_modules()
+                  if isinstance(m, TwinTurboLayer) and adapter_name in m.twin_turbo_projector]
+        if len(layers) > 1:
+            raise ValueError(
+                f"TwinTurbo replaces one classification head, but target_modules matched {len(layers)} modules "
+                f"({layers}). Target exactly one module, e.g. target_modules=['classifier']."
+            )
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Drop the adapter name after ``twin_turbo_projector``/``twin_turbo_head`` (nested modules)."""
+        pattern = r"(\.(?:" + "|".join(TwinTurboLayer.adapter_layer_names) + r"))\." + re.escape(adapter_name) + r"(?=\.|$)"
+        return re.sub(pattern, r"\1", key, count=1)
+
+    def _check_merge_allowed(self) -> None:
+        raise NotImplementedError(MERGE_ERROR)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+                                     adapter_names: list[str] | None = None) -> nn.Module:
+        model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
+        remove_token_taps(model)
+        return model
+
+    def twin_turbo_layer(self) -> TwinTurboLayer:
+        """The model's (single) TwinTurbo layer."""
+        return twin_turbo_layer(self.model)
+
+
+def twin_turbo_layer(model: nn.Module) -> TwinTurboLayer:
+    """The TwinTurbo layer inside ``model`` (a PeftModel, a tuner model or an injected model)."""
+    for module in model.modules():
+        if isinstance(module, TwinTurboLayer):
+            return module
+    raise ValueError("The model has no TwinTurbo adapter; wrap it with get_peft_model(model, TwinTurboConfig()).")
+
+
+def backbone_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run only the frozen backbone of a TwinTurbo model on ``inputs``; return tokens and mask (no grad)."""
+    layer = twin_turbo_layer(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = next(iter(getattr(base, "peft_config", {}).values()), None)
+    backbone = find_backbone(base, getattr(config, "backbone_module", None))
+    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+    with torch.no_grad():
+        backbone(**kwargs)
+    return layer.token_tap.take(next(iter(kwargs.values())).shape[0])
