@@ -270,6 +270,7 @@ def execute_run(
             peak_cuda_mb=round(memory.peak_cuda / 2**20, 1) if memory.peak_cuda else None,
             trainable_params=int(fitted.trainable_parameters),
             adapter_bytes=int(adapter_bytes),
+            fit_notes=dict(fitted.notes),
         )
     except Exception as err:  # noqa: BLE001 - a failing method is a result, not a crash
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))

@@ -100,6 +100,10 @@ class RunContext:
         cancel: when set, training stops at the next step with :class:`RunCancelled`.
         device: torch device for training and inference (default: CUDA if available, else CPU).
         quiet: no per-step log lines (the benchmark shows one progress bar instead).
+        checkpoint_dir: where transformer methods write Trainer checkpoints (``None``: a folder in
+            ``work_dir``); ``hf-lowdata train`` puts them under its output folder.
+        save_steps: write a checkpoint every this many optimizer steps (0: no checkpoints).
+        resume: continue from the last complete checkpoint in ``checkpoint_dir`` when there is one.
     """
 
     model: str | os.PathLike | None = None
@@ -112,6 +116,9 @@ class RunContext:
     cancel: threading.Event | None = None
     device: str | None = None
     quiet: bool = False
+    checkpoint_dir: Path | None = None
+    save_steps: int = 0
+    resume: bool = False
 
     def budget_for(self, method: str) -> Budget:
         return self.budget if self.budget is not None else get_budget(method)
@@ -134,6 +141,13 @@ class FittedClassifier(ABC):
     #: methods; ``None`` where not measured). The benchmark records both.
     train_step_seconds: float | None = None
     optimizer_step_seconds: float | None = None
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """Facts about the fit worth recording (e.g. dev-set model selection), JSON-serialisable."""
+        if "_notes" not in self.__dict__:
+            self._notes: dict[str, Any] = {}
+        return self._notes
 
     @abstractmethod
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
@@ -266,6 +280,42 @@ def _run_callback(ctx: RunContext, label: str):
     return RunCallback()
 
 
+def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps: int):
+    """Model selection on the task's dev set, the same rule for every transformer method.
+
+    The returned TrainerCallback scores dev accuracy at 5 evenly spaced steps (and the last), keeps
+    a copy of the trainable parameters at the best step (ties go to the later step); call its
+    ``restore(model)`` after training.
+    """
+    from transformers import TrainerCallback
+
+    every = max(1, max_steps // 5)
+
+    class DevSelection(TrainerCallback):
+        def __init__(self) -> None:
+            self.best_accuracy = -1.0
+            self.best_step = 0
+            self._snapshot: dict[str, torch.Tensor] = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is None or (state.global_step % every and state.global_step != state.max_steps):
+                return control
+            logits = predict_logits(model, tokenizer, dev.texts, max_length=max_length)
+            acc = float((logits.argmax(1) == np.asarray(dev.labels)).mean())
+            if acc >= self.best_accuracy:
+                self.best_accuracy, self.best_step = acc, state.global_step
+                self._snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            return control
+
+        def restore(self, model: torch.nn.Module) -> None:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self._snapshot:
+                        param.copy_(self._snapshot[name])
+
+    return DevSelection()
+
+
 def _median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if values else None
 
@@ -291,7 +341,7 @@ class TransformerMethod(Method):
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from ..data import collator
-        from ..training import LowDataTrainer, few_shot_training_args
+        from ..training import LowDataTrainer, few_shot_training_args, last_complete_checkpoint
 
         budget = ctx.budget_for(self.name)
         tokenizer = ctx.cache.tokenizer(ctx.model)
@@ -302,9 +352,10 @@ class TransformerMethod(Method):
         if self.uses_unlabelled and task.unlabelled is not None:
             unlabelled = tokenize(task.unlabelled, tokenizer, max_length=budget.max_length)
         overrides = {"use_cpu": device.type == "cpu", **self.training_overrides(task, ctx)}
-        args = few_shot_training_args(
-            str(Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"), budget, len(task.labelled), ctx.seed, **overrides
-        )
+        if ctx.save_steps > 0:
+            overrides.update(save_strategy="steps", save_steps=ctx.save_steps, save_total_limit=2)
+        output_dir = ctx.checkpoint_dir or Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
+        args = few_shot_training_args(str(output_dir), budget, len(task.labelled), ctx.seed, **overrides)
         run_callback = _run_callback(ctx, self.name)
         trainer = LowDataTrainer(
             model=model,
@@ -320,8 +371,17 @@ class TransformerMethod(Method):
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        dev_selection = None
+        if task.dev is not None:
+            dev_selection = dev_selection_callback(tokenizer, task.dev, budget.max_length, budget.steps(len(task.labelled)))
+            trainer.add_callback(dev_selection)
+        resume = ctx.resume and last_complete_checkpoint(output_dir) is not None
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        if dev_selection is not None:
+            dev_selection.restore(trainer.model)
         fitted = TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
+        if dev_selection is not None:
+            fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
         fitted.train_step_seconds = _median(run_callback.step_seconds)
         fitted.optimizer_step_seconds = _median(run_callback.optimizer_seconds)
         return fitted

@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +72,19 @@ class Probe(Method):
 
         budget = ctx.budget_for(self.name)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length)
-        head = LogisticRegression(C=float(ctx.option(self.name, "C", 1.0)), max_iter=2000, random_state=ctx.seed)
-        head.fit(features, np.asarray(task.labelled.labels))
-        return ProbeClassifier(ctx.cache, ctx.model, head, task.label_names, budget.max_length)
+        labels = np.asarray(task.labelled.labels)
+        candidates = [float(ctx.option(self.name, "C", 1.0))]
+        if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
+            candidates = [0.01, 0.1, 1.0, 10.0, 100.0]
+            dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length)
+        best: tuple[float, Any] | None = None
+        for c in candidates:
+            head = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed).fit(features, labels)
+            score = float((head.predict(dev_features) == np.asarray(task.dev.labels)).mean()) if task.dev else 0.0
+            if best is None or score > best[0]:
+                best = (score, head)
+        assert best is not None
+        fitted = ProbeClassifier(ctx.cache, ctx.model, best[1], task.label_names, budget.max_length)
+        if task.dev is not None:
+            fitted.notes.update(dev_accuracy=best[0], C=float(best[1].C))
+        return fitted

@@ -102,3 +102,30 @@ def test_setfit_baseline_runs_on_minilm(tmp_path):
     assert fitted.predict_proba(task.test.texts[:5]).shape == (5, 2)
     files = {p.name for p in fitted.save(tmp_path / "sf").iterdir()}
     assert "setfit_head.safetensors" in files and not any(f.endswith(".pkl") for f in files)
+
+
+def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path):
+    """With a dev set, transformer methods keep the parameters of their best dev step."""
+    from hf_lowdata.data import DatasetSplits
+
+    rows = toy_sentences(120, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=8, dev_k=8)
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=Budget(learning_rate=5e-3, epochs=1, min_steps=10,
+                     max_steps=10, batch_size=8), work_dir=tmp_path, quiet=True)
+    fitted = get_method("lora").fit(task, ctx)
+    notes = fitted.notes
+    assert notes["selected_step"] in (2, 4, 6, 8, 10)
+    dev_acc = float((fitted.predict(task.dev.texts) == np.asarray(task.dev.labels)).mean())
+    assert dev_acc == pytest.approx(notes["dev_accuracy"])  # the restored parameters are the selected ones
+
+
+def test_probe_chooses_c_on_the_dev_set(tiny_bert_dir, tmp_path):
+    from hf_lowdata.data import DatasetSplits
+
+    rows = toy_sentences(120, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=8, dev_k=8)
+    fitted = get_method("probe").fit(task, RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path))
+    assert fitted.notes["C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and 0.0 <= fitted.notes["dev_accuracy"] <= 1.0
+    assert "C" not in get_method("probe").fit(_task(), RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path)).notes
