@@ -68,6 +68,17 @@ BUDGETS: dict[str, Budget] = {
     "setfit": Budget(learning_rate=2e-5, epochs=1, batch_size=16, options={"num_iterations": 20}),
     # --- hf_lowdata methods: each method's entries go below its marker line. ---
     # [ftp]
+    # FTP is a drop-in for the fine-tuning optimizer, so its learning rate is full fine-tuning's
+    # (by principle, not searched); weight decay 0 and mu=1e-2, kappa=1, MARS norm are the FTP
+    # authors' AdamP defaults (spec section 4).
+    "ftp": Budget(learning_rate=5e-5, weight_decay=0.0, options={"mu": 1e-2, "kappa": 1.0, "norm": "mars"}),
+    # The rank-8 delta takes LoRA's learning rate and PEFT's r=8, alpha=8 (the LoRA baseline's values).
+    "ftp_lora": Budget(learning_rate=5e-4, weight_decay=0.0,
+                       options={"r": 8, "lora_alpha": 8, "mu": 1e-2, "kappa": 1.0, "norm": "mars"}),
+    # TPGM trains FTP's dense delta with AdamW at the same learning rate; radius lr 1e-2 (= FTP's mu),
+    # 20% of the labelled set held out (the 80/20 split of the bi-level methods), one radius step per step.
+    "tpgm": Budget(learning_rate=5e-5, weight_decay=0.0,
+                   options={"tpgm_lr": 1e-2, "heldout_fraction": 0.2, "interval": 1, "iterations": 1}),
     # [mixup_blo]
     # [twin_turbo]
     # [sparse_expert]

@@ -1,0 +1,79 @@
+"""``ftp``, ``ftp_lora`` and ``tpgm``: robust fine-tuning by projection towards the pretrained weights.
+
+``ftp`` puts a dense delta on every weight matrix of the transformer blocks (FTPConfig's defaults)
+and trains it with the FTP optimizer (AdamP); ``ftp_lora`` does the same with a rank-r delta;
+``tpgm`` trains the same dense delta with AdamW and learns the projection radii on a held-out 20 %
+of the labelled set (TPGM, FTP's predecessor), so the two can be compared at equal budgets.
+Options (``--config key=value``): ``mu``, ``kappa``, ``norm``, ``base_optimizer``, ``r``,
+``lora_alpha``, ``target_modules``; for ``tpgm``: ``tpgm_lr``, ``heldout_fraction``, ``interval``,
+``iterations``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data import FewShotTask
+from .base import RunContext, TransformerMethod, register_method
+
+_PAPER = "Tian, Liu, Smith, Kira, Fast Trainable Projection for Robust Fine-Tuning, NeurIPS 2023"
+
+
+class _FTPAdapterMethod(TransformerMethod):
+    """Wrap the classifier with an FTP adapter; LowDataTrainer then trains it with the FTP optimizer."""
+
+    delta = "full"
+
+    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+        from peft import TaskType, get_peft_model
+
+        from ..tuners.ftp import FTPConfig
+
+        option = lambda name, default: ctx.option(self.name, name, default)  # noqa: E731
+        config = FTPConfig(
+            task_type=TaskType.SEQ_CLS,
+            delta=self.delta,
+            r=int(option("r", 8)),
+            lora_alpha=int(option("lora_alpha", 8)),
+            mu=float(option("mu", 1e-2)),
+            kappa=float(option("kappa", 1.0)),
+            norm=str(option("norm", "mars")),
+            base_optimizer=str(option("base_optimizer", "adam")),
+            target_modules=option("target_modules", None),
+        )
+        return get_peft_model(super().build_model(task, ctx), config)
+
+
+@register_method
+class FTP(_FTPAdapterMethod):
+    name = "ftp"
+    summary = "FTP: dense deltas on all block weights, kept near the pretrained model by a learned projection"
+    paper = _PAPER
+
+
+@register_method
+class FTPLoRA(_FTPAdapterMethod):
+    name = "ftp_lora"
+    summary = "FTP with rank-r deltas (B A) on all block weights: parameter-efficient, projected like FTP"
+    paper = _PAPER
+    delta = "lora"
+
+
+@register_method
+class TPGM(_FTPAdapterMethod):
+    name = "tpgm"
+    summary = "TPGM: projection radii learned on a held-out 20% of the labelled set (FTP's predecessor)"
+    paper = "Tian, Dai, Ma, Kira, Trainable Projected Gradient Method for Robust Fine-Tuning, CVPR 2023"
+
+    def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module) -> Any:
+        from ..tuners.ftp import TPGMObjective
+
+        return TPGMObjective(
+            heldout_fraction=float(ctx.option(self.name, "heldout_fraction", 0.2)),
+            lr=float(ctx.option(self.name, "tpgm_lr", 1e-2)),
+            norm=str(ctx.option(self.name, "norm", "mars")),
+            interval=int(ctx.option(self.name, "interval", 1)),
+            iterations=int(ctx.option(self.name, "iterations", 1)),
+        )

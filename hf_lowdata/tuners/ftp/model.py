@@ -1,0 +1,81 @@
+"""``FTPModel``: injects FTP layers into a model, the way ``LoraModel`` injects LoRA layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .config import FTPConfig
+from .layer import FTPConv2d, FTPLayer, FTPLinear
+
+_BERT_STYLE = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+_LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+#: Default target modules per ``model_type``: every pretrained weight matrix of the transformer blocks
+#: (FTP constrains all fine-tuned tensors, unlike LoRA's query/value default), never a new head.
+TARGET_MODULES_BY_MODEL_TYPE: dict[str, Any] = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"), _BERT_STYLE),
+    "mpnet": r".*encoder\.layer\.\d+\.(attention\.attn\.(q|k|v|o)|intermediate\.dense|output\.dense)",
+    "distilbert": r".*transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.(lin1|lin2))",
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo"), _LLAMA_STYLE),
+    "efficientnet": r".*(embeddings\.convolution|expand_conv|depthwise_conv\.depthwise_conv|"
+    r"squeeze_excite\.(reduce|expand)|project_conv|top_conv)",
+}
+
+
+class FTPModel(BaseTuner):
+    """Adds FTP adapters (a trainable delta per targeted layer) to a model.
+
+    Train it with :class:`~hf_lowdata.training.LowDataTrainer`, which picks the FTP optimizer for
+    it, or build the optimizer yourself with :func:`~hf_lowdata.tuners.ftp.ftp_param_groups` and
+    :class:`~hf_lowdata.tuners.ftp.FTPOptimizer`. A plain optimizer (AdamW) trains the delta
+    without projection, i.e. ordinary full (or LoRA) fine-tuning.
+    """
+
+    prefix: str = "ftp_"
+    tuner_layer_cls = FTPLayer
+    target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            if model_type not in self.target_module_mapping:
+                raise ValueError(
+                    f"FTPConfig has no default target_modules for model type {model_type!r} (defaults exist for "
+                    f"{sorted(self.target_module_mapping)}). Pass target_modules= with the names of the nn.Linear / "
+                    "nn.Conv2d modules to adapt, e.g. FTPConfig(target_modules=['q_proj', 'v_proj'])."
+                )
+        return super()._prepare_adapter_config(peft_config, model_config)
+
+    def _create_and_replace(
+        self,
+        peft_config: FTPConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, FTPLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        new_module = self._create_new_module(peft_config, adapter_name, target, current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until it is activated
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(config: FTPConfig, adapter_name: str, target: nn.Module, key: str = "") -> nn.Module:
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, nn.Linear):
+            return FTPLinear(target, adapter_name, config)
+        if isinstance(base, nn.Conv2d):
+            return FTPConv2d(target, adapter_name, config)
+        raise TypeError(
+            f"FTP adapts nn.Linear and nn.Conv2d modules, but target module {key or target!r} is a "
+            f"{type(base).__name__}. Remove it from target_modules (or add it to exclude_modules)."
+        )

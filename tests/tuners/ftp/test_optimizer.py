@@ -1,0 +1,327 @@
+"""FTPOptimizer: one step against an independent reference, projection invariants, state, errors.
+
+The reference computations here are written from the update in shared/specs/methods.md section 4
+(Adam / SGD candidate, per-row L1 norms, the radius's Adam step with the global step t, clipping),
+not by calling the optimizer's helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_lowdata.tuners.ftp import FTPOptimizer
+
+EPS = 1e-8  # the norm epsilon and the radius floor of the spec / authors' code
+
+
+def _grads(steps: int, shape, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(steps)]
+
+
+class ReferenceFTP:
+    """FTP (AdamP) for one tensor, straight from the spec's pseudo-code, in float64 Python."""
+
+    def __init__(self, w0: torch.Tensor, lr: float, mu: float, kappa: float, wd: float = 0.0) -> None:
+        self.w0, self.w = w0.clone(), w0.clone()
+        self.lr, self.mu, self.kappa, self.wd = lr, mu, kappa, wd
+        self.m = torch.zeros_like(w0)
+        self.v = torch.zeros_like(w0)
+        self.t = 0
+        self.gamma = None
+        self.gm = self.gv = 0.0
+        self.c_prev = self.r_prev = None
+        self.log: list[dict] = []
+
+    def step(self, g: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        t = self.t
+        self.m = 0.9 * self.m + 0.1 * g
+        self.v = 0.999 * self.v + 0.001 * g * g
+        m_hat, v_hat = self.m / (1 - 0.9**t), self.v / (1 - 0.999**t)
+        d = self.lr * m_hat / (v_hat.sqrt() + 1e-8) + self.lr * self.wd * self.w
+        c = (self.w - d) - self.w0
+        r = c.abs().sum(dim=1) + EPS
+        if t == 1:
+            gamma, h = EPS, None
+        else:
+            h = sum(float((g[i] * self.c_prev[i]).sum()) / float(self.r_prev[i]) for i in range(g.shape[0]))
+            if h > 0:
+                h *= self.kappa
+            self.gm = 0.9 * self.gm + 0.1 * h
+            self.gv = 0.999 * self.gv + 0.001 * h * h
+            gm_hat, gv_hat = self.gm / (1 - 0.9**t), self.gv / (1 - 0.999**t)
+            gamma = self.gamma - self.mu * gm_hat / (math.sqrt(gv_hat) + 1e-8)
+            gamma = min(max(gamma, EPS), float(r.max()))
+        ratio = torch.clamp(gamma / r, 0, 1)
+        self.w = self.w0 + ratio[:, None] * c
+        self.log.append({"gamma": gamma, "h": h, "r": r, "c": c, "inside": (r <= gamma)})
+        self.gamma, self.c_prev, self.r_prev = gamma, c, r
+        return self.w
+
+
+def test_steps_match_the_spec_reference():
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 5, dtype=torch.float64)
+    grads = _grads(6, (4, 5))
+    grads[0][0, 1:] = 0  # a row with a tiny candidate: it must fall inside the radius at some point
+    for g in grads[1:]:
+        g[0, 1:] = 0
+    grads[3] = -grads[3]  # a reversal gives a positive hyper-gradient, damped by kappa
+    ref = ReferenceFTP(w0, lr=2e-3, mu=1e-2, kappa=0.5)
+    p = torch.nn.Parameter(w0.clone())
+    opt = FTPOptimizer([p], lr=2e-3, mu=1e-2, kappa=0.5)
+    for t, g in enumerate(grads, start=1):
+        expected = ref.step(g)
+        p.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(p.detach(), expected, atol=1e-9, rtol=1e-6, msg=f"step {t}")
+        assert opt.state[p]["gamma"].item() == pytest.approx(ref.gamma, rel=1e-5, abs=1e-12)
+    assert opt.global_step == len(grads)
+    # The scenario exercised every branch: the discard, rows inside and outside, a damped positive h.
+    assert ref.log[0]["gamma"] == EPS
+    assert any(e["inside"].any() and not e["inside"].all() for e in ref.log[1:])
+    assert any(e["h"] is not None and e["h"] > 0 for e in ref.log)
+    assert any(e["h"] is not None and e["h"] < 0 for e in ref.log)
+
+
+def test_first_step_is_discarded():
+    w0 = torch.randn(3, 4)
+    p = torch.nn.Parameter(w0.clone())
+    opt = FTPOptimizer([p], lr=0.1)
+    p.grad = torch.randn(3, 4)
+    opt.step()
+    assert (p.detach() - w0).abs().sum(dim=1).max() <= 1.01e-8
+
+
+def _plain_adam_deltas(grads, shape, lr):
+    """The base update D_t of plain Adam for the same gradients (it does not depend on the weights)."""
+    q = torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64))
+    adam = torch.optim.Adam([q], lr=lr, foreach=False)
+    deltas = []
+    for g in grads:
+        before = q.detach().clone()
+        q.grad = g.clone()
+        adam.step()
+        deltas.append(before - q.detach())
+    return deltas
+
+
+@pytest.mark.parametrize("norm", ["mars", "l2"])
+def test_projection_invariants(norm):
+    """Rows inside the radius are the unprojected candidate; every row ends within gamma; gamma >= floor."""
+    shape = (6, 8)
+    torch.manual_seed(1)
+    w0 = torch.randn(shape, dtype=torch.float64)
+    grads = _grads(25, shape, seed=2)
+    for g in grads:
+        g[:2] *= 0.01  # small rows, likely inside the radius
+    deltas = _plain_adam_deltas(grads, shape, lr=1e-2)
+    p = torch.nn.Parameter(w0.clone())
+    opt = FTPOptimizer([p], lr=1e-2, norm=norm, mu=5e-2)
+    inside_seen = outside_seen = 0
+    for g, d in zip(grads, deltas):
+        candidate = p.detach() - d  # W_{t-1} - D_t, computed without the optimizer
+        p.grad = g.clone()
+        opt.step()
+        gamma = opt.state[p]["gamma"].item()
+        assert gamma >= EPS
+        offset = p.detach() - w0
+        cand_offset = candidate - w0
+        if norm == "mars":
+            dist, cand_dist = offset.abs().sum(dim=1), cand_offset.abs().sum(dim=1)
+        else:
+            dist, cand_dist = offset.norm().reshape(1), cand_offset.norm().reshape(1)
+        assert (dist <= gamma * (1 + 1e-6) + 1e-12).all()
+        inside = cand_dist + EPS <= gamma
+        for i in range(len(dist)):
+            rows = slice(i, i + 1) if norm == "mars" else slice(None)
+            if inside[i]:
+                torch.testing.assert_close(p.detach()[rows], candidate[rows], atol=1e-12, rtol=0)
+                inside_seen += 1
+            else:
+                outside_seen += 1
+                assert dist[i] == pytest.approx(gamma, rel=1e-6)
+    assert inside_seen and outside_seen
+
+
+def test_gamma_never_drops_below_its_floor():
+    """Gradients that keep reversing push the radius down; it stops at 1e-8."""
+    p = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    opt = FTPOptimizer([p], lr=1e-2, mu=1.0, projection="zero")
+    gammas = []
+    for t in range(30):
+        p.grad = torch.ones(2, 3, dtype=torch.float64) * (1 if t % 2 else -1) + 0.1
+        opt.step()
+        gammas.append(opt.state[p]["gamma"].item())
+    assert min(gammas) >= EPS
+    assert min(gammas[1:]) == pytest.approx(EPS)
+    assert max(gammas) > 10 * EPS
+
+
+def test_sgd_base_step_matches_reference():
+    """SGDP: Nesterov momentum, decoupled weight decay; the radius as for Adam."""
+    w0 = torch.randn(3, 4, dtype=torch.float64)
+    grads = _grads(3, (3, 4), seed=3)
+    lr, mom, wd = 0.1, 0.9, 0.01
+    p = torch.nn.Parameter(w0.clone())
+    opt = FTPOptimizer([p], lr=lr, base="sgd", momentum=mom, weight_decay=wd, mu=1.0)
+    w, buf, gamma, gm, gv, c_prev, r_prev = w0.clone(), None, None, 0.0, 0.0, None, None
+    for t, g in enumerate(grads, start=1):
+        buf = g.clone() if buf is None else mom * buf + g
+        c = w - lr * (g + mom * buf) - lr * wd * w - w0
+        r = c.abs().sum(1) + EPS
+        if t == 1:
+            gamma = EPS
+        else:
+            h = float(((g * c_prev).sum(1) / r_prev).sum())
+            gm, gv = 0.9 * gm + 0.1 * h, 0.999 * gv + 0.001 * h * h
+            gamma = gamma - 1.0 * (gm / (1 - 0.9**t)) / (math.sqrt(gv / (1 - 0.999**t)) + 1e-8)
+            gamma = min(max(gamma, EPS), float(r.max()))
+        w = w0 + torch.clamp(gamma / r, 0, 1)[:, None] * c
+        c_prev, r_prev = c, r
+        p.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(p.detach(), w, atol=1e-9, rtol=1e-6, msg=f"step {t}")
+
+
+def test_unprojected_group_is_plain_adamw():
+    """Tensors without a pretrained value (projection 'none') get exactly AdamW's update."""
+    torch.manual_seed(4)
+    start = torch.randn(5, 3)
+    ours, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt = FTPOptimizer([{"params": [ours], "projection": "none"}], lr=1e-2, weight_decay=0.1)
+    adamw = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1, foreach=False)
+    for g in _grads(5, (5, 3), seed=5):
+        ours.grad, ref.grad = g.float(), g.float()
+        opt.step()
+        adamw.step()
+    torch.testing.assert_close(ours, ref, atol=1e-7, rtol=0)
+    assert "gamma" not in opt.state[ours]
+
+
+def test_state_is_keyed_by_parameter_not_call_order():
+    """A tensor without a gradient at some step changes nothing for the others."""
+    torch.manual_seed(6)
+    a0, b0 = torch.randn(3, 4), torch.randn(2, 4)
+    a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    b_alone = torch.nn.Parameter(b0.clone())
+    both = FTPOptimizer([a, b], lr=1e-2, mu=0.1)
+    alone = FTPOptimizer([b_alone], lr=1e-2, mu=0.1)
+    for t, g in enumerate(_grads(6, (2, 4), seed=7)):
+        a.grad = None if t in (1, 2) else torch.randn(3, 4)
+        b.grad, b_alone.grad = g.float(), g.float()
+        both.step()
+        alone.step()
+    torch.testing.assert_close(b, b_alone, atol=0, rtol=0)
+    assert both.state[a]["step"] == 4 and both.global_step == 6
+
+
+def test_state_dict_resume_reproduces_the_trajectory():
+    torch.manual_seed(8)
+    w0 = torch.randn(4, 6)
+    grads = [g.float() for g in _grads(8, (4, 6), seed=9)]
+    p_full = torch.nn.Parameter(w0.clone())
+    full = FTPOptimizer([p_full], lr=1e-2, mu=0.1)
+    for g in grads:
+        p_full.grad = g
+        full.step()
+    p_half = torch.nn.Parameter(w0.clone())
+    half = FTPOptimizer([p_half], lr=1e-2, mu=0.1)
+    for g in grads[:3]:
+        p_half.grad = g
+        half.step()
+    saved = half.state_dict()
+    p_resumed = torch.nn.Parameter(p_half.detach().clone())
+    resumed = FTPOptimizer([p_resumed], lr=1e-2, mu=0.1)  # its fresh anchor (the current weight) is wrong...
+    resumed.load_state_dict(saved)  # ...until the saved one is restored
+    for g in grads[3:]:
+        p_resumed.grad = g
+        resumed.step()
+    torch.testing.assert_close(p_resumed, p_full, atol=0, rtol=0)
+    assert resumed.global_step == 8
+
+
+def test_loading_a_foreign_state_is_a_clear_error():
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    adam_state = torch.optim.Adam([p]).state_dict()
+    with pytest.raises(ValueError, match="not written by FTPOptimizer"):
+        FTPOptimizer([p]).load_state_dict(adam_state)
+
+
+def test_lora_pair_matches_the_dense_delta_reference():
+    """A [A, B] group projects delta = s B A exactly as the spec projects a dense delta (anchor 0).
+
+    The reference takes dL/d(delta) from autograd and the candidate delta s B' A' of the previous step;
+    the optimizer only sees dL/dA, dL/dB.
+    """
+    torch.manual_seed(10)
+    out_f, in_f, rank, s, lr, mu = 5, 6, 2, 2.0, 5e-2, 0.2
+    a = torch.nn.Parameter(torch.randn(rank, in_f, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.zeros(out_f, rank, dtype=torch.float64))
+    opt = FTPOptimizer([{"params": [a, b], "projection": "lora", "lora_scale": s}], lr=lr, mu=mu)
+    shadow = [torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())]
+    adam = torch.optim.Adam(shadow, lr=lr, foreach=False)  # base updates only depend on the gradients
+    x = torch.randn(16, in_f, dtype=torch.float64)
+    target = torch.randn(16, out_f, dtype=torch.float64)
+    target[:, :2] *= 0.01  # two output rows barely move: they fall inside the radius
+    gamma = c_prev = r_prev = None
+    gm = gv = 0.0
+    inside_seen = False
+    for t in range(1, 13):
+        delta = s * b @ a
+        delta.retain_grad()
+        loss = ((x @ delta.T - target) ** 2).mean()
+        loss.backward()
+        g_delta = delta.grad.detach()
+        # Reference candidate: plain Adam steps of A and B from their current values.
+        d_a = shadow[0].detach().clone()
+        d_b = shadow[1].detach().clone()
+        shadow[0].grad, shadow[1].grad = a.grad.clone(), b.grad.clone()
+        adam.step()
+        a_new = a.detach() - (d_a - shadow[0].detach())
+        b_cand = b.detach() - (d_b - shadow[1].detach())
+        c = s * b_cand @ a_new
+        r = c.abs().sum(1) + EPS
+        if t == 1:
+            gamma = EPS
+        else:
+            h = float(((g_delta * c_prev).sum(1) / r_prev).sum())
+            gm, gv = 0.9 * gm + 0.1 * h, 0.999 * gv + 0.001 * h * h
+            gamma = gamma - mu * (gm / (1 - 0.9**t)) / (math.sqrt(gv / (1 - 0.999**t)) + 1e-8)
+            gamma = min(max(gamma, EPS), float(r.max()))
+        ratio = torch.clamp(gamma / r, 0, 1)
+        inside_seen |= bool((ratio == 1).any() and (ratio < 1).any())
+        expected_delta = ratio[:, None] * c
+        c_prev, r_prev = c, r
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(a.detach(), a_new, atol=1e-12, rtol=1e-9, msg=f"A, step {t}")
+        torch.testing.assert_close(s * b.detach() @ a.detach(), expected_delta, atol=1e-9, rtol=1e-5, msg=f"delta, step {t}")
+    assert inside_seen
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"projection": "sideways"}, "projection must be one of"),
+        ({"norm": "linf"}, "norm must be one of"),
+        ({"base": "lion"}, "base must be one of"),
+        ({"mu": 0.0}, "mu .* must be > 0"),
+        ({"kappa": 1.5}, r"kappa must lie in \[0, 1\]"),
+        ({"lr": -1.0}, "must be >= 0"),
+        ({"base": "sgd", "momentum": 0.0}, "Nesterov SGD needs momentum > 0"),
+    ],
+)
+def test_bad_settings_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FTPOptimizer([torch.nn.Parameter(torch.zeros(2, 2))], **kwargs)
+
+
+def test_malformed_lora_group_is_a_clear_error():
+    a, b = torch.nn.Parameter(torch.zeros(2, 4)), torch.nn.Parameter(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"exactly \[A, B\]"):
+        FTPOptimizer([{"params": [a, b], "projection": "lora", "lora_scale": 1.0}])
