@@ -114,12 +114,196 @@ def _list_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------
+# train / predict / push: one method on the user's own data, and sharing the result
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .budgets import PRESETS
+
+    p = sub.add_parser(
+        "train",
+        help="train one method on your data and save it (PEFT format + model card)",
+        description="Train one method on DATA and save it to OUT in standard format (PEFT methods: "
+        "adapter_config.json, adapter_model.safetensors) with a README.md model card. With an evaluation set "
+        "(--eval, or the test split of a dataset folder) the figures are printed and written to "
+        "OUT/eval_results.json. Checkpoints go to OUT/checkpoints; --resume continues an interrupted run.",
+    )
+    p.add_argument("--method", required=True, help="method name (see: hf-lowdata methods)")
+    p.add_argument("--data", required=True, type=Path, help="labelled data: a dataset folder or a .csv/.tsv/.jsonl file")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--unlabelled", type=Path, default=None, help="unlabelled texts (.csv/.tsv/.jsonl) for methods that use them")
+    p.add_argument("--eval", type=Path, default=None, help="labelled evaluation file (default: DATA's test split, if any)")
+    p.add_argument("--model", default=None, help="model name or local folder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="budget fields (max_steps=40 learning_rate=1e-4 batch_size=8 ...) or method options (r=16)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="budget preset (default: standard)")
+    p.add_argument("--shots", type=int, default=None, help="train on K examples per class drawn from DATA (default: every row)")
+    p.add_argument("--seed", type=int, default=0, help="seed (initialisation, data order, --shots draw)")
+    p.add_argument("--text-column", default="text", help="text column name (default: text)")
+    p.add_argument("--label-column", default="label", help="label column name (default: label)")
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run; 0: none)")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in OUT/checkpoints")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=_run_train)
+
+
+def _print_evaluation(evaluation: dict[str, Any]) -> None:
+    lo, hi = evaluation["accuracy_ci95"]
+    flo, fhi = evaluation["macro_f1_ci95"]
+    print(f"accuracy {evaluation['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), macro-F1 {evaluation['macro_f1']:.4f} "
+          f"(95% CI {flo:.3f}-{fhi:.3f}) on {evaluation['examples']} examples of {Path(evaluation['source']).name}")
+
+
+def _step_printer(method: str):
+    """A progress callback that prints about ten lines per run."""
+    shown = {"tenth": -1}
+
+    def report(message: str, fraction: float) -> None:
+        tenth = int(fraction * 10)
+        if tenth > shown["tenth"]:
+            shown["tenth"] = tenth
+            print(f"  {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from .data import FewShotTask, load_data, load_file, make_few_shot_task, require_two_classes
+    from .methods import METHODS
+    from .workflow import CHECKPOINTS_DIR, EVAL_FILE, WorkflowError, finished_output, train_method
+
+    out: Path = args.out
+    if finished_output(out):
+        if not args.resume:
+            raise WorkflowError(f"{out} already holds a trained model. Choose another --out or remove it first "
+                                "(nothing was overwritten).")
+        print(f"{out} already holds the finished run; nothing to resume.")
+        if (out / EVAL_FILE).is_file():
+            _print_evaluation(json.loads((out / EVAL_FILE).read_text()))
+        return 0
+    splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
+    if args.shots is not None:
+        task = make_few_shot_task(splits, seed=args.seed, k=args.shots)
+    else:
+        require_two_classes(splits.train)
+        task = FewShotTask(name=splits.name, label_names=splits.label_names, labelled=splits.train, seed=args.seed)
+    if args.unlabelled is not None:
+        task = replace(task, unlabelled=load_file(args.unlabelled, args.text_column, label_column=None))
+        if args.method in METHODS and not METHODS[args.method].uses_unlabelled:
+            print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
+    evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names)
+                       if args.eval is not None else splits.test)
+    counts = ", ".join(f"{n}: {c}" for n, c in task.labelled.class_counts().items())
+    print(f"Training {args.method} on {len(task.labelled)} labelled examples ({counts})"
+          + (f" and {len(task.unlabelled)} unlabelled" if task.unlabelled is not None else ""), file=sys.stderr)
+    try:
+        result = train_method(
+            args.method, task, out, model=args.model, seed=args.seed, preset=args.preset,
+            config=parse_options(args.config), evaluation_data=evaluation_data, progress=_step_printer(args.method),
+            device=args.device, save_steps=args.save_steps, resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        print(f"Interrupted. Complete checkpoints (if any) are in {out / CHECKPOINTS_DIR}; run the same command "
+              "with --resume to continue.", file=sys.stderr)
+        return 130
+    if result.resumed_from:
+        print(f"Resumed from {result.resumed_from}.")
+    files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
+    print(f"Saved {args.method} to {out} ({files}); {result.trainable_parameters:,} trainable parameters, "
+          f"{result.adapter_bytes / 1024:,.1f} KiB, trained in {result.train_seconds:.1f} s.")
+    if result.evaluation is not None:
+        _print_evaluation(result.evaluation.to_dict())
+        print(f"Evaluation figures written to {out / EVAL_FILE}.")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict labels with a saved adapter, full model or probe",
+        description="Load a folder written by hf-lowdata train (a PEFT adapter, a full fine-tuned model or the "
+        "probe) and print one line per text: label, probability, text (or JSON lines with --json).",
+    )
+    p.add_argument("folder", type=Path, help="the saved folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
+    source.add_argument("--file", type=Path, help="a .csv/.tsv/.jsonl file of texts")
+    p.add_argument("--text-column", default="text", help="text column of --file (default: text)")
+    p.add_argument("--model", default=None, help="base model folder, when the recorded one is not available here")
+    p.add_argument("--json", action="store_true", help="print JSON lines with every label's probability")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import load_file
+    from .workflow import WorkflowError, load_classifier
+
+    if args.text is not None:
+        texts = [t.strip() for t in args.text]
+        if not all(texts):
+            raise WorkflowError("--text needs a non-empty text.")
+    else:
+        texts = list(load_file(args.file, args.text_column, label_column=None).texts)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    classifier = load_classifier(args.folder, model=args.model, device=args.device)
+    proba = classifier.predict_proba(texts)
+    for text, row in zip(texts, proba):
+        best = int(row.argmax())
+        label = classifier.label_names[best]
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "score": round(float(row[best]), 6),
+                              "probabilities": {n: round(float(v), 6) for n, v in zip(classifier.label_names, row)}}))
+        else:
+            print(f"{label}\t{row[best]:.4f}\t{text}")
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a saved adapter and its model card to the Hugging Face Hub",
+        description="Upload exactly the Hub files of a saved folder (PEFT adapters: adapter_config.json, "
+        "adapter_model.safetensors, README.md) to REPO_ID in one commit. Uses the token of `hf auth login` "
+        "or HF_TOKEN. The only hf_lowdata command that needs a network.",
+    )
+    p.add_argument("folder", type=Path, help="the saved folder")
+    p.add_argument("repo_id", help="Hub repository, e.g. your-name/sst2-lora")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_adapter
+
+    result = push_adapter(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
+    head = "Would upload" if result.dry_run else "Uploaded"
+    print(f"{head} {len(result.files)} files ({result.total_bytes / 1024:,.1f} KiB) to {result.repo_id}:")
+    for name in result.files:
+        print(f"  {name}  ({(args.folder / name).stat().st_size:,} bytes)")
+    if result.url:
+        print(f"Done: {result.url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-lowdata", description="Few-label fine-tuning with PEFT methods.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_bench(sub)
     lm = sub.add_parser("methods", help="list the available methods")
     lm.set_defaults(func=_list_methods)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_push(sub)
     return parser
 
 
@@ -132,10 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .bench import BenchError
     from .data import DataError
     from .models import ModelNotFoundError
+    from .workflow import WorkflowError
 
     try:
         return int(args.func(args) or 0)
-    except (BenchError, DataError, ModelNotFoundError) as err:
+    except (BenchError, DataError, ModelNotFoundError, WorkflowError) as err:
         print(f"hf-lowdata {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,156 @@
+"""Push a saved adapter (or full model, or probe) to the Hugging Face Hub: exactly its files and its card.
+
+This is the one feature of hf_lowdata that needs a network. Everything that can be checked offline
+is checked first (the folder, the weight files, the token, ``HF_HUB_OFFLINE``), and every failure
+is a :class:`HubError` that says what went wrong and what to do; nothing is half-uploaded, because
+all files go up in one commit. ``dry_run=True`` lists the files and touches nothing.
+
+``PeftModel.push_to_hub`` works on hf_lowdata adapters as on LoRA's (it uploads the adapter files
+and transformers' card, or keeps the card already in the repository); this module uploads the
+hf_lowdata card written by ``hf-lowdata train``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_weight_files, output_kind
+
+#: Files of a PEFT adapter folder that go to the Hub (``README.md`` when present).
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+_NOT_UPLOADED = {EVAL_FILE}
+_NETWORK_ERROR_NAMES = {"TransportError", "RequestError", "ConnectError", "TimeoutException", "NetworkError",
+                        "ConnectionError", "ConnectTimeout", "ProxyError"}
+
+
+class HubError(WorkflowError):
+    """Pushing to the Hub failed or cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What was (or, for a dry run, would be) uploaded."""
+
+    repo_id: str
+    files: tuple[str, ...]
+    total_bytes: int
+    url: str | None = None
+    dry_run: bool = False
+
+
+def files_to_upload(folder: str | os.PathLike) -> list[Path]:
+    """The files of a saved folder that belong on the Hub: weights, configs, tokenizer, card.
+
+    PEFT adapters: exactly ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md``.
+    Other outputs: every top-level file except the local evaluation record and hidden files.
+    Pickle weight files are refused, and damaged safetensors files are refused.
+    """
+    path = Path(folder)
+    kind = output_kind(path)
+    if kind == "peft":
+        missing = [n for n in PEFT_FILES[:2] if not (path / n).is_file()]
+        if missing:
+            raise HubError(f"{path} is not a complete PEFT adapter: {', '.join(missing)} missing. Save it again "
+                           "(model.save_pretrained(folder)) or train it again with hf-lowdata train.")
+        files = [path / n for n in PEFT_FILES if (path / n).is_file()]
+    else:
+        pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise HubError(f"{path} holds pickle files ({', '.join(pickles)}); hf_lowdata only publishes "
+                           "safetensors weights. Remove them or re-save with safe_serialization=True.")
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name not in _NOT_UPLOADED)
+        files += sorted(p for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and d.name != "checkpoints" for p in d.rglob("*") if p.is_file())
+    try:
+        check_weight_files(path)
+    except WorkflowError as err:
+        raise HubError(f"Not pushing: {err}") from err
+    return files
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import is_offline_mode
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or is_offline_mode()
+
+
+def _is_network_error(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        if any(cls.__name__ in _NETWORK_ERROR_NAMES for cls in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _explain(err: Exception, endpoint: str, folder: Path) -> HubError:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    kept = f"Nothing was uploaded; the files in {folder} are unchanged."
+    if isinstance(err, OfflineModeIsEnabled):
+        return HubError(f"Hugging Face Hub offline mode is on (HF_HUB_OFFLINE), so hf_lowdata did not contact "
+                        f"the Hub. Unset HF_HUB_OFFLINE and run again to push. {kept}")
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, HfHubHTTPError) and status in (401, 403):
+        return HubError(f"The Hub refused the token (HTTP {status}): it is invalid, expired, or has no write "
+                        f"access to this repository. Create a write token at {endpoint}/settings/tokens and log "
+                        f"in with `hf auth login` (or set HF_TOKEN). {kept}")
+    if _is_network_error(err):
+        return HubError(f"Cannot reach the Hugging Face Hub at {endpoint}: no network connection? "
+                        f"({type(err).__name__}: {err}). Pushing is the one hf_lowdata feature that needs a "
+                        f"network; connect and run again. {kept}")
+    return HubError(f"The Hub rejected the upload ({type(err).__name__}: {err}). {kept}")
+
+
+def push_adapter(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Upload the saved folder's Hub files (see :func:`files_to_upload`) to ``repo_id`` in one commit.
+
+    Creates the model repository if needed (``private`` applies then). ``token`` defaults to the
+    logged-in token (``hf auth login`` or ``HF_TOKEN``).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("it needs a namespace")
+    except HFValidationError as err:
+        raise HubError(f"{repo_id!r} is not a valid repository id ({err}). Use 'your-name/your-adapter'.") from err
+    files = files_to_upload(path)
+    total = sum(f.stat().st_size for f in files)
+    names = tuple(f.relative_to(path).as_posix() for f in files)
+    if dry_run:
+        return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True)
+    if _hub_offline():
+        raise HubError("HF_HUB_OFFLINE is set, so hf_lowdata does not contact the Hub. Pushing is the one feature "
+                       "that needs a network: unset HF_HUB_OFFLINE (or set it to 0) and run again. Nothing was uploaded.")
+    token = token or get_token()
+    if not token:
+        raise HubError("No Hugging Face token found. Log in with `hf auth login`, set HF_TOKEN, or paste a token "
+                       "with write access. Nothing was uploaded.")
+    api = HfApi(endpoint=endpoint, token=token)
+    hub = api.endpoint
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(f)) for name, f in zip(names, files)]
+        api.create_commit(repo_id, operations=operations, repo_type="model",
+                          commit_message=commit_message or f"Upload {output_kind(path)} output of hf_lowdata")
+    except Exception as err:  # noqa: BLE001 - every failure is explained, none is a stack trace
+        raise _explain(err, hub, path) from err
+    return PushResult(repo_id=repo_id, files=names, total_bytes=total, url=str(url))

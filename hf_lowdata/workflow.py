@@ -1,0 +1,541 @@
+"""Train one method on the user's data, evaluate it, save it with its model card; load it back.
+
+``hf-lowdata train`` / ``hf-lowdata predict`` and the demo (``spaces_demo/app.py``) all call these
+functions, so a run from the command line and a run in the browser are the same run. Outputs are
+written so that a kill at any moment leaves the output folder readable: checkpoints go to
+``OUT/checkpoints`` (only complete ones are resumed from), and the final files are staged in a
+hidden sub-folder and moved into place one by one with atomic renames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bench.measure import accuracy, macro_f1
+from .budgets import Budget, get_budget
+from .data import DataError, FewShotTask, TextDataset
+from .methods import FittedClassifier, RunContext, SharedCache, get_method
+from .methods.base import ProgressFn, directory_bytes
+from .models import ModelNotFoundError, resolve_model_path
+
+CHECKPOINTS_DIR = "checkpoints"
+EVAL_FILE = "eval_results.json"
+RUN_CONFIG_FILE = "run_config.json"
+_STAGING_DIR = ".saving"
+#: Budget fields that ``--config key=value`` may set (the rest of the keys are method options).
+BUDGET_FIELDS: dict[str, type] = {f.name: type(getattr(Budget(learning_rate=0.0), f.name))
+                                  for f in dataclasses.fields(Budget) if f.name != "options"}
+BUDGET_FIELDS["learning_rate"] = float
+
+
+class WorkflowError(ValueError):
+    """A train / predict / push request that cannot be carried out; the message says how to fix it."""
+
+
+class AdapterLoadError(WorkflowError):
+    """A saved folder that cannot be loaded (missing, damaged, or made for another base model)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Budgets and options
+
+
+def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, Any] | None = None
+                   ) -> tuple[Budget, dict[str, Any]]:
+    """The method's budget for ``preset`` with ``config`` applied.
+
+    Keys of ``config`` that name a :class:`~hf_lowdata.budgets.Budget` field (``max_steps``,
+    ``learning_rate``, ``batch_size``, ...) change the budget; every other key is a method option
+    (``r=16``). Returns ``(budget, options)``.
+    """
+    try:
+        budget = get_budget(method, preset)
+    except KeyError as err:
+        raise WorkflowError(str(err.args[0])) from err
+    changes: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in (config or {}).items():
+        if key not in BUDGET_FIELDS:
+            options[key] = value
+            continue
+        kind = BUDGET_FIELDS[key]
+        try:
+            if kind is int and float(value) != int(float(value)):
+                raise ValueError
+            changes[key] = int(float(value)) if kind is int else kind(value)
+        except (TypeError, ValueError) as err:
+            raise WorkflowError(f"--config {key}={value!r}: {key} must be {'an integer' if kind is int else 'a number'}.") from err
+    if "max_steps" in changes and "min_steps" not in changes:
+        changes["min_steps"] = min(budget.min_steps, changes["max_steps"])
+    if "min_steps" in changes and "max_steps" not in changes:
+        changes["max_steps"] = max(budget.max_steps, changes["min_steps"])
+    budget = dataclasses.replace(budget, **changes)
+    if budget.min_steps > budget.max_steps:
+        raise WorkflowError(f"--config: min_steps ({budget.min_steps}) is larger than max_steps ({budget.max_steps}).")
+    return budget, options
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy and macro-F1 on an evaluation set, their 95% bootstrap intervals, and the confusion matrix.
+
+    The intervals resample the evaluation examples (1000 percentile-bootstrap resamples, fixed
+    seed): they say how much the figure could move with another draw of evaluation examples of the
+    same size, which on a few dozen examples is a lot.
+    """
+
+    accuracy: float
+    macro_f1: float
+    examples: int
+    source: str
+    label_names: tuple[str, ...]
+    confusion: tuple[tuple[int, ...], ...]  # rows: true label, columns: predicted label
+    accuracy_ci: tuple[float, float]
+    macro_f1_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "accuracy_ci95": list(self.accuracy_ci),
+            "macro_f1_ci95": list(self.macro_f1_ci),
+            "examples": self.examples,
+            "source": self.source,
+            "label_names": list(self.label_names),
+            "confusion_matrix": [list(r) for r in self.confusion],
+            "interval": "95% percentile bootstrap over the evaluation examples (1000 resamples)",
+        }
+
+
+def bootstrap_intervals(
+    labels: Sequence[int], predictions: Sequence[int], num_labels: int,
+    resamples: int = 1000, level: float = 0.95, seed: int = 0,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Percentile-bootstrap intervals of accuracy and macro-F1 over the examples (vectorised)."""
+    y, p = np.asarray(labels), np.asarray(predictions)
+    if len(y) == 0:
+        raise ValueError("No examples to bootstrap.")
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
+    yt, yp = y[idx], p[idx]
+    acc = (yt == yp).mean(axis=1)
+    f1 = np.zeros(resamples)
+    for c in range(num_labels):
+        tp = ((yt == c) & (yp == c)).sum(axis=1)
+        wrong = ((yt == c) != (yp == c)).sum(axis=1)  # false positives + false negatives
+        f1 += np.where(2 * tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+    f1 /= num_labels
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return tuple(float(v) for v in np.percentile(acc, q)), tuple(float(v) for v in np.percentile(f1, q))
+
+
+def evaluate(classifier: FittedClassifier, data: TextDataset) -> Evaluation:
+    """Score ``classifier`` on the labelled ``data``."""
+    if data.labels is None:
+        raise WorkflowError(f"{data.source}: the evaluation set has no labels.")
+    if tuple(data.label_names) != tuple(classifier.label_names):
+        raise WorkflowError(
+            f"{data.source} has labels {list(data.label_names)} but the classifier knows {list(classifier.label_names)}; "
+            "evaluate with a file that uses the training labels."
+        )
+    predictions = classifier.predict(data.texts)
+    k = len(classifier.label_names)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (np.asarray(data.labels), predictions), 1)
+    acc_ci, f1_ci = bootstrap_intervals(data.labels, predictions, k)
+    return Evaluation(
+        accuracy=accuracy(data.labels, predictions),
+        macro_f1=macro_f1(data.labels, predictions, k),
+        examples=len(data),
+        source=data.source,
+        label_names=tuple(classifier.label_names),
+        confusion=tuple(tuple(int(v) for v in row) for row in confusion),
+        accuracy_ci=acc_ci,
+        macro_f1_ci=f1_ci,
+    )
+
+
+def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None) -> dict[str, Any]:
+    """Sizes and labels of the training data, for the model card and the results JSON."""
+    return {
+        "name": task.name,
+        "label_names": list(task.label_names),
+        "labelled_examples": len(task.labelled),
+        "examples_per_class": task.labelled.class_counts(),
+        "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None else 0,
+        "evaluation_examples": len(evaluation_data) if evaluation_data is not None else 0,
+        "evaluation_source": Path(evaluation_data.source).name if evaluation_data is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainResult:
+    """What one :func:`train_method` call produced."""
+
+    method: str
+    output_dir: Path
+    classifier: FittedClassifier
+    train_seconds: float
+    trainable_parameters: int
+    adapter_bytes: int
+    budget: Budget
+    options: dict[str, Any]
+    evaluation: Evaluation | None = None
+    resumed_from: str | None = None
+    data_summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train_method(
+    method: str,
+    task: FewShotTask,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    seed: int = 0,
+    preset: str = "standard",
+    config: Mapping[str, Any] | None = None,
+    evaluation_data: TextDataset | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    device: str | None = None,
+    save_steps: int | None = 0,
+    resume: bool = False,
+    cache: SharedCache | None = None,
+) -> TrainResult:
+    """Train ``method`` on ``task``, evaluate on ``evaluation_data``, save to ``output_dir`` with a card.
+
+    ``save_steps``: checkpoint every this many optimizer steps into ``OUT/checkpoints`` (``None``:
+    four checkpoints per run; 0: none). ``resume`` continues from the last complete checkpoint
+    there; the checkpoint folder is removed once the final files are in place.
+    """
+    from transformers import set_seed
+
+    from . import model_card
+
+    try:
+        runner = get_method(method)
+    except (KeyError, RuntimeError) as err:
+        raise WorkflowError(str(err.args[0] if err.args else err)) from err
+    budget, options = resolve_budget(method, preset, config)
+    resolve_model_path(model)  # a missing model fails before any work, with its own message
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / CHECKPOINTS_DIR
+    steps = budget.steps(len(task.labelled))
+    if save_steps is None:
+        save_steps = max(1, -(-steps // 4))
+    run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
+                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
+    resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
+    with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
+        ctx = RunContext(
+            model=model, seed=seed, budget=budget, work_dir=Path(work), cache=cache or SharedCache(),
+            options=options, progress=progress, cancel=cancel, device=device, quiet=True,
+            checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
+            resume=resumed_from is not None,
+        )
+        set_seed(seed)
+        start = time.perf_counter()
+        classifier = runner.fit(task, ctx)
+        seconds = time.perf_counter() - start
+    evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
+    summary = summarize_data(task, evaluation_data)
+    result = TrainResult(
+        method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
+        trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
+        options=options, evaluation=evaluation, resumed_from=resumed_from, data_summary=summary,
+    )
+    staging = out / _STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    classifier.save(staging)
+    tokenizer = getattr(classifier, "tokenizer", None)
+    if output_kind(staging) == "full" and tokenizer is not None:
+        tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
+    result.adapter_bytes = directory_bytes(staging)
+    model_card.write_model_card(staging, result, base_model=model, steps=steps)
+    if evaluation is not None:
+        (staging / EVAL_FILE).write_text(json.dumps(
+            {"method": method, **evaluation.to_dict(), "train_seconds": round(seconds, 3),
+             "trainable_parameters": result.trainable_parameters, "adapter_bytes": result.adapter_bytes,
+             "data": summary}, indent=2))
+    _publish(staging, out)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return result
+
+
+def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:
+    """Check a checkpoint folder against this run; return the checkpoint to resume from, if any."""
+    from .training import last_complete_checkpoint
+
+    config_file = folder / RUN_CONFIG_FILE
+    last = last_complete_checkpoint(folder)
+    if folder.is_dir() and any(folder.iterdir()):
+        if not resume:
+            raise WorkflowError(
+                f"{folder} holds checkpoints of an unfinished run. Pass --resume to continue it, or choose "
+                "another output folder (nothing was overwritten)."
+            )
+        if config_file.is_file():
+            saved = json.loads(config_file.read_text())
+            if saved != run_config:
+                changed = sorted(k for k in run_config if saved.get(k) != run_config[k])
+                raise WorkflowError(
+                    f"--resume: the checkpoints in {folder} come from a run with different settings "
+                    f"({', '.join(changed)}). Resume with the same method, data, model, seed, preset and "
+                    "--config, or choose another output folder."
+                )
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(config_file, json.dumps(run_config, indent=2, default=str))
+    return last if resume else None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+#: Order in which staged files are moved into place: weights and configs first, card and results last.
+_PUBLISH_LAST = ("README.md", EVAL_FILE)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the staged files into ``out`` one atomic rename at a time, then drop the staging folder."""
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name in _PUBLISH_LAST, _PUBLISH_LAST.index(p.name)
+                                                         if p.name in _PUBLISH_LAST else 0, p.name))
+    for entry in entries:
+        target = out / entry.name
+        if entry.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+def finished_output(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` already holds a complete saved classifier (its card is written last but one)."""
+    path = Path(folder)
+    if not (path / "README.md").is_file():
+        return False
+    try:
+        output_kind(path)
+    except AdapterLoadError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading saved outputs
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def output_kind(folder: str | os.PathLike) -> str:
+    """``"peft"``, ``"full"``, ``"probe"`` or ``"setfit"``: what the saved folder holds."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise AdapterLoadError(f"{path} is not a folder. Pass the folder written by hf-lowdata train (or save_pretrained).")
+    names = {p.name for p in path.iterdir()}
+    if "adapter_config.json" in names:
+        return "peft"
+    if "probe_config.json" in names:
+        return "probe"
+    if "setfit_config.json" in names:
+        return "setfit"
+    if "config.json" in names and any(n.startswith("model") and n.endswith(".safetensors") for n in names):
+        return "full"
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    hint = (f" It has pickle weights ({', '.join(pickles)}), which hf_lowdata never loads (they can run code): "
+            "re-save with safe_serialization=True." if pickles else "")
+    raise AdapterLoadError(
+        f"{path} holds no saved classifier: expected adapter_config.json + adapter_model.safetensors (a PEFT "
+        f"adapter), config.json + model.safetensors (full fine-tuning) or probe_config.json (the probe). "
+        f"Files found: {sorted(names) or 'none'}.{hint}"
+    )
+
+
+def check_weight_files(folder: str | os.PathLike) -> list[Path]:
+    """Open every ``*.safetensors`` file below ``folder``; a damaged or truncated one is a clear error."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError both mean "unusable"
+            raise AdapterLoadError(
+                f"{file} is damaged or truncated ({err}); it holds {file.stat().st_size} bytes. The save or "
+                "download was probably interrupted: save, train or download it again."
+            ) from err
+    return files
+
+
+def card_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``hf_lowdata`` block of the folder's model card front matter (``{}`` when absent)."""
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return {}
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception:  # noqa: BLE001 - a hand-edited card with broken YAML: fall back to the weights
+        return {}
+    block = meta.get("hf_lowdata")
+    return block if isinstance(block, dict) else {}
+
+
+def load_classifier(
+    folder: str | os.PathLike, model: str | os.PathLike | None = None, device: str | None = None
+) -> FittedClassifier:
+    """Load what :func:`train_method` (or a method's ``save``) wrote, ready to ``predict``.
+
+    ``model`` overrides the base model recorded in the folder (a local copy of it). Damaged weight
+    files, missing base models and adapters that do not fit the base model raise
+    :class:`AdapterLoadError` with what to do.
+    """
+    path = Path(folder)
+    kind = output_kind(path)
+    check_weight_files(path)
+    meta = card_metadata(path)
+    loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit}[kind]
+    classifier = loader(path, model, meta)
+    if device is not None and hasattr(classifier, "model") and hasattr(classifier.model, "to"):
+        classifier.model.to(device)
+    return classifier
+
+
+def _base_model_path(recorded: str | None, override: str | os.PathLike | None, folder: Path) -> Path:
+    wanted = override if override is not None else (None if recorded in (None, "None", "") else recorded)
+    try:
+        return resolve_model_path(wanted)
+    except ModelNotFoundError as err:
+        raise AdapterLoadError(
+            f"{folder} was trained on base model {wanted!r}, which is not available here ({err}). Pass a local "
+            "copy of that model with --model PATH (Python: model=PATH)."
+        ) from err
+
+
+def _labels_from_weights(folder: Path, adapter_config: dict[str, Any]) -> list[str]:
+    """Label count from the saved head's weight shape, when the card does not name the labels."""
+    from safetensors import safe_open
+
+    heads = tuple(f".{m}.weight" for m in (adapter_config.get("modules_to_save") or ["classifier", "score"]))
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 - a safetensors handle is not iterable
+            if key.endswith(heads):
+                return [f"LABEL_{i}" for i in range(handle.get_slice(key).get_shape()[0])]
+    raise AdapterLoadError(
+        f"{folder}: cannot tell the number of labels (no label_names in README.md and no classifier head in the "
+        "adapter weights). Was it saved from a sequence-classification model?"
+    )
+
+
+def _load_peft(folder: Path, model: str | os.PathLike | None, meta: dict[str, Any]) -> FittedClassifier:
+    from peft import PeftModel
+
+    from .methods import TransformerClassifier
+    from .models import load_for_classification, load_tokenizer
+
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    recorded = adapter_config.get("base_model_name_or_path")
+    base_path = _base_model_path(recorded, model, folder)
+    labels = [str(n) for n in meta.get("label_names") or _labels_from_weights(folder, adapter_config)]
+    base = load_for_classification(base_path, len(labels), labels)
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(folder))
+    except (RuntimeError, ValueError, KeyError) as err:
+        detail = str(err).strip().splitlines()
+        shown = "; ".join(line.strip() for line in detail[:3])[:400]
+        raise AdapterLoadError(
+            f"The adapter in {folder} does not fit base model {str(base_path)!r}: {shown}. It was trained on "
+            f"{recorded!r}; load it onto that model (hf-lowdata predict --model PATH)."
+        ) from err
+    return TransformerClassifier(peft_model, load_tokenizer(base_path), labels, int(meta.get("max_length", 128)))
+
+
+def _load_full(folder: Path, model: str | os.PathLike | None, meta: dict[str, Any]) -> FittedClassifier:
+    from transformers import AutoModelForSequenceClassification
+
+    from .methods import TransformerClassifier
+    from .models import load_tokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    has_tokenizer = (folder / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(folder) if has_tokenizer and model is None else load_tokenizer(
+        _base_model_path(meta.get("base_model"), model, folder))
+    labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
+    return TransformerClassifier(net, tokenizer, labels, int(meta.get("max_length", 128)))
+
+
+def _logistic_head(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray):
+    """A fitted sklearn LogisticRegression rebuilt from its saved arrays (no pickle)."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = LogisticRegression()
+    head.coef_, head.intercept_, head.classes_ = coef, intercept, classes
+    head.n_features_in_ = coef.shape[1]
+    return head
+
+
+def _load_probe(folder: Path, model: str | os.PathLike | None, meta: dict[str, Any]) -> FittedClassifier:
+    from safetensors.numpy import load_file
+
+    from .methods.probe import ProbeClassifier
+
+    config = json.loads((folder / "probe_config.json").read_text())
+    arrays = load_file(str(folder / "probe_head.safetensors"))
+    base = _base_model_path(config.get("base_model"), model, folder)
+    head = _logistic_head(arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), arrays["classes"])
+    return ProbeClassifier(SharedCache(), base, head, config["label_names"], int(config.get("max_length", 128)))
+
+
+def _load_setfit(folder: Path, model: str | os.PathLike | None, meta: dict[str, Any]) -> FittedClassifier:
+    from safetensors.numpy import load_file
+
+    from .methods.setfit_method import SetFitClassifier
+
+    try:
+        from sentence_transformers import SentenceTransformer
+        from setfit import SetFitModel
+    except ImportError as err:
+        raise AdapterLoadError(f"{folder} is a SetFit model; install the setfit extra to load it "
+                               f"(pip install 'hf-lowdata[setfit]'): {err}") from err
+    config = json.loads((folder / "setfit_config.json").read_text())
+    arrays = load_file(str(folder / "setfit_head.safetensors"))
+    labels = config["label_names"]
+    classes = np.arange(len(labels)) if arrays["coef"].shape[0] > 1 else np.arange(2)
+    head = _logistic_head(arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), classes)
+    body = SentenceTransformer(str(folder / "body"), local_files_only=True, trust_remote_code=False)
+    return SetFitClassifier(SetFitModel(model_body=body, model_head=head), labels)
+
+
+def require_examples(data: TextDataset, minimum: int = 2) -> None:
+    """Every label needs ``minimum`` examples (one to learn from, one to check); clear error otherwise."""
+    short = {n: c for n, c in data.class_counts().items() if c < minimum}
+    if short:
+        listed = ", ".join(f"{n!r} has {c}" for n, c in short.items())
+        raise DataError(
+            f"{data.source}: every label needs at least {minimum} examples ({listed}). Add examples of "
+            "those labels, or remove the labels from the file."
+        )

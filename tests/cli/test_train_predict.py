@@ -1,0 +1,202 @@
+"""``hf-lowdata train`` and ``hf-lowdata predict`` on the default model, with tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file as load_tensors
+
+from hf_lowdata.cli import main
+from hf_lowdata.data import load_file
+from hf_lowdata.methods import METHODS, RunCancelled, available_methods
+from hf_lowdata.training import last_complete_checkpoint
+from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
+from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, toy_files, toy_task, trained
+from tests.helpers import REPO_ROOT
+
+RUNNABLE = [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
+TEXTS = ["the film was great and the cast was wonderful", "an awful, boring plot"]
+
+
+def test_train_saves_standard_peft_files_card_and_evaluation(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "lora"
+    code = main(["train", "--method", "lora", "--data", str(files["train"]), "--eval", str(files["eval"]),
+                 "--out", str(out), "--config", *tiny_args("lora")])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md",
+                                                "eval_results.json"}
+    record = json.loads((out / "eval_results.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"accuracy {record['accuracy']:.4f}" in printed and f"macro-F1 {record['macro_f1']:.4f}" in printed
+    assert record["examples"] == 16 and record["data"]["labelled_examples"] == 24
+    assert np.asarray(record["confusion_matrix"]).sum() == 16
+    lo, hi = record["accuracy_ci95"]
+    assert 0 <= lo <= record["accuracy"] <= hi <= 1
+    # The recorded figures are those of the saved adapter on the evaluation file.
+    again = evaluate(load_classifier(out), load_file(files["eval"], label_names=LABELS))
+    assert (again.accuracy, again.macro_f1) == (record["accuracy"], record["macro_f1"])
+
+
+@pytest.mark.parametrize("method", RUNNABLE)
+def test_train_runs_every_registered_method(method, tmp_path):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / method
+    code = main(["train", "--method", method, "--data", str(files["train"]), "--unlabelled", str(files["unlabelled"]),
+                 "--out", str(out), "--save-steps", "1", "--config", *tiny_args(method)])
+    assert code == 0
+    assert output_kind(out) in {"peft", "full", "probe", "setfit"} and (out / "README.md").is_file()
+    assert not (out / "checkpoints").exists(), "checkpoints are removed once the final files are in place"
+    assert not [p for p in out.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    proba = load_classifier(out).predict_proba(TEXTS)
+    assert proba.shape == (2, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+def test_resume_continues_from_the_last_complete_checkpoint(tmp_path):
+    task, config = toy_task(), {**TINY_CONFIG, "max_steps": 6}
+    reference = train_method("lora", task, tmp_path / "reference", config=config)
+    cancel = threading.Event()
+
+    def stop_after_step_5(message: str, fraction: float) -> None:
+        if fraction >= 5 / 6:
+            cancel.set()  # the run stops at the end of step 6, before that step's checkpoint
+
+    run = tmp_path / "run"
+    with pytest.raises(RunCancelled):
+        train_method("lora", task, run, config=config, save_steps=2, cancel=cancel, progress=stop_after_step_5)
+    assert last_complete_checkpoint(run / "checkpoints").endswith("checkpoint-4")
+    assert not finished_output(run)
+    resumed = train_method("lora", task, run, config=config, save_steps=2, resume=True)
+    assert resumed.resumed_from.endswith("checkpoint-4")
+    ours = load_tensors(str(run / "adapter_model.safetensors"))
+    theirs = load_tensors(str(reference.output_dir / "adapter_model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", "lora", "--data", str(files["train"]), "--out", str(out), "--save-steps", "2",
+            "--config", "max_steps=60", "batch_size=2", "max_length=16"]
+    proc = subprocess.Popen([sys.executable, "-m", "hf_lowdata.cli", *args], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    deadline = time.monotonic() + 240
+    try:
+        while last_complete_checkpoint(out / "checkpoints") is None:
+            assert proc.poll() is None, f"train ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "no checkpoint appeared within 240 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    last = last_complete_checkpoint(out / "checkpoints")
+    assert last is not None and not finished_output(out)
+    assert load_classifier(last).predict_proba(TEXTS).shape == (2, 2)  # the last good state is readable
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # no silent restart
+    assert main([*args, "--resume"]) == 0
+    assert "Resumed from" in capsys.readouterr().out
+    assert finished_output(out) and not (out / "checkpoints").exists()
+    assert main([*args, "--resume"]) == 0 and "nothing to resume" in capsys.readouterr().out
+
+
+def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "run_config.json").write_text(json.dumps({"method": "lora", "preset": "standard", "seed": 0,
+        "config": {"max_steps": 99}, "model": None, "labelled_examples": 24}))
+    args = ["train", "--method", "lora", "--data", str(files["train"]), "--out", str(out), "--config", *tiny_args("lora")]
+    assert main([*args, "--resume"]) == 2
+    assert "different settings (config)" in capsys.readouterr().err
+    finished = trained("lora").output_dir
+    assert main(["train", "--method", "lora", "--data", str(files["train"]), "--out", str(finished)]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "nope"], "Unknown method 'nope'. Available methods:"),
+        (["--method", "lora", "--config", "max_steps=abc"], "max_steps must be an integer"),
+        (["--method", "lora", "--model", "/no/such/model"], "neither a local folder"),
+        (["--method", "lora", "--preset", "quick", "--shots", "50"], "fewer than k=50 examples"),
+    ],
+)
+def test_train_bad_arguments_are_clear_errors(extra, message, tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    assert main(["train", "--data", str(files["train"]), "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_train_single_class_data_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\ngood film,pos\ngreat film,pos\n")
+    assert main(["train", "--method", "probe", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "fewer than two classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [m for m in ("lora", "full", "probe", "setfit") if m in RUNNABLE])
+def test_predict_matches_the_trained_classifier(method, capsys):
+    result = trained(method)
+    capsys.readouterr()  # training output is not part of what predict prints
+    assert main(["predict", str(result.output_dir), "--json", *sum((["--text", t] for t in TEXTS), [])]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = result.classifier.predict_proba(TEXTS)
+    assert [line["text"] for line in lines] == TEXTS
+    for line, row in zip(lines, expected):
+        assert line["label"] == LABELS[int(row.argmax())]
+        np.testing.assert_allclose([line["probabilities"][n] for n in LABELS], row, atol=1e-5)
+
+
+def test_predict_reads_texts_from_a_file(tmp_path, capsys):
+    texts = tmp_path / "texts.csv"
+    texts.write_text("sentence\n" + "\n".join(f'"{t}"' for t in TEXTS) + "\n")
+    folder = trained("lora").output_dir
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--file", str(texts), "--text-column", "sentence"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [r[2] for r in rows] == TEXTS and all(r[0] in LABELS and 0.5 <= float(r[1]) <= 1 for r in rows)
+
+
+def test_adapter_on_the_wrong_base_model_is_a_clear_error(tiny_bert_dir, capsys):
+    folder = trained("lora", str(tiny_bert_dir)).output_dir
+    assert main(["predict", str(folder), "--text", "fine", "--model", "all-MiniLM-L6-v2"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit base model" in err and str(tiny_bert_dir) in err and "--model" in err
+
+
+def test_truncated_adapter_weights_are_a_clear_error(tmp_path, capsys):
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained("lora").output_dir, folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["predict", str(folder), "--text", "fine"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter_model.safetensors is damaged or truncated" in err and "Traceback" not in err
+
+
+def test_missing_base_model_and_pickle_folders_are_clear_errors(tmp_path, capsys):
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained("lora").output_dir, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/gone/model"}))
+    assert main(["predict", str(folder), "--text", "fine"]) == 2
+    assert "'/gone/model', which is not available here" in capsys.readouterr().err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    assert main(["predict", str(pickled), "--text", "fine"]) == 2
+    assert "pickle weights (pytorch_model.bin), which hf_lowdata never loads" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""Pushing to the Hub without a network: huggingface_hub's calls are replaced by recorders that keep
+what would have been uploaded, so the exact file set and bytes are checked; the failure messages
+(no token, offline mode, no network, refused token) are checked with real huggingface_hub clients."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import HfApi, RepoUrl
+
+from hf_lowdata.cli import main
+from hf_lowdata.hub import HubError, files_to_upload, push_adapter
+from tests.cli.outputs import trained
+
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+
+
+class Recorder:
+    """Stands in for the Hub: records create_repo / create_commit calls and the uploaded bytes."""
+
+    def __init__(self) -> None:
+        self.repos: list[dict] = []
+        self.uploads: dict[str, bytes] = {}
+        self.commits = 0
+
+    def create_repo(self, api, repo_id, **kwargs):
+        self.repos.append({"repo_id": repo_id, **kwargs})
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, api, repo_id, operations, **kwargs):
+        self.commits += 1
+        for op in operations:
+            source = op.path_or_fileobj
+            self.uploads[op.path_in_repo] = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
+        return {"repo_id": repo_id}
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Online mode with a token, and every Hub call recorded instead of sent."""
+    recorder = Recorder()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: recorder.create_repo(self, repo_id, **kw))
+    monkeypatch.setattr(HfApi, "create_commit",
+                        lambda self, repo_id, operations, **kw: recorder.create_commit(self, repo_id, operations, **kw))
+    return recorder
+
+
+@pytest.fixture(scope="module")
+def adapter() -> Path:
+    return trained("lora").output_dir
+
+
+def test_push_uploads_exactly_the_adapter_files_and_card_in_one_commit(hub, adapter, capsys):
+    assert (adapter / "eval_results.json").is_file()  # kept locally, not uploaded
+    assert main(["push", str(adapter), "me/toy-lora", "--private"]) == 0
+    assert set(hub.uploads) == ADAPTER_FILES and hub.commits == 1
+    for name, data in hub.uploads.items():
+        assert data == (adapter / name).read_bytes(), name
+    assert hub.repos == [{"repo_id": "me/toy-lora", "private": True, "exist_ok": True, "repo_type": "model"}]
+    out = capsys.readouterr().out
+    assert "Uploaded 3 files" in out and "https://huggingface.co/me/toy-lora" in out
+
+
+def test_dry_run_lists_the_files_and_contacts_nothing(adapter, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not contact the Hub")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    monkeypatch.setattr(HfApi, "create_commit", refuse)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert main(["push", str(adapter), "me/toy-lora", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Would upload 3 files" in out
+    listed = {line.split()[0] for line in out.splitlines()[1:]}
+    assert listed == ADAPTER_FILES
+
+
+def test_inherited_peft_push_to_hub_uploads_the_adapter_files_and_a_card(hub, adapter, monkeypatch):
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from hf_lowdata.workflow import load_classifier
+
+    def new_repo(*args, **kwargs):  # a new repository has no card yet
+        raise EntryNotFoundError("no README.md")
+
+    monkeypatch.setattr(transformers_hub.ModelCard, "load", new_repo)
+    model = load_classifier(adapter).model
+    model.push_to_hub("me/toy-lora-inherited")
+    assert set(hub.uploads) == ADAPTER_FILES and hub.commits == 1
+    assert hub.uploads["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").read_bytes()
+    assert hub.uploads["README.md"].startswith(b"---")
+
+
+def test_full_model_and_probe_uploads_skip_local_records(tmp_path):
+    for method in ("full", "probe"):
+        names = {p.name for p in files_to_upload(trained(method).output_dir)}
+        assert "eval_results.json" not in names and "README.md" in names
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in files_to_upload(trained("full").output_dir)}
+    assert {p.name for p in files_to_upload(trained("probe").output_dir)} == {
+        "probe_head.safetensors", "probe_config.json", "README.md"}
+
+
+def test_no_token_is_a_clear_message(adapter, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert main(["push", str(adapter), "me/toy-lora"]) == 2
+    assert "No Hugging Face token found. Log in with `hf auth login`" in capsys.readouterr().err
+
+
+def test_offline_mode_is_a_clear_message(adapter, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set, so hf_lowdata does not contact the Hub"):
+        push_adapter(adapter, "me/toy-lora", token="hf_test_token")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_network_is_a_clear_message(adapter, monkeypatch):
+    """A real huggingface_hub client against an endpoint where nothing listens."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(HubError) as err:
+        push_adapter(adapter, "me/toy-lora", token="hf_test_token", endpoint=endpoint)
+    message = str(err.value)
+    assert f"Cannot reach the Hugging Face Hub at {endpoint}: no network connection?" in message
+    assert "Nothing was uploaded" in message
+
+
+def test_refused_token_is_a_clear_message(adapter, monkeypatch):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def unauthorized(self, repo_id, **kwargs):
+        response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+        raise HfHubHTTPError("401 Unauthorized", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", unauthorized)
+    with pytest.raises(HubError, match=r"The Hub refused the token \(HTTP 401\)"):
+        push_adapter(adapter, "me/toy-lora", token="hf_bad")
+
+
+def test_bad_repo_ids_and_damaged_folders_are_refused(adapter, tmp_path):
+    with pytest.raises(HubError, match="not a valid repository id"):
+        push_adapter(adapter, "no namespace here", dry_run=True)
+    with pytest.raises(HubError, match="not a valid repository id"):
+        push_adapter(adapter, "just-a-name", dry_run=True)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(adapter, damaged)
+    (damaged / "adapter_model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(HubError, match="damaged or truncated"):
+        push_adapter(damaged, "me/toy-lora", dry_run=True)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(trained("probe").output_dir, pickled)
+    (pickled / "head.pkl").write_bytes(b"x")
+    with pytest.raises(HubError, match="pickle files"):
+        push_adapter(pickled, "me/toy-probe", dry_run=True)

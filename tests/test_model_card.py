@@ -1,0 +1,91 @@
+"""Model cards: metadata the Hub reads, the sections a reader needs, and a usage snippet that runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from huggingface_hub.repocard import metadata_load
+
+from hf_lowdata.budgets import get_budget
+from hf_lowdata.methods import METHODS
+from hf_lowdata.model_card import build_model_card, hub_base_model
+from hf_lowdata.workflow import Evaluation
+from tests.cli.outputs import peft_adapter_methods, trained
+from tests.helpers import run_python
+
+
+def _sections(text: str) -> list[str]:
+    return re.findall(r"^## (.+)$", text, flags=re.M)
+
+
+def test_card_of_a_trained_adapter_has_metadata_and_every_section():
+    result = trained("lora")
+    text = (result.output_dir / "README.md").read_text()
+    meta = metadata_load(result.output_dir / "README.md")
+    assert meta["library_name"] == "peft"
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert {"hf_lowdata", "lora", "peft"} <= set(meta["tags"])
+    assert meta["hf_lowdata"]["label_names"] == ["negative", "positive"]
+    assert meta["hf_lowdata"]["evaluation"]["accuracy"] == round(result.evaluation.accuracy, 4)
+    assert _sections(text) == ["Training data", "Configuration", "Evaluation", "Usage"]
+    assert METHODS["lora"].paper in text
+    assert "| labelled examples | 24 |" in text and "negative: 12, positive: 12" in text
+    assert "| optimizer steps | 2 |" in text and "| batch size | 4 |" in text and "`r` | `8`" in text
+    assert f"{result.evaluation.accuracy:.4f} (95% CI" in text and "| examples | 16 (toy-eval.jsonl) |" in text
+    config = json.loads((result.output_dir / "adapter_config.json").read_text())
+    assert f'"peft_type": "{config["peft_type"]}"' in text
+
+
+def test_usage_snippet_imports_hf_lowdata_before_loading():
+    text = (trained("lora").output_dir / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    lines = snippet.splitlines()
+    first_import = next(i for i, line in enumerate(lines) if line.startswith("import hf_lowdata"))
+    loading = next(i for i, line in enumerate(lines) if "= PeftModel.from_pretrained(" in line)
+    assert first_import < loading and first_import == 0
+    assert "`import hf_lowdata` must come before `PeftModel.from_pretrained`" in text
+
+
+def test_every_peft_method_gets_a_card_tagged_with_its_name():
+    for method in peft_adapter_methods():
+        meta = metadata_load(trained(method).output_dir / "README.md")
+        assert meta["library_name"] == "peft" and method in meta["tags"] and "hf_lowdata" in meta["tags"], method
+
+
+def test_usage_snippet_runs_in_a_fresh_process(tiny_bert_dir):
+    """The card's code, with the adapter folder filled in, predicts one of the labels."""
+    result = trained("lora", str(tiny_bert_dir))
+    text = (result.output_dir / "README.md").read_text()
+    assert metadata_load(result.output_dir / "README.md").get("base_model") is None  # a local folder is no Hub id
+    snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    snippet = snippet.replace("path/or/hub-id/of/this/adapter", str(result.output_dir))
+    printed = run_python(snippet).stdout.strip().splitlines()[-1]
+    assert printed in {"negative", "positive"}
+
+
+def test_card_without_evaluation_and_for_other_kinds():
+    budget = get_budget("probe")
+    text = build_model_card(method="probe", kind="probe", base_model=None, label_names=["a", "b", "c"], budget=budget)
+    meta = metadata_load_text(text)
+    assert meta["library_name"] == "hf_lowdata" and "peft" not in meta["tags"]
+    assert "No evaluation set was given" in text and "load_classifier" in text
+    evaluation = Evaluation(0.5, 0.4, 10, "x/dev.csv", ("a", "b"), ((3, 2), (3, 2)), (0.2, 0.8), (0.1, 0.7))
+    full = build_model_card(method="full", kind="full", base_model="/local/model", label_names=["a", "b"],
+                            evaluation=evaluation)
+    assert metadata_load_text(full)["library_name"] == "transformers"
+    assert "0.5000 (95% CI 0.200-0.800)" in full and "10 (dev.csv)" in full
+    assert 'pipeline("text-classification"' in full
+
+
+def test_hub_ids_of_base_models():
+    assert hub_base_model(None) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_base_model("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_base_model("org/name") == "org/name"
+    assert hub_base_model("/some/local/folder") is None
+
+
+def metadata_load_text(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text.split("---")[1])
