@@ -1,0 +1,297 @@
+"""MixupBLO in the benchmark: the fold loop, fold averaging and phase 2 (Somayajula et al., NAACL 2024).
+
+:func:`train_mixup_blo` is the whole training protocol of the paper, reusable outside the benchmark:
+
+1. Phase 1, search, ``config.folds`` times: a fresh model from the pretrained start, a fresh
+   stratified random split of the labelled set (``split_ratio`` inner, the rest validation), and
+   one :class:`~hf_lowdata.training.LowDataTrainer` run with the bi-level
+   :class:`~hf_lowdata.training.bilevel.MixupBLOObjective`.
+2. Fold averaging: every trainable parameter (task weights, bias offsets, classifier, mixing factors)
+   is set to its mean over the folds, a weight-space ensemble (``average_folds=False``: only the
+   mixing factors are averaged; the rest restarts from the pretrained model).
+3. Phase 2: the mixing factors are frozen and every other trainable parameter is fine-tuned on all
+   labelled examples with plain supervised training.
+
+Folds run one after another in this process; running them in parallel processes is not
+implemented (on the CPU machines this benchmark targets it would not be faster).
+The benchmark methods: ``mixup_blo`` (the paper), ``mixup_blo_lora`` (task weight W0 + B A, a small
+adapter), and the ablations ``mixup_blo_joint`` (single-level joint training), ``mixup_blo_noavg``
+(no fold averaging) and ``mixup_blo_fo`` (first-order hypergradient, the cheap variant).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..data import FewShotTask, collator, tokenize
+from .base import (
+    FittedClassifier,
+    RunContext,
+    TransformerClassifier,
+    TransformerMethod,
+    _median,
+    _run_callback,
+    count_trainable,
+    default_device,
+    dev_selection_callback,
+    register_method,
+)
+
+#: Fold f trains with seed ``seed + FOLD_SEED_STRIDE * f`` (its split, data order and dropout).
+FOLD_SEED_STRIDE = 7919
+#: Gradient clipping of the inner problem in phase 1 (the authors' betty config: 5.0).
+SEARCH_MAX_GRAD_NORM = 5.0
+
+
+def _is_mixing(name: str) -> bool:
+    return ".mixup_blo_mix_out." in name or ".mixup_blo_mix_in." in name
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of parameter dicts with the same keys (computed in float64)."""
+    if not states:
+        raise ValueError("No fold states to average.")
+    keys = states[0].keys()
+    for state in states[1:]:
+        if state.keys() != keys:
+            raise ValueError("Fold states have different parameters; every fold must train the same adapter.")
+    return {k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in keys}
+
+
+def train_mixup_blo(
+    base_model: Callable[[], torch.nn.Module],
+    config: Any,
+    train_dataset: Any,
+    training_args: Callable[[str, int, int, int], Any],
+    seed: int = 0,
+    trainer_kwargs: dict[str, Any] | None = None,
+    on_trainer: Callable[[Any, str, int], None] | None = None,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> torch.nn.Module:
+    """Run the MixupBLO protocol and return the trained PEFT model (mixing factors frozen).
+
+    Args:
+        base_model: returns a fresh pretrained model (with its new head, same initialisation each call).
+        config: the :class:`~hf_lowdata.tuners.mixup_blo.MixupBLOConfig`.
+        train_dataset: all labelled examples, tokenised (``datasets.Dataset`` with ``labels``).
+        training_args: ``(phase, fold, num_examples, seed) -> TrainingArguments``; phase is "search"
+            (fold 0..folds-1) or "finetune" (fold -1). Give each run its own ``output_dir``.
+        seed: the run's seed; fold ``f`` uses ``seed + FOLD_SEED_STRIDE * f``.
+        trainer_kwargs: passed to every :class:`~hf_lowdata.training.LowDataTrainer` (data_collator,
+            processing_class, callbacks).
+        on_trainer: called with (trainer, phase, fold) before each run (callbacks, logging).
+        state_dir: if given, each finished fold's parameters are written there (safetensors, atomically),
+            so that ``resume=True`` skips finished folds after a kill.
+        resume: skip folds saved in ``state_dir`` and continue each run from its last complete Trainer
+            checkpoint in its ``output_dir``.
+    """
+    from peft import get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import set_seed
+
+    from ..training import LowDataTrainer, TrainingObjective, last_complete_checkpoint
+    from ..training.bilevel import MixupBLOObjective, _labels_of, _subset, split_indices
+
+    trainer_kwargs = dict(trainer_kwargs or {})
+    labels = _labels_of(train_dataset)
+    n = len(train_dataset)
+
+    def run(trainer: Any, phase: str, fold: int) -> None:
+        if on_trainer is not None:
+            on_trainer(trainer, phase, fold)
+        checkpoint = last_complete_checkpoint(trainer.args.output_dir) if resume else None
+        trainer.train(resume_from_checkpoint=checkpoint)
+
+    states: list[dict[str, torch.Tensor]] = []
+    for fold in range(config.folds):
+        saved = Path(state_dir) / f"fold{fold}.safetensors" if state_dir is not None else None
+        if resume and saved is not None and saved.is_file():
+            states.append(load_file(str(saved)))
+            continue
+        fold_seed = seed + FOLD_SEED_STRIDE * fold
+        set_seed(fold_seed)  # the mixing factors' initial noise (init_std > 0)
+        model = get_peft_model(base_model(), copy.deepcopy(config))
+        if config.hypergradient == "none":  # single-level: no validation role, all examples train
+            inner_data, validation = train_dataset, None
+        else:
+            inner, outer = split_indices(labels, n, config.split_ratio, fold_seed)
+            inner_data, validation = _subset(train_dataset, inner), _subset(train_dataset, outer)
+        trainer = LowDataTrainer(
+            model=model,
+            args=training_args("search", fold, len(inner_data), fold_seed),
+            train_dataset=inner_data,
+            objective=MixupBLOObjective.from_config(config, validation_dataset=validation),
+            **trainer_kwargs,
+        )
+        run(trainer, "search", fold)
+        states.append(_trainable_state(model))
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in states[-1].items()}, str(saved) + ".tmp")
+            os.replace(str(saved) + ".tmp", saved)
+    averaged = average_states(states)
+    if not config.average_folds:  # only the mixing factors carry over; the rest restarts from pretrained
+        averaged = {k: v for k, v in averaged.items() if _is_mixing(k)}
+    set_seed(seed)
+    model = get_peft_model(base_model(), copy.deepcopy(config))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in averaged.items():
+            parameters[name].copy_(value)
+    for name, p in parameters.items():
+        if _is_mixing(name):
+            p.requires_grad_(False)
+    trainer = LowDataTrainer(
+        model=model,
+        args=training_args("finetune", -1, n, seed),
+        train_dataset=train_dataset,
+        objective=TrainingObjective(),  # phase 2: plain fine-tuning with the mixing frozen
+        **trainer_kwargs,
+    )
+    run(trainer, "finetune", -1)
+    return model
+
+
+class MixupBLOClassifier(TransformerClassifier):
+    """Predicts with the merged model (plain Linear layers); saves the adapter."""
+
+    def __init__(self, peft_model: torch.nn.Module, tokenizer: Any, label_names: Sequence[str], max_length: int,
+                 merge: bool = True) -> None:
+        self.peft_model = peft_model.eval()
+        merged = copy.deepcopy(peft_model).merge_and_unload() if merge else peft_model
+        super().__init__(merged, tokenizer, label_names, max_length)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.peft_model.save_pretrained(out, safe_serialization=True)
+        return out
+
+
+#: MixupBLOConfig fields a run may set with ``--config key=value`` or budget options.
+CONFIG_OPTIONS = (
+    "task_weight", "r", "lora_alpha", "init_mean", "init_std", "train_bias", "hypergradient", "split_ratio",
+    "folds", "average_folds", "mixing_lr", "mixing_weight_decay", "mixing_warmup_ratio", "mixing_scheduler",
+    "darts_radius", "darts_precondition", "target_modules", "modules_to_save",
+)
+
+
+@register_method
+class MixupBLO(TransformerMethod):
+    name = "mixup_blo"
+    summary = "MixupBLO: mix pretrained and task weights with factors learned bi-level on a held-out split, 5 folds averaged"
+    paper = ("Somayajula et al., Generalizable and Stable Finetuning of Pretrained Language Models on Low-Resource "
+             "Texts, NAACL 2024")
+    #: Config values that define this variant (options cannot override them).
+    variant: ClassVar[dict[str, Any]] = {}
+
+    def peft_config(self, ctx: RunContext) -> Any:
+        from peft import TaskType
+
+        from ..tuners.mixup_blo import MixupBLOConfig
+
+        defaults = {f.name: f.default for f in fields(MixupBLOConfig) if f.name in CONFIG_OPTIONS}
+        values = {name: ctx.option(self.name, name, default) for name, default in defaults.items()}
+        values.update(self.variant)
+        return MixupBLOConfig(task_type=TaskType.SEQ_CLS, **values)
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from transformers.trainer_callback import PrinterCallback
+
+        from ..models import load_for_classification
+        from ..training import few_shot_training_args
+
+        budget = ctx.budget_for(self.name)
+        config = self.peft_config(ctx)
+        tokenizer = ctx.cache.tokenizer(ctx.model)
+        device = default_device(ctx.device)
+        train = tokenize(task.labelled, tokenizer, max_length=budget.max_length)
+        search_callbacks: list[Any] = []
+        dev_selection = None
+        if task.dev is not None:  # the same dev-set model selection as every transformer method, in phase 2
+            dev_selection = dev_selection_callback(tokenizer, task.dev, budget.max_length,
+                                                   budget.steps(len(task.labelled)))
+
+        def base_model() -> torch.nn.Module:
+            return load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+
+        root = Path(ctx.checkpoint_dir or ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
+        save_steps = ctx.save_steps
+
+        def training_args(phase: str, fold: int, n: int, seed: int) -> Any:
+            extra: dict[str, Any] = {"max_grad_norm": SEARCH_MAX_GRAD_NORM} if phase == "search" else {}
+            if save_steps > 0:
+                extra.update(save_strategy="steps", save_steps=save_steps, save_total_limit=2)
+            folder = root / (f"search{fold}" if phase == "search" else "finetune")
+            return few_shot_training_args(str(folder), budget, n, seed, use_cpu=device.type == "cpu", **extra)
+
+        def on_trainer(trainer: Any, phase: str, fold: int) -> None:
+            label = f"{self.name} fold {fold + 1}/{config.folds}" if phase == "search" else f"{self.name} phase 2"
+            callback = _run_callback(ctx, label)
+            trainer.add_callback(callback)
+            if phase == "search":
+                search_callbacks.append(callback)
+            elif dev_selection is not None:
+                trainer.add_callback(dev_selection)
+            if ctx.quiet:
+                trainer.remove_callback(PrinterCallback)
+
+        model = train_mixup_blo(
+            base_model, config, train, training_args, seed=ctx.seed,
+            trainer_kwargs={"data_collator": collator(tokenizer), "processing_class": tokenizer},
+            on_trainer=on_trainer,
+            state_dir=root if save_steps > 0 else None,
+            resume=ctx.resume,
+        )
+        if dev_selection is not None:
+            dev_selection.restore(model)
+        fitted = MixupBLOClassifier(model, tokenizer, task.label_names, budget.max_length,
+                                    merge=bool(ctx.option(self.name, "merge", True)))
+        if dev_selection is not None:
+            fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
+        # the search's inner and outer parameters: phase 2's plus the (then frozen) mixing factors
+        fitted.trainable_parameters = count_trainable(model) + sum(
+            p.numel() for n, p in model.named_parameters() if _is_mixing(n))
+        fitted.train_step_seconds = _median([s for c in search_callbacks for s in c.step_seconds])
+        fitted.optimizer_step_seconds = _median([s for c in search_callbacks for s in c.optimizer_seconds])
+        return fitted
+
+
+@register_method
+class MixupBLOLoRA(MixupBLO):
+    name = "mixup_blo_lora"
+    summary = "MixupBLO with a LoRA task weight (W0 + B A): the same bi-level mixing, a small adapter"
+    variant: ClassVar[dict[str, Any]] = {"task_weight": "lora"}
+
+
+@register_method
+class MixupBLOJoint(MixupBLO):
+    name = "mixup_blo_joint"
+    summary = "MixupBLO ablation: mixing factors trained jointly with the weights (single level, no split)"
+    variant: ClassVar[dict[str, Any]] = {"hypergradient": "none"}
+
+
+@register_method
+class MixupBLONoAverage(MixupBLO):
+    name = "mixup_blo_noavg"
+    summary = "MixupBLO ablation: only the mixing factors are averaged over folds (no weight-space ensemble)"
+    variant: ClassVar[dict[str, Any]] = {"average_folds": False}
+
+
+@register_method
+class MixupBLOFirstOrder(MixupBLO):
+    name = "mixup_blo_fo"
+    summary = "MixupBLO with the first-order hypergradient (validation gradient only): cheaper outer steps"
+    variant: ClassVar[dict[str, Any]] = {"hypergradient": "first_order"}

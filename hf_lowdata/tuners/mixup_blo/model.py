@@ -1,0 +1,70 @@
+"""``MixupBLOModel``: injects mixed Linear layers into a model (PEFT's ``BaseTuner``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+
+from .config import MixupBLOConfig
+from .layer import Linear, MixupBLOLayer
+
+_BERT_LIKE = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    "pooler.dense",
+]
+#: Default targets per ``model_type``: every Linear of the encoder and the pooler, as in the paper
+#: (Q, K, V, attention output, both FFN layers, pooler dense), never the classification head.
+TARGET_MODULES: dict[str, list[str]] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "mpnet": ["q", "k", "v", "o", "intermediate.dense", "output.dense", "pooler.dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+}
+
+
+class MixupBLOModel(BaseTuner):
+    """Attention-guided weight mixup (Somayajula et al., NAACL 2024) as a PEFT tuner.
+
+    ``get_peft_model(model, MixupBLOConfig())`` replaces the targeted Linear layers with mixed ones;
+    train with :class:`~hf_lowdata.training.LowDataTrainer` (it picks the bi-level objective for this
+    adapter type) or with the full fold protocol of :func:`hf_lowdata.methods.mixup_blo.train_mixup_blo`.
+    ``merge_and_unload()`` returns the original architecture with ``W_eff`` in its Linear layers.
+    """
+
+    prefix: str = "mixup_blo_"
+    tuner_layer_cls = MixupBLOLayer
+    target_module_mapping = TARGET_MODULES
+
+    def _create_and_replace(
+        self,
+        config: MixupBLOConfig,
+        adapter_name: str,
+        target: torch.nn.Module,
+        target_name: str,
+        parent: torch.nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, Linear):
+            target.update_layer(adapter_name, config, inference_mode=config.inference_mode)
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, torch.nn.Linear):
+            raise TypeError(
+                f"MixupBLO can mix torch.nn.Linear layers only, but target {current_key!r} is a "
+                f"{type(base).__name__}. Remove it from target_modules (or use exclude_modules)."
+            )
+        new_module = Linear(target, adapter_name, config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # a further adapter is not trainable until set active
+        self._replace_module(parent, target_name, new_module, target)
