@@ -94,6 +94,14 @@ BUDGETS: dict[str, Budget] = {
     "mixup_blo_noavg": Budget(learning_rate=5e-5),
     "mixup_blo_fo": Budget(learning_rate=5e-5),
     # [twin_turbo]
+    # TwinTurbo and its ablations (twin_turbo_ce/_nolatent/_noadv share this entry). Spec section 1:
+    # projector AdamW lr 1e-3 (top of 1e-4..1e-3: a from-scratch projector, few steps), wd 0.05,
+    # cosine (set by the method), 5% warm-up; batches = the labelled set (up to 64) + unlabelled.
+    # Unlabelled batch 128, not the spec's ~256, and 80-120 steps: one step costs ~3 MFLOP per
+    # token per layer pair, so this keeps a 16-shot run with a 2,000 pool near 60 s on 2 CPU cores
+    # (BENCHMARKS.md, TwinTurbo). Architecture = TwinTurboConfig defaults (d_p 256, 2 layers, 4 heads).
+    "twin_turbo": Budget(learning_rate=1e-3, epochs=200, min_steps=80, max_steps=120, batch_size=64,
+                         weight_decay=0.05, warmup_ratio=0.05, options={"unlabelled_batch_size": 128}),
     # [sparse_expert]
 }
 

@@ -84,7 +84,8 @@ class LowDataTrainer(Trainer):
             plain supervised training with the model's own loss, i.e. ``transformers.Trainer``.
         unlabeled_dataset: texts without labels for semi-supervised objectives: a tokenised
             ``datasets.Dataset`` (``input_ids``, ``attention_mask``) or a
-            :class:`~hf_lowdata.data.TextDataset` (tokenised here with ``processing_class``).
+            :class:`~hf_lowdata.data.TextDataset` (tokenised here with ``processing_class``), or a
+            torch ``Dataset`` whose items the data collator takes as they are (e.g. cached features).
         unlabeled_batch_size: examples per unlabelled batch (per process).
         All other arguments are those of ``transformers.Trainer``.
     """
@@ -125,6 +126,8 @@ class LowDataTrainer(Trainer):
             data = tokenize(data.without_labels(), self.processing_class)
         if len(data) == 0:
             raise ValueError("unlabeled_dataset is empty; pass at least one text or leave it out.")
+        if not hasattr(data, "column_names"):  # a torch Dataset of ready model inputs (e.g. cached features)
+            return data
         keep = [c for c in data.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
         return data.select_columns(keep)
 

@@ -35,15 +35,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ...training.objectives import AuxiliaryOptimizer, TrainingObjective
 from .config import TwinTurboConfig
-from .layer import masked_mean
+from .layer import MASK_KEY, TOKENS_KEY, masked_mean
 from .model import backbone_token_states, twin_turbo_layer
 
 if TYPE_CHECKING:
     from ...training.trainer import LowDataTrainer
-
-#: Keys of a batch of cached token states (see :mod:`hf_lowdata.features`).
-TOKENS_KEY, MASK_KEY = "token_states", "token_mask"
-
 
 # ---- the loss terms ---------------------------------------------------------------------------------
 def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,223 @@
+"""Image benchmark: TwinTurbo (and ablations) vs a linear probe on EfficientNet-Lite0, Fashion-MNIST / digits.
+
+``python -m hf_lowdata.bench.vision --datasets fashion-mnist --shots 1,4,10 --seeds 0-4
+--methods probe,twin_turbo,twin_turbo_ce --unlabelled 2000 --out runs/vision``
+
+Same protocol and outputs as ``hf-lowdata bench`` (``runs.jsonl`` appended run by run, ``--resume``,
+``summary.md``, plots): k labelled images per class per seed (nested in k), an unlabelled pool of
+``--unlabelled`` further training images, the whole official test split (Fashion-MNIST: 10,000).
+The frozen backbone's feature maps are computed once per image and cached on disk (fp16), so the
+images of a dataset pass through the backbone once for all runs. Images are resized to
+``--image-size`` (a multiple of 32; 128 px gives a 4x4 map = 16 tokens of width 1280).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..budgets import get_budget
+from ..cli import _int_list, _name_list, parse_options
+from ..features import (
+    FeatureCache,
+    TokenStateDataset,
+    image_token_states,
+    mean_pool_states,
+    model_fingerprint,
+)
+from ..methods import RunContext, SharedCache
+from ..methods.base import directory_bytes
+from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
+from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task
+from ..vision.efficientnet import cache_root, efficientnet_lite0_path, load_efficientnet_lite0
+from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
+from .report import write_report
+from .results import append_record, finished_keys, read_records, repair_tail
+
+DATASETS = {"fashion-mnist": load_fashion_mnist, "digits": load_digits}
+METHODS = ("probe", *METHOD_VARIANTS)
+#: Images timed end to end (backbone + head, no cache) for the inference figure.
+TIMING_SAMPLE = 128
+
+
+@dataclass
+class VisionBenchConfig:
+    """One image benchmark invocation (see the module docstring)."""
+
+    datasets: list[str]
+    methods: list[str]
+    out: Path
+    shots: list[int] = field(default_factory=lambda: [1, 4, 10])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    unlabelled: int = 0
+    image_size: int = 128
+    test_limit: int | None = None
+    feature_cache_dir: Path | None = None
+    resume: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    budget_scale: float = 1.0
+
+
+def _validate(config: VisionBenchConfig) -> None:
+    unknown = [d for d in config.datasets if d not in DATASETS] + [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"Unknown dataset/method {unknown}; datasets: {sorted(DATASETS)}, methods: {list(METHODS)}.")
+    if config.image_size % 32:
+        raise SystemExit(f"--image-size must be a multiple of 32 (EfficientNet's padding), got {config.image_size}.")
+    runs = Path(config.out) / "runs.jsonl"
+    if runs.exists() and runs.stat().st_size and not config.resume:
+        raise SystemExit(f"{runs} already holds results: pass --resume or choose another --out.")
+
+
+class _Probe:
+    """Logistic regression on mean-pooled feature maps (the image counterpart of ``probe``)."""
+
+    def __init__(self, seed: int) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.head = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+
+    def fit(self, states: Sequence[torch.Tensor], labels: np.ndarray) -> _Probe:
+        self.head.fit(mean_pool_states(states, normalize=True), labels)
+        return self
+
+    def predict(self, states: Sequence[torch.Tensor]) -> np.ndarray:
+        return self.head.predict(mean_pool_states(states, normalize=True))
+
+
+def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
+    """Run (or resume) every (dataset, k, seed, method); return all records."""
+    _validate(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.jsonl"
+    repair_tail(runs_path)
+    done = finished_keys(read_records(runs_path))
+    env = environment()
+    cache = FeatureCache(config.feature_cache_dir or cache_root() / "features")
+    backbone = load_efficientnet_lite0().efficientnet
+    model_key = model_fingerprint(efficientnet_lite0_path(), "image", config.image_size)
+    for dataset in config.datasets:
+        train, test = DATASETS[dataset]("train"), DATASETS[dataset]("test")
+        if config.test_limit:
+            test = test.subset(range(min(config.test_limit, len(test))))
+        test_states = image_token_states(cache, backbone, test.images, config.image_size, model_key)
+        for k in config.shots:
+            for seed in config.seeds:
+                task = make_image_few_shot_task(train, test, k, seed, unlabelled=config.unlabelled, name=dataset)
+                for method in config.methods:
+                    spec = {"dataset": dataset, "method": method, "seed": seed, "k": k, "n": None,
+                            "label_noise": 0.0, "unlabelled": config.unlabelled}
+                    key = _run_key(spec, config.image_size)
+                    if key in done:
+                        continue
+                    record = _execute(spec, key, task, test_states, backbone, cache, model_key, config, env)
+                    append_record(runs_path, record)
+                    write_report(read_records(runs_path), out)
+                    print(f"{dataset} {method} k={k} seed={seed}: {record.get('accuracy', record.get('error'))}",
+                          flush=True)
+    records = read_records(runs_path)
+    write_report(records, out)
+    return records
+
+
+def _run_key(spec: dict[str, Any], image_size: int) -> str:
+    import json
+
+    return json.dumps({**spec, "model": f"efficientnet-lite0@{image_size}px"}, sort_keys=True)
+
+
+def _execute(spec, key, task, test_states, backbone, cache, model_key, config, env) -> dict[str, Any]:
+    record: dict[str, Any] = {"run_key": key, **spec, "model": f"efficientnet-lite0@{config.image_size}px",
+                              "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft")},
+                              "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "labelled_examples": len(task.labelled)}
+    try:
+        def states(images: ImageSet) -> list[torch.Tensor]:
+            return image_token_states(cache, backbone, images.images, config.image_size, model_key)
+
+        with tempfile.TemporaryDirectory(prefix="hf_lowdata_vision_") as work, PeakMemory() as memory:
+            labelled_states = states(task.labelled)
+            unlabelled_states = states(task.unlabelled) if task.unlabelled is not None else None
+            ctx = RunContext(seed=spec["seed"], work_dir=Path(work), cache=SharedCache(), options=config.options,
+                             budget=get_budget("twin_turbo").scaled(config.budget_scale), quiet=True)
+            torch.manual_seed(spec["seed"])
+            with Timer() as train_timer:
+                if spec["method"] == "probe":
+                    fitted: Any = _Probe(spec["seed"]).fit(labelled_states, task.labelled.labels)
+                    predict, trainable, saved = fitted.predict, fitted.head.coef_.size + fitted.head.intercept_.size, 0
+                else:
+                    model, saved_dir = _fit_twin_turbo(spec["method"], task, labelled_states, unlabelled_states,
+                                                       ctx, Path(work))
+                    predict = lambda s: predict_from_states(model, s).argmax(1)  # noqa: E731
+                    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                    saved = directory_bytes(saved_dir)
+            predictions = predict(test_states)
+            sample = task.test.images[:TIMING_SAMPLE]
+            with Timer() as infer_timer:  # backbone + head on raw images, no cache
+                predict(image_token_states(FeatureCache(), backbone, sample, config.image_size, model_key))
+        labels = task.test.labels
+        record.update(
+            status="ok", accuracy=accuracy(labels, predictions),
+            macro_f1=macro_f1(labels, predictions, task.num_labels), ood={}, ood_accuracy={},
+            train_seconds=round(train_timer.seconds, 3),
+            inference_seconds_per_1k=round(1000 * infer_timer.seconds / len(sample), 3),
+            test_examples=len(labels), peak_rss_mb=round(memory.peak_rss / 2**20, 1), trainable_params=int(trainable),
+            adapter_bytes=int(saved),
+        )
+    except Exception as err:  # noqa: BLE001 - a failing run is a result
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return record
+
+
+def _fit_twin_turbo(method, task, labelled_states, unlabelled_states, ctx, work: Path):
+    from peft import get_peft_model
+
+    config = build_config(ctx, METHOD_VARIANTS[method])
+    base = load_efficientnet_lite0(task.num_labels, list(task.label_names), seed=ctx.seed)
+    model = get_peft_model(base, config)
+    labelled = TokenStateDataset(labelled_states, task.labelled.labels.tolist())
+    uses_pool = method != "twin_turbo_ce" and unlabelled_states is not None
+    unlabelled = TokenStateDataset(unlabelled_states) if uses_pool else None
+    trainer, _ = train_projector(model, labelled, unlabelled, ctx.budget_for("twin_turbo"), ctx, method, config)
+    trainer.model.save_pretrained(work / "adapter")
+    return trainer.model, work / "adapter"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hf_lowdata.bench.vision", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", type=_name_list, default=["fashion-mnist"], help=f"of {sorted(DATASETS)}")
+    p.add_argument("--methods", type=_name_list, default=["probe", "twin_turbo"], help=f"of {list(METHODS)}")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--shots", type=_int_list, default=[1, 4, 10])
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4])
+    p.add_argument("--unlabelled", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images (smoke runs)")
+    p.add_argument("--feature-cache-dir", type=Path, default=None, help="default: ~/.cache/hf_lowdata/features")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TwinTurboConfig / budget options")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the training steps (smoke runs)")
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    records = run_vision_benchmark(VisionBenchConfig(
+        datasets=args.datasets, methods=args.methods, out=args.out, shots=args.shots, seeds=args.seeds,
+        unlabelled=args.unlabelled, image_size=args.image_size, test_limit=args.test_limit,
+        feature_cache_dir=args.feature_cache_dir, resume=args.resume, options=parse_options(args.config),
+        budget_scale=args.budget_scale))
+    failed = [r for r in records if r.get("status") == "failed"]
+    print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

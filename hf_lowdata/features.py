@@ -1,0 +1,204 @@
+"""Feature cache: a frozen backbone's token states, computed once per (backbone, input).
+
+Methods that train only on top of a frozen backbone without augmentation (TwinTurbo's projector)
+need the backbone's last token states of every training and unlabelled example at every step.
+Computing them once and reusing them removes the backbone from the training loop: caching costs
+one forward pass over the data, after which a step touches only the trained modules.
+
+Entries are keyed by a backbone fingerprint (its folder, config and weight-file sizes, plus the
+input settings such as ``max_length`` or image size) and by a digest of each input (text or image
+bytes), so overlapping sets (the unlabelled pools of different seeds, one test set used by many
+runs) share entries. They are kept in memory and, with ``directory=``, on disk as safetensors shards
+written atomically (a kill leaves the previous shards readable; an unreadable shard is skipped and
+its entries are recomputed). Storage is fp16 by default (half the memory, within fp16 rounding of
+the fp32 states); ``dtype=torch.float32`` caches exactly what the backbone returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from .tuners.twin_turbo.layer import MASK_KEY, TOKENS_KEY, token_states
+
+
+def digest(*parts: bytes | str) -> str:
+    """A short stable hex digest of ``parts``."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def model_fingerprint(folder: str | os.PathLike, *settings: Any) -> str:
+    """Identify a backbone folder (path, config, weight-file sizes) and the input settings."""
+    path = Path(folder)
+    parts: list[bytes | str] = [str(path.resolve())]
+    config = path / "config.json"
+    if config.is_file():
+        parts.append(config.read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        parts.append(f"{weights.name}:{weights.stat().st_size}")
+    parts.extend(repr(s) for s in settings)
+    return digest(*parts)
+
+
+class FeatureCache:
+    """Per-input token states (T_i, d) in memory and optionally on disk.
+
+    Args:
+        directory: folder for safetensors shards (``None``: memory only).
+        dtype: storage dtype (fp16 by default; states are returned in float32).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None, dtype: torch.dtype = torch.float16) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.dtype = dtype
+        self._entries: dict[str, dict[str, torch.Tensor]] = {}
+        self._lock = threading.RLock()
+        #: How many inputs went through the backbone (a cache hit adds nothing).
+        self.computed = 0
+
+    def _namespace(self, namespace: str) -> dict[str, torch.Tensor]:
+        if namespace not in self._entries:
+            entries: dict[str, torch.Tensor] = {}
+            folder = self._folder(namespace)
+            if folder is not None and folder.is_dir():
+                for shard in sorted(folder.glob("*.safetensors")):
+                    try:
+                        entries.update(load_file(str(shard)))
+                    except Exception as err:  # noqa: BLE001 - a damaged shard is recomputed, not fatal
+                        warnings.warn(f"Skipping unreadable feature-cache shard {shard}: {err}", stacklevel=3)
+            self._entries[namespace] = entries
+        return self._entries[namespace]
+
+    def _folder(self, namespace: str) -> Path | None:
+        return None if self.directory is None else self.directory / namespace
+
+    def lookup(
+        self, namespace: str, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """Token states for ``keys``; ``compute(indices)`` runs the backbone on the missing ones only."""
+        with self._lock:
+            entries = self._namespace(namespace)
+            missing = [i for i, key in enumerate(keys) if key not in entries]
+            first = {}
+            for i in missing:
+                first.setdefault(keys[i], i)
+            todo = sorted(first.values())
+            if todo:
+                new = {keys[i]: s.to(self.dtype).contiguous() for i, s in zip(todo, compute(todo))}
+                self.computed += len(new)
+                entries.update(new)
+                self._write_shard(namespace, new)
+            return [entries[key].float() for key in keys]
+
+    def _write_shard(self, namespace: str, tensors: dict[str, torch.Tensor]) -> None:
+        folder = self._folder(namespace)
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{digest(*sorted(tensors))}.safetensors"
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, final)
+
+
+class TokenStateDataset(Dataset):
+    """Cached token states (and labels) as a dataset for :class:`~hf_lowdata.training.LowDataTrainer`."""
+
+    def __init__(self, states: Sequence[torch.Tensor], labels: Sequence[int] | None = None) -> None:
+        if labels is not None and len(labels) != len(states):
+            raise ValueError(f"{len(states)} token-state entries but {len(labels)} labels.")
+        self.states = list(states)
+        self.labels = None if labels is None else [int(y) for y in labels]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {TOKENS_KEY: self.states[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def collate_token_states(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad a list of (T_i, d) token states to (B, T_max, d) with a (B, T_max) mask (+ labels)."""
+    states = [f[TOKENS_KEY] for f in features]
+    longest = max(s.shape[0] for s in states)
+    batch = torch.zeros(len(states), longest, states[0].shape[1], dtype=states[0].dtype)
+    mask = torch.zeros(len(states), longest, dtype=torch.bool)
+    for i, s in enumerate(states):
+        batch[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = True
+    out = {TOKENS_KEY: batch, MASK_KEY: mask}
+    if "labels" in features[0]:
+        out["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+    return out
+
+
+def mean_pool_states(states: Sequence[torch.Tensor], normalize: bool = False) -> np.ndarray:
+    """(N, d) array of the mean token state of each entry (optionally L2-normalised): a probe's features."""
+    pooled = torch.stack([s.float().mean(0) for s in states])
+    return (torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled).numpy()
+
+
+def _unpad(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    tokens, mask = token_states(hidden, attention_mask)
+    return [t[m].cpu() for t, m in zip(tokens, mask)]
+
+
+@torch.inference_mode()
+def text_token_states(
+    cache: FeatureCache, backbone: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
+    model_key: str, batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Last-layer token states (T_i, d) of each text (real tokens only), through ``cache``."""
+    from .inference import length_sorted_batches
+
+    def compute(indices: list[int]) -> list[torch.Tensor]:
+        backbone.eval()
+        device = next(backbone.parameters()).device
+        out: list[torch.Tensor | None] = [None] * len(indices)
+        for idx, batch in length_sorted_batches(tokenizer, [texts[i] for i in indices], batch_size, max_length):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            for j, states in zip(idx, _unpad(backbone(**batch)[0], batch["attention_mask"])):
+                out[j] = states
+        return out  # type: ignore[return-value]
+
+    namespace = digest("text", model_key, str(max_length))
+    return cache.lookup(namespace, [digest(t) for t in texts], compute)
+
+
+@torch.inference_mode()
+def image_token_states(
+    cache: FeatureCache, backbone: torch.nn.Module, images: np.ndarray, size: int, model_key: str,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Final feature-map tokens ((size/32)^2, C) of each uint8 image, through ``cache``."""
+    from .vision.data import images_to_pixel_values
+
+    def compute(indices: list[int]) -> list[torch.Tensor]:
+        backbone.eval()
+        device = next(backbone.parameters()).device
+        out: list[torch.Tensor] = []
+        for start in range(0, len(indices), batch_size):
+            chunk = images[np.asarray(indices[start : start + batch_size])]
+            out.extend(_unpad(backbone(images_to_pixel_values(chunk, size).to(device))[0], None))
+        return out
+
+    namespace = digest("image", model_key, str(size))
+    return cache.lookup(namespace, [digest(np.ascontiguousarray(img).tobytes(), str(img.shape)) for img in images],
+                        compute)

@@ -1,0 +1,195 @@
+"""``twin_turbo`` and its ablations: a TwinTurbo projector trained on cached backbone token states.
+
+The backbone is frozen and nothing is augmented, so its token states are computed once per input
+(:mod:`hf_lowdata.features`) and training touches only the projector, its head and the
+training-only discriminator / critics. Ablations (same projector, same labels, same budget):
+
+* ``twin_turbo_ce`` — plain cross-entropy (every bound term off): the paper's baseline;
+* ``twin_turbo_nolatent`` — without the latent-space bound;
+* ``twin_turbo_noadv`` — without the adversarial KL term.
+
+"Without unlabelled data" is ``twin_turbo`` run with no unlabelled pool (the bench's default
+``--unlabelled 0``): the task-space terms then use the labelled batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..budgets import Budget
+from ..data import FewShotTask
+from ..features import (
+    FeatureCache,
+    TokenStateDataset,
+    collate_token_states,
+    model_fingerprint,
+    text_token_states,
+)
+from ..models import resolve_model_path
+from ..tuners.twin_turbo import TwinTurboConfig, TwinTurboObjective, twin_turbo_layer
+from .base import (
+    FittedClassifier,
+    Method,
+    RunContext,
+    SharedCache,
+    TransformerClassifier,
+    _median,
+    _run_callback,
+    default_device,
+    register_method,
+)
+
+BUDGET_NAME = "twin_turbo"
+_OFF = {"marginal_weight": 0.0, "adversarial_weight": 0.0, "latent_weight": 0.0}
+#: TwinTurboConfig fields each registered variant fixes (text and image benchmarks share them).
+METHOD_VARIANTS: dict[str, dict[str, Any]] = {
+    "twin_turbo": {},
+    "twin_turbo_ce": _OFF,
+    "twin_turbo_nolatent": {"latent_weight": 0.0},
+    "twin_turbo_noadv": {"adversarial_weight": 0.0},
+}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TwinTurboConfig)}
+_FEATURE_CACHES: weakref.WeakKeyDictionary[SharedCache, FeatureCache] = weakref.WeakKeyDictionary()
+
+StatesFn = Callable[[Sequence[Any]], list[torch.Tensor]]
+
+
+def feature_cache(ctx: RunContext) -> FeatureCache:
+    """One feature cache per benchmark (per SharedCache); on disk if ``--config feature_cache_dir=...``."""
+    cache = _FEATURE_CACHES.get(ctx.cache)
+    if cache is None:
+        cache = _FEATURE_CACHES[ctx.cache] = FeatureCache(ctx.option(BUDGET_NAME, "feature_cache_dir", None))
+    return cache
+
+
+def build_config(ctx: RunContext, overrides: dict[str, Any], **fixed: Any) -> TwinTurboConfig:
+    """TwinTurboConfig from the budget's and the run's options (known fields only), then ``overrides``."""
+    budget = ctx.budget_for(BUDGET_NAME)
+    values = {k: v for k, v in {**budget.options, **ctx.options}.items() if k in _CONFIG_FIELDS}
+    return TwinTurboConfig(**{**values, **overrides, **fixed})
+
+
+@torch.inference_mode()
+def predict_from_states(model: torch.nn.Module, states: Sequence[torch.Tensor], batch_size: int = 256) -> np.ndarray:
+    """Logits of a TwinTurbo model for cached token states (length-sorted batches, input order kept)."""
+    layer = twin_turbo_layer(model)
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(states)), key=lambda i: -states[i].shape[0])
+        out = np.empty((len(states), layer.adapter_head().num_labels), dtype=np.float32)
+        device = next(layer.parameters()).device
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate_token_states([{"token_states": states[i]} for i in idx])
+            z = layer.encode(batch["token_states"].to(device), batch["token_mask"].to(device))
+            out[idx] = layer.classify(z).float().cpu().numpy()
+        return out
+    finally:
+        model.train(was_training)
+
+
+def train_projector(
+    model: torch.nn.Module, labelled: TokenStateDataset, unlabelled: TokenStateDataset | None, budget: Budget,
+    ctx: RunContext, run_name: str, config: TwinTurboConfig,
+):
+    """Train a TwinTurbo PEFT model on cached token states; return the trainer and its step timer."""
+    from ..training import LowDataTrainer, few_shot_training_args
+
+    device = default_device(ctx.device)
+    args = few_shot_training_args(
+        str(Path(ctx.work_dir) / f"{run_name}-seed{ctx.seed}"), budget, len(labelled), ctx.seed,
+        use_cpu=device.type == "cpu", lr_scheduler_type="cosine",
+    )
+    callback = _run_callback(ctx, run_name)
+    trainer = LowDataTrainer(
+        model=model, args=args, train_dataset=labelled, data_collator=collate_token_states,
+        objective=TwinTurboObjective(config), unlabeled_dataset=unlabelled,
+        unlabeled_batch_size=int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)), callbacks=[callback],
+    )
+    if ctx.quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return trainer, callback
+
+
+class TwinTurboClassifier(TransformerClassifier):
+    """The trained PEFT model; predictions reuse cached token states unless ``use_cache=False``."""
+
+    caches_features = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, label_names: Sequence[str], max_length: int,
+                 states: StatesFn) -> None:
+        super().__init__(model, tokenizer, label_names, max_length)
+        self.states = states
+
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        if not use_cache:  # the real cost: backbone + projector on raw text
+            return super().predict_proba(texts)
+        logits = predict_from_states(self.model, self.states(texts))
+        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+
+@register_method
+class TwinTurbo(Method):
+    name = "twin_turbo"
+    summary = "TwinTurbo: projector + head on frozen token states, MI bounds on labelled + unlabelled data"
+    paper = ("Quétant, Molchanov, Voloshynovskiy, TwinTURBO: Semi-Supervised Fine-Tuning of Foundation Models via "
+             "Mutual Information Decompositions for Downstream Task and Latent Spaces, arXiv:2503.07851, 2025")
+    uses_unlabelled = True
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from peft import TaskType, get_peft_model
+
+        from ..models import load_for_classification
+
+        budget = ctx.budget_for(BUDGET_NAME)
+        tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model)
+        backbone.to(default_device(ctx.device))
+        key = model_fingerprint(resolve_model_path(ctx.model))
+        cache = feature_cache(ctx)
+
+        def states(texts: Sequence[str]) -> list[torch.Tensor]:
+            return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key)
+
+        assert task.labelled.labels is not None
+        labelled = TokenStateDataset(states(task.labelled.texts), task.labelled.labels)
+        unlabelled = None
+        if self.uses_unlabelled and task.unlabelled is not None:
+            unlabelled = TokenStateDataset(states(task.unlabelled.texts))
+        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
+        base = load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+        model = get_peft_model(base, config).to(default_device(ctx.device))
+        trainer, callback = train_projector(model, labelled, unlabelled, budget, ctx, self.name, config)
+        fitted = TwinTurboClassifier(trainer.model, tokenizer, task.label_names, budget.max_length, states)
+        fitted.train_step_seconds = _median(callback.step_seconds)
+        fitted.optimizer_step_seconds = _median(callback.optimizer_seconds)
+        return fitted
+
+
+@register_method
+class TwinTurboCE(TwinTurbo):
+    name = "twin_turbo_ce"
+    summary = "TwinTurbo ablation: the same projector trained with cross-entropy only"
+    uses_unlabelled = False
+
+
+@register_method
+class TwinTurboNoLatent(TwinTurbo):
+    name = "twin_turbo_nolatent"
+    summary = "TwinTurbo ablation: without the latent-space bound"
+
+
+@register_method
+class TwinTurboNoAdv(TwinTurbo):
+    name = "twin_turbo_noadv"
+    summary = "TwinTurbo ablation: without the adversarial KL term"

@@ -1,0 +1,98 @@
+"""The feature cache: one backbone pass per input, memory and disk, and training from it = training without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_lowdata.features import (
+    FeatureCache,
+    TokenStateDataset,
+    collate_token_states,
+    image_token_states,
+    text_token_states,
+)
+from hf_lowdata.models import load_encoder, load_tokenizer
+from tests.helpers import toy_sentences
+
+
+def _counting_encoder(folder):
+    encoder = load_encoder(folder)
+    calls = []
+    encoder.register_forward_hook(lambda module, args, output: calls.append(1))
+    return encoder, calls
+
+
+def test_each_input_goes_through_the_backbone_once(tiny_bert_dir, tmp_path):
+    encoder, calls = _counting_encoder(tiny_bert_dir)
+    tok = load_tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(100, 0)]
+    cache = FeatureCache(tmp_path)
+    first = text_token_states(cache, encoder, tok, texts, 64, "tiny")
+    assert len(calls) == 2 and cache.computed == 100  # 100 texts = 2 batches of 64: one forward pass
+    again = text_token_states(cache, encoder, tok, texts[:50] + ["a new text"], 64, "tiny")
+    assert len(calls) == 3 and cache.computed == 101  # only the new text is computed
+    torch.testing.assert_close(again[0], first[0], atol=0, rtol=0)
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    assert [s.shape for s in first] == [(n, 32) for n in lengths]  # real tokens only, no padding
+
+    reopened = FeatureCache(tmp_path)  # a later process: everything comes from disk
+    from_disk = text_token_states(reopened, encoder, tok, texts, 64, "tiny")
+    assert reopened.computed == 0 and len(calls) == 3
+    torch.testing.assert_close(from_disk[7], first[7], atol=0, rtol=0)
+    other_model = text_token_states(reopened, encoder, tok, texts[:3], 64, "another-model")
+    assert reopened.computed == 3 and len(other_model) == 3  # keyed by model too
+
+
+def test_fp16_storage_and_an_unreadable_shard(tiny_bert_dir, tmp_path):
+    encoder = load_encoder(tiny_bert_dir)
+    tok = load_tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(10, 1)]
+    exact = text_token_states(FeatureCache(dtype=torch.float32), encoder, tok, texts, 64, "tiny")
+    half = text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "tiny")
+    assert half[0].dtype == torch.float32  # stored in fp16, returned in fp32
+    torch.testing.assert_close(half[0], exact[0], atol=5e-3, rtol=1e-3)
+    for shard in tmp_path.rglob("*.safetensors"):
+        shard.write_bytes(b"not a safetensors file")  # damaged on disk
+    with pytest.warns(UserWarning, match="unreadable feature-cache shard"):
+        again = FeatureCache(tmp_path)
+        recomputed = text_token_states(again, encoder, tok, texts, 64, "tiny")
+    assert again.computed == 10
+    torch.testing.assert_close(recomputed[0], half[0], atol=0, rtol=0)
+
+
+def test_collate_pads_and_masks():
+    a, b = torch.ones(3, 4), 2 * torch.ones(1, 4)
+    batch = collate_token_states(list(TokenStateDataset([a, b], [1, 0])))
+    assert batch["token_states"].shape == (2, 3, 4)
+    assert batch["token_mask"].tolist() == [[True, True, True], [True, False, False]]
+    assert batch["labels"].tolist() == [1, 0] and batch["token_states"][1, 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="2 token-state entries but 1 labels"):
+        TokenStateDataset([a, b], [1])
+
+
+def test_image_tokens_are_the_final_feature_map():
+    from hf_lowdata.vision import load_digits, load_efficientnet_lite0
+
+    images = load_digits("train").images[:3]
+    states = image_token_states(FeatureCache(), load_efficientnet_lite0().efficientnet, images, 64, "lite0")
+    assert [s.shape for s in states] == [(4, 1280)] * 3
+
+
+def test_training_from_the_cache_equals_training_without_it(tiny_bert_dir, tmp_path):
+    """Same projector, same data order: cached (fp32) and uncached training end at the same adapter."""
+    from tests.tuners.twin_turbo.test_objectives import _trainer
+
+    cached = _trainer(tiny_bert_dir, tmp_path / "cached", cached=True)
+    cached.train()
+    uncached = _trainer(tiny_bert_dir, tmp_path / "uncached", cached=False)
+    uncached.train()
+    for (name, a), b in zip(cached.model.named_parameters(), uncached.model.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+    moved = [n for n, p in cached.model.named_parameters() if p.requires_grad]
+    assert moved  # the adapters did train (checked against their start in the objectives tests)
+    tok = load_tokenizer(tiny_bert_dir)
+    inputs = tok(["the film was great and plot 1", "the cast was awful"], padding=True, return_tensors="pt")
+    cached.model.eval()
+    uncached.model.eval()
+    torch.testing.assert_close(cached.model(**inputs).logits, uncached.model(**inputs).logits, atol=1e-4, rtol=0)

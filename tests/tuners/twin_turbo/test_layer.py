@@ -1,0 +1,139 @@
+"""The TwinTurbo layer and tuner: padding never matters, only projector + head are saved, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+from hf_lowdata import TwinTurboConfig
+from hf_lowdata.models import load_encoder, load_for_classification
+from hf_lowdata.tuners.twin_turbo import TokenProjector, TokenTap, twin_turbo_layer
+from tests.tuners.twin_turbo.helpers import small_config, tiny_model, tokenizer
+
+SHORT = "a truly good film"
+LONG = "this is a much longer sentence with many more words in it, so the short one gets padded a lot"
+
+
+@pytest.mark.parametrize("aggregation", ["attention", "cls", "mean"])
+@pytest.mark.parametrize("head", ["categorical", "binary", "infonce"])
+def test_padding_does_not_change_the_logits(tiny_bert_dir, aggregation, head):
+    model = tiny_model(tiny_bert_dir, aggregation=aggregation, head=head).eval()
+    tok = tokenizer(tiny_bert_dir)
+    alone = model(**tok([SHORT], return_tensors="pt")).logits
+    padded = model(**tok([SHORT, LONG], padding=True, return_tensors="pt")).logits[0]
+    right = model(**tok([SHORT], padding="max_length", max_length=40, return_tensors="pt")).logits[0]
+    torch.testing.assert_close(padded, alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(right, alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("aggregation", ["attention", "mean", "cls"])
+def test_padded_positions_never_reach_attention_or_pooling(aggregation):
+    torch.manual_seed(0)
+    projector = TokenProjector(24, small_config(aggregation=aggregation)).eval()
+    tokens = torch.randn(3, 7, 24)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    garbage = tokens.clone()
+    garbage[~mask] = 1e4 * torch.randn(int((~mask).sum()), 24)
+    torch.testing.assert_close(projector(garbage, mask), projector(tokens, mask), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no real token"):
+        projector(tokens, torch.zeros(3, 7, dtype=torch.bool))
+
+
+def test_logits_come_from_projector_and_head_and_disable_gives_the_base_head(tiny_bert_dir):
+    tok = tokenizer(tiny_bert_dir)
+    inputs = tok([SHORT, LONG], padding=True, return_tensors="pt")
+    base = load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0).eval()
+    expected_base = base(**inputs).logits
+    model = get_peft_model(base, small_config()).eval()
+    layer = twin_turbo_layer(model)
+    states = load_encoder(tiny_bert_dir)(**inputs).last_hidden_state
+    by_hand = layer.classify(layer.encode(states, inputs["attention_mask"].bool()))
+    torch.testing.assert_close(model(**inputs).logits, by_hand, atol=1e-5, rtol=0)
+    with model.disable_adapter():
+        torch.testing.assert_close(model(**inputs).logits, expected_base, atol=1e-6, rtol=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("twin_turbo_projector" in n or "twin_turbo_head" in n for n in trainable)
+
+
+def test_adapter_saves_only_projector_and_head_and_reloads(tiny_bert_dir, tmp_path):
+    tok = tokenizer(tiny_bert_dir)
+    inputs = tok([SHORT, LONG], padding=True, return_tensors="pt")
+    model = tiny_model(tiny_bert_dir, head="infonce").eval()
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    keys = load_file(tmp_path / "adapter_model.safetensors").keys()
+    assert keys and all(".twin_turbo_projector." in k or ".twin_turbo_head." in k for k in keys)
+    assert not any("discriminator" in k or "critic" in k for k in keys)
+    loaded = PeftModel.from_pretrained(load_for_classification(tiny_bert_dir, 2, seed=1), tmp_path).eval()
+    torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_image_backbone_feature_map_gives_the_tokens():
+    from hf_lowdata.vision import load_efficientnet_lite0
+
+    model = get_peft_model(load_efficientnet_lite0(num_labels=3, seed=0), small_config(task_type=None)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    assert model(pixel_values=pixels).logits.shape == (2, 3)
+    layer = twin_turbo_layer(model)
+    model.base_model.model.efficientnet(pixels[:1])  # the backbone alone: its tap keeps the tokens
+    assert layer.token_tap._value[0].shape == (1, 4, 1280)  # a 2x2 feature map = 4 tokens of width 1280
+
+
+def test_unload_restores_the_base_model_and_removes_the_hook(tiny_bert_dir):
+    tok = tokenizer(tiny_bert_dir)
+    inputs = tok([SHORT], return_tensors="pt")
+    base = load_for_classification(tiny_bert_dir, 2, seed=0).eval()
+    expected = base(**inputs).logits
+    restored = get_peft_model(base, small_config()).unload()
+    torch.testing.assert_close(restored(**inputs).logits, expected, atol=0, rtol=0)
+    assert not any(isinstance(h, TokenTap) for m in restored.modules() for h in m._forward_hooks.values())
+
+
+def test_merge_is_refused_clearly(tiny_bert_dir):
+    model = tiny_model(tiny_bert_dir)
+    for merge in (model.merge_and_unload, model.base_model.merge_adapter):
+        with pytest.raises(NotImplementedError, match="cannot be merged.*unload"):
+            merge()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(aggregation="max"), "aggregation must be one of"),
+        (dict(head="softmax"), "head must be one of"),
+        (dict(projector_dim=30, projector_heads=4), "divisible by projector_heads"),
+        (dict(marginal_weight=-1.0), "marginal_weight must be >= 0"),
+        (dict(head_temperature=0.0), "head_temperature must be > 0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(num_labels=1), "at least 2"),
+    ],
+)
+def test_bad_config_values_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TwinTurboConfig(**kwargs)
+
+
+def test_bad_targets_are_explained(tiny_bert_dir):
+    with pytest.raises(ValueError, match="not found in the base model|Target modules"):
+        tiny_model(tiny_bert_dir, target_modules=["nonexistent"])
+    with pytest.raises(ValueError, match="no module named classifier or score"):
+        get_peft_model(load_encoder(tiny_bert_dir), small_config(task_type=None))
+    with pytest.raises(ValueError, match="could not find it.*backbone_module"):
+        tiny_model(tiny_bert_dir, backbone_module="encoder.nothing")
+    with pytest.raises(ValueError, match="target exactly one module|Target exactly one"):
+        tiny_model(tiny_bert_dir, target_modules=["classifier", "pooler.dense"])
+
+
+def test_one_active_adapter_and_head_needs_the_backbone(tiny_bert_dir):
+    tok = tokenizer(tiny_bert_dir)
+    inputs = tok([SHORT], return_tensors="pt")
+    model = tiny_model(tiny_bert_dir)
+    model.add_adapter("other", small_config())
+    model.base_model.set_adapter(["default", "other"])
+    with pytest.raises(ValueError, match="only one can be active"):
+        model(**inputs)
+    model.base_model.set_adapter("default")
+    with pytest.raises(RuntimeError, match="call the whole model"):
+        model.base_model.model.classifier(torch.randn(1, 32))

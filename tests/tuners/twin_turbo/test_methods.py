@@ -1,0 +1,56 @@
+"""The bench methods twin_turbo / twin_turbo_ce / _nolatent / _noadv on toy data with a tiny BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import DatasetSplits, make_few_shot_task
+from hf_lowdata.methods import RunContext, SharedCache, get_method
+from hf_lowdata.methods.twin_turbo import METHOD_VARIANTS, build_config, feature_cache
+from tests.tuners.twin_turbo.helpers import SMALL, toy_text
+
+BUDGET = Budget(learning_rate=1e-3, epochs=1, min_steps=6, max_steps=6, batch_size=8, warmup_ratio=0.0,
+                options={"unlabelled_batch_size": 8, **SMALL})
+
+
+def _task(seed=0):
+    splits = DatasetSplits("toy", ("neg", "pos"), toy_text(60, 0), test=toy_text(20, 9))
+    return make_few_shot_task(splits, seed=seed, k=4, unlabelled=16)
+
+
+@pytest.mark.parametrize("name", list(METHOD_VARIANTS))
+def test_methods_fit_predict_and_save_only_the_adapter(name, tiny_bert_dir, tmp_path):
+    task = _task()
+    ctx = RunContext(model=str(tiny_bert_dir), seed=0, budget=BUDGET, work_dir=tmp_path, quiet=True)
+    fitted = get_method(name).fit(task, ctx)
+    cached = fitted.predict_proba(task.test.texts)
+    direct = fitted.predict_proba(task.test.texts, use_cache=False)  # backbone + projector on raw text
+    assert cached.shape == (20, 2) and np.allclose(cached.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(cached, direct, atol=2e-3)  # fp16 cache vs fp32 states
+    keys = load_file(fitted.save(tmp_path / "saved") / "adapter_model.safetensors").keys()
+    assert all("twin_turbo_projector" in k or "twin_turbo_head" in k for k in keys)
+    assert 0 < fitted.trainable_parameters < 200_000
+
+
+def test_ablations_switch_off_their_terms():
+    ctx = RunContext(budget=BUDGET, options={"head": "binary", "r": 16})  # unknown options are ignored
+    configs = {name: build_config(ctx, variant) for name, variant in METHOD_VARIANTS.items()}
+    assert configs["twin_turbo"].head == "binary" and configs["twin_turbo"].uses_unlabelled_terms
+    assert not configs["twin_turbo_ce"].uses_unlabelled_terms
+    assert configs["twin_turbo_nolatent"].latent_weight == 0 < configs["twin_turbo_nolatent"].adversarial_weight
+    assert configs["twin_turbo_noadv"].adversarial_weight == 0 < configs["twin_turbo_noadv"].latent_weight
+    assert get_method("twin_turbo").uses_unlabelled and not get_method("twin_turbo_ce").uses_unlabelled
+
+
+def test_runs_of_one_benchmark_share_the_feature_cache(tiny_bert_dir, tmp_path):
+    shared = SharedCache()
+    for seed in (0, 1):
+        ctx = RunContext(model=str(tiny_bert_dir), seed=seed, budget=BUDGET, work_dir=tmp_path, cache=shared,
+                         quiet=True)
+        get_method("twin_turbo").fit(_task(seed), ctx)
+        if seed == 0:
+            first = feature_cache(ctx).computed
+    assert feature_cache(ctx).computed < 2 * first  # the second seed reuses the overlapping texts

@@ -1,0 +1,199 @@
+"""TwinTurbo's loss terms on toy inputs, the alternating discriminator step, training and exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import collator, tokenize
+from hf_lowdata.features import FeatureCache, TokenStateDataset, collate_token_states, text_token_states
+from hf_lowdata.models import load_encoder
+from hf_lowdata.training import LowDataTrainer, few_shot_training_args
+from hf_lowdata.tuners.twin_turbo import LabelDiscriminator, TwinTurboObjective, twin_turbo_layer
+from hf_lowdata.tuners.twin_turbo.objectives import (
+    alignment,
+    conditional_loss,
+    info_nce,
+    label_prior,
+    marginal_cross_entropy,
+)
+from tests.tuners.twin_turbo.helpers import tiny_model, tokenizer, toy_text
+
+BUDGET = Budget(learning_rate=1e-3, epochs=1, min_steps=8, max_steps=8, batch_size=8, warmup_ratio=0.0)
+
+
+def test_marginal_term_is_smallest_for_class_balanced_predictions():
+    prior = torch.full((3,), 1 / 3)
+    balanced = torch.eye(3).repeat(2, 1)  # confident, but every class equally often
+    collapsed = F.one_hot(torch.zeros(6, dtype=torch.long), 3).float() * 0.98 + 0.01
+    skewed = torch.tensor([[0.6, 0.3, 0.1]] * 6)
+    values = [marginal_cross_entropy(p, prior) for p in (balanced, skewed, collapsed)]
+    assert all(torch.isfinite(v) for v in values)
+    assert values[0] < values[1] < values[2]
+    torch.testing.assert_close(values[0], torch.tensor(math.log(3)))  # = H(p) at qbar = p
+    imbalanced = torch.tensor([0.75, 0.25])  # the minimum moves with the prior
+    q = torch.tensor([[0.75, 0.25]] * 4)
+    assert marginal_cross_entropy(q, imbalanced) < marginal_cross_entropy(torch.full((4, 2), 0.5), imbalanced)
+
+
+def test_conditional_losses_of_the_three_heads():
+    logits = torch.tensor([[4.0, -4.0], [-4.0, 4.0]])
+    labels = torch.tensor([0, 1])
+    for kind in ("categorical", "binary", "infonce"):
+        right, wrong = conditional_loss(kind, logits, labels), conditional_loss(kind, logits, 1 - labels)
+        assert torch.isfinite(right) and right < 0.05 < wrong
+    binary = conditional_loss("binary", logits, labels)
+    torch.testing.assert_close(binary, F.binary_cross_entropy_with_logits(logits, torch.eye(2)))
+
+
+def test_info_nce_and_alignment_are_lower_for_aligned_pairs():
+    torch.manual_seed(0)
+    u = torch.randn(16, 8)
+    v_aligned = u + 0.05 * torch.randn(16, 8)
+    v_shuffled = v_aligned[torch.randperm(16)]
+    assert info_nce(u, v_aligned, 0.1) < info_nce(u, v_shuffled, 0.1)
+    assert alignment(u, v_aligned) < alignment(u, v_shuffled)
+    torch.testing.assert_close(alignment(u, 3 * u), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_discriminator_learns_one_hots_from_soft_predictions():
+    torch.manual_seed(0)
+    d = LabelDiscriminator(3, 16)
+    opt = torch.optim.Adam(d.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    real = F.one_hot(torch.randint(0, 3, (64,)), 3).float()
+    fake = torch.softmax(0.3 * torch.randn(64, 3), -1)
+    start = d.loss(real, fake).item()
+    for _ in range(100):
+        opt.zero_grad()
+        d.loss(real, fake).backward()
+        opt.step()
+    assert d.loss(real, fake).item() < 0.5 * start
+    assert d.generator_loss(real) < d.generator_loss(fake)  # confident predictions now fool it better
+
+
+def test_label_prior():
+    torch.testing.assert_close(label_prior("labelled", [0, 0, 0, 1], 2), torch.tensor([0.75, 0.25]))
+    torch.testing.assert_close(label_prior("uniform", [0, 0, 0, 1], 2), torch.tensor([0.5, 0.5]))
+
+
+def _cached(folder, data):
+    states = text_token_states(FeatureCache(dtype=torch.float32), load_encoder(folder), tokenizer(folder),
+                               data.texts, 64, "tiny")
+    return TokenStateDataset(states, data.labels)
+
+
+def _trainer(folder, out, cached=True, unlabelled=True, seed=0, **args):
+    model = tiny_model(folder)
+    labelled, pool = toy_text(16, 0), toy_text(24, 5, labelled=False)
+    train_args = few_shot_training_args(str(out), BUDGET, 16, seed=seed, use_cpu=True, **args)
+    if cached:
+        data = dict(train_dataset=_cached(folder, labelled), data_collator=collate_token_states,
+                    unlabeled_dataset=_cached(folder, pool) if unlabelled else None)
+    else:
+        tok = tokenizer(folder)
+        data = dict(train_dataset=tokenize(labelled, tok), data_collator=collator(tok), processing_class=tok,
+                    unlabeled_dataset=pool if unlabelled else None)
+    return LowDataTrainer(model=model, args=train_args, unlabeled_batch_size=8, **data)
+
+
+def test_training_updates_only_the_adapter_with_every_term_finite(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, cached=False)
+    assert isinstance(trainer.objective, TwinTurboObjective)  # picked from the adapter type
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    terms = trainer.objective.last_terms
+    assert set(terms) == {"cond", "marginal", "adversarial", "latent"}
+    assert all(math.isfinite(v) for v in terms.values())
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("twin_turbo_" in n for n in changed)
+    assert set(trainer.auxiliary_optimizers) == {"discriminator", "critics"}
+
+
+def test_discriminator_step_touches_only_the_discriminator(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, cached=True)
+    trainer.objective.critics = None
+    trainer.create_optimizer()
+    objective, model = trainer.objective, trainer.model
+    model.train()
+    batch = collate_token_states([trainer.train_dataset[i] for i in range(8)])
+    objective.compute_loss(trainer, model, batch)
+    model_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    d_before = [p.detach().clone() for p in objective.discriminator.parameters()]
+    objective.on_optimizer_step(trainer, model)
+    assert all(torch.equal(model_before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, objective.discriminator.parameters()))
+
+
+def test_ce_only_mode_has_no_auxiliary_parts(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, unlabelled=False)
+    cfg = trainer.objective.config
+    cfg.marginal_weight = cfg.adversarial_weight = cfg.latent_weight = 0.0
+    objective = TwinTurboObjective(cfg)
+    objective.setup(trainer)
+    assert objective.discriminator is None and objective.critics is None
+    assert objective.create_auxiliary_optimizers(trainer, trainer.model) == {}
+    trainer.model.train()
+    batch = collate_token_states([trainer.train_dataset[i] for i in range(8)])
+    loss = objective.compute_loss(trainer, trainer.model, batch)
+    layer = twin_turbo_layer(trainer.model)
+    expected = F.cross_entropy(layer.classify(layer.encode(batch["token_states"], batch["token_mask"])),
+                               batch["labels"])
+    assert set(objective.last_terms) == {"cond"} and torch.isfinite(loss)
+    assert abs(loss.item() - expected.item()) < 0.5  # same loss up to dropout
+
+
+def test_without_unlabelled_data_the_terms_use_the_labelled_batch(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, unlabelled=False)
+    trainer.train()
+    assert set(trainer.objective.last_terms) == {"cond", "marginal", "adversarial", "latent"}
+
+
+def test_resume_equals_uninterrupted_run_including_discriminator_and_its_optimizer(tiny_bert_dir, tmp_path):
+    full = _trainer(tiny_bert_dir, tmp_path / "full", save_strategy="steps", save_steps=4)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    assert (checkpoint / "objective_state.safetensors").is_file()
+    resumed = _trainer(tiny_bert_dir, tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    for key, value in full.objective.state_dict().items():
+        torch.testing.assert_close(value, resumed.objective.state_dict()[key], atol=0, rtol=0, msg=key)
+    for name in ("discriminator", "critics"):
+        a = full.auxiliary_optimizers[name].optimizer.state_dict()["state"]
+        b = resumed.auxiliary_optimizers[name].optimizer.state_dict()["state"]
+        assert a[0]["step"] == b[0]["step"] == 8
+        torch.testing.assert_close(a[0]["exp_avg"], b[0]["exp_avg"], atol=0, rtol=0)
+
+
+def test_resume_without_the_discriminator_state_differs(tiny_bert_dir, tmp_path):
+    """The check above can fail: a discriminator restarted from scratch changes the trajectory."""
+    full = _trainer(tiny_bert_dir, tmp_path / "full", save_strategy="steps", save_steps=4)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    (checkpoint / "objective_state.safetensors").unlink()
+    resumed = _trainer(tiny_bert_dir, tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = full.objective.state_dict(), resumed.objective.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad", ["nan", "shape"])
+def test_bad_batches_fail_clearly(tiny_bert_dir, tmp_path, bad):
+    trainer = _trainer(tiny_bert_dir, tmp_path)
+    trainer.create_optimizer()
+    trainer.model.train()
+    batch = collate_token_states([trainer.train_dataset[i] for i in range(4)])
+    if bad == "nan":
+        batch["token_states"][0, 0, 0] = float("nan")
+        loss = trainer.objective.compute_loss(trainer, trainer.model, batch)
+        assert not torch.isfinite(loss)  # LowDataTrainer turns this into NonFiniteLossError
+    else:
+        batch["token_states"] = batch["token_states"][..., :5]
+        with pytest.raises(ValueError, match=r"expects token states \(B, T, 32\).*another backbone"):
+            trainer.objective.compute_loss(trainer, trainer.model, batch)
