@@ -33,13 +33,13 @@ kept. The row norms need the product B A once per step (out x in multiply-adds t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adamw import adamw
 
 from .config import BASE_OPTIMIZERS, NORMS
 from .layer import FTPLayer
@@ -52,7 +52,7 @@ NORM_EPS = 1e-8
 #: Adam constants of the radius update (the paper's; only its learning rate mu is a setting).
 GAMMA_BETAS = (0.9, 0.999)
 GAMMA_EPS = 1e-8
-_RADIUS_KEYS = ("gamma", "gamma_exp_avg", "gamma_exp_avg_sq", "r_prev")
+_RADIUS_KEYS = ("gamma", "gamma_exp_avg", "gamma_exp_avg_sq", "kept")
 #: Module names whose parameters have no pretrained value (new classification heads): plain update.
 NO_PRETRAINED_VALUE = ("classifier", "score", "pre_classifier", "modules_to_save")
 
@@ -61,20 +61,12 @@ NO_PRETRAINED_VALUE = ("classifier", "score", "pre_classifier", "modules_to_save
 def row_norms(c: torch.Tensor, norm: str) -> torch.Tensor:
     """Distances r_i of ``c`` from zero: per output row (MARS, >= 2-D tensors) or one for the tensor.
 
-    Computed in at least float32 (half-precision weights would make the radius coarse).
+    One pass over ``c``, accumulated in at least float32 (half-precision weights would make the radius coarse).
     """
-    c = c.to(torch.promote_types(c.dtype, torch.float32))
+    dtype = torch.promote_types(c.dtype, torch.float32)
     if norm == "mars" and c.dim() >= 2:
-        return c.abs().flatten(1).sum(1) + NORM_EPS
-    if norm == "mars":
-        return c.abs().sum().reshape(1) + NORM_EPS
-    return torch.linalg.vector_norm(c).reshape(1) + NORM_EPS
-
-
-def row_dots(g: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
-    """<g_i, c_i> for the rows :func:`row_norms` uses."""
-    prod = g.to(torch.promote_types(g.dtype, torch.float32)) * c
-    return prod.flatten(1).sum(1) if norm == "mars" and c.dim() >= 2 else prod.sum().reshape(1)
+        return torch.linalg.vector_norm(c, ord=1, dim=tuple(range(1, c.dim())), dtype=dtype) + NORM_EPS
+    return torch.linalg.vector_norm(c, ord=1 if norm == "mars" else 2, dtype=dtype).reshape(1) + NORM_EPS
 
 
 def as_rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -261,56 +253,90 @@ class FTPOptimizer(torch.optim.Optimizer):
                 loss = closure()
         t = self.global_step + 1
         for group in self.param_groups:
-            if group["projection"] == "lora":
-                self._lora_step(group, t)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
                 continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                self._base_update(p, p.grad, group)
-                if group["projection"] != "none":
-                    self._project(p, p.grad, group, t)
+            kind = group["projection"]
+            # The hyper-gradients read W_{t-1}: take them before the base update moves the weights.
+            if kind == "lora":
+                b = group["params"][1]
+                grad_b = b.grad if b.grad is not None else torch.zeros_like(b)
+                hs = [self._hypergradient(b, grad_b)]
+            elif kind != "none":
+                hs = [self._hypergradient(p, p.grad) for p in params]
+            self._base_update(params, group)
+            if kind == "lora":
+                a = group["params"][0]
+                self._shrink(b, row_norms(lora_delta(a, b, group["lora_scale"]), group["norm"]), hs[0], group, t)
+            elif kind != "none":
+                for p, h in zip(params, hs):
+                    self._project(p, h, group, t)
         self.global_step = t
         return loss
 
-    def _base_update(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
-        """p <- p - D, D the base optimizer's update with decoupled weight decay (AdamW / SGDW)."""
-        state = self.state[p]
-        lr, wd = group["lr"], group["weight_decay"]
-        if wd:
-            p.mul_(1 - lr * wd)
-        if group["base"] == "adam":
-            if "exp_avg" not in state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            beta1, beta2 = group["betas"]
-            state["exp_avg"].lerp_(grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            bias2_sqrt = math.sqrt(1 - beta2 ** state["step"])
-            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(group["eps"])
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
-            return
-        direction = grad
-        momentum = group["momentum"]
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
-            else:
-                buf.mul_(momentum).add_(grad)
-            direction = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-        p.add_(direction, alpha=-lr)
+    def _base_update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """p <- p - D for every p, D the base update with decoupled weight decay (AdamW / SGDW).
 
-    def _radius(self, state: dict[str, Any], grad: torch.Tensor, r: torch.Tensor, group: dict[str, Any], t: int) -> torch.Tensor:
-        """This step's gamma from last step's candidate and this step's gradient; updates the state."""
-        if "gamma" not in state:  # the tensor's first projected update: discard it
+        Adam runs as torch's own (fused where the device supports it) AdamW, so the unprojected
+        update is exactly AdamW's and costs what AdamW costs.
+        """
+        lr, wd = group["lr"], group["weight_decay"]
+        if group["base"] == "adam":
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "exp_avg" not in state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif state["step"].device != p.device:  # checkpoints are loaded onto the CPU
+                    state["step"] = state["step"].to(p.device, torch.float32)
+            beta1, beta2 = group["betas"]
+            adamw(
+                params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [], [s["step"] for s in states], fused=_fusable(params) or None, amsgrad=False, beta1=beta1,
+                beta2=beta2, lr=lr, weight_decay=wd, eps=group["eps"], maximize=False,
+            )
+            return
+        momentum = group["momentum"]
+        for p in params:
+            direction = p.grad
+            if momentum:
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = p.grad.detach().clone()
+                else:
+                    buf.mul_(momentum).add_(p.grad)
+                direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.add_(direction, alpha=-lr)
+
+    def _hypergradient(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor | None:
+        """dL/dgamma of last step's projection, sum_i <g_i, c_prev_i> / r_prev_i (``None`` before the first).
+
+        Anchored tensors keep c_prev / r_prev. A delta projected towards zero needs no copy: it *is*
+        c_prev scaled row-wise by min(gamma, r_prev_i) / r_prev_i, so c_prev_i / r_prev_i =
+        W_{t-1,i} / min(gamma, r_prev_i) (exact up to rounding in float32/64; an anchored weight
+        would lose the small offset W - W0 to cancellation, hence the copy there).
+        """
+        state = self.state[p]
+        if "gamma" not in state:
+            return None
+        acc = state["gamma"].dtype
+        if "c_over_r" in state:
+            return torch.dot(grad.reshape(-1).to(acc), state["c_over_r"].reshape(-1).to(acc))
+        kept = state["kept"]
+        rows = len(kept)
+        dots = torch.einsum("ij,ij->i", grad.reshape(rows, -1).to(acc), p.detach().reshape(rows, -1).to(acc))
+        return (dots / kept).sum()
+
+    def _radius(self, state: dict[str, Any], h: torch.Tensor | None, r: torch.Tensor, group: dict[str, Any], t: int) -> torch.Tensor:
+        """This step's gamma from the hyper-gradient ``h`` (``None``: first update, discarded); updates the state."""
+        if h is None:
             state["gamma"] = torch.full((), GAMMA_FLOOR, dtype=r.dtype, device=r.device)
             state["gamma_exp_avg"] = torch.zeros((), dtype=r.dtype, device=r.device)
             state["gamma_exp_avg_sq"] = torch.zeros((), dtype=r.dtype, device=r.device)
             return state["gamma"]
-        h = (row_dots(grad, state["c_prev"], group["norm"]) / state["r_prev"]).sum()
         h = torch.where(h > 0, h * group["kappa"], h)
         beta1, beta2 = GAMMA_BETAS
         m = state["gamma_exp_avg"].mul_(beta1).add_(h, alpha=1 - beta1)
@@ -320,41 +346,36 @@ class FTPOptimizer(torch.optim.Optimizer):
         state["gamma"] = gamma.clamp_max(r.max()).clamp_min(GAMMA_FLOOR)
         return state["gamma"]
 
-    @staticmethod
-    def _remember(state: dict[str, Any], c: torch.Tensor, r: torch.Tensor) -> None:
-        if "c_prev" in state:
-            state["c_prev"].copy_(c)
-        else:
-            state["c_prev"] = c.detach().clone()
-        state["r_prev"] = r
-
-    def _project(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any], t: int) -> None:
-        """p holds the candidate W_{t-1} - D; replace it by its projection onto the radius-gamma ball."""
+    def _shrink(self, p: torch.Tensor, r: torch.Tensor, h: torch.Tensor | None, group: dict[str, Any], t: int) -> None:
+        """p holds c (row norms r): scale each row by clip(gamma / r_i, 0, 1), keeping what the next h needs."""
         state = self.state[p]
-        anchor = state.get("anchor")
+        gamma = self._radius(state, h, r, group, t)
+        rows = as_rows(r, p)
+        if "anchor" in state or p.dtype not in (torch.float32, torch.float64):
+            if "c_over_r" not in state:
+                state["c_over_r"] = torch.empty_like(p)
+            torch.mul(p, rows.reciprocal().to(p.dtype), out=state["c_over_r"])
+        else:
+            state["kept"] = torch.minimum(r, gamma)
+        p.mul_((gamma / rows).clamp(0, 1).to(p.dtype))
+
+    def _project(self, p: torch.Tensor, h: torch.Tensor | None, group: dict[str, Any], t: int) -> None:
+        """p holds the candidate W_{t-1} - D; replace it by its projection onto the radius-gamma ball."""
+        anchor = self.state[p].get("anchor")
         if anchor is not None:
             p.sub_(anchor)  # p now holds c
-        r = row_norms(p, group["norm"])
-        gamma = self._radius(state, grad, r, group, t)
-        self._remember(state, p, r)
-        p.mul_(as_rows((gamma / r).clamp(0, 1), p).to(p.dtype))
+        self._shrink(p, row_norms(p, group["norm"]), h, group, t)
         if anchor is not None:
             p.add_(anchor)
 
-    def _lora_step(self, group: dict[str, Any], t: int) -> None:
-        a, b = group["params"]
-        if a.grad is None and b.grad is None:
-            return
-        if a.grad is not None:
-            self._base_update(a, a.grad, group)
-        grad_b = b.grad if b.grad is not None else torch.zeros_like(b)
-        if b.grad is not None:
-            self._base_update(b, grad_b, group)
-        state = self.state[b]
-        r = row_norms(lora_delta(a, b, group["lora_scale"]), group["norm"])
-        gamma = self._radius(state, grad_b, r, group, t)
-        self._remember(state, b, r)
-        b.mul_(as_rows((gamma / r).clamp(0, 1), b).to(b.dtype))
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel can take these tensors (one device, a float dtype)."""
+    devices = {p.device for p in params}
+    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(
+        p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and p.grad.dtype == p.dtype
+        for p in params
+    )
 
 
 def _check_group(group: dict[str, Any]) -> None:

@@ -25,8 +25,10 @@ def _grads(steps: int, shape, seed: int = 0) -> list[torch.Tensor]:
 class ReferenceFTP:
     """FTP (AdamP) for one tensor, straight from the spec's pseudo-code, in float64 Python."""
 
-    def __init__(self, w0: torch.Tensor, lr: float, mu: float, kappa: float, wd: float = 0.0) -> None:
-        self.w0, self.w = w0.clone(), w0.clone()
+    def __init__(self, w0: torch.Tensor, lr: float, mu: float, kappa: float, wd: float = 0.0,
+                 start: torch.Tensor | None = None) -> None:
+        self.w0 = w0.clone()
+        self.w = w0.clone() if start is None else start.clone()
         self.lr, self.mu, self.kappa, self.wd = lr, mu, kappa, wd
         self.m = torch.zeros_like(w0)
         self.v = torch.zeros_like(w0)
@@ -63,23 +65,29 @@ class ReferenceFTP:
         return self.w
 
 
-def test_steps_match_the_spec_reference():
+@pytest.mark.parametrize("projection, dtype", [("anchor", torch.float64), ("zero", torch.float64), ("zero", torch.float32)])
+def test_steps_match_the_spec_reference(projection, dtype):
+    """Drop-in use (anchor = the starting weight) and a delta projected towards zero (anchor 0, any start)."""
     torch.manual_seed(0)
-    w0 = torch.randn(4, 5, dtype=torch.float64)
+    start = torch.randn(4, 5, dtype=torch.float64)
+    w0 = start if projection == "anchor" else torch.zeros_like(start)
     grads = _grads(6, (4, 5))
     grads[0][0, 1:] = 0  # a row with a tiny candidate: it must fall inside the radius at some point
     for g in grads[1:]:
         g[0, 1:] = 0
     grads[3] = -grads[3]  # a reversal gives a positive hyper-gradient, damped by kappa
-    ref = ReferenceFTP(w0, lr=2e-3, mu=1e-2, kappa=0.5)
-    p = torch.nn.Parameter(w0.clone())
-    opt = FTPOptimizer([p], lr=2e-3, mu=1e-2, kappa=0.5)
+    if projection == "zero":
+        start = start * 1e-3  # a delta that does not start at its anchor (e.g. a reloaded adapter)
+    ref = ReferenceFTP(w0, lr=2e-3, mu=1e-2, kappa=0.5, start=start)
+    p = torch.nn.Parameter(start.clone().to(dtype))
+    opt = FTPOptimizer([p], lr=2e-3, mu=1e-2, kappa=0.5, projection=projection)
+    rtol = 1e-6 if dtype == torch.float64 else 1e-4
     for t, g in enumerate(grads, start=1):
         expected = ref.step(g)
-        p.grad = g.clone()
+        p.grad = g.clone().to(dtype)
         opt.step()
-        torch.testing.assert_close(p.detach(), expected, atol=1e-9, rtol=1e-6, msg=f"step {t}")
-        assert opt.state[p]["gamma"].item() == pytest.approx(ref.gamma, rel=1e-5, abs=1e-12)
+        torch.testing.assert_close(p.detach().double(), expected, atol=1e-9, rtol=rtol, msg=f"step {t}")
+        assert opt.state[p]["gamma"].item() == pytest.approx(ref.gamma, rel=rtol, abs=1e-12)
     assert opt.global_step == len(grads)
     # The scenario exercised every branch: the discard, rows inside and outside, a damped positive h.
     assert ref.log[0]["gamma"] == EPS
@@ -110,18 +118,18 @@ def _plain_adam_deltas(grads, shape, lr):
     return deltas
 
 
-@pytest.mark.parametrize("norm", ["mars", "l2"])
-def test_projection_invariants(norm):
+@pytest.mark.parametrize("norm, projection", [("mars", "anchor"), ("l2", "anchor"), ("mars", "zero")])
+def test_projection_invariants(norm, projection):
     """Rows inside the radius are the unprojected candidate; every row ends within gamma; gamma >= floor."""
     shape = (6, 8)
     torch.manual_seed(1)
-    w0 = torch.randn(shape, dtype=torch.float64)
+    w0 = torch.randn(shape, dtype=torch.float64) if projection == "anchor" else torch.zeros(shape, dtype=torch.float64)
     grads = _grads(25, shape, seed=2)
     for g in grads:
         g[:2] *= 0.01  # small rows, likely inside the radius
     deltas = _plain_adam_deltas(grads, shape, lr=1e-2)
     p = torch.nn.Parameter(w0.clone())
-    opt = FTPOptimizer([p], lr=1e-2, norm=norm, mu=5e-2)
+    opt = FTPOptimizer([p], lr=1e-2, norm=norm, mu=5e-2, projection=projection)
     inside_seen = outside_seen = 0
     for g, d in zip(grads, deltas):
         candidate = p.detach() - d  # W_{t-1} - D_t, computed without the optimizer
