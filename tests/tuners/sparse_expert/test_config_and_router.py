@@ -1,0 +1,109 @@
+"""SparseExpertConfig validation, clear errors, and the router's expert weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from hf_lowdata import SparseExpertConfig
+from hf_lowdata.tuners.sparse_expert.router import expert_weights
+from tests.conformance.models import ToyMLP
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_experts": 0}, "num_experts must be a positive integer"),
+        ({"target_sparsity": 1.0}, r"target_sparsity .* must be in \[0, 1\)"),
+        ({"target_sparsity": -0.1}, r"must be in \[0, 1\)"),
+        ({"stretch_limits": (0.0, 1.1)}, "gamma < 0 < 1 < zeta"),
+        ({"mask_temperature": 0}, "mask_temperature must be positive"),
+        ({"masks": "soft"}, "masks must be one of"),
+        ({"feature_dim": 30, "router_heads": 4}, "divisible by router_heads"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"mask_logit_bound": -1}, "mask_logit_bound must be positive"),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparseExpertConfig(**kwargs)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = SparseExpertConfig(num_experts=4, target_sparsity=0.95, feature_dim=32, target_modules=["lin0"])
+    config.save_pretrained(tmp_path)
+    loaded = SparseExpertConfig.from_pretrained(tmp_path)
+    assert (loaded.num_experts, loaded.target_sparsity, loaded.feature_dim) == (4, 0.95, 32)
+    assert loaded.stretch_limits == (-0.1, 1.1) and loaded.target_modules == {"lin0"}
+
+
+def test_plain_model_without_feature_dim_says_what_to_set():
+    with pytest.raises(ValueError, match="Pass feature_dim="):
+        get_peft_model(ToyMLP(), SparseExpertConfig(target_modules=["lin0"]))
+
+
+def test_model_without_linear_layers_says_what_to_set():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="found no nn.Linear or nn.Conv2d"):
+        get_peft_model(model, SparseExpertConfig(feature_dim=4))
+
+
+def test_unsupported_target_type_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(TypeError, match="adapts nn.Linear and nn.Conv2d"):
+        get_peft_model(model, SparseExpertConfig(target_modules=["1"], feature_dim=4))
+
+
+@pytest.mark.parametrize("sample", [False, True])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0, 1e4])
+def test_expert_weights_are_non_negative_and_sum_to_one(sample, scale):
+    gen = torch.Generator().manual_seed(int(scale))
+    for _ in range(20):
+        logits = scale * torch.randn(8, generator=gen)
+        w = expert_weights(logits, temperature=0.5, sample=sample, generator=gen)
+        assert (w >= 0).all() and torch.isfinite(w).all()
+        torch.testing.assert_close(w.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
+def test_sampled_weights_are_deterministic_per_generator_and_carry_gradients():
+    logits = torch.randn(8, requires_grad=True)
+    a = expert_weights(logits, 2.0, sample=True, generator=torch.Generator().manual_seed(5))
+    b = expert_weights(logits, 2.0, sample=True, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+    (a * torch.arange(8.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return get_peft_model(ToyMLP(), SparseExpertConfig(target_modules=["lin0", "lin1"], feature_dim=32))
+
+
+def test_route_stores_the_weights_in_every_layer():
+    tuner = _mlp().base_model
+    prototypes = torch.randn(3, 32)
+    w = tuner.route(prototypes)
+    assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-5
+    for _, layer in tuner.expert_layers():
+        torch.testing.assert_close(layer.sparse_expert_weights["default"], w)
+    torch.testing.assert_close(tuner.route(prototypes), w)  # eval routing is deterministic
+
+
+def test_router_rejects_wrong_prototype_shape_and_bad_weights():
+    tuner = _mlp().base_model
+    with pytest.raises(ValueError, match=r"class prototypes of shape \(num_classes, 32\)"):
+        tuner.route(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="non-negative"):
+        tuner.set_expert_weights([-1.0] + [1.0] * 7)
+    with pytest.raises(ValueError, match="8 finite"):
+        tuner.set_expert_weights([1.0, 2.0])
+
+
+def test_router_is_not_a_forward_layer_and_unload_removes_it():
+    model = _mlp()
+    with pytest.raises(TypeError, match="not a layer of the model's forward pass"):
+        model.base_model.router()
+    plain = model.merge_and_unload()
+    assert not hasattr(plain, "smat_router") and type(plain) is ToyMLP

@@ -1,0 +1,128 @@
+"""SMAT meta-training: sparsity target reached, exact resume, the grouped optimizer, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.training import LowDataTrainer, few_shot_training_args
+from hf_lowdata.tuners.sparse_expert import GroupedOptimizer, SparseExpertObjective
+from tests.tuners.sparse_expert.helpers import episodes, smat_encoder
+
+
+def _trainer(tiny_bert_dir, out, steps, ga=1, objective=None, config=None, **overrides):
+    model = smat_encoder(tiny_bert_dir, **(config or {}))
+    budget = Budget(learning_rate=5e-3, epochs=1, min_steps=steps, max_steps=steps, batch_size=1, warmup_ratio=0.1)
+    args = few_shot_training_args(str(out), budget, 1, seed=0, use_cpu=True, gradient_accumulation_steps=ga,
+                                  lr_scheduler_type="cosine", **overrides)
+    return LowDataTrainer(model=model, args=args, train_dataset=episodes(tiny_bert_dir, steps * ga),
+                          objective=objective)
+
+
+def _adapter_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_masks_reach_the_sparsity_target_on_a_toy_run(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, steps=30)
+    assert isinstance(trainer.objective, SparseExpertObjective)  # picked for SparseExpert adapters
+    start = trainer.model.base_model.mask_sparsity()
+    trainer.train()
+    tuner = trainer.model.base_model
+    sparsity = tuner.mask_sparsity()
+    assert float(start.max()) < 0.05
+    assert (sparsity >= 0.88).all() and (sparsity < 0.995).all(), sparsity  # reached, not collapsed
+    history = trainer.objective.history
+    assert len(history) == 30 and history[-1]["target_sparsity"] == pytest.approx(0.9)
+    tuner.binarize_masks()
+    torch.testing.assert_close(tuner.mask_sparsity(), sparsity)
+    bits = sum(layer.sparse_expert_bits["default"].numel() for _, layer in tuner.expert_layers()) * 8
+    entries = sum(layer.sparse_expert_delta["default"].numel() for _, layer in tuner.expert_layers()) * 8
+    assert bits <= entries  # at most one bit per mask entry
+
+
+def test_resume_equals_uninterrupted_meta_training(tiny_bert_dir, tmp_path):
+    full = _trainer(tiny_bert_dir, tmp_path / "full", steps=6, ga=2, save_strategy="steps", save_steps=3)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert (checkpoint / "objective_state.safetensors").is_file()
+    resumed = _trainer(tiny_bert_dir, tmp_path / "resumed", steps=6, ga=2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = _adapter_state(full.model), _adapter_state(resumed.model)
+    assert a.keys() == b.keys() and any("sparse_expert_logits" in k for k in a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(full.objective.multipliers, resumed.objective.multipliers, rtol=0, atol=0)
+    assert full.objective.history[-1]["sparsity"] == resumed.objective.history[-1]["sparsity"]
+    start = smat_encoder(tiny_bert_dir)
+    moved = [n for n, p in _adapter_state(start).items() if not torch.equal(p, a[n])]
+    assert any("sparse_expert_delta" in n for n in moved) and any("router" in n for n in moved)
+
+
+def test_dense_meta_tuning_keeps_every_mask_on(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, steps=3, objective=SparseExpertObjective(learn_masks=False),
+                       config={"num_experts": 1, "target_sparsity": 0.0})
+    before = _adapter_state(trainer.model)
+    trainer.train()
+    assert float(trainer.model.base_model.mask_sparsity().max()) == 0.0
+    after = _adapter_state(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "sparse_expert_delta" in n)
+
+
+def test_non_episodic_data_and_binary_masks_are_refused(tiny_bert_dir, tmp_path):
+    from hf_lowdata.data import tokenize
+    from hf_lowdata.models import load_tokenizer
+    from tests.tuners.sparse_expert.helpers import toy_text
+
+    model = smat_encoder(tiny_bert_dir)
+    args = few_shot_training_args(str(tmp_path), Budget(learning_rate=1e-3, min_steps=1, max_steps=1), 1, use_cpu=True)
+    plain = tokenize(toy_text(8, 0), load_tokenizer(tiny_bert_dir))
+    with pytest.raises(TypeError, match="pass train_dataset=EpisodeDataset"):
+        LowDataTrainer(model=model, args=args, train_dataset=plain)
+    binary = smat_encoder(tiny_bert_dir, masks="binary")
+    with pytest.raises(ValueError, match="binary masks, which cannot be meta-trained"):
+        LowDataTrainer(model=binary, args=args, train_dataset=episodes(tiny_bert_dir, 1))
+    with pytest.raises(ValueError, match="distill_weight"):
+        SparseExpertObjective(distill_weight=2.0)
+
+
+def _reference_step(cls, **kwargs):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = cls([p], **kwargs)
+    for i in range(3):
+        p.grad = torch.arange(5.0) - i
+        opt.step()
+    return p.detach()
+
+
+@pytest.mark.parametrize(
+    ("group", "reference"),
+    [
+        ({"algorithm": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2},
+         (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2})),
+        ({"algorithm": "adamw", "lr": 0.01, "weight_decay": 0.1},
+         (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1})),
+        ({"algorithm": "sgd", "lr": 0.1, "maximize": True}, (torch.optim.SGD, {"lr": 0.1, "maximize": True})),
+    ],
+)
+def test_grouped_optimizer_matches_torch(group, reference):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = GroupedOptimizer([{"params": [p], **group}])
+    for i in range(3):
+        p.grad = torch.arange(5.0) - i
+        opt.step()
+    torch.testing.assert_close(p.detach(), _reference_step(reference[0], **reference[1]))
+
+
+def test_grouped_optimizer_clips_per_group_and_fixed_lr_ignores_the_schedule():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = GroupedOptimizer([{"params": [a], "lr": 1.0, "max_grad_norm": 1.0}, {"params": [b], "lr": 1.0, "fixed_lr": 2.0}])
+    for group in opt.param_groups:
+        group["lr"] = 0.5  # what a scheduler would do
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([3.0, 4.0])
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.tensor([-0.3, -0.4]))  # clipped to norm 1, lr 0.5
+    torch.testing.assert_close(b.detach(), torch.tensor([-6.0, -8.0]))  # not clipped, fixed lr 2
