@@ -22,6 +22,33 @@ def _grads(steps: int, shape, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(steps)]
 
 
+class ReferenceRadius:
+    """One tensor's radius per the spec: 1e-8 at the first update, then Adam (lr mu) on h, clipped."""
+
+    def __init__(self, mu: float, kappa: float = 1.0) -> None:
+        self.mu, self.kappa = mu, kappa
+        self.t, self.gamma, self.gm, self.gv = 0, None, 0.0, 0.0
+        self.c_prev = self.r_prev = self.h = None
+
+    def ratio(self, g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """clip(gamma / r_i, 0, 1) per row for gradient ``g`` and candidate offset ``c``."""
+        self.t += 1
+        t = self.t
+        r = c.abs().sum(dim=1) + EPS
+        if self.gamma is None:
+            self.gamma, self.h = EPS, None
+        else:
+            h = sum(float((g[i] * self.c_prev[i]).sum()) / float(self.r_prev[i]) for i in range(g.shape[0]))
+            self.h = h * self.kappa if h > 0 else h
+            self.gm = 0.9 * self.gm + 0.1 * self.h
+            self.gv = 0.999 * self.gv + 0.001 * self.h * self.h
+            gm_hat, gv_hat = self.gm / (1 - 0.9**t), self.gv / (1 - 0.999**t)
+            gamma = self.gamma - self.mu * gm_hat / (math.sqrt(gv_hat) + 1e-8)
+            self.gamma = min(max(gamma, EPS), float(r.max()))
+        self.c_prev, self.r_prev = c, r
+        return torch.clamp(self.gamma / r, 0, 1)
+
+
 class ReferenceFTP:
     """FTP (AdamP) for one tensor, straight from the spec's pseudo-code, in float64 Python."""
 
@@ -29,40 +56,27 @@ class ReferenceFTP:
                  start: torch.Tensor | None = None) -> None:
         self.w0 = w0.clone()
         self.w = w0.clone() if start is None else start.clone()
-        self.lr, self.mu, self.kappa, self.wd = lr, mu, kappa, wd
+        self.lr, self.wd = lr, wd
         self.m = torch.zeros_like(w0)
         self.v = torch.zeros_like(w0)
-        self.t = 0
-        self.gamma = None
-        self.gm = self.gv = 0.0
-        self.c_prev = self.r_prev = None
+        self.radius = ReferenceRadius(mu, kappa)
         self.log: list[dict] = []
 
     def step(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        t = self.t
+        t = self.radius.t + 1
         self.m = 0.9 * self.m + 0.1 * g
         self.v = 0.999 * self.v + 0.001 * g * g
         m_hat, v_hat = self.m / (1 - 0.9**t), self.v / (1 - 0.999**t)
         d = self.lr * m_hat / (v_hat.sqrt() + 1e-8) + self.lr * self.wd * self.w
         c = (self.w - d) - self.w0
-        r = c.abs().sum(dim=1) + EPS
-        if t == 1:
-            gamma, h = EPS, None
-        else:
-            h = sum(float((g[i] * self.c_prev[i]).sum()) / float(self.r_prev[i]) for i in range(g.shape[0]))
-            if h > 0:
-                h *= self.kappa
-            self.gm = 0.9 * self.gm + 0.1 * h
-            self.gv = 0.999 * self.gv + 0.001 * h * h
-            gm_hat, gv_hat = self.gm / (1 - 0.9**t), self.gv / (1 - 0.999**t)
-            gamma = self.gamma - self.mu * gm_hat / (math.sqrt(gv_hat) + 1e-8)
-            gamma = min(max(gamma, EPS), float(r.max()))
-        ratio = torch.clamp(gamma / r, 0, 1)
+        ratio = self.radius.ratio(g, c)
         self.w = self.w0 + ratio[:, None] * c
-        self.log.append({"gamma": gamma, "h": h, "r": r, "c": c, "inside": (r <= gamma)})
-        self.gamma, self.c_prev, self.r_prev = gamma, c, r
+        self.log.append({"gamma": self.radius.gamma, "h": self.radius.h, "inside": ratio == 1})
         return self.w
+
+    @property
+    def gamma(self) -> float:
+        return self.radius.gamma
 
 
 @pytest.mark.parametrize("projection, dtype", [("anchor", torch.float64), ("zero", torch.float64), ("zero", torch.float32)])
@@ -177,20 +191,11 @@ def test_sgd_base_step_matches_reference():
     lr, mom, wd = 0.1, 0.9, 0.01
     p = torch.nn.Parameter(w0.clone())
     opt = FTPOptimizer([p], lr=lr, base="sgd", momentum=mom, weight_decay=wd, mu=1.0)
-    w, buf, gamma, gm, gv, c_prev, r_prev = w0.clone(), None, None, 0.0, 0.0, None, None
+    w, buf, radius = w0.clone(), None, ReferenceRadius(mu=1.0)
     for t, g in enumerate(grads, start=1):
         buf = g.clone() if buf is None else mom * buf + g
         c = w - lr * (g + mom * buf) - lr * wd * w - w0
-        r = c.abs().sum(1) + EPS
-        if t == 1:
-            gamma = EPS
-        else:
-            h = float(((g * c_prev).sum(1) / r_prev).sum())
-            gm, gv = 0.9 * gm + 0.1 * h, 0.999 * gv + 0.001 * h * h
-            gamma = gamma - 1.0 * (gm / (1 - 0.9**t)) / (math.sqrt(gv / (1 - 0.999**t)) + 1e-8)
-            gamma = min(max(gamma, EPS), float(r.max()))
-        w = w0 + torch.clamp(gamma / r, 0, 1)[:, None] * c
-        c_prev, r_prev = c, r
+        w = w0 + radius.ratio(g, c)[:, None] * c
         p.grad = g.clone()
         opt.step()
         torch.testing.assert_close(p.detach(), w, atol=1e-9, rtol=1e-6, msg=f"step {t}")
@@ -276,8 +281,7 @@ def test_lora_pair_matches_the_dense_delta_reference():
     x = torch.randn(16, in_f, dtype=torch.float64)
     target = torch.randn(16, out_f, dtype=torch.float64)
     target[:, :2] *= 0.01  # two output rows barely move: they fall inside the radius
-    gamma = c_prev = r_prev = None
-    gm = gv = 0.0
+    radius = ReferenceRadius(mu)
     inside_seen = False
     for t in range(1, 13):
         delta = s * b @ a
@@ -293,18 +297,9 @@ def test_lora_pair_matches_the_dense_delta_reference():
         a_new = a.detach() - (d_a - shadow[0].detach())
         b_cand = b.detach() - (d_b - shadow[1].detach())
         c = s * b_cand @ a_new
-        r = c.abs().sum(1) + EPS
-        if t == 1:
-            gamma = EPS
-        else:
-            h = float(((g_delta * c_prev).sum(1) / r_prev).sum())
-            gm, gv = 0.9 * gm + 0.1 * h, 0.999 * gv + 0.001 * h * h
-            gamma = gamma - mu * (gm / (1 - 0.9**t)) / (math.sqrt(gv / (1 - 0.999**t)) + 1e-8)
-            gamma = min(max(gamma, EPS), float(r.max()))
-        ratio = torch.clamp(gamma / r, 0, 1)
+        ratio = radius.ratio(g_delta, c)  # the dense-delta reference: dL/d(delta) and c = s B' A'
         inside_seen |= bool((ratio == 1).any() and (ratio < 1).any())
         expected_delta = ratio[:, None] * c
-        c_prev, r_prev = c, r
         opt.step()
         opt.zero_grad()
         torch.testing.assert_close(a.detach(), a_new, atol=1e-12, rtol=1e-9, msg=f"A, step {t}")

@@ -1,0 +1,91 @@
+"""The FTP section's tables from a benchmark's ``runs.jsonl``: accuracy in and out of domain, step times.
+
+Reads what ``hf-lowdata bench`` recorded (nothing is re-run) and prints Markdown: in-domain
+accuracy, out-of-domain accuracy per (train -> test) pair, and the median step / optimizer-step
+seconds of each method with the ratios the FTP issue targets (FTP / full fine-tuning's AdamW,
+FTP / TPGM). Usage:
+
+    python scripts/ftp_report.py runs/ftp_ood/runs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METHOD_ORDER = ("full", "lora", "ftp", "ftp_lora", "tpgm")
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = 100 * np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{100 * np.mean(values):.1f} ± {spread:.1f} (n={len(values)})"
+
+
+def _methods(records: list[dict]) -> list[str]:
+    present = {r["method"] for r in records}
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def accuracy_tables(records: list[dict]) -> str:
+    """In-domain and out-of-domain accuracy, mean ± std over seeds, one row per (dataset, k)."""
+    methods = _methods(records)
+    header = f"| trained on | test set | k | {' | '.join(methods)} |\n|---|---|---|{'---|' * len(methods)}\n"
+    cells: dict[tuple[str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        cells[(r["dataset"], r["dataset"] + " (in-domain)", r["k"])][r["method"]].append(r["accuracy"])
+        for other, acc in (r.get("ood_accuracy") or {}).items():
+            cells[(r["dataset"], other, r["k"])][r["method"]].append(acc)
+    rows = [f"| {d} | {t} | {k} | {' | '.join(_cell(by[m]) for m in methods)} |"
+            for (d, t, k), by in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][2], "(" not in kv[0][1], kv[0][1]))]
+    return header + "\n".join(rows)
+
+
+def step_time_table(records: list[dict]) -> str:
+    """Median over runs of each run's median step / optimizer-step seconds, and the target ratios."""
+    steps, opts = defaultdict(list), defaultdict(list)
+    for r in records:
+        if r.get("step_seconds_median") is not None:
+            steps[r["method"]].append(r["step_seconds_median"])
+        if r.get("optimizer_step_seconds_median") is not None:
+            opts[r["method"]].append(r["optimizer_step_seconds_median"])
+    step, opt = {m: float(np.median(v)) for m, v in steps.items()}, {m: float(np.median(v)) for m, v in opts.items()}
+    lines = ["| method | step s (median) | optimizer.step() s (median) | runs |", "|---|---|---|---|"]
+    lines += [f"| {m} | {step.get(m, float('nan')):.3f} | {opt.get(m, float('nan')):.4f} | {len(steps.get(m, []))} |"
+              for m in _methods(records)]
+
+    def ratio(a: str, b: str, table: dict[str, float]) -> str:
+        return f"{table[a] / table[b]:.2f}" if a in table and b in table and table[b] > 0 else "-"
+
+    lines += [
+        "",
+        f"- FTP step / full fine-tuning (AdamW) step: **{ratio('ftp', 'full', step)}** (target <= 1.15)",
+        f"- FTP step / TPGM step: **{ratio('ftp', 'tpgm', step)}** (target <= 0.75; the paper: ~0.65)",
+        f"- FTP (LoRA delta) step / LoRA step: {ratio('ftp_lora', 'lora', step)}",
+        f"- FTP optimizer.step() / AdamW on the same deltas (TPGM's base optimizer): {ratio('ftp', 'tpgm', opt)}",
+        f"- FTP optimizer.step() / AdamW on every weight (full fine-tuning): {ratio('ftp', 'full', opt)}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="runs.jsonl file(s) of hf-lowdata bench")
+    args = parser.parse_args()
+    records = [json.loads(line) for path in args.runs for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r.get("status") == "ok" and r.get("k") is not None]
+    if not records:
+        raise SystemExit("No successful k-shot runs in the given files.")
+    print("### Accuracy (%), mean ± std over seeds\n")
+    print(accuracy_tables(records))
+    print("\n### Step time (s)\n")
+    print(step_time_table(records))
+
+
+if __name__ == "__main__":
+    main()
