@@ -257,3 +257,58 @@ def test_resume_equals_uninterrupted_training(tiny_bert_dir, tmp_path):
     outer_b = resumed.auxiliary_optimizers["outer"].optimizer.state_dict()
     assert outer_a["state"][0]["step"] == outer_b["state"][0]["step"] == 2
     assert torch.equal(outer_a["state"][0]["exp_avg_sq"], outer_b["state"][0]["exp_avg_sq"])
+
+
+# ---- under DDP ---------------------------------------------------------------------------------
+
+DDP_WORKER = """
+import sys
+from accelerate import PartialState
+from peft import TaskType, get_peft_model
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import TextDataset, collator, tokenize
+from hf_lowdata.models import load_for_classification, load_tokenizer
+from hf_lowdata.training import LowDataTrainer, few_shot_training_args
+from hf_lowdata.tuners.mixup_blo import MixupBLOConfig
+from tests.helpers import toy_sentences
+
+path, out = sys.argv[1], sys.argv[2]
+tok = load_tokenizer(path)
+rows = toy_sentences(24, 0)
+data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"))
+model = get_peft_model(load_for_classification(path, 2, seed=0), MixupBLOConfig(task_type=TaskType.SEQ_CLS, mixing_lr=0.05))
+budget = Budget(learning_rate=1e-3, epochs=1, min_steps=2, max_steps=2, batch_size=2, warmup_ratio=0.0)
+args = few_shot_training_args(out, budget, 24, seed=0, use_cpu=True)
+trainer = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok),
+                         processing_class=tok)
+start = sum(float(p.sum()) for n, p in trainer.model.named_parameters() if "_mix_" in n)
+trainer.train()
+mix = sum(float(p.sum()) for n, p in trainer.model.named_parameters() if "_mix_" in n)
+weight = sum(float(p.sum()) for n, p in trainer.model.named_parameters() if "mixup_blo_weight" in n)
+print(f"rank {PartialState().process_index} mix={mix:.10f} weight={weight:.10f} steps={trainer.state.global_step} "
+      f"moved={mix != start}", flush=True)
+"""
+
+
+def test_two_ddp_processes_end_with_the_same_mixing_and_weights(tiny_bert_dir, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import REPO_ROOT
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(worker), str(tiny_bert_dir),
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = sorted(re.findall(r"rank (\d) mix=(\S+) weight=(\S+) steps=2 moved=True", proc.stdout))
+    assert [line[0] for line in lines] == ["0", "1"], proc.stdout
+    assert lines[0][1:] == lines[1][1:]  # outer gradients averaged; inner steps synchronised by DDP
