@@ -143,8 +143,11 @@ class TPGMObjective(TrainingObjective):
     def setup(self, trainer: LowDataTrainer) -> None:
         if self.validation is None:
             data = trainer.train_dataset
-            if data is None or "labels" not in data.column_names:
-                raise ValueError("TPGM needs labelled held-out data: pass validation= or a train_dataset with labels.")
+            if data is None or "labels" not in getattr(data, "column_names", ()):
+                raise ValueError(
+                    "TPGM holds out part of the training set, which must be a tokenised datasets.Dataset with a "
+                    "'labels' column; otherwise pass validation= (held-out examples with labels) to TPGMObjective."
+                )
             train_idx, held_idx = heldout_split(list(data["labels"]), self.heldout_fraction, trainer.args.seed)
             if not held_idx:
                 raise ValueError(
