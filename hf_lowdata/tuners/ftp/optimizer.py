@@ -22,13 +22,17 @@ Where this differs from, or goes beyond, the authors' ``AdamP`` / ``SGDP``:
 * each param group says what its tensors are projected towards (``projection``): ``"anchor"``, a
   copy of the starting value (drop-in use for full fine-tuning); ``"zero"``, a delta whose anchor is
   implicitly zero (FTP adapters: the pretrained weight is not copied); ``"lora"``, a pair ``[A, B]``
-  with delta = ``lora_scale`` * B A; ``"none"``, the plain base update (a new head has no pretrained value).
+  with delta = ``lora_scale`` * B A; ``"none"``, the plain base update (a new head has no pretrained value);
+* memory: the spec's W0 + c_prev + row norms shrink, for deltas projected towards zero in float32/64,
+  to one number per row: the anchor is zero and c_prev is the projected delta divided row-wise by
+  min(gamma, r_prev) (see :meth:`FTPOptimizer._hypergradient`); anchored tensors keep c_prev / r_prev;
+* the base Adam update is torch's own (fused) AdamW, so unprojected tensors get exactly AdamW's update.
 
 LoRA deltas (our extension): row i of delta = s B_i A. Projecting that row towards zero by the factor
 clip(gamma / r_i, 0, 1) is exactly scaling row i of B, and because the projection never changes A,
 A_{t-1} equals the candidate A of the previous step, so the hyper-gradient
-<dL/d delta_i, c_prev_i> equals <dL/dB_i, B_cand_prev_i>: exact, with only B's candidate (out x r)
-kept. The row norms need the product B A once per step (out x in multiply-adds times r).
+<dL/d delta_i, c_prev_i> equals <dL/dB_i, B_cand_prev_i>: exact, computed from dL/dB alone. The row
+norms need the product B A once per step (out x in multiply-adds times r).
 """
 
 from __future__ import annotations

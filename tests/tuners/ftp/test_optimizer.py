@@ -328,3 +328,15 @@ def test_malformed_lora_group_is_a_clear_error():
     a, b = torch.nn.Parameter(torch.zeros(2, 4)), torch.nn.Parameter(torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"exactly \[A, B\]"):
         FTPOptimizer([{"params": [a, b], "projection": "lora", "lora_scale": 1.0}])
+
+
+def test_state_memory_per_projection_kind():
+    """A zero-anchored delta keeps one number per row beyond Adam's moments; an anchored tensor its W0 and c / r."""
+    delta, weight = torch.nn.Parameter(torch.zeros(6, 4)), torch.nn.Parameter(torch.randn(6, 4))
+    opt = FTPOptimizer([{"params": [delta], "projection": "zero"}, {"params": [weight], "projection": "anchor"}], lr=1e-2)
+    for _ in range(2):
+        delta.grad, weight.grad = torch.randn(6, 4), torch.randn(6, 4)
+        opt.step()
+    full_size = {k for k, v in opt.state[delta].items() if torch.is_tensor(v) and v.shape == delta.shape}
+    assert full_size == {"exp_avg", "exp_avg_sq"} and opt.state[delta]["kept"].shape == (6,)
+    assert {"anchor", "c_over_r"} <= set(opt.state[weight])
