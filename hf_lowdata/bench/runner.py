@@ -231,7 +231,8 @@ def execute_run(
         method = get_method(spec.method)
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
             ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,
-                             options=dict(config.options), device=config.device, quiet=True)
+                             options={"bench_data_dir": str(config.data_dir), **config.options},
+                             device=config.device, quiet=True)
             set_seed(spec.seed)
             with PeakMemory() as memory:
                 with Timer() as train_timer:

@@ -179,7 +179,7 @@ class SparseExpertObjective(TrainingObjective):
             learning rate is ``TrainingArguments.learning_rate``.
         mask_lr: constant Adam step of the mask logits (``None``: ``8 / max_steps``, within [0.01, 0.5]).
         multiplier_lr: ascent step of the multipliers per unit of log-density excess (0.5).
-        max_multiplier: upper bound of the multipliers, in units of the mask step (4).
+        max_multiplier: upper bound of the multipliers, in units of the mask step (2).
         sparsity_ramp: (start, end) fractions of meta-training over which the sparsity target rises
             from 0 to the config's ``target_sparsity`` (0.1, 0.6).
         router_lr / router_weight_decay / router_max_grad_norm: AdamW settings of the router
@@ -204,7 +204,7 @@ class SparseExpertObjective(TrainingObjective):
         delta_weight_decay: float = 1e-4,
         mask_lr: float | None = None,
         multiplier_lr: float = 0.5,
-        max_multiplier: float = 4.0,
+        max_multiplier: float = 2.0,
         sparsity_ramp: tuple[float, float] = (0.1, 0.6),
         router_lr: float = 1e-4,
         router_weight_decay: float = 1e-2,
@@ -363,6 +363,9 @@ class SparseExpertObjective(TrainingObjective):
         peft_model = trainer.accelerator.unwrap_model(model)
         tuner: SparseExpertModel = peft_model.base_model
         backbone = feature_backbone(peft_model)
+        for module in backbone.modules():  # BatchNorm statistics stay the pretrained ones (frozen backbone)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         y_s, y_q = inputs["support_labels"], inputs["query_labels"]
         way = int(y_s.max()) + 1
         frozen_s = self._frozen_features(tuner, backbone, inputs, "support")

@@ -1,0 +1,442 @@
+"""``sparse_expert`` (SMAT) and its ablations, for the benchmark, the demo and the CLI.
+
+Protocol (spec section 3, "for this project"): meta-train a SparseExpert adapter on episodes from
+*source* datasets (default ``sst5,mr,mpqa``, read from ``source_dir``, by default the benchmark's
+``--data-dir``), then for each few-shot task: route its support set -> merge into plain dense
+weights -> optionally fine-tune on the support set (``finetune=lora`` by default, with the ``lora``
+baseline's budget, or ``full`` / ``none``) -> predict with the cosine ProtoNet head
+``10 cos(f(x), c_k)`` built from the support set.
+
+Meta-training is paid once per (model, sources, settings, meta seed): the binarized adapter is cached
+under ``$HF_LOWDATA_CACHE/sparse_expert/<key>/`` (default ``~/.cache/hf_lowdata``; option
+``cache_dir``), written to a temporary folder and renamed, so a kill leaves either nothing or a
+complete entry; an interrupted meta-training resumes from its last checkpoint. Source examples whose
+text occurs in any test split of ``source_dir`` (or in the task's test set) are never meta-trained on.
+
+Variants: ``sparse_expert_dense`` (dense meta-tuning, one always-on mask: the PMF analogue),
+``sparse_expert_m4`` (4 experts), ``sparse_expert_tau80`` / ``sparse_expert_tau95`` (sparsity 0.8 /
+0.95), ``sparse_expert_pretrained`` (no meta-tuning: same head and test-time fine-tuning on the
+pretrained encoder). ``lora`` is the project's no-meta-tuning baseline with its own linear head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..budgets import Budget
+from ..data import DataError, FewShotTask, load_data
+from ..inference import mean_pooled_embeddings
+from ..models import load_encoder, load_tokenizer, model_id, resolve_model_path
+from .base import FittedClassifier, Method, RunContext, register_method
+
+BUDGET_NAME = "sparse_expert"
+DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
+#: Option the benchmark runner sets to its ``--data-dir`` (the default ``source_dir``).
+BENCH_DATA_DIR_OPTION = "bench_data_dir"
+META_FILE = "meta_training.json"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where meta-trained adapters are cached: ``cache_dir``, ``$HF_LOWDATA_CACHE`` or ``~/.cache/hf_lowdata``."""
+    base = cache_dir or os.environ.get("HF_LOWDATA_CACHE") or Path.home() / ".cache" / "hf_lowdata"
+    return Path(base).expanduser() / "sparse_expert"
+
+
+def held_out_texts(source_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """Every text of every test split under ``source_dir`` plus ``extra``: never meta-trained on."""
+    texts = set(extra)
+    for folder in sorted(p for p in source_dir.iterdir() if p.is_dir()):
+        if any((folder / f"test{s}").is_file() for s in (".jsonl", ".csv", ".tsv", ".json")):
+            test = load_data(folder, empty_text="drop").test
+            if test is not None:
+                texts.update(test.texts)
+    return sorted(texts)
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        h.update(part)
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+@dataclass
+class MetaTrainingPlan:
+    """Everything that determines a meta-trained adapter (and therefore its cache key).
+
+    Args:
+        model: model name or folder.
+        source_dir: folder holding the source datasets.
+        sources: names of the source dataset folders.
+        adapter: ``SparseExpertConfig`` keyword arguments.
+        objective: ``SparseExpertObjective`` keyword arguments.
+        steps: meta-training optimizer steps.
+        meta_batch: episodes per optimizer step (gradient accumulation).
+        learning_rate: SGD learning rate of the deltas.
+        warmup_ratio: linear warm-up fraction of the cosine schedule.
+        seed: meta-training seed (episodes, initialisation).
+        way / shot / query_per_class: episode shapes.
+        max_length: tokens per text.
+        exclude_texts: texts never to draw (held-out test sets); enters the key as a digest.
+    """
+
+    model: str | None
+    source_dir: str
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    adapter: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
+    steps: int = 100
+    meta_batch: int = 4
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    way: tuple[int, int] = (2, 5)
+    shot: tuple[int, int] = (1, 8)
+    query_per_class: int = 8
+    max_length: int = 128
+    exclude_texts: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as JSON-able data, with the model and source files identified by content."""
+        from ..training.episodes import normalise_text
+
+        data = asdict(self)
+        data.pop("exclude_texts")
+        data["model"] = model_id(self.model)
+        data["model_path"] = str(resolve_model_path(self.model))
+        data["source_files"] = {
+            name: _digest((Path(self.source_dir) / name / "train.jsonl").read_bytes())
+            if (Path(self.source_dir) / name / "train.jsonl").is_file() else "missing"
+            for name in self.sources
+        }
+        data["source_dir"] = str(Path(self.source_dir).resolve())
+        data["excluded_texts"] = _digest(*sorted({normalise_text(t).encode() for t in self.exclude_texts}))
+        return data
+
+    def key(self) -> str:
+        described = self.describe()
+        described.pop("source_dir")  # the same files elsewhere give the same adapter
+        described.pop("model_path")
+        return _digest(json.dumps(described, sort_keys=True, default=str).encode())
+
+
+def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = None, quiet: bool = True,
+               device: str | None = None) -> Path:
+    """The folder of the meta-trained (binarized) adapter for ``plan``; meta-trains it if not cached."""
+    root = cache_root(cache_dir)
+    final = root / plan.key()
+    if (final / META_FILE).is_file():
+        return final
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from ..training import LowDataTrainer, few_shot_training_args, last_complete_checkpoint
+    from ..training.episodes import EpisodeDataset, TextSource
+    from ..tuners.sparse_expert import SparseExpertConfig, SparseExpertObjective
+
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / f"{plan.key()}.work"
+    tokenizer = load_tokenizer(plan.model)
+    sources = []
+    for name in plan.sources:
+        folder = Path(plan.source_dir) / name
+        if not folder.is_dir():
+            raise DataError(f"Source dataset {name!r} not found in {plan.source_dir}; set sources= or source_dir=.")
+        sources.append(TextSource(load_data(folder, empty_text="drop").train, tokenizer, plan.max_length, name,
+                                  exclude_texts=plan.exclude_texts))
+    episodes = EpisodeDataset(sources, plan.steps * plan.meta_batch, seed=plan.seed, way=plan.way, shot=plan.shot,
+                              query_per_class=plan.query_per_class)
+    set_seed(plan.seed)
+    model = get_peft_model(load_encoder(plan.model).train(), SparseExpertConfig(**plan.adapter))
+    budget = Budget(learning_rate=plan.learning_rate, epochs=1, min_steps=plan.steps, max_steps=plan.steps,
+                    batch_size=1, weight_decay=0.0, warmup_ratio=plan.warmup_ratio, max_length=plan.max_length)
+    use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    args = few_shot_training_args(
+        str(work), budget, 1, seed=plan.seed, gradient_accumulation_steps=plan.meta_batch, lr_scheduler_type="cosine",
+        save_strategy="steps", save_steps=max(1, plan.steps // 10), save_total_limit=1, use_cpu=use_cpu,
+        logging_steps=max(1, plan.steps // 20),
+    )
+    trainer = LowDataTrainer(model=model, args=args, train_dataset=episodes,
+                             objective=SparseExpertObjective(**plan.objective))
+    if quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    resume = last_complete_checkpoint(work)
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    tuner = trainer.model.base_model
+    tuner.binarize_masks()
+    sparsity = tuner.mask_sparsity()
+    tmp = root / f"{plan.key()}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    mask_entries = sum(layer.sparse_expert_delta["default"].numel() for _, layer in tuner.expert_layers())
+    mask_bytes = sum(layer.sparse_expert_bits["default"].numel() for _, layer in tuner.expert_layers())
+    num_experts = tuner.peft_config["default"].num_experts
+    summary = {
+        "plan": plan.describe(),
+        "seconds": round(seconds, 1),
+        "resumed_from": resume,
+        "excluded_source_examples": {s.name: s.excluded for s in sources},
+        "mask_sparsity": [round(float(v), 4) for v in sparsity],
+        "mask_entries_per_expert": mask_entries,
+        "mask_bytes": mask_bytes,
+        "mask_bits_per_entry": 8 * mask_bytes / (num_experts * mask_entries),
+        "adapter_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+        "history": trainer.objective.history,
+    }
+    (tmp / META_FILE).write_text(json.dumps(summary, indent=1))
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process finished the same plan first: keep its result
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Meta-test: the ProtoNet classifier on (routed, merged, optionally fine-tuned) encoder weights
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _support_prototypes(encoder: torch.nn.Module, tokenizer: Any, task: FewShotTask, max_length: int) -> torch.Tensor:
+    from ..tuners.sparse_expert import class_prototypes
+
+    features = torch.from_numpy(
+        mean_pooled_embeddings(encoder, tokenizer, task.labelled.texts, max_length=max_length, normalize=False)
+    )
+
+    return class_prototypes(features, torch.tensor(task.labelled.labels), task.num_labels)
+
+
+class PrototypeClassifier(FittedClassifier):
+    """A plain encoder plus the cosine ProtoNet head ``scale * cos(f(x), c_k)`` (mean-pooled features).
+
+    ``save`` writes the encoder as a plain transformers folder (``model/``, safetensors), the
+    prototypes (``head.safetensors``) and ``classifier.json``; :meth:`load` reads them back.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer: Any, prototypes: torch.Tensor, label_names: Sequence[str],
+                 max_length: int, scale: float = 10.0, info: dict[str, Any] | None = None,
+                 trainable_parameters: int = 0) -> None:
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.prototypes = F.normalize(prototypes.float(), dim=-1)
+        self.label_names = tuple(label_names)
+        self.max_length = max_length
+        self.scale = scale
+        self.info = dict(info or {})
+        self.trainable_parameters = trainable_parameters
+
+    def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        features = torch.from_numpy(mean_pooled_embeddings(self.encoder, self.tokenizer, texts, max_length=self.max_length))
+        return torch.softmax(self.scale * features @ self.prototypes.T, dim=-1).numpy()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(out / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(out / "model")
+        save_file({"prototypes": self.prototypes.contiguous()}, str(out / "head.safetensors"))
+        (out / "classifier.json").write_text(json.dumps({
+            "head": "cosine prototypes", "pooling": "mean", "scale": self.scale, "max_length": self.max_length,
+            "label_names": list(self.label_names), **self.info,
+        }, indent=2, default=str))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> PrototypeClassifier:
+        """Read a folder written by :meth:`save` (offline, safetensors only)."""
+        folder = Path(directory)
+        config_path = folder / "classifier.json"
+        if not config_path.is_file() or not (folder / "head.safetensors").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a saved prototype classifier: it needs classifier.json, head.safetensors and model/."
+            )
+        config = json.loads(config_path.read_text())
+        prototypes = load_file(str(folder / "head.safetensors"))["prototypes"]
+        if prototypes.shape[0] != len(config["label_names"]):
+            raise ValueError(f"{folder}: head.safetensors has {prototypes.shape[0]} prototypes but "
+                             f"{len(config['label_names'])} label names; the folder is corrupt.")
+        return cls(load_encoder(folder / "model"), load_tokenizer(folder / "model"), prototypes, config["label_names"],
+                   config["max_length"], config["scale"], info={k: config[k] for k in config if k == "routing"})
+
+
+def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotTask, budget: Budget, mode: str,
+                        seed: int, lora_r: int = 8, lora_alpha: int = 8) -> tuple[torch.nn.Module, int]:
+    """Test-time fine-tuning with the ProtoNet loss (prototypes from each batch, as the authors recompute them).
+
+    ``mode``: ``"lora"`` (PEFT LoRA on query/value, merged afterwards) or ``"full"``. Steps and batch size
+    follow ``budget`` (the same as the baselines'); batches are stratified and seeded. Returns the
+    (plain) encoder and the number of trained parameters.
+    """
+    from ..tuners.sparse_expert import class_prototypes, cosine_logits, pooled_features
+
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(encoder, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["query", "value"]))
+    elif mode == "full":
+        model = encoder
+        model.requires_grad_(True)
+    else:
+        raise ValueError(f"finetune must be 'none', 'lora' or 'full', got {mode!r}.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    trained = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
+    labels = np.asarray(task.labelled.labels)
+    steps = budget.steps(len(labels))
+    generator = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == c) for c in range(task.num_labels)]
+    device = next(model.parameters()).device
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model.train()
+    for step in range(steps):
+        lr_scale = min(1.0, (step + 1) / max(1, round(budget.warmup_ratio * steps))) * (1 - step / steps)
+        for group in optimizer.param_groups:
+            group["lr"] = budget.learning_rate * lr_scale
+        per_class = max(1, budget.batch_size // task.num_labels)
+        idx = np.concatenate([generator.choice(members, min(per_class, len(members)), replace=False)
+                              for members in by_class])
+        batch = _encode(tokenizer, [task.labelled.texts[i] for i in idx], budget.max_length, device)
+        y = torch.as_tensor(labels[idx], device=device)
+        features = pooled_features(backbone, batch)
+        loss = F.cross_entropy(cosine_logits(features, class_prototypes(features, y, task.num_labels)), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"Test-time fine-tuning loss became {loss.item()} at step {step}; lower its lr.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    if mode == "lora":
+        model = model.merge_and_unload()
+    model.requires_grad_(False)
+    return model, trained
+
+
+class SparseExpertMethod(Method):
+    """SMAT: meta-trained sparse interpolated experts, routed and merged per task (see the module docstring)."""
+
+    name: ClassVar[str] = "sparse_expert"
+    summary: ClassVar[str] = "SMAT: meta-tuned sparse experts routed per task, merged, + test-time LoRA (ProtoNet head)"
+    paper: ClassVar[str] = (
+        "Chen et al., Unleashing the Power of Meta-tuning for Few-shot Generalization Through Sparse "
+        "Interpolated Experts, ICML 2024"
+    )
+    #: Adapter settings of this variant (over the budget's options).
+    adapter_overrides: ClassVar[dict[str, Any]] = {}
+    #: Objective settings of this variant.
+    objective_overrides: ClassVar[dict[str, Any]] = {}
+    #: False: skip meta-training (the pretrained encoder, for the no-meta-tuning ablation).
+    meta_tune: ClassVar[bool] = True
+
+    def option(self, ctx: RunContext, name: str, default: Any = None) -> Any:
+        return ctx.option(BUDGET_NAME, name, default)
+
+    def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
+        """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
+        source_dir = self.option(ctx, "source_dir") or ctx.options.get(BENCH_DATA_DIR_OPTION) or os.environ.get(
+            "HF_LOWDATA_DATA_DIR")
+        if not source_dir:
+            raise DataError(
+                f"{self.name} meta-trains on source datasets: pass --config source_dir=DIR (the folder holding "
+                f"{', '.join(DEFAULT_SOURCES)}), or set HF_LOWDATA_DATA_DIR."
+            )
+        sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
+        names = tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
+        if task is not None:
+            names = tuple(n for n in names if n != task.name)  # the evaluated dataset stays held out
+        if not names:
+            raise DataError(f"No source dataset left to meta-train on (sources={sources!r}, task {task and task.name!r}).")
+        extra = task.test.texts if task is not None and task.test is not None else ()
+        adapter = {"num_experts": int(self.option(ctx, "num_experts", 8)),
+                   "target_sparsity": float(self.option(ctx, "target_sparsity", 0.9)), **self.adapter_overrides}
+        objective = dict(self.objective_overrides)
+        return MetaTrainingPlan(
+            model=str(ctx.model) if ctx.model is not None else None,
+            source_dir=str(source_dir),
+            sources=names,
+            adapter=adapter,
+            objective=objective,
+            steps=int(self.option(ctx, "meta_steps", 100)),
+            meta_batch=int(self.option(ctx, "meta_batch", 4)),
+            learning_rate=float(self.option(ctx, "meta_lr", 5e-4)),
+            seed=int(self.option(ctx, "meta_seed", 0)),
+            query_per_class=int(self.option(ctx, "query_per_class", 8)),
+            exclude_texts=tuple(held_out_texts(Path(source_dir), extra)),
+        )
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from peft import PeftModel
+
+        from ..tuners.sparse_expert import class_prototypes, pooled_features
+
+        budget = ctx.budget_for(BUDGET_NAME)
+        tokenizer = ctx.cache.tokenizer(ctx.model)
+        encoder = load_encoder(ctx.model)
+        info: dict[str, Any] = {"method": self.name}
+        if self.meta_tune:
+            adapter_dir = meta_train(self.plan(task, ctx), self.option(ctx, "cache_dir"), quiet=ctx.quiet,
+                                     device=ctx.device)
+            peft_model = PeftModel.from_pretrained(encoder, adapter_dir).eval()
+            tuner = peft_model.base_model
+            batch = _encode(tokenizer, task.labelled.texts, budget.max_length, next(encoder.parameters()).device)
+            with torch.no_grad(), tuner.bypass():  # router input: prototypes of the frozen backbone
+                features = pooled_features(encoder, batch)
+            prototypes = class_prototypes(features, torch.tensor(task.labelled.labels, device=features.device),
+                                          task.num_labels)
+            weights = tuner.route(prototypes, temperature=float(self.option(ctx, "router_temperature", 0.5)))
+            encoder = peft_model.merge_and_unload()
+            info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
+        mode = str(self.option(ctx, "finetune", "lora"))
+        trained = 0
+        if mode != "none":
+            ft_budget = budget if mode == "lora" else ctx.budget_for("full")
+            encoder, trained = finetune_on_support(encoder, tokenizer, task, ft_budget, mode, ctx.seed,
+                                                   int(self.option(ctx, "r", 8)), int(self.option(ctx, "lora_alpha", 8)))
+        info["finetune"] = mode
+        prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)
+        return PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names, budget.max_length, info=info,
+                                   trainable_parameters=trained)
+
+
+@register_method
+class SparseExpert(SparseExpertMethod):
+    name = "sparse_expert"
+
+
+#: The ablations: (name, summary, adapter overrides, objective overrides, meta-tune).
+VARIANTS: tuple[tuple[str, str, dict[str, Any], dict[str, Any], bool], ...] = (
+    ("sparse_expert_dense", "Ablation: dense meta-tuning (one always-on mask: the PMF analogue), same head and "
+     "test-time budget", {"num_experts": 1, "target_sparsity": 0.0}, {"learn_masks": False}, True),
+    ("sparse_expert_m4", "Ablation: SMAT with 4 experts instead of 8", {"num_experts": 4}, {}, True),
+    ("sparse_expert_tau80", "Ablation: SMAT with mask sparsity 0.8", {"target_sparsity": 0.8}, {}, True),
+    ("sparse_expert_tau95", "Ablation: SMAT with mask sparsity 0.95", {"target_sparsity": 0.95}, {}, True),
+    ("sparse_expert_pretrained", "Ablation: no meta-tuning (pretrained encoder), same ProtoNet head and test-time "
+     "fine-tuning", {}, {}, False),
+)
+
+for _name, _summary, _adapter, _objective, _meta in VARIANTS:
+    register_method(type(f"Variant_{_name}", (SparseExpertMethod,), {
+        "name": _name, "summary": _summary, "adapter_overrides": _adapter, "objective_overrides": _objective,
+        "meta_tune": _meta, "__doc__": _summary}))

@@ -1,0 +1,120 @@
+"""The sparse_expert bench method: meta-training cache, held-out exclusion, meta-test, save/load, bench run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.data import DataError, load_data, make_few_shot_task
+from hf_lowdata.methods import RunContext, get_method
+from hf_lowdata.methods.sparse_expert import META_FILE, PrototypeClassifier, cache_root
+
+FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=4,
+              options={"sources": "toyb", "meta_steps": 3, "meta_batch": 1, "query_per_class": 2,
+                       "finetune": "lora"})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/tuners/sparse_expert/conftest.py
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data_dir(toy_data_dir):
+    return toy_data_dir  # toya and toyb (tests/conftest.py)
+
+
+def _ctx(tiny_bert_dir, data_dir, tmp_path, seed=0, budget=FAST, **options):
+    return RunContext(model=tiny_bert_dir, seed=seed, budget=budget, work_dir=tmp_path, quiet=True,
+                      options={"bench_data_dir": str(data_dir), "cache_dir": str(tmp_path / "cache"), **options})
+
+
+def _task(data_dir, name="toya", seed=0):
+    return make_few_shot_task(load_data(data_dir / name), seed=seed, k=4)
+
+
+def test_fit_predict_save_load_and_meta_training_is_cached(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
+    task = _task(data_dir)
+    fitted = get_method("sparse_expert").fit(task, _ctx(tiny_bert_dir, data_dir, tmp_path))
+    proba = fitted.predict_proba(task.test.texts)
+    assert proba.shape == (len(task.test), 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert fitted.info["finetune"] == "lora" and abs(sum(fitted.info["routing"]) - 1) < 1e-3
+    assert 0 < fitted.trainable_parameters < 10_000  # LoRA r=8 on query/value of the tiny BERT
+
+    entries = list(cache_root(tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and (entries[0] / META_FILE).is_file()  # no .tmp / .work folder left
+    meta = json.loads((entries[0] / META_FILE).read_text())
+    assert meta["mask_bits_per_entry"] <= 1.0 and len(meta["history"]) == 3
+    assert meta["plan"]["sources"] == ["toyb"]
+
+    saved = fitted.save(tmp_path / "saved")
+    files = {p.name for p in saved.rglob("*") if p.is_file()}
+    assert {"classifier.json", "head.safetensors", "model.safetensors"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    reloaded = PrototypeClassifier.load(saved)
+    np.testing.assert_allclose(reloaded.predict_proba(task.test.texts), proba, atol=1e-5)
+
+    from hf_lowdata.training import LowDataTrainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("meta-training ran again instead of using the cache")
+
+    monkeypatch.setattr(LowDataTrainer, "train", no_training)
+    again = get_method("sparse_expert").fit(_task(data_dir, seed=1), _ctx(tiny_bert_dir, data_dir, tmp_path, seed=1))
+    assert again.info["meta_trained_adapter"] == fitted.info["meta_trained_adapter"]
+
+
+def test_plan_holds_out_test_texts_and_the_evaluated_dataset(tiny_bert_dir, data_dir, tmp_path):
+    method = get_method("sparse_expert")
+    ctx = _ctx(tiny_bert_dir, data_dir, tmp_path)
+    plan = method.plan(_task(data_dir, "toyb"), _ctx(tiny_bert_dir, data_dir, tmp_path, sources="toya,toyb"))
+    assert plan.sources == ("toya",)  # the evaluated dataset is never a source
+    every_test = {t for name in ("toya", "toyb") for t in load_data(data_dir / name).test.texts}
+    assert every_test <= set(plan.exclude_texts)
+    key = method.plan(_task(data_dir), ctx).key()
+    assert key == method.plan(_task(data_dir), ctx).key() != method.plan(_task(data_dir), _ctx(
+        tiny_bert_dir, data_dir, tmp_path, num_experts=4)).key()
+    dense = get_method("sparse_expert_dense").plan(_task(data_dir), ctx)
+    assert dense.adapter["num_experts"] == 1 and dense.objective == {"learn_masks": False}
+    assert get_method("sparse_expert_tau95").plan(_task(data_dir), ctx).adapter["target_sparsity"] == 0.95
+
+
+def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    ctx = RunContext(model=tiny_bert_dir, budget=FAST, work_dir=tmp_path, quiet=True)
+    with pytest.raises(DataError, match="pass --config source_dir=DIR"):
+        get_method("sparse_expert").fit(_task(data_dir), ctx)
+    with pytest.raises(DataError, match="not found"):
+        get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources="nope"))
+
+
+def test_no_meta_tuning_variant_without_finetuning(tiny_bert_dir, data_dir, tmp_path):
+    task = _task(data_dir)
+    fitted = get_method("sparse_expert_pretrained").fit(task, _ctx(tiny_bert_dir, data_dir, tmp_path, finetune="none"))
+    assert fitted.trainable_parameters == 0 and "routing" not in fitted.info
+    assert not (tmp_path / "cache").exists()  # nothing meta-trained
+    assert fitted.predict(task.test.texts).shape == (len(task.test),)
+
+
+def test_corrupt_saved_classifier_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved prototype classifier"):
+        PrototypeClassifier.load(tmp_path)
+
+
+def test_bench_runs_sparse_expert_with_its_data_dir(tiny_bert_dir, data_dir, tmp_path):
+    from hf_lowdata.bench import BenchConfig, run_benchmark
+
+    config = BenchConfig(data_dir=data_dir, datasets=["toya"], methods=["sparse_expert"], out=tmp_path / "out",
+                         shots=[4], seeds=[0], model=str(tiny_bert_dir),
+                         options={"sources": "toyb", "meta_steps": 2, "meta_batch": 1, "query_per_class": 2,
+                                  "finetune": "none", "cache_dir": str(tmp_path / "cache")})
+    records = run_benchmark(config, show_progress=False)
+    assert [r["status"] for r in records] == ["ok"], records[0].get("error")
+    assert 0.0 <= records[0]["accuracy"] <= 1.0 and records[0]["adapter_bytes"] > 0
