@@ -308,7 +308,11 @@ class TwinTurboLayer(nn.Module, BaseTunerLayer):
         return self.twin_turbo_head[adapter or self._active()]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        adapter = "" if self.disable_adapters else self._active()
+        try:
+            adapter = "" if self.disable_adapters else self._active()
+        except ValueError:
+            self.token_tap.clear()  # never leave this pass's states for a later call
+            raise
         if not adapter:
             self.token_tap.clear()
             return self.base_layer(x, *args, **kwargs)
