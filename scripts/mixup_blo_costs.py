@@ -4,10 +4,11 @@ Times a few optimizer steps of each training mode on one labelled set (the bench
 budget), then projects the wall time of one benchmark run: ``folds x steps(split_ratio N)`` search
 steps plus ``steps(N)`` phase-2 steps, against ``steps(N)`` steps of full fine-tuning. Inference is
 timed on test texts, alternating the merged MixupBLO model and the base model so that machine load
-hits both alike. Usage (about 5 minutes on 2 idle CPU cores):
+hits both alike; the training modes are timed in interleaved rounds for the same reason. Usage
+(about 5 minutes on 2 idle CPU cores):
 
-    python scripts/mixup_blo_costs.py --data-dir ../shared/data --dataset sst2 --total 300 --steps 6 \
-        --out runs/mixup_blo_costs.json
+    python scripts/mixup_blo_costs.py --data-dir ../shared/data --dataset sst2 --total 300 --steps 3 \
+        --rounds 2 --out runs/mixup_blo_costs.json
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def time_steps(mode, data, tokenizer, steps: int, frozen_mixing: bool = False) -> float:
-    """Median seconds of one optimizer step (the first step, with its warm-up, is dropped)."""
+def time_steps(mode, data, tokenizer, steps: int, frozen_mixing: bool = False) -> list[float]:
+    """Seconds of each optimizer step but the first (warm-up)."""
     from dataclasses import replace
 
     from peft import TaskType, get_peft_model
@@ -72,7 +73,7 @@ def time_steps(mode, data, tokenizer, steps: int, frozen_mixing: bool = False) -
                                       max_grad_norm=5.0 if hypergradient and not frozen_mixing else 1.0)
         LowDataTrainer(model=model, args=args, train_dataset=data, data_collator=collator(tokenizer),
                        processing_class=tokenizer, objective=objective, callbacks=[timer]).train()
-    return float(np.median(timer.seconds[1:]))
+    return timer.seconds[1:]
 
 
 def inference_latency(texts, tokenizer, repeats: int) -> dict[str, float]:
@@ -98,7 +99,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--total", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per mode and round (after a warm-up step)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all modes (interleaved timing)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--split-ratio", type=float, default=0.8)
     parser.add_argument("--inference-texts", type=int, default=500)
@@ -110,9 +112,12 @@ def main() -> None:
     task = make_few_shot_task(splits, seed=0, n=args.total, warn_on_overlap=False)
     tokenizer = load_tokenizer(None)
     data = tokenize(task.labelled, tokenizer)
-    step = {mode[0]: time_steps(mode, data, tokenizer, args.steps) for mode in MODES}
-    step["phase2_full"] = time_steps(MODES[1], data, tokenizer, args.steps, frozen_mixing=True)
-    step["phase2_lora"] = time_steps(MODES[4], data, tokenizer, args.steps, frozen_mixing=True)
+    runs = [(mode[0], mode, False) for mode in MODES] + [("phase2_full", MODES[1], True), ("phase2_lora", MODES[4], True)]
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    for _ in range(args.rounds):  # interleaved, so that a change in machine load hits every mode alike
+        for label, mode, frozen in runs:
+            seconds[label].extend(time_steps(mode, data, tokenizer, args.steps, frozen_mixing=frozen))
+    step = {label: float(np.median(values)) for label, values in seconds.items()}
     n, search_n = args.total, round(args.split_ratio * args.total)
     full_run = get_budget("full").steps(n) * step["full"]
     projected = {}
@@ -125,6 +130,7 @@ def main() -> None:
     projected["mixup_blo_noavg"] = projected["mixup_blo"]
     latency = inference_latency(list(splits.test.texts[: args.inference_texts]), tokenizer, args.repeats)
     result = {"dataset": args.dataset, "total": n, "folds": args.folds, "step_seconds": step,
+              "step_seconds_all": seconds,
               "full_run_seconds": round(full_run, 1), "projected_run": projected,
               "inference_seconds_per_1k": latency}
     args.out.parent.mkdir(parents=True, exist_ok=True)

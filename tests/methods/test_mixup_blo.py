@@ -130,6 +130,7 @@ def test_bench_methods_are_registered_with_budgets():
     assert all(name in BUDGETS for name in METHODS)
     config = get_method("mixup_blo_joint").peft_config(RunContext(budget=FAST))
     assert config.hypergradient == "none" and config.folds == 5 and config.task_weight == "full"
+    assert "LayerNorm" in config.modules_to_save  # the paper trains every non-mixing parameter
     config = get_method("mixup_blo").peft_config(RunContext(budget=FAST, options={"folds": 3, "r": 4}))
     assert config.folds == 3 and config.hypergradient == "darts"
 
