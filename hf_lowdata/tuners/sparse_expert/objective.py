@@ -13,7 +13,8 @@ a meta-batch (4 in the paper). Per episode [code: authors' ``sparse_interpolated
 4. query cross-entropy with the adapted weights;
 5. teachers: the adapted weights after one more SGD step (lr 5e-3) on the query cross-entropy (the
    dense teacher), and the pretrained backbone's ProtoNet; reverse KL at T = 2 to each, weight 0.25;
-6. the sparsity Lagrangian and ``1e-4 mean(l^2)`` on the router logits.
+6. ``1e-4 mean(l^2)`` on the router logits; the sparsity Lagrangian acts after each optimizer step
+   (below).
 
 Optimisers (one :class:`GroupedOptimizer`, stepped by the Trainer, per-group clipping): SGD with
 momentum 0.9 and weight decay 1e-4 for the deltas (``TrainingArguments.learning_rate``), AdamW
