@@ -114,10 +114,8 @@ def evaluate(variant: str, adapter: Path | None, task, args: argparse.Namespace)
     support = torch.as_tensor(task.labelled.labels)
     if adapter is not None:
         peft_model = PeftModel.from_pretrained(model, adapter).eval()
-        tuner = peft_model.base_model
-        with tuner.bypass():
-            frozen = features(model, task.labelled.images, args.size)
-        routing = tuner.route(class_prototypes(frozen, support, 4)).tolist()
+        pixels = images_to_pixel_values(task.labelled.images, args.size)
+        routing = peft_model.base_model.route_support({"pixel_values": pixels}, support).tolist()
         model = peft_model.merge_and_unload()
     if args.finetune == "full":
         model.train()

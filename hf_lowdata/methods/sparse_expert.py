@@ -140,6 +140,11 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     root = cache_root(cache_dir)
     final = root / plan.key()
     if (final / META_FILE).is_file():
+        if not (final / "adapter_model.safetensors").is_file() or not (final / "adapter_config.json").is_file():
+            raise DataError(
+                f"The cached meta-trained adapter {final} is incomplete (no adapter_model.safetensors or "
+                "adapter_config.json). Delete that folder and run again to meta-train it anew."
+            )
         return final
     from peft import get_peft_model
     from transformers import set_seed
@@ -389,8 +394,6 @@ class SparseExpertMethod(Method):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft import PeftModel
 
-        from ..tuners.sparse_expert import class_prototypes, pooled_features
-
         budget = ctx.budget_for(BUDGET_NAME)
         tokenizer = ctx.cache.tokenizer(ctx.model)
         encoder = load_encoder(ctx.model)
@@ -399,13 +402,9 @@ class SparseExpertMethod(Method):
             adapter_dir = meta_train(self.plan(task, ctx), self.option(ctx, "cache_dir"), quiet=ctx.quiet,
                                      device=ctx.device)
             peft_model = PeftModel.from_pretrained(encoder, adapter_dir).eval()
-            tuner = peft_model.base_model
             batch = _encode(tokenizer, task.labelled.texts, budget.max_length, next(encoder.parameters()).device)
-            with torch.no_grad(), tuner.bypass():  # router input: prototypes of the frozen backbone
-                features = pooled_features(encoder, batch)
-            prototypes = class_prototypes(features, torch.tensor(task.labelled.labels, device=features.device),
-                                          task.num_labels)
-            weights = tuner.route(prototypes, temperature=float(self.option(ctx, "router_temperature", 0.5)))
+            weights = peft_model.base_model.route_support(
+                batch, torch.tensor(task.labelled.labels), float(self.option(ctx, "router_temperature", 0.5)))
             encoder = peft_model.merge_and_unload()
             info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
         mode = str(self.option(ctx, "finetune", "lora"))

@@ -103,9 +103,16 @@ def test_no_meta_tuning_variant_without_finetuning(tiny_bert_dir, data_dir, tmp_
     assert fitted.predict(task.test.texts).shape == (len(task.test),)
 
 
-def test_corrupt_saved_classifier_is_refused(tmp_path):
+def test_corrupt_saved_classifier_and_cache_entry_are_refused(tiny_bert_dir, data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved prototype classifier"):
         PrototypeClassifier.load(tmp_path)
+    ctx = _ctx(tiny_bert_dir, data_dir, tmp_path)
+    method = get_method("sparse_expert")
+    entry = cache_root(tmp_path / "cache") / method.plan(_task(data_dir), ctx).key()
+    entry.mkdir(parents=True)
+    (entry / META_FILE).write_text("{}")  # as if the adapter files had been deleted
+    with pytest.raises(DataError, match="is incomplete .* Delete that folder"):
+        method.fit(_task(data_dir), ctx)
 
 
 def test_bench_runs_sparse_expert_with_its_data_dir(tiny_bert_dir, data_dir, tmp_path):

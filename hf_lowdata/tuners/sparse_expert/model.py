@@ -246,6 +246,27 @@ class SparseExpertModel(BaseTuner):
         return weights
 
     @torch.no_grad()
+    def route_support(
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float = 0.5, adapter: str | None = None
+    ) -> torch.Tensor:
+        """Route a task from its support set: class prototypes of the frozen backbone's pooled features
+        (``inputs`` is a tokenised / pixel batch, ``labels`` 0..K-1), then :meth:`route`.
+
+        The meta-test recipe: ``route_support(batch, labels)``, then ``merge_and_unload()`` (a plain
+        dense model), then optionally fine-tune it on the support set.
+        """
+        backbone = feature_backbone(self.model)
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            with self.bypass():
+                features = pooled_features(backbone, inputs)
+        finally:
+            backbone.train(was_training)
+        labels = torch.as_tensor(labels, device=features.device)
+        return self.route(class_prototypes(features, labels), temperature, adapter)
+
+    @torch.no_grad()
     def set_expert_weights(self, weights: torch.Tensor | list[float], adapter: str | None = None) -> None:
         """Use these expert weights (non-negative; normalised to sum to one) in every layer of ``adapter``."""
         adapter = self._adapter(adapter)

@@ -107,3 +107,25 @@ def test_router_is_not_a_forward_layer_and_unload_removes_it():
         model.base_model.router()
     plain = model.merge_and_unload()
     assert not hasattr(plain, "smat_router") and type(plain) is ToyMLP
+
+
+def test_route_support_uses_the_frozen_backbone(tiny_bert_dir):
+    from hf_lowdata.models import load_tokenizer
+    from tests.tuners.sparse_expert.helpers import smat_encoder
+
+    model = smat_encoder(tiny_bert_dir)
+    tuner = model.base_model
+    batch = dict(load_tokenizer(tiny_bert_dir)(["good film", "bad film", "great plot"], padding=True,
+                                               return_tensors="pt"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "sparse_expert_delta" in name:
+                p.add_(1.0)  # a large delta must not change the router's input
+    w = tuner.route_support(batch, torch.tensor([1, 0, 1]))
+    with tuner.bypass():
+        from hf_lowdata.tuners.sparse_expert import class_prototypes, pooled_features
+
+        model.eval()
+        frozen = pooled_features(model.get_base_model(), batch)
+    torch.testing.assert_close(w, tuner.route(class_prototypes(frozen, torch.tensor([1, 0, 1]))))
+    assert model.get_base_model().training is False
