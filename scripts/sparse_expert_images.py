@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -74,7 +76,7 @@ class ImageSource:
 
 def meta_train(variant: str, args: argparse.Namespace, train: ImageSet) -> Path:
     out = args.out / variant
-    if (out / "adapter_config.json").is_file():
+    if (out / "meta_training.json").is_file():
         return out
     adapter, objective = VARIANTS[variant]
     source = ImageSource(class_subset(train, META_CLASSES), args.size, "fashion-mnist 0-5")
@@ -93,11 +95,15 @@ def meta_train(variant: str, args: argparse.Namespace, train: ImageSet) -> Path:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(work))
     trainer.model.base_model.binarize_masks()
-    trainer.model.save_pretrained(out)
-    (out / "meta_training.json").write_text(json.dumps({
+    tmp = args.out / f"{variant}.tmp"  # written completely, then renamed: a kill leaves no half adapter
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    (tmp / "meta_training.json").write_text(json.dumps({
         "seconds": round(time.perf_counter() - started, 1),
         "mask_sparsity": [float(s) for s in trainer.model.base_model.mask_sparsity()],
         "history": trainer.objective.history}, indent=1))
+    os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
