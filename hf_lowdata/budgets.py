@@ -89,10 +89,11 @@ BUDGETS: dict[str, Budget] = {
     # the paper's, as MixupBLOConfig defaults (override with --config key=value).
     "mixup_blo": Budget(learning_rate=5e-5),
     "mixup_blo_lora": Budget(learning_rate=5e-4, options={"r": 8, "lora_alpha": 8}),
-    # Ablations and the cheap variant: the same budget as mixup_blo.
+    # Ablations and the cheaper variants (first-order; one first-order fold): mixup_blo's budget.
     "mixup_blo_joint": Budget(learning_rate=5e-5),
     "mixup_blo_noavg": Budget(learning_rate=5e-5),
     "mixup_blo_fo": Budget(learning_rate=5e-5),
+    "mixup_blo_fast": Budget(learning_rate=5e-5),
     # [twin_turbo]
     # TwinTurbo and its ablations (twin_turbo_ce/_nolatent/_noadv share this entry). Spec section 1:
     # projector AdamW lr 1e-3 (top of 1e-4..1e-3: a from-scratch projector, few steps), wd 0.05,

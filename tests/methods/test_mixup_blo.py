@@ -19,7 +19,7 @@ from hf_lowdata.tuners.mixup_blo import MixupBLOConfig
 from tests.helpers import toy_sentences
 
 FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=8, warmup_ratio=0.0)
-METHODS = ("mixup_blo", "mixup_blo_lora", "mixup_blo_joint", "mixup_blo_noavg", "mixup_blo_fo")
+METHODS = ("mixup_blo", "mixup_blo_lora", "mixup_blo_joint", "mixup_blo_noavg", "mixup_blo_fo", "mixup_blo_fast")
 
 
 def _rows(n: int, seed: int) -> TextDataset:
@@ -133,6 +133,8 @@ def test_bench_methods_are_registered_with_budgets():
     assert "LayerNorm" in config.modules_to_save  # the paper trains every non-mixing parameter
     config = get_method("mixup_blo").peft_config(RunContext(budget=FAST, options={"folds": 3, "r": 4}))
     assert config.folds == 3 and config.hypergradient == "darts"
+    config = get_method("mixup_blo_fast").peft_config(RunContext(budget=FAST, options={"folds": 3}))
+    assert config.folds == 1 and config.hypergradient == "first_order"  # the variant wins over options
 
 
 @pytest.mark.parametrize(("method", "folds"), [("mixup_blo", 2), ("mixup_blo_lora", 1)])

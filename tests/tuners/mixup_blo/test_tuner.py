@@ -212,3 +212,20 @@ def test_corrupted_adapter_folder_fails_clearly(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # a kill during the write
     with pytest.raises(Exception, match="(?i)header|deserializ|incomplete"):
         PeftModel.from_pretrained(ToyMLP(), tmp_path)
+
+
+@pytest.mark.parametrize("task_weight", ["full", "lora"])
+def test_merged_model_has_exactly_the_base_architecture(task_weight, tiny_bert_dir):
+    """Zero inference overhead: after merge_and_unload the model is the base model's modules and tensors."""
+    base = load_for_classification(tiny_bert_dir, 2, seed=0)
+    reference = {n: (type(m), ) for n, m in base.named_modules()}
+    shapes = {k: v.shape for k, v in base.state_dict().items()}
+    model = get_peft_model(copy.deepcopy(base), MixupBLOConfig(task_type=TaskType.SEQ_CLS, task_weight=task_weight,
+                                                               modules_to_save=["LayerNorm"]))
+    for layer in model.modules():
+        if isinstance(layer, MixupBLOLayer):
+            _set_random_adapter(layer, spread=0.5)
+    merged = model.merge_and_unload()
+    assert {n: (type(m), ) for n, m in merged.named_modules()} == reference
+    assert {k: v.shape for k, v in merged.state_dict().items()} == shapes
+    assert not torch.equal(merged.bert.pooler.dense.weight, base.bert.pooler.dense.weight)
