@@ -275,36 +275,19 @@ class MixupBLO(TransformerMethod):
         return fitted
 
 
-@register_method
-class MixupBLOLoRA(MixupBLO):
-    name = "mixup_blo_lora"
-    summary = "MixupBLO with a LoRA task weight (W0 + B A): the same bi-level mixing, a small adapter"
-    variant: ClassVar[dict[str, Any]] = {"task_weight": "lora"}
+def _variant(name: str, summary: str, **variant: Any) -> type[MixupBLO]:
+    """Register a MixupBLO variant: the same protocol with some config values fixed."""
+    cls = type(f"MixupBLO_{name}", (MixupBLO,), {"name": name, "summary": summary, "variant": variant})
+    return register_method(cls)
 
 
-@register_method
-class MixupBLOJoint(MixupBLO):
-    name = "mixup_blo_joint"
-    summary = "MixupBLO ablation: mixing factors trained jointly with the weights (single level, no split)"
-    variant: ClassVar[dict[str, Any]] = {"hypergradient": "none"}
-
-
-@register_method
-class MixupBLONoAverage(MixupBLO):
-    name = "mixup_blo_noavg"
-    summary = "MixupBLO ablation: only the mixing factors are averaged over folds (no weight-space ensemble)"
-    variant: ClassVar[dict[str, Any]] = {"average_folds": False}
-
-
-@register_method
-class MixupBLOFirstOrder(MixupBLO):
-    name = "mixup_blo_fo"
-    summary = "MixupBLO with the first-order hypergradient (validation gradient only): cheaper outer steps"
-    variant: ClassVar[dict[str, Any]] = {"hypergradient": "first_order"}
-
-
-@register_method
-class MixupBLOFast(MixupBLO):
-    name = "mixup_blo_fast"
-    summary = "MixupBLO, cheap: one search fold with the first-order hypergradient (~4x full fine-tuning's time)"
-    variant: ClassVar[dict[str, Any]] = {"hypergradient": "first_order", "folds": 1}
+_variant("mixup_blo_lora", "MixupBLO with a LoRA task weight (W0 + B A): the same bi-level mixing, a small adapter",
+         task_weight="lora")
+_variant("mixup_blo_joint", "MixupBLO ablation: mixing factors trained jointly with the weights (single level, no split)",
+         hypergradient="none")
+_variant("mixup_blo_noavg", "MixupBLO ablation: only the mixing factors are averaged over folds (no weight-space ensemble)",
+         average_folds=False)
+_variant("mixup_blo_fo", "MixupBLO with the first-order hypergradient (validation gradient only): cheaper outer steps",
+         hypergradient="first_order")
+_variant("mixup_blo_fast", "MixupBLO, cheapest: one search fold with the first-order hypergradient",
+         hypergradient="first_order", folds=1)
