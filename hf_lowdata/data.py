@@ -525,14 +525,23 @@ def make_few_shot_task(
     unlabelled: int = 0,
     label_noise: float = 0.0,
     warn_on_overlap: bool = True,
+    exclude_texts: Iterable[str] = (),
 ) -> FewShotTask:
     """Draw the labelled set (``k`` per class, or ``n`` in total), and optionally a disjoint dev set
-    (``dev_k`` per class), an unlabelled pool of up to ``unlabelled`` texts, and label noise."""
+    (``dev_k`` per class), an unlabelled pool of up to ``unlabelled`` texts, and label noise.
+
+    ``exclude_texts``: pool examples whose text (compared by :func:`normalize_text`) is among these
+    are never drawn, for labelled, dev or unlabelled data. The benchmark passes every test text it
+    evaluates on: public pools contain test sentences of other corpora (e.g. the MR pool holds most
+    of SST-2's test set) and even of their own (MPQA).
+    """
     if (k is None) == (n is None):
         raise DataError("Give exactly one of k (examples per class) or n (examples in total).")
     pool = splits.train
-    labelled_idx = sample_per_class(pool, k, seed) if k is not None else sample_total(pool, n, seed)
-    used = set(labelled_idx)
+    excluded = set(excluded_pool_indices(pool, exclude_texts))
+    labelled_idx = (sample_per_class(pool, k, seed, exclude=excluded) if k is not None
+                    else sample_total(pool, n, seed, exclude=excluded))
+    used = set(labelled_idx) | excluded
     dev = None
     if dev_k:
         dev_idx = sample_per_class(pool, dev_k, seed, exclude=used, purpose="dev")
@@ -563,10 +572,23 @@ def make_few_shot_task(
     )
 
 
+def normalize_text(text: str) -> str:
+    """Lower case, single spaces: how texts are compared for overlap between splits."""
+    return " ".join(text.lower().split())
+
+
+def excluded_pool_indices(pool: TextDataset, texts: Iterable[str]) -> list[int]:
+    """Indices of ``pool`` whose normalised text is among ``texts``."""
+    banned = {normalize_text(t) for t in texts}
+    if not banned:
+        return []
+    return [i for i, t in enumerate(pool.texts) if normalize_text(t) in banned]
+
+
 def warn_if_test_in_train(train: TextDataset, test: TextDataset) -> int:
     """Warn (:class:`DataWarning`) when test texts also occur in the training set; return the count."""
-    seen = {t.lower() for t in train.texts}
-    dupes = [t for t in test.texts if t.lower() in seen]
+    seen = {normalize_text(t) for t in train.texts}
+    dupes = [t for t in test.texts if normalize_text(t) in seen]
     if dupes:
         warnings.warn(
             f"{len(dupes)} test example(s) also appear in the training set {train.source!r} "

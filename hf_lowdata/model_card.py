@@ -27,7 +27,7 @@ HUB_IDS: dict[str, str] = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v
 #: Adapter-config fields worth showing; the rest are PEFT defaults.
 _ADAPTER_FIELDS_SKIPPED = {"base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode",
                            "task_type", "peft_type"}
-_LIBRARY = {"peft": "peft", "full": "transformers", "setfit": "setfit", "probe": "hf_lowdata"}
+_LIBRARY = {"peft": "peft", "full": "transformers", "setfit": "setfit", "probe": "hf_lowdata", "prototype": "hf_lowdata"}
 
 
 def hub_base_model(base_model: str | os.PathLike | None) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .bench.measure import accuracy, macro_f1
-from .budgets import Budget, get_budget
+from .budgets import BUDGETS, Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
 from .methods.base import ProgressFn, directory_bytes
@@ -52,6 +52,19 @@ class AdapterLoadError(WorkflowError):
 # Budgets and options
 
 
+def budget_key(method: str) -> str:
+    """The :data:`~hf_lowdata.budgets.BUDGETS` entry a method trains with.
+
+    A method's own entry, else that of the method it is a variant of: ablations are named
+    ``<method>_<variant>`` and share their method's budget (``twin_turbo_ce`` trains with
+    ``twin_turbo``'s), as the methods themselves look it up.
+    """
+    if method in BUDGETS:
+        return method
+    parents = [k for k in BUDGETS if method.startswith(k + "_")]
+    return max(parents, key=len) if parents else method
+
+
 def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, Any] | None = None
                    ) -> tuple[Budget, dict[str, Any]]:
     """The method's budget for ``preset`` with ``config`` applied.
@@ -61,7 +74,7 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
     (``r=16``). Returns ``(budget, options)``.
     """
     try:
-        budget = get_budget(method, preset)
+        budget = get_budget(budget_key(method), preset)
     except KeyError as err:
         raise WorkflowError(str(err.args[0])) from err
     changes: dict[str, Any] = {}
@@ -236,6 +249,7 @@ def train_method(
     except (KeyError, RuntimeError) as err:
         raise WorkflowError(str(err.args[0] if err.args else err)) from err
     budget, options = resolve_budget(method, preset, config)
+    unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
     resolve_model_path(model)  # a missing model fails before any work, with its own message
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +262,8 @@ def train_method(
     resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
     with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
         ctx = RunContext(
-            model=model, seed=seed, budget=budget, work_dir=Path(work), cache=cache or SharedCache(),
+            model=model, seed=seed, budget=None if unchanged else budget, work_dir=Path(work),
+            cache=cache or SharedCache(),
             options=options, progress=progress, cancel=cancel, device=device, quiet=True,
             checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
             resume=resumed_from is not None,
@@ -314,15 +329,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-#: Order in which staged files are moved into place: weights and configs first, card and results last.
-_PUBLISH_LAST = ("README.md", EVAL_FILE)
+def _publish_order(entry: Path) -> tuple[int, str]:
+    """Weights first, then configs and the rest, then the card, then the evaluation record."""
+    rank = {"README.md": 3, EVAL_FILE: 4}.get(entry.name, 1 if entry.suffix == ".safetensors" or entry.is_dir() else 2)
+    return rank, entry.name
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Move the staged files into ``out`` one atomic rename at a time, then drop the staging folder."""
-    entries = sorted(staging.iterdir(), key=lambda p: (p.name in _PUBLISH_LAST, _PUBLISH_LAST.index(p.name)
-                                                         if p.name in _PUBLISH_LAST else 0, p.name))
-    for entry in entries:
+    """Move the staged files into ``out`` one atomic rename at a time, then drop the staging folder.
+
+    The card is moved after everything it describes, so a folder with a ``README.md`` is complete
+    (see :func:`finished_output`).
+    """
+    for entry in sorted(staging.iterdir(), key=_publish_order):
         target = out / entry.name
         if entry.is_dir():
             shutil.rmtree(target, ignore_errors=True)
@@ -350,7 +369,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def output_kind(folder: str | os.PathLike) -> str:
-    """``"peft"``, ``"full"``, ``"probe"`` or ``"setfit"``: what the saved folder holds."""
+    """``"peft"``, ``"full"``, ``"probe"``, ``"setfit"`` or ``"prototype"``: what the saved folder holds."""
     path = Path(folder)
     if not path.is_dir():
         raise AdapterLoadError(f"{path} is not a folder. Pass the folder written by hf-lowdata train (or save_pretrained).")
@@ -361,6 +380,8 @@ def output_kind(folder: str | os.PathLike) -> str:
         return "probe"
     if "setfit_config.json" in names:
         return "setfit"
+    if "classifier.json" in names and "head.safetensors" in names:
+        return "prototype"  # sparse_expert's encoder + cosine-prototype head
     if "config.json" in names and any(n.startswith("model") and n.endswith(".safetensors") for n in names):
         return "full"
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
@@ -368,7 +389,8 @@ def output_kind(folder: str | os.PathLike) -> str:
             "re-save with safe_serialization=True." if pickles else "")
     raise AdapterLoadError(
         f"{path} holds no saved classifier: expected adapter_config.json + adapter_model.safetensors (a PEFT "
-        f"adapter), config.json + model.safetensors (full fine-tuning) or probe_config.json (the probe). "
+        f"adapter), config.json + model.safetensors (full fine-tuning), probe_config.json (the probe), "
+        f"setfit_config.json (SetFit) or classifier.json + head.safetensors (prototype head). "
         f"Files found: {sorted(names) or 'none'}.{hint}"
     )
 
@@ -418,7 +440,8 @@ def load_classifier(
     kind = output_kind(path)
     check_weight_files(path)
     meta = card_metadata(path)
-    loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit}[kind]
+    loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit,
+              "prototype": _load_prototype}[kind]
     classifier = loader(path, model, meta)
     if device is not None and hasattr(classifier, "model") and hasattr(classifier.model, "to"):
         classifier.model.to(device)
@@ -464,7 +487,7 @@ def _load_peft(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
     base = load_for_classification(base_path, len(labels), labels)
     try:
         peft_model = PeftModel.from_pretrained(base, str(folder))
-    except (RuntimeError, ValueError, KeyError) as err:
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
         detail = str(err).strip().splitlines()
         shown = "; ".join(line.strip() for line in detail[:3])[:400]
         raise AdapterLoadError(
@@ -528,6 +551,15 @@ def _load_setfit(folder: Path, model: str | os.PathLike | None, meta: dict[str, 
     head = _logistic_head(arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), classes)
     body = SentenceTransformer(str(folder / "body"), local_files_only=True, trust_remote_code=False)
     return SetFitClassifier(SetFitModel(model_body=body, model_head=head), labels)
+
+
+def _load_prototype(folder: Path, model: str | os.PathLike | None, meta: dict[str, Any]) -> FittedClassifier:
+    from .methods.sparse_expert import PrototypeClassifier
+
+    try:
+        return PrototypeClassifier.load(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise AdapterLoadError(f"{folder} is not a usable prototype classifier: {err}") from err
 
 
 def require_examples(data: TextDataset, minimum: int = 2) -> None:

@@ -230,3 +230,25 @@ def test_tokenize_and_dynamic_padding(minilm_dir):
     batch = collator(tok)([ds[0], ds[1]])
     assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"][0].sum() == 3
     assert batch["labels"].tolist() == [0, 1]
+
+
+def test_excluded_texts_are_never_drawn():
+    from hf_lowdata.data import DatasetSplits, excluded_pool_indices
+
+    pool = _pool(300)
+    splits = DatasetSplits("toy", pool.label_names, pool)
+    banned = [pool.texts[i].upper() + "  " for i in range(0, 300, 3)]  # compared normalised
+    assert len(excluded_pool_indices(pool, banned)) == 100
+    task = make_few_shot_task(splits, seed=1, k=8, dev_k=4, unlabelled=150, exclude_texts=banned)
+    drawn = set(task.labelled.texts) | set(task.dev.texts) | set(task.unlabelled.texts)
+    assert not drawn & {pool.texts[i] for i in range(0, 300, 3)}
+    assert len(task.unlabelled) == 150  # 300 - 100 banned - 16 labelled - 8 dev = 176 available
+
+
+def test_shared_data_pools_contain_other_test_sets(shared_data):
+    """Why the bench excludes test texts: the MR pool holds most of SST-2's test sentences."""
+    from hf_lowdata.data import excluded_pool_indices, load_data
+
+    mr = load_data(shared_data / "mr", empty_text="drop")
+    sst2 = load_data(shared_data / "sst2", empty_text="drop")
+    assert len(excluded_pool_indices(mr.train, sst2.test.texts)) > 500  # 658 exact (normalised) matches

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from huggingface_hub.repocard import metadata_load
 
 from hf_lowdata.budgets import get_budget
 from hf_lowdata.methods import METHODS
 from hf_lowdata.model_card import build_model_card, hub_base_model
-from hf_lowdata.workflow import Evaluation
-from tests.cli.outputs import peft_adapter_methods, trained
+from hf_lowdata.workflow import Evaluation, output_kind
+from tests.cli.outputs import runnable_methods, trained
 from tests.helpers import run_python
 
 
@@ -47,10 +48,14 @@ def test_usage_snippet_imports_hf_lowdata_before_loading():
     assert "`import hf_lowdata` must come before `PeftModel.from_pretrained`" in text
 
 
-def test_every_peft_method_gets_a_card_tagged_with_its_name():
-    for method in peft_adapter_methods():
-        meta = metadata_load(trained(method).output_dir / "README.md")
-        assert meta["library_name"] == "peft" and method in meta["tags"] and "hf_lowdata" in meta["tags"], method
+@pytest.mark.parametrize("method", runnable_methods())
+def test_every_method_gets_a_card_tagged_with_its_name(method):
+    folder = trained(method).output_dir
+    meta = metadata_load(folder / "README.md")
+    assert method in meta["tags"] and "hf_lowdata" in meta["tags"]
+    assert meta["hf_lowdata"]["method"] == method and meta["hf_lowdata"]["label_names"] == ["negative", "positive"]
+    if output_kind(folder) == "peft":
+        assert meta["library_name"] == "peft" and "peft" in meta["tags"]
 
 
 def test_usage_snippet_runs_in_a_fresh_process(tiny_bert_dir):

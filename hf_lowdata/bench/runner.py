@@ -20,7 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..data import DatasetSplits, DataWarning, check_label_space, load_data, make_few_shot_task
+from ..data import (
+    DatasetSplits,
+    DataWarning,
+    check_label_space,
+    excluded_pool_indices,
+    load_data,
+    make_few_shot_task,
+)
 from ..methods import RunContext, SharedCache, get_method
 from ..methods.base import directory_bytes
 from ..models import model_id, resolve_model_path
@@ -221,13 +228,16 @@ def execute_run(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
+            # Never train on a sentence the run is tested on (in-domain or out-of-domain).
+            test_texts = [t for d in (splits, *ood.values()) if d.test is not None for t in d.test.texts]
             task = make_few_shot_task(
                 splits, seed=spec.seed, k=spec.k, n=spec.n, dev_k=config.dev_k,
-                unlabelled=spec.unlabelled, label_noise=spec.label_noise,
+                unlabelled=spec.unlabelled, label_noise=spec.label_noise, exclude_texts=test_texts,
             )
         record["data_warnings"] = [*splits.meta.get("load_warnings", []),
                                    *(str(w.message) for w in caught if issubclass(w.category, DataWarning))]
         record["labelled_examples"] = len(task.labelled)
+        record["pool_excluded_as_test"] = len(excluded_pool_indices(splits.train, test_texts))
         method = get_method(spec.method)
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
             ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,

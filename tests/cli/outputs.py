@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from hf_lowdata.data import FewShotTask, TextDataset
-from hf_lowdata.methods import METHODS, TransformerMethod
-from tests.helpers import toy_sentences, write_jsonl
+from hf_lowdata.methods import METHODS
+from tests.helpers import SHARED_DATA, toy_sentences, write_jsonl
 
 LABELS = ("negative", "positive")
 #: ``--config`` values that keep training to a couple of steps (SetFit counts pair iterations instead).
@@ -22,7 +22,15 @@ TINY_CONFIG = {"max_steps": 2, "batch_size": 4, "max_length": 32}
 
 
 def tiny_config(method: str) -> dict:
-    return {**TINY_CONFIG, "num_iterations": 1} if method == "setfit" else dict(TINY_CONFIG)
+    config = dict(TINY_CONFIG)
+    if method == "setfit":
+        config["num_iterations"] = 1
+    if method.startswith("mixup_blo"):  # one search fold instead of five
+        config["folds"] = 1
+    if method.startswith("sparse_expert"):  # meta-training: one step on one shared source dataset
+        config.update(source_dir=str(SHARED_DATA), sources="mr", meta_steps=1, meta_batch=1,
+                      cache_dir=str(_ROOT / "meta_training"))
+    return config
 
 
 def tiny_args(method: str) -> list[str]:
@@ -32,10 +40,9 @@ _ROOT = Path(tempfile.mkdtemp(prefix="hf_lowdata_test_outputs_"))
 atexit.register(shutil.rmtree, _ROOT, True)
 
 
-def peft_adapter_methods() -> list[str]:
-    """Registered methods that save a PEFT adapter: transformer methods that wrap the model with PEFT."""
-    return sorted(name for name, cls in METHODS.items()
-                  if issubclass(cls, TransformerMethod) and cls.build_model is not TransformerMethod.build_model)
+def runnable_methods() -> list[str]:
+    """Every registered method whose optional packages are installed (new methods are picked up)."""
+    return sorted(name for name, cls in METHODS.items() if cls.unavailable_reason() is None)
 
 
 def _dataset(rows: list[dict], source: str) -> TextDataset:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_train_runs_every_registered_method(method, tmp_path):
     code = main(["train", "--method", method, "--data", str(files["train"]), "--unlabelled", str(files["unlabelled"]),
                  "--out", str(out), "--save-steps", "1", "--config", *tiny_args(method)])
     assert code == 0
-    assert output_kind(out) in {"peft", "full", "probe", "setfit"} and (out / "README.md").is_file()
+    assert output_kind(out) in {"peft", "full", "probe", "setfit", "prototype"} and (out / "README.md").is_file()
     assert not (out / "checkpoints").exists(), "checkpoints are removed once the final files are in place"
     assert not [p for p in out.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
     proba = load_classifier(out).predict_proba(TEXTS)
@@ -108,6 +109,41 @@ def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys
     assert "Resumed from" in capsys.readouterr().out
     assert finished_output(out) and not (out / "checkpoints").exists()
     assert main([*args, "--resume"]) == 0 and "nothing to resume" in capsys.readouterr().out
+
+
+def test_a_kill_while_publishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
+    """Final files move into OUT one by one, weights first and the card last; a kill in between
+    leaves no README.md (so the folder is not taken as finished) and the checkpoints to resume from."""
+    import hf_lowdata.workflow as workflow
+
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def killed_before_the_card(src, dst):
+        if Path(src).parent.name == ".saving":  # the final files, moved out of the staging folder
+            if Path(dst).name == "README.md":
+                raise KeyboardInterrupt
+            moved.append(Path(dst).name)
+        real_replace(src, dst)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(workflow.os, "replace", killed_before_the_card)
+    with pytest.raises(KeyboardInterrupt):
+        train_method("lora", toy_task(), out, config=TINY_CONFIG, save_steps=1)
+    monkeypatch.setattr(workflow.os, "replace", real_replace)
+    assert moved[0] == "adapter_model.safetensors" and "adapter_config.json" in moved
+    assert not finished_output(out) and last_complete_checkpoint(out / "checkpoints") is not None
+    resumed = train_method("lora", toy_task(), out, config=TINY_CONFIG, save_steps=1, resume=True)
+    assert resumed.resumed_from is not None and finished_output(out)
+
+
+def test_train_on_a_dataset_folder_evaluates_on_its_test_split(toy_data_dir, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert main(["train", "--method", "probe", "--data", str(toy_data_dir / "toya"), "--shots", "4",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "eval_results.json").read_text())
+    assert Path(record["source"]).name == "test.jsonl" and record["examples"] == 40
+    assert record["data"]["labelled_examples"] == 8 and record["label_names"] == ["negative", "positive"]
 
 
 def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, capsys):
