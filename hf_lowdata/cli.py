@@ -69,6 +69,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabelled", type=int, default=0, help="unlabelled pool size for semi-supervised methods")
     p.add_argument("--dev-k", type=int, default=None, help="a disjoint dev set of this many examples per class")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (GPUs with bf16 support)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="method options, e.g. r=16")
     p.add_argument("--resume", action="store_true", help="continue the benchmark in --out, skipping finished runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,6 +95,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         dev_k=args.dev_k,
         resume=args.resume,
         device=args.device,
+        bf16=args.bf16,
         options=parse_options(args.config),
     )
     records = run_benchmark(config, show_progress=not args.no_progress)

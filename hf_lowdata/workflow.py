@@ -486,7 +486,9 @@ def _load_peft(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
     labels = [str(n) for n in meta.get("label_names") or _labels_from_weights(folder, adapter_config)]
     base = load_for_classification(base_path, len(labels), labels)
     try:
-        peft_model = PeftModel.from_pretrained(base, str(folder))
+        # torch_device="cpu": PEFT would otherwise put the adapter weights on the GPU while the base
+        # model is on the CPU; load_classifier moves the whole model to the requested device.
+        peft_model = PeftModel.from_pretrained(base, str(folder), torch_device="cpu")
     except (RuntimeError, ValueError, KeyError, OSError) as err:
         detail = str(err).strip().splitlines()
         shown = "; ".join(line.strip() for line in detail[:3])[:400]

@@ -63,6 +63,7 @@ class BenchConfig:
         dev_k: a disjoint dev set of this many examples per class (off by default).
         resume: continue an earlier invocation in ``out``, skipping its finished runs.
         device: torch device (default: CUDA if available, else CPU).
+        bf16: train under bf16 autocast (see :class:`~hf_lowdata.methods.RunContext`).
         options: method options (``--config key=value``) applied to every method that reads them.
         report_every: rewrite summary and plots after this many runs (and at the end).
     """
@@ -81,6 +82,7 @@ class BenchConfig:
     dev_k: int | None = None
     resume: bool = False
     device: str | None = None
+    bf16: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     report_every: int = 1
 
@@ -223,6 +225,7 @@ def execute_run(
         "model": model_name,
         "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft", "accelerate", "python")},
         "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
+        "precision": "bf16" if config.bf16 else "fp32",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
@@ -242,7 +245,7 @@ def execute_run(
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
             ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,
                              options={"bench_data_dir": str(config.data_dir), **config.options},
-                             device=config.device, quiet=True)
+                             device=config.device, bf16=config.bf16, quiet=True)
             set_seed(spec.seed)
             with PeakMemory() as memory:
                 with Timer() as train_timer:

@@ -104,6 +104,9 @@ class RunContext:
             ``work_dir``); ``hf-lowdata train`` puts them under its output folder.
         save_steps: write a checkpoint every this many optimizer steps (0: no checkpoints).
         resume: continue from the last complete checkpoint in ``checkpoint_dir`` when there is one.
+        bf16: train transformer methods under bf16 autocast (Trainer's ``bf16=True``; weights and
+            optimizer state stay fp32). For GPUs with bf16 support; methods with their own training
+            loop (the probe, SparseExpert's meta-training) ignore it.
     """
 
     model: str | os.PathLike | None = None
@@ -119,6 +122,7 @@ class RunContext:
     checkpoint_dir: Path | None = None
     save_steps: int = 0
     resume: bool = False
+    bf16: bool = False
 
     def budget_for(self, method: str) -> Budget:
         return self.budget if self.budget is not None else get_budget(method)
@@ -351,7 +355,7 @@ class TransformerMethod(Method):
         unlabelled = None
         if self.uses_unlabelled and task.unlabelled is not None:
             unlabelled = tokenize(task.unlabelled, tokenizer, max_length=budget.max_length)
-        overrides = {"use_cpu": device.type == "cpu", **self.training_overrides(task, ctx)}
+        overrides = {"use_cpu": device.type == "cpu", "bf16": ctx.bf16, **self.training_overrides(task, ctx)}
         if ctx.save_steps > 0:
             overrides.update(save_strategy="steps", save_steps=ctx.save_steps, save_total_limit=2)
         output_dir = ctx.checkpoint_dir or Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"

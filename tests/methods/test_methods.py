@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hf_lowdata.budgets import BUDGETS, Budget, get_budget
 from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
@@ -129,3 +130,23 @@ def test_probe_chooses_c_on_the_dev_set(tiny_bert_dir, tmp_path):
     fitted = get_method("probe").fit(task, RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path))
     assert fitted.notes["C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and 0.0 <= fitted.notes["dev_accuracy"] <= 1.0
     assert "C" not in get_method("probe").fit(_task(), RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path)).notes
+
+
+def test_bf16_context_trains_under_bf16_autocast(tiny_bert_dir, tmp_path, monkeypatch):
+    """RunContext(bf16=True) reaches the Trainer (bf16 autocast; weights stay fp32) and trains."""
+    import hf_lowdata.training as training
+
+    seen = []
+    real = training.few_shot_training_args
+
+    def recording(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(training, "few_shot_training_args", recording)
+    task = _task()
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path, quiet=True, bf16=True, device="cpu")
+    fitted = get_method("lora").fit(task, ctx)
+    assert [a.bf16 for a in seen] == [True]
+    assert all(p.dtype == torch.float32 for p in fitted.model.parameters())
+    assert np.isfinite(fitted.predict_proba(task.test.texts)).all()

@@ -52,7 +52,7 @@ def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> t
 def marginal_cross_entropy(probs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """L_marg = -sum_k p(k) log qbar_k, qbar the batch-mean prediction; smallest when qbar = p."""
     qbar = probs.mean(0).clamp(min=1e-8)
-    return -(prior.to(probs.dtype) * qbar.log()).sum()
+    return -(prior.to(device=probs.device, dtype=probs.dtype) * qbar.log()).sum()
 
 
 def info_nce(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -158,17 +158,28 @@ class TwinTurboObjective(TrainingObjective):
         num_labels = layer.adapter_head().num_labels
         self.has_unlabelled = trainer.unlabeled_dataset is not None
         self.prior = label_prior(config.label_prior, _dataset_labels(trainer.train_dataset), num_labels)
-        device = projector.input.weight.device
         with torch.random.fork_rng(devices=[]):  # seeded, without shifting the run's random stream
             torch.manual_seed(trainer.args.seed + 7919)
             if config.adversarial_weight > 0:
-                self.discriminator = LabelDiscriminator(num_labels, config.discriminator_hidden).to(device)
+                self.discriminator = LabelDiscriminator(num_labels, config.discriminator_hidden)
             if config.latent_weight > 0:
                 self.critics = LatentCritics(config.projector_dim, projector.input.in_features, config.critic_dim,
-                                             config.contrastive_temperature).to(device)
+                                             config.contrastive_temperature)
+        self.to(projector.input.weight.device)
+
+    def to(self, device: torch.device | str) -> TwinTurboObjective:
+        """Put the objective's own tensors and modules (prior, discriminator, critics) on ``device``."""
+        self.prior = self.prior.to(device)
+        for module in self._modules().values():
+            module.to(device)
+        return self
 
     def create_auxiliary_optimizers(self, trainer: LowDataTrainer, model: nn.Module) -> dict[str, AuxiliaryOptimizer]:
         assert self.config is not None
+        # Training starts: follow the model to wherever it is now (Trainer / accelerate may have moved
+        # it since setup()), before the optimizers take the parameters.
+        layer = twin_turbo_layer(model)
+        self.to(layer.twin_turbo_projector[layer.active_adapters[0]].input.weight.device)
         optimizers = {}
         if self.discriminator is not None:
             optimizers["discriminator"] = AuxiliaryOptimizer(torch.optim.Adam(

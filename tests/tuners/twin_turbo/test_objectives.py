@@ -197,3 +197,19 @@ def test_bad_batches_fail_clearly(tiny_bert_dir, tmp_path, bad):
         batch["token_states"] = batch["token_states"][..., :5]
         with pytest.raises(ValueError, match=r"expects token states \(B, T, 32\).*another backbone"):
             trainer.objective.compute_loss(trainer, trainer.model, batch)
+
+
+def test_objective_tensors_and_modules_follow_the_model_device(tiny_bert_dir, tmp_path):
+    """Regression (CUDA runs failed "cuda:0 and cpu"): the prior, discriminator and critics must live on the
+    model's device when training starts, and the loss terms must not mix in CPU tensors. The "meta" device
+    stands in for a GPU: it allocates nothing, and meta mixed with CPU tensors raises like cuda mixed with cpu."""
+    trainer = _trainer(tiny_bert_dir, tmp_path)
+    objective, model = trainer.objective, trainer.model
+    assert objective.prior.device.type == "cpu" == objective.discriminator.net[0].weight.device.type
+    model.to("meta")  # the model moved after setup() (Trainer / accelerate place it before training)
+    assert set(objective.create_auxiliary_optimizers(trainer, model)) == {"discriminator", "critics"}
+    tensors = [objective.prior, *objective.discriminator.parameters(), *objective.critics.parameters()]
+    assert all(t.device.type == "meta" for t in tensors)
+    probs = torch.full((4, 2), 0.5, device="meta")
+    assert marginal_cross_entropy(probs, torch.tensor([0.25, 0.75])).device.type == "meta"  # a CPU prior follows too
+    assert objective.discriminator.generator_loss(probs).device.type == "meta"
