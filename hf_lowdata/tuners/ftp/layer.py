@@ -12,14 +12,14 @@ unloaded model is the base architecture with zero inference overhead.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..delta_merge import merge_deltas, unmerge_deltas
 from .config import FTPConfig
 
 
@@ -75,40 +75,12 @@ class FTPLayer(BaseTunerLayer):
 
     # ---- merging ------------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add the deltas of ``adapter_names`` (default: the active adapters) to the base weight.
-
-        With ``safe_merge`` the sum is checked for NaN/inf before the base weight is touched.
-        """
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for adapter in adapter_names:
-            if not self._has_adapter(adapter):
-                continue
-            delta = self.get_delta_weight(adapter).detach().to(base.weight.dtype)
-            with torch.no_grad():
-                if safe_merge:
-                    merged = base.weight.data + delta
-                    if not torch.isfinite(merged).all():
-                        raise ValueError(
-                            f"Merging FTP adapter {adapter!r} would put NaN/inf into the weights: the adapter is broken "
-                            "(check the training loss and learning rate). The base weights were left unchanged."
-                        )
-                    base.weight.data = merged
-                else:
-                    base.weight.data += delta
-            self.merged_adapters.append(adapter)
+        """Add the deltas of ``adapter_names`` (default: the active adapters) to the base weight."""
+        merge_deltas(self, adapter_names, safe_merge, self._has_adapter, "FTP")
 
     def unmerge(self) -> None:
         """Subtract every merged delta from the base weight again."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            if self._has_adapter(adapter):
-                with torch.no_grad():
-                    base.weight.data -= self.get_delta_weight(adapter).detach().to(base.weight.dtype)
+        unmerge_deltas(self, self._has_adapter)
 
     # ---- forward ------------------------------------------------------------------------------------
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -24,15 +24,15 @@ for MiniLM with 8 experts), so a deployed adapter is the fp32 delta (42.5 MB) pl
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..delta_merge import merge_deltas, unmerge_deltas
 from .config import SparseExpertConfig
 
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
@@ -320,35 +320,11 @@ class SparseExpertModule(nn.Module, SparseExpertLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the active adapters' weight changes to the base weight (the result is a plain dense layer)."""
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for adapter in adapter_names:
-            if adapter not in self.sparse_expert_delta:
-                continue
-            with torch.no_grad():
-                delta = self.get_delta_weight(adapter).to(base.weight.dtype)
-                if safe_merge:
-                    merged = base.weight.data + delta
-                    if not torch.isfinite(merged).all():
-                        raise ValueError(
-                            f"Merging SparseExpert adapter {adapter!r} gives non-finite weights; the adapter is broken."
-                        )
-                    base.weight.data = merged
-                else:
-                    base.weight.data += delta
-            self.merged_adapters.append(adapter)
+        merge_deltas(self, adapter_names, safe_merge, self.sparse_expert_delta.__contains__, "SparseExpert")
 
     def unmerge(self) -> None:
         """Subtract every merged adapter's weight change again."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            if adapter in self.sparse_expert_delta:
-                with torch.no_grad():
-                    base.weight.data -= self.get_delta_weight(adapter).to(base.weight.dtype)
+        unmerge_deltas(self, self.sparse_expert_delta.__contains__)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         previous_dtype = x.dtype
