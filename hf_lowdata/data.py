@@ -106,6 +106,7 @@ class FewShotTask:
 
     ``k`` is the number of labelled examples per class (``None`` when a total ``n`` was drawn).
     ``noisy_indices`` lists labelled examples whose label was replaced by label-noise injection.
+    ``excluded_from_pool`` counts pool examples never drawn because their text is in ``exclude_texts``.
     """
 
     name: str
@@ -119,6 +120,7 @@ class FewShotTask:
     test: TextDataset | None = None
     label_noise: float = 0.0
     noisy_indices: tuple[int, ...] = ()
+    excluded_from_pool: int = 0
 
     @property
     def num_labels(self) -> int:
@@ -569,6 +571,7 @@ def make_few_shot_task(
         test=splits.test,
         label_noise=label_noise,
         noisy_indices=noisy,
+        excluded_from_pool=len(excluded),
     )
 
 

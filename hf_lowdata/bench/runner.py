@@ -24,7 +24,6 @@ from ..data import (
     DatasetSplits,
     DataWarning,
     check_label_space,
-    excluded_pool_indices,
     load_data,
     make_few_shot_task,
 )
@@ -240,7 +239,7 @@ def execute_run(
         record["data_warnings"] = [*splits.meta.get("load_warnings", []),
                                    *(str(w.message) for w in caught if issubclass(w.category, DataWarning))]
         record["labelled_examples"] = len(task.labelled)
-        record["pool_excluded_as_test"] = len(excluded_pool_indices(splits.train, test_texts))
+        record["pool_excluded_as_test"] = task.excluded_from_pool
         method = get_method(spec.method)
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
             ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,
