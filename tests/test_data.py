@@ -243,6 +243,7 @@ def test_excluded_texts_are_never_drawn():
     drawn = set(task.labelled.texts) | set(task.dev.texts) | set(task.unlabelled.texts)
     assert not drawn & {pool.texts[i] for i in range(0, 300, 3)}
     assert len(task.unlabelled) == 150  # 300 - 100 banned - 16 labelled - 8 dev = 176 available
+    assert task.excluded_from_pool == 100
 
 
 def test_shared_data_pools_contain_other_test_sets(shared_data):
