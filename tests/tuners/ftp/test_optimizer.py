@@ -233,6 +233,32 @@ def test_state_is_keyed_by_parameter_not_call_order():
     assert both.state[a]["step"] == 4 and both.global_step == 6
 
 
+@pytest.mark.parametrize("projection", ["zero", "anchor"])
+def test_a_group_of_tensors_steps_like_each_tensor_alone(projection):
+    """The radius update runs on a whole group at once: every tensor (2-D, 1-D, conv; one joining late)
+    must end exactly where an optimizer holding only that tensor takes it."""
+    torch.manual_seed(10)
+    shapes = [(5, 3), (7,), (4, 2, 3, 3), (2, 6)]
+    starts = [torch.randn(s) * 1e-2 for s in shapes]
+    grouped = [torch.nn.Parameter(w.clone()) for w in starts]
+    alone = [torch.nn.Parameter(w.clone()) for w in starts]
+    opt = FTPOptimizer(grouped, lr=1e-2, mu=0.05, kappa=0.5, projection=projection)
+    singles = [FTPOptimizer([p], lr=1e-2, mu=0.05, kappa=0.5, projection=projection) for p in alone]
+    gen = torch.Generator().manual_seed(11)
+    for t in range(7):
+        for i, (p, q) in enumerate(zip(grouped, alone)):
+            late = i == 3 and t < 3  # no gradient yet: its first (discarded) update comes at step 4
+            g = None if late else torch.randn(p.shape, generator=gen) * (-1) ** (t // 2)
+            p.grad, q.grad = g, None if g is None else g.clone()
+        opt.step()
+        for single in singles:
+            single.step()
+    for p, q, single in zip(grouped, alone, singles):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+        assert opt.state[p]["gamma"].item() == single.state[q]["gamma"].item()
+    assert opt.state[grouped[3]]["gamma"].item() > EPS  # the late tensor's radius has grown since its discard
+
+
 def test_state_dict_resume_reproduces_the_trajectory():
     torch.manual_seed(8)
     w0 = torch.randn(4, 6)
