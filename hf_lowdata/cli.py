@@ -112,7 +112,9 @@ def _list_methods(args: argparse.Namespace) -> int:
     for name in sorted(METHODS):
         cls = METHODS[name]
         reason = cls.unavailable_reason()
-        print(f"{name:16s} {cls.summary}" + (f"  [unavailable: {reason}]" if reason else ""))
+        needs = None if reason else cls.missing_requirements({})
+        print(f"{name:16s} {cls.summary}" + (f"  [unavailable: {reason}]" if reason else "")
+              + (f"  [needs setup: {needs}]" if needs else ""))
     return 0
 
 

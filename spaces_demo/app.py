@@ -470,9 +470,27 @@ def push_output(session: Session, method: str | None, repo_id: str, token: str, 
 # The page
 
 
+def unavailable_methods() -> dict[str, str]:
+    """Registered methods that cannot run here, with why: a missing package, or a setting such as a data folder."""
+    reasons = {m: METHODS[m].unavailable_reason() or METHODS[m].missing_requirements({}) for m in available_methods()}
+    return {m: reason for m, reason in reasons.items() if reason}
+
+
 def runnable_methods() -> list[str]:
-    """Every registered method that can run here (optional packages installed)."""
-    return [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
+    """Every registered method that can run here (optional packages installed, required settings given)."""
+    unavailable = unavailable_methods()
+    return [m for m in available_methods() if m not in unavailable]
+
+
+def unavailable_note(unavailable: dict[str, str]) -> str:
+    """The page's note on the methods it does not offer, one line per reason ('' when every method is offered)."""
+    if not unavailable:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for method, reason in unavailable.items():
+        by_reason.setdefault(reason, []).append(method)
+    lines = [f"- {', '.join(f'**{m}**' for m in methods)}: {reason}." for reason, methods in by_reason.items()]
+    return "\n".join(["Not offered here (fix, then restart the demo):", *lines])
 
 
 def _message(err: Exception) -> str:
@@ -587,6 +605,7 @@ def push_message(session: Session, method: str | None, repo_id: str, token: str,
 def build_app(store: SessionStore) -> gr.Blocks:
     """The page; every handler looks up the visitor's session and calls one of the functions above."""
     methods = runnable_methods()
+    unavailable = unavailable_methods()
     method_lines = "\n".join(f"- **{m}**: {METHODS[m].summary}" + (f" ({METHODS[m].paper})" if METHODS[m].paper else "")
                              for m in methods)
 
@@ -639,6 +658,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
                                    info="the packaged default, or the path of a local model folder (never downloaded)")
                 chosen = gr.CheckboxGroup(methods, value=[m for m in DEFAULT_METHODS if m in methods],
                                           label="Methods to compare", elem_id="methods")
+                gr.Markdown(unavailable_note(unavailable), elem_id="unavailable-methods", visible=bool(unavailable))
                 preset = gr.Radio(sorted(PRESETS), value="quick", label="Budget preset", elem_id="preset",
                                   info="quick: half the training steps of standard")
                 with gr.Accordion("Advanced", open=False):

@@ -29,6 +29,17 @@ def test_methods_command_lists_baselines(capsys):
         assert name in out
 
 
+def test_methods_command_shows_what_a_method_needs(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    assert main(["methods"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "[needs setup: " in lines["sparse_expert"] and "HF_LOWDATA_DATA_DIR" in lines["sparse_expert"]
+    assert "needs setup" not in lines["sparse_expert_pretrained"] and "needs setup" not in lines["lora"]
+    monkeypatch.setenv("HF_LOWDATA_DATA_DIR", str(tmp_path))
+    assert main(["methods"]) == 0
+    assert "needs setup" not in capsys.readouterr().out
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     code = main(["bench", "--data-dir", str(tmp_path / "nope"), "--datasets", "a", "--methods", "probe",
                  "--out", str(tmp_path / "o")])

@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -180,6 +180,15 @@ class Method(ABC):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why the method cannot run here (a missing optional package), or ``None``."""
+        return None
+
+    @classmethod
+    def missing_requirements(cls, options: Mapping[str, Any] | None = None) -> str | None:
+        """Why the method cannot run with these ``options`` (``--config``) and environment, or ``None``.
+
+        Unlike :meth:`unavailable_reason` (a missing package), this is a setting the user can give,
+        e.g. a folder of source datasets; the reason is one line saying how. Default: nothing needed.
+        """
         return None
 
     @abstractmethod

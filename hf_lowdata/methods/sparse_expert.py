@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..budgets import Budget
+from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data
 from ..inference import mean_pooled_embeddings
 from ..models import load_encoder, load_tokenizer, model_id, resolve_model_path
@@ -46,6 +46,8 @@ BUDGET_NAME = "sparse_expert"
 DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
 #: Option the benchmark runner sets to its ``--data-dir`` (the default ``source_dir``).
 BENCH_DATA_DIR_OPTION = "bench_data_dir"
+#: Environment variable naming the source folder when neither option is given.
+DATA_DIR_ENV = "HF_LOWDATA_DATA_DIR"
 META_FILE = "meta_training.json"
 
 
@@ -339,6 +341,10 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
     return model, trained
 
 
+_NO_SOURCE_DIR = (f"meta-trains on source datasets: set {DATA_DIR_ENV} to a folder holding "
+                  f"{', '.join(DEFAULT_SOURCES)}, or pass --config source_dir=DIR")
+
+
 class SparseExpertMethod(Method):
     """SMAT: meta-trained sparse interpolated experts, routed and merged per task (see the module docstring)."""
 
@@ -355,18 +361,25 @@ class SparseExpertMethod(Method):
     #: False: skip meta-training (the pretrained encoder, for the no-meta-tuning ablation).
     meta_tune: ClassVar[bool] = True
 
+    @classmethod
+    def missing_requirements(cls, options: Mapping[str, Any] | None = None) -> str | None:
+        """Meta-training needs a source folder: ``source_dir``, the benchmark's data dir or $HF_LOWDATA_DATA_DIR."""
+        if not cls.meta_tune:
+            return None  # the no-meta-tuning ablation reads no source dataset
+        given = {**get_budget(BUDGET_NAME).options, **(options or {})}
+        if given.get("source_dir") or given.get(BENCH_DATA_DIR_OPTION) or os.environ.get(DATA_DIR_ENV):
+            return None
+        return _NO_SOURCE_DIR
+
     def option(self, ctx: RunContext, name: str, default: Any = None) -> Any:
         return ctx.option(BUDGET_NAME, name, default)
 
     def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
         """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
         source_dir = self.option(ctx, "source_dir") or ctx.options.get(BENCH_DATA_DIR_OPTION) or os.environ.get(
-            "HF_LOWDATA_DATA_DIR")
+            DATA_DIR_ENV)
         if not source_dir:
-            raise DataError(
-                f"{self.name} meta-trains on source datasets: pass --config source_dir=DIR (the folder holding "
-                f"{', '.join(DEFAULT_SOURCES)}), or set HF_LOWDATA_DATA_DIR."
-            )
+            raise DataError(f"{self.name} {_NO_SOURCE_DIR}.")
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
         names = tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
         if task is not None:

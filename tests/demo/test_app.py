@@ -228,10 +228,42 @@ def test_sessions_clean_up_their_files(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
-def test_every_runnable_registered_method_is_offered():
+def test_every_runnable_registered_method_is_offered(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_LOWDATA_DATA_DIR", str(tmp_path))
     offered = app.runnable_methods()
-    assert {"lora", "probe"} <= set(offered)
+    assert {"lora", "probe", "sparse_expert", "sparse_expert_dense"} <= set(offered)
     assert offered == [m for m in sorted(METHODS) if METHODS[m].unavailable_reason() is None]
+    assert all(METHODS[m].unavailable_reason() for m in app.unavailable_methods())  # only missing packages left
+
+
+def test_methods_needing_a_data_folder_are_listed_with_the_reason_not_offered(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    offered = app.runnable_methods()
+    unavailable = app.unavailable_methods()
+    assert "sparse_expert" not in offered and "sparse_expert_tau95" not in offered
+    assert {"lora", "probe", "sparse_expert_pretrained"} <= set(offered)  # the ablation without meta-training runs
+    assert unavailable["sparse_expert"] == METHODS["sparse_expert"].missing_requirements({})
+    assert not set(offered) & set(unavailable)
+    note = app.unavailable_note(unavailable)
+    line = next(line for line in note.splitlines() if "**sparse_expert**" in line)
+    assert "**sparse_expert_dense**" in line and "HF_LOWDATA_DATA_DIR" in line  # one line per reason
+
+    store = app.SessionStore(tmp_path / "sessions")
+    blocks = {getattr(b, "elem_id", None): b for b in app.build_app(store).blocks.values()}
+    store.close()
+    choices = [c[1] if isinstance(c, (tuple, list)) else c for c in blocks["methods"].choices]
+    assert "sparse_expert" not in choices and "probe" in choices
+    assert blocks["unavailable-methods"].value == note and blocks["unavailable-methods"].visible
+
+
+def test_page_has_no_unavailable_note_when_everything_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "unavailable_methods", lambda: {})
+    assert app.unavailable_note({}) == ""
+    store = app.SessionStore(tmp_path / "sessions")
+    demo = app.build_app(store)
+    store.close()
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "unavailable-methods")
+    assert not note.visible
 
 
 def test_space_layout():

@@ -28,6 +28,16 @@ def test_registry_lists_baselines_and_rejects_unknown():
         get_method("nope")
 
 
+def test_methods_need_no_settings_by_default(monkeypatch):
+    from hf_lowdata.methods import METHODS, Method
+
+    assert Method.missing_requirements() is None and Method.missing_requirements({"r": 4}) is None
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    for name in ("probe", "full", "lora", "sparse_expert_pretrained"):
+        assert METHODS[name].missing_requirements({}) is None, name
+    get_method("sparse_expert")  # informational only: get_method (the benchmark's path) still builds it
+
+
 def test_budget_steps_are_clamped_and_documented():
     b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, batch_size=8)
     assert b.steps(4) == 20 and b.steps(16) == 20 and b.steps(32) == 40 and b.steps(1000) == 50

@@ -10,8 +10,15 @@ import torch
 
 from hf_lowdata.budgets import Budget
 from hf_lowdata.data import DataError, load_data, make_few_shot_task
-from hf_lowdata.methods import RunContext, get_method
-from hf_lowdata.methods.sparse_expert import META_FILE, PrototypeClassifier, cache_root
+from hf_lowdata.methods import METHODS, RunContext, get_method
+from hf_lowdata.methods.sparse_expert import (
+    BENCH_DATA_DIR_OPTION,
+    DEFAULT_SOURCES,
+    META_FILE,
+    PrototypeClassifier,
+    cache_root,
+)
+from hf_lowdata.workflow import resolve_budget
 
 FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=4,
               options={"sources": "toyb", "meta_steps": 3, "meta_batch": 1, "query_per_class": 2,
@@ -93,6 +100,36 @@ def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path
         get_method("sparse_expert").fit(_task(data_dir), ctx)
     with pytest.raises(DataError, match="not found"):
         get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources="nope"))
+
+
+META_TUNED = ("sparse_expert", "sparse_expert_dense", "sparse_expert_m4", "sparse_expert_tau80",
+              "sparse_expert_tau95")
+
+
+def test_missing_requirements_asks_for_a_source_folder(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    for name in META_TUNED:
+        reason = METHODS[name].missing_requirements({})
+        assert reason is not None and "\n" not in reason, name
+        assert "HF_LOWDATA_DATA_DIR" in reason and ", ".join(DEFAULT_SOURCES) in reason and "source_dir=" in reason
+        assert METHODS[name].missing_requirements() == reason
+    assert METHODS["sparse_expert_pretrained"].missing_requirements({}) is None  # reads no source dataset
+    with pytest.raises(DataError) as err:  # the run-time error says the same
+        get_method("sparse_expert").plan(None, RunContext(model=tiny_bert_dir, budget=FAST, work_dir=tmp_path))
+    assert METHODS["sparse_expert"].missing_requirements({}) in str(err.value)
+    # what ``--config source_dir=DIR`` (train / workflow.train_method) and ``hf-lowdata bench`` pass
+    _, options = resolve_budget("sparse_expert", "standard", {"source_dir": str(data_dir), "max_steps": 3})
+    assert METHODS["sparse_expert"].missing_requirements(options) is None
+    assert METHODS["sparse_expert_m4"].missing_requirements({BENCH_DATA_DIR_OPTION: str(data_dir)}) is None
+    assert METHODS["sparse_expert"].missing_requirements({"source_dir": ""}) is not None  # empty is not a folder
+
+
+def test_data_dir_env_satisfies_the_requirement_and_is_used(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_LOWDATA_DATA_DIR", str(data_dir))
+    assert all(METHODS[name].missing_requirements({}) is None for name in META_TUNED)
+    ctx = RunContext(model=tiny_bert_dir, budget=FAST, work_dir=tmp_path, quiet=True)
+    plan = get_method("sparse_expert").plan(_task(data_dir), ctx)
+    assert plan.source_dir == str(data_dir) and plan.sources == ("toyb",)
 
 
 def test_no_meta_tuning_variant_without_finetuning(tiny_bert_dir, data_dir, tmp_path):
