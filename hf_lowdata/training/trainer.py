@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 
 from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for
@@ -134,7 +135,7 @@ class LowDataTrainer(Trainer):
     def get_train_dataloader(self):
         custom = self.objective.train_dataloader(self)
         if custom is not None:
-            return self.accelerator.prepare(custom)
+            return self.accelerator.prepare(_with_batch_sampler(custom))
         return super().get_train_dataloader()
 
     def unlabelled_batch(self) -> dict[str, torch.Tensor]:
@@ -318,3 +319,30 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+class _FirstItem:
+    """Collate a batch of one item as that item alone (what a loader with ``batch_size=None`` yields)."""
+
+    def __init__(self, collate_fn: Any) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Any]) -> Any:
+        return self.collate_fn(items[0])
+
+
+def _with_batch_sampler(loader: DataLoader) -> DataLoader:
+    """``loader`` with the same items in the same order, but with a batch sampler.
+
+    An objective may yield ready-made batches (episodes) with ``batch_size=None``; such a loader has no
+    batch sampler, which accelerate needs to skip the batches already seen when a run resumes. Batches
+    of one item, unwrapped by the collate function, give the same items and make resuming work.
+    """
+    if loader.batch_size is not None or isinstance(loader.dataset, IterableDataset):
+        return loader
+    return DataLoader(
+        loader.dataset, batch_size=1, sampler=loader.sampler, collate_fn=_FirstItem(loader.collate_fn),
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+    )

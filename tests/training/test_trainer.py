@@ -206,26 +206,43 @@ class EpisodeData(Dataset):
         return {"support": dict(enc), "support_labels": torch.tensor([r["label"] for r in rows])}
 
 
+class Episodic(TrainingObjective):
+    """A test objective whose loader yields ready-made batches (``batch_size=None``), like episodic training."""
+
+    name = "episodic-test"
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def setup(self, trainer):
+        self.episodes_seen = 0
+
+    def train_dataloader(self, trainer):
+        return DataLoader(EpisodeData(self.tok, 8), batch_size=None, shuffle=False)
+
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+        self.episodes_seen += 1
+        out = model(**inputs["support"], labels=inputs["support_labels"])
+        return (out.loss, out) if return_outputs else out.loss
+
+
 def test_episodic_dataloader_path(tiny_bert_dir, tmp_path):
-    tok = load_tokenizer(tiny_bert_dir)
-
-    class Episodic(TrainingObjective):
-        name = "episodic-test"
-
-        def setup(self, trainer):
-            self.episodes_seen = 0
-
-        def train_dataloader(self, trainer):
-            return DataLoader(EpisodeData(tok, 8), batch_size=None, shuffle=False)
-
-        def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
-            self.episodes_seen += 1
-            out = model(**inputs["support"], labels=inputs["support_labels"])
-            return (out.loss, out) if return_outputs else out.loss
-
-    trainer = _make(tiny_bert_dir, tmp_path, Episodic())
+    trainer = _make(tiny_bert_dir, tmp_path, Episodic(load_tokenizer(tiny_bert_dir)))
     trainer.train()
     assert trainer.objective.episodes_seen == 8 and trainer.state.global_step == 8
+
+
+def test_episodic_training_resumes_like_uninterrupted(tiny_bert_dir, tmp_path):
+    """Resuming skips the episodes already seen (a loader without batch sampler could not)."""
+    tok = load_tokenizer(tiny_bert_dir)
+    full = _make(tiny_bert_dir, tmp_path / "full", Episodic(tok), save_strategy="steps", save_steps=4)
+    full.train()
+    resumed = _make(tiny_bert_dir, tmp_path / "resumed", Episodic(tok))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert resumed.objective.episodes_seen == 4 and resumed.state.global_step == 8
+    a, b = _params(full.model), _params(resumed.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
 def test_last_complete_checkpoint_skips_partial_ones(tmp_path):
