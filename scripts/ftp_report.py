@@ -73,6 +73,31 @@ def step_time_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(records: list[dict], method: str = "ftp", reference: str = "full") -> str:
+    """``method`` minus ``reference`` on the same draws (dataset, k, seed, test set), in and out of domain.
+
+    Pairing removes the draw-to-draw variance that dominates few-shot accuracy, so a small mean
+    difference can be read against its own standard error.
+    """
+    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        draw = (r["dataset"], r["k"], r["seed"])
+        cells[(*draw, "in")][r["method"]] = r["accuracy"]
+        for other, acc in (r.get("ood_accuracy") or {}).items():
+            cells[(*draw, other)][r["method"]] = acc
+    lines = [f"| {method} - {reference} (points) | mean | standard error | pairs | {method} better / worse |",
+             "|---|---|---|---|---|"]
+    for label, in_domain in (("in-domain", True), ("out-of-domain", False)):
+        diffs = np.array([100 * (v[method] - v[reference]) for k, v in cells.items()
+                          if (k[3] == "in") == in_domain and method in v and reference in v])
+        if len(diffs) < 2:
+            continue
+        se = np.std(diffs, ddof=1) / np.sqrt(len(diffs))
+        lines.append(f"| {label} | {diffs.mean():+.2f} | {se:.2f} | {len(diffs)} | "
+                     f"{int((diffs > 0).sum())} / {int((diffs < 0).sum())} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="runs.jsonl file(s) of hf-lowdata bench")
@@ -83,6 +108,8 @@ def main() -> None:
         raise SystemExit("No successful k-shot runs in the given files.")
     print("### Accuracy (%), mean ± std over seeds\n")
     print(accuracy_tables(records))
+    print("\n### Paired differences\n")
+    print(paired_differences(records))
     print("\n### Step time (s)\n")
     print(step_time_table(records))
 
