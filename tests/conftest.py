@@ -15,6 +15,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The unit tests are CPU tests (CI has no GPU; tiny models, bit-exact comparisons): on a machine with
+# a GPU, hide it so that the methods' "cuda if available" defaults do not split a test across devices.
+# HF_LOWDATA_TEST_CUDA=1 keeps the GPU visible (for running the suite on CUDA deliberately).
+if os.environ.get("HF_LOWDATA_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
