@@ -1,12 +1,15 @@
-"""Sweep FTP's settings (learning rate, mu, kappa, ...) on official *dev* splits, never on test.
+"""Sweep a method's settings (learning rate, FTP's mu / kappa, TwinTurbo's loss weights, ...) on official *dev* splits, never on test.
 
-``scripts/tune_budgets.py`` varies learning rates only; FTP's radius settings are method options, so
-this script takes a grid of ``key=v1,v2`` pairs (``lr`` is the learning rate, any other key a
+``scripts/tune_budgets.py`` varies learning rates only; method settings are ``--config`` options,
+so this script takes a grid of ``key=v1,v2`` pairs (``lr`` is the learning rate, any other key a
 ``--config`` option of the method) and scores every combination on ``dev.jsonl`` with the k-shot
-sets the benchmark draws. Example (about 2 minutes per run on a quiet 2-core CPU):
+sets the benchmark draws (plus an unlabelled pool of ``--unlabelled`` texts for semi-supervised
+methods). Examples (about 30 s per run on a quiet 2-core CPU):
 
-    python scripts/ftp_dev_sweep.py --data-dir ../shared/data --datasets sst2,sst5 --k 16 --seeds 0,1,2 \\
-        --method ftp --grid lr=5e-5,1e-4,2e-4 mu=1e-2,5e-2 --out runs/ftp_dev_sweep.json
+    python scripts/dev_sweep.py --data-dir ../shared/data --datasets sst2,sst5 --k 16 --seeds 0,1,2 \\
+        --method ftp --grid lr=5e-5,1e-4,2e-4 mu=1e-2,1e-1 --out runs/ftp_dev_sweep.json
+    python scripts/dev_sweep.py --data-dir ../shared/data --datasets sst2,sst5 --k 8 --seeds 0,1,2 \\
+        --method twin_turbo --unlabelled 2000 --grid latent_weight=0,0.03,0.1 --out runs/tt_dev_sweep.json
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model name or folder (default: the packaged MiniLM)")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--unlabelled", type=int, default=0, help="unlabelled pool size (semi-supervised methods)")
     parser.add_argument("--grid", nargs="+", required=True, help="key=v1,v2 ... (lr = learning rate)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -69,13 +73,14 @@ def main() -> None:
             budget = replace(base, learning_rate=float(setting.get("lr", base.learning_rate)),
                              options={**base.options, **options})
             for seed in map(int, args.seeds.split(",")):
-                task = make_few_shot_task(splits, seed=seed, k=args.k, warn_on_overlap=False)
+                task = make_few_shot_task(splits, seed=seed, k=args.k, unlabelled=args.unlabelled, warn_on_overlap=False)
                 set_seed(seed)
                 with tempfile.TemporaryDirectory() as work:
                     ctx = RunContext(model=args.model, seed=seed, budget=budget, work_dir=Path(work), cache=cache, quiet=True)
                     fitted = get_method(args.method).fit(task, ctx)
                     accuracy = float((fitted.predict(splits.dev.texts) == np.array(splits.dev.labels)).mean())
-                rows.append({"dataset": dataset, "method": args.method, **setting, "seed": seed, "dev_accuracy": accuracy,
+                rows.append({"dataset": dataset, "method": args.method, **setting, "seed": seed,
+                             "unlabelled": args.unlabelled, "dev_accuracy": accuracy,
                              "step_seconds": fitted.train_step_seconds})
                 print(json.dumps(rows[-1]), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
