@@ -155,10 +155,6 @@ def reverse_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     )
 
 
-def _single_episode(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return items[0]
-
-
 def _ramp(progress: float, start: float, end: float) -> float:
     if end <= start:
         return 1.0 if progress >= start else 0.0
@@ -277,7 +273,7 @@ class SparseExpertObjective(TrainingObjective):
 
     def train_dataloader(self, trainer: LowDataTrainer) -> DataLoader:
         # batch_size=1 + unwrap rather than batch_size=None: resuming skips batches through the batch sampler.
-        return DataLoader(trainer.train_dataset, batch_size=1, shuffle=False, collate_fn=_single_episode)
+        return DataLoader(trainer.train_dataset, batch_size=None, shuffle=False)  # each item is one episode
 
     # ---- optimizer ------------------------------------------------------------------------------
     def create_optimizer(
