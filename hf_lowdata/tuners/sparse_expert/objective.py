@@ -272,8 +272,8 @@ class SparseExpertObjective(TrainingObjective):
         self._stats: list[dict[str, float]] = []
 
     def train_dataloader(self, trainer: LowDataTrainer) -> DataLoader:
-        # batch_size=1 + unwrap rather than batch_size=None: resuming skips batches through the batch sampler.
-        return DataLoader(trainer.train_dataset, batch_size=None, shuffle=False)  # each item is one episode
+        # Each item is one episode; the LowDataTrainer gives such a loader the batch sampler resuming needs.
+        return DataLoader(trainer.train_dataset, batch_size=None, shuffle=False)
 
     # ---- optimizer ------------------------------------------------------------------------------
     def create_optimizer(
