@@ -9,6 +9,10 @@ Same protocol and outputs as ``hf-lowdata bench`` (``runs.jsonl`` appended run b
 The frozen backbone's feature maps are computed once per image and cached on disk (fp16), so the
 images of a dataset pass through the backbone once for all runs. Images are resized to
 ``--image-size`` (a multiple of 32; 128 px gives a 4x4 map = 16 tokens of width 1280).
+
+``--dev N`` scores on N held-out *training* images instead of the test split (the datasets have no
+official dev split): the way to choose settings (``--config``) without looking at test results.
+Those records name the dataset ``"<name> (dev N)"`` so they never mix with test results.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..features import (
 from ..methods import RunContext, SharedCache
 from ..methods.base import directory_bytes
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
-from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task
+from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
 from ..vision.efficientnet import cache_root, efficientnet_lite0_path, load_efficientnet_lite0
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
@@ -65,6 +69,7 @@ class VisionBenchConfig:
     resume: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     budget_scale: float = 1.0
+    dev: int = 0
 
 
 def _validate(config: VisionBenchConfig) -> None:
@@ -108,14 +113,18 @@ def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
     model_key = model_fingerprint(efficientnet_lite0_path(), "image", config.image_size)
     for dataset in config.datasets:
         train, test = DATASETS[dataset]("train"), DATASETS[dataset]("test")
-        if config.test_limit:
+        label = dataset
+        if config.dev:
+            train, test = split_off_dev(train, config.dev)
+            label = f"{dataset} (dev {config.dev})"
+        elif config.test_limit:
             test = test.subset(range(min(config.test_limit, len(test))))
         test_states = image_token_states(cache, backbone, test.images, config.image_size, model_key)
         for k in config.shots:
             for seed in config.seeds:
                 task = make_image_few_shot_task(train, test, k, seed, unlabelled=config.unlabelled, name=dataset)
                 for method in config.methods:
-                    spec = {"dataset": dataset, "method": method, "seed": seed, "k": k, "n": None,
+                    spec = {"dataset": label, "method": method, "seed": seed, "k": k, "n": None,
                             "label_noise": 0.0, "unlabelled": config.unlabelled}
                     key = _run_key(spec, config.image_size)
                     if key in done:
@@ -123,7 +132,7 @@ def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
                     record = _execute(spec, key, task, test_states, backbone, cache, model_key, config, env)
                     append_record(runs_path, record)
                     write_report(read_records(runs_path), out)
-                    print(f"{dataset} {method} k={k} seed={seed}: {record.get('accuracy', record.get('error'))}",
+                    print(f"{label} {method} k={k} seed={seed}: {record.get('accuracy', record.get('error'))}",
                           flush=True)
     records = read_records(runs_path)
     write_report(records, out)
@@ -140,7 +149,8 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
     record: dict[str, Any] = {"run_key": key, **spec, "model": f"efficientnet-lite0@{config.image_size}px",
                               "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft")},
                               "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "labelled_examples": len(task.labelled)}
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "labelled_examples": len(task.labelled),
+                              "options": dict(config.options)}
     try:
         def states(images: ImageSet) -> list[torch.Tensor]:
             return image_token_states(cache, backbone, images.images, config.image_size, model_key)
@@ -204,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--unlabelled", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images (smoke runs)")
+    p.add_argument("--dev", type=int, default=0, metavar="N",
+                   help="score on N held-out training images instead of the test split (for choosing settings)")
     p.add_argument("--feature-cache-dir", type=Path, default=None, help="default: ~/.cache/hf_lowdata/features")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TwinTurboConfig / budget options")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the training steps (smoke runs)")
@@ -213,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets=args.datasets, methods=args.methods, out=args.out, shots=args.shots, seeds=args.seeds,
         unlabelled=args.unlabelled, image_size=args.image_size, test_limit=args.test_limit,
         feature_cache_dir=args.feature_cache_dir, resume=args.resume, options=parse_options(args.config),
-        budget_scale=args.budget_scale))
+        budget_scale=args.budget_scale, dev=args.dev))
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")
     return 1 if failed else 0

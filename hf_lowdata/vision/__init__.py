@@ -5,7 +5,8 @@
   package and cached; :func:`efficientnet_lite0_path` gives the folder), and
   :func:`load_image_processor` — transformers' PIL image processor with Lite0's settings.
 * :func:`load_fashion_mnist`, :func:`load_digits` — :class:`ImageSet` (uint8 images + labels).
-* :func:`make_image_few_shot_task` — a deterministic k-per-class task with an unlabelled pool.
+* :func:`make_image_few_shot_task` — a deterministic k-per-class task with an unlabelled pool;
+  :func:`split_off_dev` — a fixed dev set held out of the training images (for sweeps).
 * :func:`images_to_pixel_values` — fast batched preprocessing to the backbone's input.
 """
 
@@ -17,6 +18,7 @@ from .data import (
     load_digits,
     load_fashion_mnist,
     make_image_few_shot_task,
+    split_off_dev,
 )
 from .efficientnet import (
     VisionAssetError,
@@ -39,4 +41,5 @@ __all__ = [
     "load_image_processor",
     "make_image_few_shot_task",
     "reference_forward",
+    "split_off_dev",
 ]

@@ -149,6 +149,22 @@ def make_image_few_shot_task(
     return ImageFewShotTask(name=name, labelled=labelled, test=test, seed=seed, k=k, unlabelled=pool)
 
 
+def split_off_dev(train: ImageSet, size: int) -> tuple[ImageSet, ImageSet]:
+    """Hold out ``size`` training images as a dev set: ``(the rest, dev)``.
+
+    For choosing settings without touching the test split (Fashion-MNIST and digits have no official
+    dev split). The dev images are a fixed, seed-independent draw, so every run of a sweep is scored on
+    the same images, and they never enter a labelled set or an unlabelled pool drawn from the rest.
+    """
+    if train.labels is None:
+        raise DataError(f"{train.source}: a dev set needs labels.")
+    if not 0 < size < len(train):
+        raise DataError(f"{train.source}: the dev set needs 1 to {len(train) - 1} images, got {size}.")
+    ranked = _ranked("dev", 0, range(len(train)))
+    dev, rest = sorted(ranked[:size]), sorted(ranked[size:])
+    return train.subset(rest, f"{train.source} without dev"), train.subset(dev, f"{train.source} dev ({size})")
+
+
 def images_to_pixel_values(images: np.ndarray, size: int) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, H, W, 3) -> float pixel values (N, 3, size, size) in [-1, 1].
 

@@ -19,6 +19,7 @@ from hf_lowdata.vision import (
     load_image_processor,
     make_image_few_shot_task,
     reference_forward,
+    split_off_dev,
 )
 from hf_lowdata.vision.efficientnet import original_state_dict
 
@@ -104,6 +105,49 @@ def test_image_tasks_are_deterministic_nested_and_disjoint():
     assert not np.array_equal(other.labelled.images, four.labelled.images)
     with pytest.raises(DataError, match="fewer than k=500"):
         make_image_few_shot_task(train, test, k=500, seed=0)
+
+
+def test_dev_set_is_fixed_and_never_drawn_into_tasks():
+    from hf_lowdata.vision import ImageSet
+
+    # 300 distinct images: the index is written into the first two pixels.
+    images = np.zeros((300, 8, 8), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(300) // 256, np.arange(300) % 256
+    train = ImageSet(images, np.arange(300) % 3, ("a", "b", "c"), "toy")
+    index = lambda s: {int(img[0, 0]) * 256 + int(img[0, 1]) for img in s.images}  # noqa: E731
+    rest, dev = split_off_dev(train, 60)
+    assert len(dev) == 60 and len(rest) == 240 and not index(dev) & index(rest)
+    assert index(split_off_dev(train, 60)[1]) == index(dev)  # the same images every time
+    assert len(set(dev.labels.tolist())) == 3  # a random draw, not the first rows of one class
+    for seed in range(3):
+        task = make_image_few_shot_task(rest, dev, k=5, seed=seed, unlabelled=100)
+        assert not (index(task.labelled) | index(task.unlabelled)) & index(dev)
+    with pytest.raises(DataError, match="1 to 299 images"):
+        split_off_dev(train, 300)
+    with pytest.raises(DataError, match="needs labels"):
+        split_off_dev(train.without_labels(), 10)
+
+
+def test_vision_benchmark_runs_resumes_and_keeps_dev_apart(tmp_path):
+    from hf_lowdata.bench.results import read_records
+    from hf_lowdata.bench.vision import VisionBenchConfig, run_vision_benchmark
+
+    common = dict(datasets=["digits"], methods=["probe", "twin_turbo_ce"], shots=[1], seeds=[0],
+                  image_size=32, feature_cache_dir=tmp_path / "features", budget_scale=0.1)
+    test_run = VisionBenchConfig(out=tmp_path / "test", test_limit=40, **common)
+    records = run_vision_benchmark(test_run)
+    assert [(r["dataset"], r["method"], r["status"]) for r in records] == [
+        ("digits", "probe", "ok"), ("digits", "twin_turbo_ce", "ok")]
+    assert all(r["test_examples"] == 40 and 0.0 <= r["accuracy"] <= 1.0 for r in records)
+    with pytest.raises(SystemExit, match="--resume"):
+        run_vision_benchmark(test_run)
+    test_run.resume = True
+    assert len(run_vision_benchmark(test_run)) == 2  # nothing ran twice
+    dev = run_vision_benchmark(VisionBenchConfig(out=tmp_path / "dev", dev=50, options={"latent_weight": 0.0},
+                                                 **common))
+    assert {r["dataset"] for r in dev} == {"digits (dev 50)"} and all(r["test_examples"] == 50 for r in dev)
+    assert dev[1]["options"] == {"latent_weight": 0.0}
+    assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 2
 
 
 def test_fast_preprocessing_matches_the_image_processor():
