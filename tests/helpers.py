@@ -1,10 +1,11 @@
-"""Helpers shared by the tests (data builders, fresh-process runner)."""
+"""Helpers shared by the tests (data builders, fresh-process and two-process runners)."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,24 @@ def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subpro
     if proc.returncode != 0:
         pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_torchrun(worker: Path, *args: str, processes: int = 2, timeout: int = 600) -> str:
+    """Run ``worker`` under torchrun with ``processes`` CPU processes (gloo) on a free port; return its stdout.
+
+    The port is asked from the OS, so the test does not collide with anything else listening on the
+    machine; the failure message carries both output streams.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1", "--master_port", str(port),
+         str(worker), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
+    return proc.stdout

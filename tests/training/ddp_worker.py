@@ -1,5 +1,6 @@
 """Worker for test_distributed.py: trains 4 steps with an auxiliary optimizer, prints final sums."""
 
+import os
 import sys
 
 from accelerate import PartialState
@@ -24,3 +25,5 @@ st = PartialState()
 w = tr.model.classifier.weight.detach().sum().item()
 c = tr.objective.critic.weight.detach().sum().item()
 print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} classifier_sum={w:.8f} critic_sum={c:.8f} steps={tr.state.global_step}", flush=True)
+st.destroy_process_group()
+os._exit(0)  # skip interpreter teardown: torch 2.13 (CPU, gloo) can abort there, after all work

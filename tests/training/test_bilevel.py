@@ -262,6 +262,7 @@ def test_resume_equals_uninterrupted_training(tiny_bert_dir, tmp_path):
 # ---- under DDP ---------------------------------------------------------------------------------
 
 DDP_WORKER = """
+import os
 import sys
 from accelerate import PartialState
 from peft import TaskType, get_peft_model
@@ -287,28 +288,19 @@ mix = sum(float(p.sum()) for n, p in trainer.model.named_parameters() if "_mix_"
 weight = sum(float(p.sum()) for n, p in trainer.model.named_parameters() if "mixup_blo_weight" in n)
 print(f"rank {PartialState().process_index} mix={mix:.10f} weight={weight:.10f} steps={trainer.state.global_step} "
       f"moved={mix != start}", flush=True)
+PartialState().destroy_process_group()
+os._exit(0)  # skip interpreter teardown: torch 2.13 (CPU, gloo) aborts there in about 1 run in 6, after all work
 """
 
 
 def test_two_ddp_processes_end_with_the_same_mixing_and_weights(tiny_bert_dir, tmp_path):
-    import os
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from tests.helpers import REPO_ROOT
+    from tests.helpers import run_torchrun
 
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(worker), str(tiny_bert_dir),
-         str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = sorted(re.findall(r"rank (\d) mix=(\S+) weight=(\S+) steps=2 moved=True", proc.stdout))
-    assert [line[0] for line in lines] == ["0", "1"], proc.stdout
+    stdout = run_torchrun(worker, str(tiny_bert_dir), str(tmp_path / "out"))
+    lines = sorted(re.findall(r"rank (\d) mix=(\S+) weight=(\S+) steps=2 moved=True", stdout))
+    assert [line[0] for line in lines] == ["0", "1"], stdout
     assert lines[0][1:] == lines[1][1:]  # outer gradients averaged; inner steps synchronised by DDP
