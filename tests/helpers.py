@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -18,6 +19,14 @@ SHARED_DATA = Path(os.environ.get("HF_LOWDATA_SHARED_DATA", REPO_ROOT.parent / "
 POSITIVE = ["good", "great", "wonderful", "excellent", "lovely", "superb", "fine", "brilliant"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "boring", "dreadful", "weak", "horrible"]
 NOUNS = ["movie", "film", "plot", "cast", "story", "ending", "script", "music"]
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def toy_sentences(n: int, seed: int) -> list[dict]:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "dev_sweep.py"
+from tests.helpers import load_script
 
 
 def _sweep():
-    spec = importlib.util.spec_from_file_location("dev_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dev_sweep")
 
 
 def test_variants_sweep_with_their_family_budget():

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ftp_report.py"
+from tests.helpers import load_script
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("ftp_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ftp_report")
 
 
 def _run(method, seed, acc, ood):
