@@ -49,8 +49,7 @@ def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subpro
     """Run ``code`` in a fresh interpreter (the same venv); fail with its output if it fails."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
+    _fail_unless_ok(proc, "subprocess")
     return proc
 
 
@@ -70,6 +69,11 @@ def run_torchrun(worker: Path, *args: str, processes: int = 2, timeout: int = 60
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
     )
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
+    _fail_unless_ok(proc, "torchrun")
     return proc.stdout
+
+
+def _fail_unless_ok(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Fail the test with both output streams when ``proc`` exited non-zero."""
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
