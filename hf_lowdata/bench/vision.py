@@ -117,7 +117,7 @@ def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
         if config.dev:
             train, test = split_off_dev(train, config.dev)
             label = f"{dataset} (dev {config.dev})"
-        elif config.test_limit:
+        if config.test_limit:  # the first N of whichever split is scored (test, or the dev split)
             test = test.subset(range(min(config.test_limit, len(test))))
         test_states = image_token_states(cache, backbone, test.images, config.image_size, model_key)
         for k in config.shots:
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4])
     p.add_argument("--unlabelled", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images (smoke runs)")
+    p.add_argument("--test-limit", type=int, default=None, help="score on the first N test (or --dev) images (smoke runs)")
     p.add_argument("--dev", type=int, default=0, metavar="N",
                    help="score on N held-out training images instead of the test split (for choosing settings)")
     p.add_argument("--feature-cache-dir", type=Path, default=None, help="default: ~/.cache/hf_lowdata/features")
