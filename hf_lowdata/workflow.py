@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from .bench.measure import accuracy, macro_f1
-from .budgets import BUDGETS, Budget, get_budget
+from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
-from .methods.base import ProgressFn, directory_bytes
+from .methods.base import METHODS, ProgressFn, directory_bytes
 from .models import ModelNotFoundError, resolve_model_path
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -53,16 +53,13 @@ class AdapterLoadError(WorkflowError):
 
 
 def budget_key(method: str) -> str:
-    """The :data:`~hf_lowdata.budgets.BUDGETS` entry a method trains with.
+    """The :data:`~hf_lowdata.budgets.BUDGETS` entry a registered method trains with.
 
-    A method's own entry, else that of the method it is a variant of: ablations are named
-    ``<method>_<variant>`` and share their method's budget (``twin_turbo_ce`` trains with
-    ``twin_turbo``'s), as the methods themselves look it up.
+    Its own entry, or for an ablation variant its method's (``twin_turbo_ce`` trains with
+    ``twin_turbo``'s): :attr:`Method.budget_name <hf_lowdata.methods.base.Method.budget_name>`.
     """
-    if method in BUDGETS:
-        return method
-    parents = [k for k in BUDGETS if method.startswith(k + "_")]
-    return max(parents, key=len) if parents else method
+    cls = METHODS.get(method)
+    return cls.budget_key() if cls is not None else method  # unknown: get_budget says so
 
 
 def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, Any] | None = None

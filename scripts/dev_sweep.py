@@ -25,9 +25,10 @@ import numpy as np
 from transformers import set_seed
 
 from hf_lowdata.bench.runner import _quiet_libraries
-from hf_lowdata.budgets import BUDGETS, get_budget
+from hf_lowdata.budgets import get_budget
 from hf_lowdata.data import load_data, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, get_method
+from hf_lowdata.workflow import budget_key
 
 
 def parse_grid(pairs: list[str]) -> list[dict[str, float | str]]:
@@ -49,16 +50,6 @@ def parse_grid(pairs: list[str]) -> list[dict[str, float | str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def budget_family(method: str) -> str:
-    """The budget a method trains with: its own, or its family's for a variant (sparse_expert_dense -> sparse_expert)."""
-    if method in BUDGETS:
-        return method
-    families = [name for name in BUDGETS if method.startswith(name + "_")]
-    if not families:
-        raise SystemExit(f"No budget for method {method!r}; known: {sorted(BUDGETS)}")
-    return max(families, key=len)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -73,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     _quiet_libraries()
     cache, rows = SharedCache(), []
-    base = get_budget(budget_family(args.method))
+    base = get_budget(budget_key(args.method))  # a variant sweeps with its method's budget
     for dataset in args.datasets.split(","):
         splits = load_data(args.data_dir / dataset, empty_text="drop")
         if splits.dev is None:

@@ -176,6 +176,14 @@ class Method(ABC):
     paper: ClassVar[str] = ""
     #: Whether the method reads the unlabelled pool.
     uses_unlabelled: ClassVar[bool] = False
+    #: The :data:`~hf_lowdata.budgets.BUDGETS` entry it trains with; empty: its own ``name``.
+    #: Ablation variants share their method's (``twin_turbo_ce`` trains with ``twin_turbo``'s).
+    budget_name: ClassVar[str] = ""
+
+    @classmethod
+    def budget_key(cls) -> str:
+        """The :data:`~hf_lowdata.budgets.BUDGETS` entry this method trains with."""
+        return cls.budget_name or cls.name
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -354,6 +354,7 @@ class SparseExpertMethod(Method):
         "Chen et al., Unleashing the Power of Meta-tuning for Few-shot Generalization Through Sparse "
         "Interpolated Experts, ICML 2024"
     )
+    budget_name: ClassVar[str] = BUDGET_NAME
     #: Adapter settings of this variant (over the budget's options).
     adapter_overrides: ClassVar[dict[str, Any]] = {}
     #: Objective settings of this variant.

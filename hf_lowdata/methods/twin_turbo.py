@@ -146,6 +146,7 @@ class TwinTurbo(Method):
     paper = ("Quétant, Molchanov, Voloshynovskiy, TwinTURBO: Semi-Supervised Fine-Tuning of Foundation Models via "
              "Mutual Information Decompositions for Downstream Task and Latent Spaces, arXiv:2503.07851, 2025")
     uses_unlabelled = True
+    budget_name = BUDGET_NAME
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft import TaskType, get_peft_model

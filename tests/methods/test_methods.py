@@ -46,6 +46,19 @@ def test_budget_steps_are_clamped_and_documented():
         get_budget("nope")
 
 
+def test_every_method_has_a_budget_and_variants_share_their_methods():
+    from hf_lowdata.methods import METHODS
+    from hf_lowdata.workflow import budget_key
+
+    missing = {name: budget_key(name) for name in METHODS if budget_key(name) not in BUDGETS}
+    assert not missing, f"methods without a budget entry: {missing}"
+    assert budget_key("ftp_lora") == "ftp_lora"  # a budget of its own, not ftp's
+    assert budget_key("mixup_blo_fast") == "mixup_blo_fast"
+    assert budget_key("sparse_expert_dense") == "sparse_expert"
+    assert budget_key("twin_turbo_ce") == "twin_turbo"
+    assert budget_key("nope") == "nope"  # unknown: get_budget then names the known ones
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_transformer_baselines_fit_predict_save(method, tiny_bert_dir, tmp_path):
     task = _task()
