@@ -362,8 +362,9 @@ def _encode_labels(
         index = {n: i for i, n in enumerate(names)}
         labels: list[int] = []
         for i, value in enumerate(raw):
-            if isinstance(value, str) and value.strip() in index:
-                labels.append(index[value.strip()])
+            name = value.strip() if isinstance(value, str) else (str(int(float(value))) if _is_int_like(value) else None)
+            if name in index:  # by name first: a number 2 in a file labelled 1/2/3 is the label "2", not id 2
+                labels.append(index[name])
             elif _is_int_like(value) and 0 <= int(float(value)) < len(names):
                 labels.append(int(float(value)))
             else:

@@ -137,19 +137,21 @@ def bootstrap_intervals(
     labels: Sequence[int], predictions: Sequence[int], num_labels: int,
     resamples: int = 1000, level: float = 0.95, seed: int = 0,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Percentile-bootstrap intervals of accuracy and macro-F1 over the examples (vectorised)."""
+    """Percentile-bootstrap intervals of accuracy and macro-F1 (as :func:`macro_f1`) over the examples."""
     y, p = np.asarray(labels), np.asarray(predictions)
     if len(y) == 0:
         raise ValueError("No examples to bootstrap.")
     idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
     yt, yp = y[idx], p[idx]
     acc = (yt == yp).mean(axis=1)
-    f1 = np.zeros(resamples)
+    f1, present = np.zeros(resamples), np.zeros(resamples)
     for c in range(num_labels):
         tp = ((yt == c) & (yp == c)).sum(axis=1)
         wrong = ((yt == c) != (yp == c)).sum(axis=1)  # false positives + false negatives
-        f1 += np.where(2 * tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
-    f1 /= num_labels
+        occurs = 2 * tp + wrong > 0  # c is among the resample's labels or predictions
+        f1 += np.where(occurs, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+        present += occurs
+    f1 /= present  # as macro_f1: over the classes that occur
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return tuple(float(v) for v in np.percentile(acc, q)), tuple(float(v) for v in np.percentile(f1, q))
 

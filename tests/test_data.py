@@ -53,6 +53,10 @@ def test_integer_labels_and_given_label_names(tmp_path):
     assert named.label_names == ("neg", "pos") and named.labels == (1, 0)
     gaps = write_jsonl(tmp_path / "g.jsonl", [{"text": "a", "label": 3}, {"text": "b", "label": 7}])
     assert load_file(gaps).label_names == ("3", "7") and load_file(gaps).labels == (0, 1)
+    # a number that is also a label *name* is that label, not the id: an evaluation file of a task
+    # labelled 1/2/3 (JSON numbers) keeps its labels (it was read as ids, shifted by one)
+    ones = write_jsonl(tmp_path / "o.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 3}])
+    assert load_file(ones, label_names=["1", "2", "3"]).labels == (0, 2)
 
 
 def test_hf_dataset_and_datasetdict():

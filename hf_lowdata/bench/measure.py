@@ -20,10 +20,18 @@ def accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
 
 
 def macro_f1(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> float:
-    """Macro-averaged F1 over all ``num_labels`` classes (a class never predicted scores 0)."""
+    """Macro-averaged F1 over the classes that occur among ``labels`` or ``predictions``.
+
+    A class that occurs but is never predicted correctly scores 0; a class absent from both (an
+    evaluation file without it) is left out rather than counted as 0 (scikit-learn's default).
+    ``num_labels`` bounds the ids.
+    """
     from sklearn.metrics import f1_score
 
-    return float(f1_score(labels, predictions, labels=list(range(num_labels)), average="macro", zero_division=0))
+    present = sorted({int(v) for v in labels} | {int(v) for v in predictions})
+    if present and not 0 <= present[0] <= present[-1] < num_labels:
+        raise ValueError(f"Class ids {present} outside 0..{num_labels - 1}.")
+    return float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0))
 
 
 def _rss_bytes() -> int | None:
