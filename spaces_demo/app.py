@@ -559,13 +559,16 @@ def run_comparison(
         yield _message(err), skip, skip, skip, skip, skip
         return
     ordered = [m for m in runnable_methods() if m in chosen]
-    shown: list[str] = []
+    shown: list[str] | None = None  # None: the previous comparison's results are still on the page
     for runs in compare(session, prepared, ordered, model, preset, config, int(seed or 0)):
         busy = any(r.status in ("waiting", "running") for r in runs)
         status = "Training..." if busy else "Finished: " + ", ".join(f"{r.method} {r.status}" for r in runs) + "."
         results = session.finished()
         outputs: list[Any] = [status, progress_rows(runs)]
-        if results and list(results) != shown:  # redraw only when another method has finished
+        if shown is None and not results:  # a new comparison replaced the old outputs: clear their results
+            shown = []
+            outputs += [[], None, None, gr.update(choices=[], value=None)]
+        elif results and list(results) != shown:  # redraw only when another method has finished
             shown = list(results)
             outputs += [results_rows(results), score_chart(results), confusion_chart(results),
                         gr.update(choices=shown, value=shown[-1])]

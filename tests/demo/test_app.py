@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import huggingface_hub
 import numpy as np
 import pytest
@@ -149,6 +150,19 @@ def test_compare_probe_and_lora_end_to_end(session):
         assert set(z.namelist()) == {"lora/adapter_config.json", "lora/adapter_model.safetensors", "lora/README.md"}
     assert "Train at least one method" not in app.try_sentence(session, "probe", "parcel lost")[1]
     assert "Type a sentence" in app.try_sentence(session, "probe", "  ")[1]
+
+
+def test_a_new_comparison_clears_the_previous_results(session):
+    first = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
+                                    "quick", "", 0))
+    assert first[-1][0] == "Finished: probe done." and session.finished()
+    # the second comparison fails (a bad setting): the first one's results must not stay on the page
+    second = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
+                                     "quick", "max_steps=abc", 0))
+    assert second[-1][0] == "Finished: probe failed." and not session.finished()
+    status, progress, rows, chart, confusion, trained = second[0]
+    assert rows == [] and chart is None and confusion is None and trained["choices"] == []
+    assert all(out[2] in ([], gr.update()) for out in second)  # never redrawn with the old results
 
 
 def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch):
