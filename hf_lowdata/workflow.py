@@ -27,7 +27,7 @@ from .bench.measure import accuracy, macro_f1
 from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
-from .methods.base import METHODS, ProgressFn, directory_bytes
+from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
 from .models import ModelNotFoundError, resolve_model_path
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -95,6 +95,16 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
     if budget.min_steps > budget.max_steps:
         raise WorkflowError(f"--config: min_steps ({budget.min_steps}) is larger than max_steps ({budget.max_steps}).")
     return budget, options
+
+
+def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
+    """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
+    not silently ignored), a budget value of the wrong type, min_steps above max_steps."""
+    message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS))
+    if message:
+        raise WorkflowError(message)
+    for method in methods:
+        resolve_budget(method, preset, config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,12 +242,15 @@ def train_method(
     save_steps: int | None = 0,
     resume: bool = False,
     cache: SharedCache | None = None,
+    config_methods: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``method`` on ``task``, evaluate on ``evaluation_data``, save to ``output_dir`` with a card.
 
     ``save_steps``: checkpoint every this many optimizer steps into ``OUT/checkpoints`` (``None``:
     four checkpoints per run; 0: none). ``resume`` continues from the last complete checkpoint
-    there; the checkpoint folder is removed once the final files are in place.
+    there; the checkpoint folder is removed once the final files are in place. ``config_methods``:
+    the methods ``config`` was written for (default: ``method`` alone; the demo gives every chosen
+    method one config): a key that none of them reads is an error (:func:`check_config`).
     """
     from transformers import set_seed
 
@@ -247,6 +260,7 @@ def train_method(
         runner = get_method(method)
     except (KeyError, RuntimeError) as err:
         raise WorkflowError(str(err.args[0] if err.args else err)) from err
+    check_config(config_methods or [method], preset, config)
     budget, options = resolve_budget(method, preset, config)
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
     resolve_model_path(model)  # a missing model fails before any work, with its own message

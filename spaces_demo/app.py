@@ -45,7 +45,7 @@ from hf_lowdata.data import (
 )
 from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
 from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, resolve_model_path
-from hf_lowdata.workflow import TrainResult, WorkflowError, require_examples, train_method
+from hf_lowdata.workflow import TrainResult, WorkflowError, check_config, require_examples, train_method
 
 log = logging.getLogger("hf_lowdata.demo")
 HERE = Path(__file__).resolve().parent
@@ -311,7 +311,7 @@ def compare(
                 run.result = train_method(
                     method, task, session.dir / method, model=model, seed=seed, preset=preset, config=config,
                     evaluation_data=prepared.evaluation, progress=progress_of(run), cancel=cancel, cache=cache,
-                    save_steps=0,
+                    save_steps=0, config_methods=methods,
                 )
                 run.status, run.fraction, run.message = "done", 1.0, f"{run.result.train_seconds:.1f} s"
             except RunCancelled:
@@ -552,6 +552,9 @@ def run_comparison(
         if preset not in PRESETS:
             raise DemoError(f"Choose a budget preset: {', '.join(PRESETS)}.")
         config = parse_config(config_text or "")
+        check_config([m for m in runnable_methods() if m in chosen], preset, config)  # typos fail here, not per method
+        if seed is not None and not (float(seed).is_integer() and 0 <= seed < 2**32):
+            raise DemoError(f"Seed must be a whole number from 0 to {2**32 - 1}, got {seed}.")
         model = (model or "").strip() or None
         resolve_model_path(model)
         prepared = prepare_data(labelled, text_column, label_column, unlabelled, evaluation)

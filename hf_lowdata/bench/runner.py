@@ -16,10 +16,11 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..budgets import Budget
 from ..data import (
     DatasetSplits,
     DataWarning,
@@ -28,7 +29,7 @@ from ..data import (
     make_few_shot_task,
 )
 from ..methods import RunContext, SharedCache, get_method
-from ..methods.base import directory_bytes
+from ..methods.base import directory_bytes, unknown_options
 from ..models import model_id, resolve_model_path
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
@@ -124,6 +125,14 @@ def validate(config: BenchConfig) -> None:
             get_method(name)
         except (KeyError, RuntimeError) as err:
             raise BenchError(str(err.args[0] if err.args else err)) from err
+    budget_fields = sorted({f.name for f in fields(Budget)} & set(config.options))
+    if budget_fields:
+        raise BenchError(f"--config {', '.join(budget_fields)}: the benchmark trains every method with its fixed budget "
+                         "(hf_lowdata/budgets.py) so that runs compare; change it there, or train one method with "
+                         "hf-lowdata train --config.")
+    message = unknown_options(config.methods, list(config.options))
+    if message:
+        raise BenchError(f"--config: {message}")
     if not config.datasets:
         raise BenchError("No datasets given; pass --datasets, e.g. --datasets sst2,cr.")
     if not config.shots and not config.totals:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..budgets import Budget, get_budget
+from ..budgets import BUDGETS, Budget, get_budget
 from ..data import FewShotTask, tokenize
 from ..inference import mean_pooled_embeddings, predict_logits
 from ..models import load_encoder, load_tokenizer, resolve_model_path
@@ -179,11 +179,21 @@ class Method(ABC):
     #: The :data:`~hf_lowdata.budgets.BUDGETS` entry it trains with; empty: its own ``name``.
     #: Ablation variants share their method's (``twin_turbo_ce`` trains with ``twin_turbo``'s).
     budget_name: ClassVar[str] = ""
+    #: Method options (``--config key=value``) it reads besides its budget's ``options`` (and the
+    #: Budget fields, which the train command and the demo apply): a key no chosen method reads is
+    #: an error, not silently ignored (:func:`unknown_options`).
+    option_names: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def budget_key(cls) -> str:
         """The :data:`~hf_lowdata.budgets.BUDGETS` entry this method trains with."""
         return cls.budget_name or cls.name
+
+    @classmethod
+    def known_options(cls) -> frozenset[str]:
+        """Every method option it reads: :attr:`option_names` and its budget's ``options``."""
+        budget = BUDGETS.get(cls.budget_key())
+        return cls.option_names | frozenset(budget.options if budget is not None else ())
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -223,6 +233,29 @@ def get_method(name: str) -> Method:
     if reason:
         raise RuntimeError(f"Method {name!r} is not available here: {reason}")
     return METHODS[name]()
+
+
+def unknown_options(methods: Sequence[str], keys: Sequence[str], also_known: Sequence[str] = ()) -> str | None:
+    """A message naming the ``--config`` keys that none of ``methods`` reads, or ``None``.
+
+    ``also_known`` are keys the caller itself applies (the Budget fields). The message suggests close
+    spellings and lists what each method reads, so a typo (``lerning_rate``) is caught before any
+    training instead of being silently ignored.
+    """
+    import difflib
+
+    known = {m: METHODS[m].known_options() for m in methods if m in METHODS}
+    everything = sorted(set(also_known).union(*known.values()))
+    unknown = [k for k in keys if k not in everything]
+    if not unknown:
+        return None
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, everything, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    reads = "; ".join(f"{m}: {', '.join(sorted(o)) or 'no options'}" for m, o in known.items())
+    common = f" Budget settings: {', '.join(sorted(also_known))}." if also_known else ""
+    return (f"Unknown setting {', '.join(hints)}: no chosen method reads it. Method options: {reads}.{common}")
 
 
 def available_methods() -> list[str]:

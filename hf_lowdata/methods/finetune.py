@@ -19,6 +19,7 @@ class LoRA(TransformerMethod):
     name = "lora"
     summary = "LoRA (PEFT): low-rank updates of query/value, new head trained"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
+    option_names = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules"})
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model

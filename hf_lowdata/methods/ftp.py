@@ -25,6 +25,7 @@ class _FTPAdapterMethod(TransformerMethod):
     """Wrap the classifier with an FTP adapter; LowDataTrainer then trains it with the FTP optimizer."""
 
     delta = "full"
+    option_names = frozenset({"r", "lora_alpha", "mu", "kappa", "norm", "base_optimizer", "target_modules"})
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         from peft import TaskType, get_peft_model
@@ -66,6 +67,7 @@ class TPGM(_FTPAdapterMethod):
     name = "tpgm"
     summary = "TPGM: projection radii learned on a held-out 20% of the labelled set (FTP's predecessor)"
     paper = "Tian, Dai, Ma, Kira, Trainable Projected Gradient Method for Robust Fine-Tuning, CVPR 2023"
+    option_names = _FTPAdapterMethod.option_names | {"heldout_fraction", "tpgm_lr", "interval", "iterations"}
 
     def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module) -> Any:
         from ..tuners.ftp import TPGMObjective

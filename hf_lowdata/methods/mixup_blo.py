@@ -201,6 +201,7 @@ class MixupBLO(TransformerMethod):
     #: parameter in the inner problem and in phase 2, so the LayerNorms are trained too (a few thousand
     #: values). The word embeddings stay frozen: 11.7M values on MiniLM, they would double the adapter.
     method_defaults: ClassVar[dict[str, Any]] = {"modules_to_save": ["LayerNorm"]}
+    option_names = frozenset({*CONFIG_OPTIONS, "merge"})
 
     def peft_config(self, ctx: RunContext) -> Any:
         from peft import TaskType

@@ -66,6 +66,7 @@ class ProbeClassifier(FittedClassifier):
 class Probe(Method):
     name = "probe"
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
+    option_names = frozenset({"C"})
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression

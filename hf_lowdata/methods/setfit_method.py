@@ -56,6 +56,7 @@ class SetFit(Method):
     name = "setfit"
     summary = "SetFit: contrastive fine-tuning of the sentence encoder, then a logistic head"
     paper = "Tunstall et al., Efficient Few-Shot Learning Without Prompts, 2022"
+    option_names = frozenset({"num_iterations"})
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -355,6 +355,9 @@ class SparseExpertMethod(Method):
         "Interpolated Experts, ICML 2024"
     )
     budget_name: ClassVar[str] = BUDGET_NAME
+    option_names = frozenset({"source_dir", "sources", "num_experts", "target_sparsity", "meta_steps", "meta_batch",
+                              "meta_lr", "meta_seed", "query_per_class", "cache_dir", "router_temperature",
+                              "finetune", "r", "lora_alpha"})
     #: Adapter settings of this variant (over the budget's options).
     adapter_overrides: ClassVar[dict[str, Any]] = {}
     #: Objective settings of this variant.

@@ -147,6 +147,7 @@ class TwinTurbo(Method):
              "Mutual Information Decompositions for Downstream Task and Latent Spaces, arXiv:2503.07851, 2025")
     uses_unlabelled = True
     budget_name = BUDGET_NAME
+    option_names = frozenset(_CONFIG_FIELDS | {"feature_cache_dir", "unlabelled_batch_size"})
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft import TaskType, get_peft_model

@@ -97,6 +97,21 @@ def test_unknown_dataset_and_model(toy_data_dir, tiny_bert_dir, tmp_path):
         run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path, model=str(tmp_path / "no-model")), show_progress=False)
 
 
+def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_bert_dir, tmp_path):
+    def bench(**options):
+        config = _config(toy_data_dir, tiny_bert_dir, tmp_path, methods=["probe", "lora"], options=options)
+        return run_benchmark(config, show_progress=False)
+
+    with pytest.raises(BenchError, match=r"Unknown setting 'rr' \(did you mean 'r'\?\).*lora: .*lora_alpha"):
+        bench(rr=4)
+    with pytest.raises(BenchError, match="max_steps: the benchmark trains every method with its fixed budget"):
+        bench(max_steps=3)
+    assert not (tmp_path / "runs.jsonl").exists()
+    from hf_lowdata.bench.runner import validate
+
+    validate(_config(toy_data_dir, tiny_bert_dir, tmp_path, methods=["probe", "lora"], options={"r": 4, "C": 0.5}))
+
+
 def test_plan_covers_the_cross_product():
     config = BenchConfig(data_dir=".", datasets=["a", "b"], methods=["probe", "lora"], out=".", shots=[8, 16],
                          totals=[300], seeds=[0, 1, 2], label_noise=[0.0, 0.3])

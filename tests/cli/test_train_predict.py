@@ -165,6 +165,8 @@ def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, caps
     [
         (["--method", "nope"], "Unknown method 'nope'. Available methods:"),
         (["--method", "lora", "--config", "max_steps=abc"], "max_steps must be an integer"),
+        (["--method", "lora", "--config", "lerning_rate=1e-3"], "Unknown setting 'lerning_rate' (did you mean 'learning_rate'?)"),
+        (["--method", "probe", "--config", "r=4"], "Unknown setting 'r'"),  # a LoRA option: probe reads only C
         (["--method", "lora", "--model", "/no/such/model"], "neither a local folder"),
         (["--method", "lora", "--preset", "quick", "--shots", "50"], "fewer than k=50 examples"),
     ],

@@ -152,17 +152,33 @@ def test_compare_probe_and_lora_end_to_end(session):
     assert "Type a sentence" in app.try_sentence(session, "probe", "  ")[1]
 
 
-def test_a_new_comparison_clears_the_previous_results(session):
+def test_a_new_comparison_clears_the_previous_results(session, monkeypatch):
     first = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
                                     "quick", "", 0))
     assert first[-1][0] == "Finished: probe done." and session.finished()
-    # the second comparison fails (a bad setting): the first one's results must not stay on the page
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("training diverged")
+
+    monkeypatch.setattr(app, "train_method", fails)
+    # the second comparison's only method fails: the first one's results must not stay on the page
     second = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
-                                     "quick", "max_steps=abc", 0))
+                                     "quick", "", 0))
     assert second[-1][0] == "Finished: probe failed." and not session.finished()
     status, progress, rows, chart, confusion, trained = second[0]
     assert rows == [] and chart is None and confusion is None and trained["choices"] == []
     assert all(out[2] in ([], gr.update()) for out in second)  # never redrawn with the old results
+
+
+@pytest.mark.parametrize(("settings", "seed", "message"), [
+    ("max_step=1", 0, "Unknown setting 'max_step' (did you mean 'max_steps'?)"),
+    ("max_steps=abc", 0, "max_steps must be an integer"),
+    ("", -1, "Seed must be a whole number from 0 to 4294967295"),
+])
+def test_bad_settings_fail_before_any_training(session, settings, seed, message):
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
+                                      ["probe", "lora"], "quick", settings, seed))
+    assert len(outputs) == 1 and message in outputs[0][0] and not session.runs
 
 
 def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch):
