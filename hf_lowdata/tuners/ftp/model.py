@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..base import WeightAdapterTuner
 from .config import FTPConfig
 from .layer import FTPConv2d, FTPLayer, FTPLinear
 
@@ -26,7 +27,7 @@ TARGET_MODULES_BY_MODEL_TYPE: dict[str, Any] = {
 }
 
 
-class FTPModel(BaseTuner):
+class FTPModel(WeightAdapterTuner):
     """Adds FTP adapters (a trainable delta per targeted layer) to a model.
 
     Train it with :class:`~hf_lowdata.training.LowDataTrainer`, which picks the FTP optimizer for

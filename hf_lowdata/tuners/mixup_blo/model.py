@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 
+from ..base import WeightAdapterTuner
 from .config import MixupBLOConfig
 from .layer import Linear, MixupBLOLayer
 
@@ -32,7 +33,7 @@ TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
-class MixupBLOModel(BaseTuner):
+class MixupBLOModel(WeightAdapterTuner):
     """Attention-guided weight mixup (Somayajula et al., NAACL 2024) as a PEFT tuner.
 
     ``get_peft_model(model, MixupBLOConfig())`` replaces the targeted Linear layers with mixed ones;

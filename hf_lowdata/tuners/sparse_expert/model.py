@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from torch.func import functional_call
 
+from ..base import WeightAdapterTuner
 from .config import SparseExpertConfig
 from .layer import SUPPORTED_LAYERS, SparseExpertLayer, SparseExpertModule, SparseExpertTunerLayer
 from .router import ROUTER_ATTRIBUTE, ROUTER_NET, SparseExpertRouter, expert_weights
@@ -128,7 +128,7 @@ def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float
     return scale * F.normalize(features, dim=-1, eps=1e-12) @ F.normalize(prototypes, dim=-1, eps=1e-12).T
 
 
-class SparseExpertModel(BaseTuner):
+class SparseExpertModel(WeightAdapterTuner):
     """SMAT: M sparse experts over a shared dense delta per targeted weight, mixed per task by a router.
 
     Chen, Tack, Yang, Teh, Schwarz, Wei, "Unleashing the Power of Meta-tuning for Few-shot

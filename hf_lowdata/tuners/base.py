@@ -1,0 +1,32 @@
+"""The PEFT ``BaseTuner`` our weight-adapting tuners share (FTP, MixupBLO, SparseExpert)."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+
+class WeightAdapterTuner(BaseTuner):
+    """``BaseTuner`` with a module replacement that works for every module PEFT hands back.
+
+    PEFT's default ``_replace_module`` copies ``child.weight`` onto a replacement without a
+    ``base_layer``; when ``merge_and_unload``/``unload`` put back a ``modules_to_save`` head that has
+    no weight of its own (RoBERTa's, XLM-R's and Electra's ``classifier`` is a small module), that
+    raises AttributeError. LoRA overrides it in the same way: set the module, then move the
+    adapter's own parameters to the device of the layer they adapt.
+    """
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        setattr(parent, child_name, new_module)
+        if hasattr(child, "base_layer"):
+            child = child.base_layer
+        weight = getattr(child, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            weight = next(child.parameters(), None)
+        if weight is None:
+            return
+        meta = torch.device("meta")
+        for name, module in new_module.named_modules():
+            if self.prefix in name and not any(p.device == meta for p in module.parameters()):
+                module.to(weight.device)

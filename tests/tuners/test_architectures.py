@@ -1,0 +1,58 @@
+"""Every tuner on the classification models users bring besides BERT: RoBERTa-style heads
+(a module without a weight), DistilBERT (no ``encoder``), decoder classifiers (Llama, GPT-2:
+a per-token ``score`` head)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import RobertaConfig, RobertaForSequenceClassification
+
+import hf_lowdata
+
+IDS = torch.tensor([[5, 6, 7, 8, 9], [9, 10, 11, 1, 1]])
+MASK = (IDS != 1).long()
+
+
+def _roberta() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=37, num_labels=3, pad_token_id=1)
+    return RobertaForSequenceClassification(config).eval()
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+
+
+WEIGHT_TUNERS = {
+    "ftp": lambda: hf_lowdata.FTPConfig(task_type="SEQ_CLS"),
+    "ftp_lora": lambda: hf_lowdata.FTPConfig(task_type="SEQ_CLS", delta="lora", r=2),
+    "mixup_blo": lambda: hf_lowdata.MixupBLOConfig(task_type="SEQ_CLS"),
+    "sparse_expert": lambda: hf_lowdata.SparseExpertConfig(task_type="SEQ_CLS", num_experts=2),
+}
+
+
+@pytest.mark.parametrize("name", WEIGHT_TUNERS)
+def test_merge_and_unload_on_a_roberta_head_without_weight(name):
+    # the head is a modules_to_save copy of RobertaClassificationHead, a module with no .weight:
+    # putting it back crashed in PEFT's default _replace_module (AttributeError)
+    base = _roberta()
+    with torch.no_grad():
+        reference = base(input_ids=IDS, attention_mask=MASK).logits
+    model = get_peft_model(base, WEIGHT_TUNERS[name]()).eval()
+    _perturb(model)
+    with torch.no_grad():
+        adapted = model(input_ids=IDS, attention_mask=MASK).logits
+        assert not torch.allclose(adapted, reference)
+        merged = model.merge_and_unload()
+        assert type(merged.classifier).__name__ == "RobertaClassificationHead"
+        torch.testing.assert_close(merged(input_ids=IDS, attention_mask=MASK).logits, adapted, atol=1e-5, rtol=0)
+    unloaded = get_peft_model(_roberta(), WEIGHT_TUNERS[name]()).unload()
+    with torch.no_grad():
+        torch.testing.assert_close(unloaded(input_ids=IDS, attention_mask=MASK).logits, reference)
