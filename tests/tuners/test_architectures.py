@@ -56,3 +56,38 @@ def test_merge_and_unload_on_a_roberta_head_without_weight(name):
     unloaded = get_peft_model(_roberta(), WEIGHT_TUNERS[name]()).unload()
     with torch.no_grad():
         torch.testing.assert_close(unloaded(input_ids=IDS, attention_mask=MASK).logits, reference)
+
+
+def _decoder(kind: str) -> torch.nn.Module:
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        return LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, num_labels=3, pad_token_id=1)).eval()
+    return GPT2ForSequenceClassification(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, num_labels=3,
+                                                    pad_token_id=1)).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_twin_turbo_on_decoder_classifiers_with_a_per_token_score_head(kind):
+    # these models apply ``score`` to every token and then pick the last real token: TwinTurbo's
+    # sequence logits must survive that (they were indexed as if per token: IndexError / wrong shape)
+    config = hf_lowdata.TwinTurboConfig(task_type="SEQ_CLS", projector_dim=16, projector_heads=2)
+    model = get_peft_model(_decoder(kind), config).eval()
+    with torch.no_grad():
+        logits = model(input_ids=IDS, attention_mask=MASK).logits
+        assert logits.shape == (2, 3)
+        # padding invariance: the second sentence alone, unpadded, gives the same logits
+        alone = model(input_ids=IDS[1:, :3], attention_mask=MASK[1:, :3]).logits
+    torch.testing.assert_close(alone, logits[1:], atol=1e-5, rtol=0)
+    loss = model(input_ids=IDS, attention_mask=MASK, labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "twin_turbo_head" in n)

@@ -317,7 +317,12 @@ class TwinTurboLayer(nn.Module, BaseTunerLayer):
             self.token_tap.clear()
             return self.base_layer(x, *args, **kwargs)
         tokens, mask = self.token_tap.take(x.shape[0])
-        return self.classify(self.encode(tokens, mask, adapter), adapter).to(x.dtype)
+        logits = self.classify(self.encode(tokens, mask, adapter), adapter).to(x.dtype)
+        if x.dim() > 2 and isinstance(self.base_layer, nn.Linear):
+            # a per-token head (decoder classifiers: Llama's, GPT-2's ``score``): the model picks the
+            # last real token's logits after the head, so every position carries the sequence's logits
+            logits = logits.view(logits.shape[0], *[1] * (x.dim() - 2), -1).expand(*x.shape[:-1], -1)
+        return logits
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError(MERGE_ERROR)
