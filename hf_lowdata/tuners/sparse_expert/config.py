@@ -28,8 +28,10 @@ class SparseExpertConfig(PeftConfig):
     Args:
         target_modules: names (or a regex) of the modules to adapt. ``None`` (default) takes every
             ``nn.Linear`` and ``nn.Conv2d`` inside the model's ``encoder`` module (for models without
-            one: every Linear/Conv2d outside ``modules_to_save``), so embeddings, pooler and head are
-            left alone, as the spec asks.
+            one, such as DistilBERT or Llama: every Linear/Conv2d), never a pooler, a head
+            (``classifier``, ``pre_classifier``, ``score``, ...) or a ``modules_to_save`` module, so
+            embeddings, pooler and head are left alone, as the spec asks. The resolved names go into
+            the adapter's own copy of the config (the one it saves), not into this object.
         exclude_modules: names (or a regex) of modules never to adapt.
         num_experts: number of sparse experts (masks) M per targeted tensor. The paper's default is 8
             (8 beat 4 and matched 16).
@@ -62,8 +64,9 @@ class SparseExpertConfig(PeftConfig):
         default=None,
         metadata={
             "help": "names (or a regex) of the modules to adapt. None (default) takes every nn.Linear and "
-            "nn.Conv2d inside the model's encoder module (for models without one: every Linear/Conv2d outside "
-            "modules_to_save), so embeddings, pooler and head are left alone, as the spec asks."
+            "nn.Conv2d inside the model's encoder module (for models without one: every Linear/Conv2d), never a "
+            "pooler, a head (classifier, pre_classifier, score, ...) or a modules_to_save module, so embeddings, "
+            "pooler and head are left alone, as the spec asks."
         },
     )
     exclude_modules: list[str] | str | None = field(

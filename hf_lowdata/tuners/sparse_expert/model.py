@@ -11,11 +11,18 @@ offers what meta-training and meta-test need:
 
 A task-adapted model is obtained with ``route(...)`` followed by ``merge_and_unload()``: a plain
 dense model with zero inference overhead.
+
+While an adapter is merged (``merge_adapter()``) its expert weights and masks cannot change and the
+frozen backbone cannot be read: unmerging subtracts the delta of the *current* expert weights, so
+routing in between would leave the pretrained weights changed for good. ``route``, ``route_support``,
+``set_expert_weights``, ``bypass``, ``task_weights`` and ``binarize_masks`` therefore refuse while
+merged; call ``unmerge_adapter()`` first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +40,25 @@ from .router import ROUTER_ATTRIBUTE, ROUTER_NET, SparseExpertRouter, expert_wei
 PROTOTYPE_SCALE = 10.0
 
 
+#: Modules of a model's head that are never default targets: transformers' poolers and task heads
+#: (DistilBERT's ``pre_classifier``, the ``classifier`` / ``score`` PEFT wraps in ``modules_to_save``).
+HEAD_MODULE_NAMES = frozenset({"pooler", "pre_classifier", "classifier", "score", "qa_outputs", "lm_head"})
+
+
+def _in_head(name: str, saved: tuple[str, ...]) -> bool:
+    """Whether module ``name`` is (inside) a head module or a ``modules_to_save`` module.
+
+    ``modules_to_save`` is matched as PEFT matches it (the module name ends with the entry), so DistilBERT's
+    ``pre_classifier`` counts as ``classifier``: PEFT wraps it, and it must not be an adapter layer.
+    """
+    parts = name.split(".")
+    if any(part in HEAD_MODULE_NAMES for part in parts):
+        return True
+    return any(".".join(parts[:i]).endswith(saved) for i in range(1, len(parts) + 1)) if saved else False
+
+
 def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[str]:
-    """Every Linear/Conv2d inside the model's ``encoder`` (else outside ``modules_to_save``)."""
+    """Every Linear/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head."""
     tuner_layers = [n for n, m in model.named_modules() if isinstance(m, SparseExpertTunerLayer)]
     names = [
         name
@@ -45,13 +69,13 @@ def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[
     encoders = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == "encoder"]
     if encoders:
         names = [n for n in names if any(n.startswith(f"{e}.") for e in encoders)]
-    else:
-        saved = set(config.modules_to_save or ())
-        names = [n for n in names if not any(part in saved for part in n.split("."))]
+    saved = tuple(config.modules_to_save or ())
+    names = [n for n in names if not _in_head(n, saved)]
     if not names:
         raise ValueError(
             "SparseExpertConfig found no nn.Linear or nn.Conv2d layer to adapt in this model (default targets: the "
-            "layers inside its 'encoder' module). Pass target_modules=[...] with the names of the layers to adapt."
+            "layers inside its 'encoder' module, else outside its pooler and head; transformers' Conv1D, as in GPT-2, "
+            "is not supported). Pass target_modules=[...] with the names of the layers to adapt."
         )
     return set(names)
 
@@ -148,6 +172,16 @@ class SparseExpertModel(WeightAdapterTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # ---- PEFT hooks -----------------------------------------------------------------------------
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """Inject on the adapter's own copy of its config.
+
+        The default ``target_modules`` (full module names) and ``feature_dim`` are resolved into the
+        adapter's config, so that it saves and reloads exactly; resolving them into the user's object
+        instead would make a second ``get_peft_model`` with it on another model reuse this model's values.
+        """
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
     def _prepare_adapter_config(self, peft_config: SparseExpertConfig, model_config: dict) -> SparseExpertConfig:
         return peft_config  # default targets depend on the modules, resolved in _prepare_model
 
@@ -207,6 +241,17 @@ class SparseExpertModel(WeightAdapterTuner):
         return unloaded
 
     # ---- task API -------------------------------------------------------------------------------
+    def _refuse_while_merged(self, action: str, adapter: str | None = None) -> None:
+        """Raise if ``adapter`` (``None``: any adapter) is merged into the base weights (see the module docstring)."""
+        merged = {a for _, layer in self.expert_layers() for a in layer.merged_adapters if adapter in (None, a)}
+        if merged:
+            raise RuntimeError(
+                f"Cannot {action} while the SparseExpert adapter(s) {sorted(merged)} are merged into the base "
+                "weights: unmerging subtracts the delta of the current expert weights and masks, and the base weights "
+                "are not the frozen backbone while merged. Call model.unmerge_adapter() first (and merge_adapter() "
+                "again afterwards)."
+            )
+
     def _adapter(self, adapter: str | None) -> str:
         name = adapter or (self.active_adapters[0] if self.active_adapters else None)
         if name is None or name not in self.peft_config:
@@ -232,9 +277,11 @@ class SparseExpertModel(WeightAdapterTuner):
         """Weight the experts for a task: ``w = normalise(sigmoid(router(prototypes) / T))``, stored in the layers.
 
         ``temperature`` is the router temperature at the end of meta-training (0.5 in the paper).
-        Returns ``w``; ``merge_and_unload()`` afterwards gives the task's dense model.
+        Returns ``w``; ``merge_and_unload()`` afterwards gives the task's dense model. Refused while the
+        adapter is merged (unmerge first).
         """
         adapter = self._adapter(adapter)
+        self._refuse_while_merged("route a task", adapter)
         router = self.router.sparse_expert_router_net[adapter]
         was_training = router.training
         router.eval()
@@ -253,8 +300,10 @@ class SparseExpertModel(WeightAdapterTuner):
         (``inputs`` is a tokenised / pixel batch, ``labels`` 0..K-1), then :meth:`route`.
 
         The meta-test recipe: ``route_support(batch, labels)``, then ``merge_and_unload()`` (a plain
-        dense model), then optionally fine-tune it on the support set.
+        dense model), then optionally fine-tune it on the support set. Refused while any adapter is merged
+        (the frozen backbone's features need the pretrained weights).
         """
+        self._refuse_while_merged("route a task from its support set")
         backbone = feature_backbone(self.model)
         was_training = backbone.training
         backbone.eval()
@@ -268,8 +317,12 @@ class SparseExpertModel(WeightAdapterTuner):
 
     @torch.no_grad()
     def set_expert_weights(self, weights: torch.Tensor | list[float], adapter: str | None = None) -> None:
-        """Use these expert weights (non-negative; normalised to sum to one) in every layer of ``adapter``."""
+        """Use these expert weights (non-negative; normalised to sum to one) in every layer of ``adapter``.
+
+        Refused while ``adapter`` is merged: unmerging would subtract the new weights' delta, not the merged one.
+        """
         adapter = self._adapter(adapter)
+        self._refuse_while_merged("change the expert weights", adapter)
         num = self.peft_config[adapter].num_experts
         w = torch.as_tensor(weights, dtype=torch.float32).flatten()
         if w.numel() != num or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
@@ -295,13 +348,16 @@ class SparseExpertModel(WeightAdapterTuner):
         Differentiable in the deltas, the mask logits and ``expert_weights``; use with
         ``torch.func.functional_call(root, weights, ...)`` inside :meth:`bypass`. ``meta=True`` is the
         meta-training form: masks at the meta-training temperature, cached for the optimizer step, and
-        mask-logit gradients deferred to :meth:`finalize_mask_gradients`.
+        mask-logit gradients deferred to :meth:`finalize_mask_gradients`. Refused while a layer is merged
+        (its base weight is then not ``W0``).
         """
         adapter = self._adapter(adapter)
         out = {}
         for name, layer in self.expert_layers(root):
             if adapter not in layer.sparse_expert_delta:
                 continue
+            if layer.merged:
+                self._refuse_while_merged("compute task weights")
             base = layer.get_base_layer().weight
             if meta:
                 delta = layer.meta_task_delta(adapter, expert_weights)
@@ -318,7 +374,11 @@ class SparseExpertModel(WeightAdapterTuner):
 
     @contextlib.contextmanager
     def bypass(self) -> Iterator[None]:
-        """Within this context the adapted layers are their plain base layers (the frozen backbone)."""
+        """Within this context the adapted layers are their plain base layers (the frozen backbone).
+
+        Refused while any adapter is merged: the base layers then hold the merged weights, not the backbone.
+        """
+        self._refuse_while_merged("bypass the adapters (read the frozen backbone)")
         layers = [layer for _, layer in self.expert_layers()]
         previous = [layer.sparse_expert_bypass for layer in layers]
         for layer in layers:
@@ -363,9 +423,11 @@ class SparseExpertModel(WeightAdapterTuner):
     def binarize_masks(self, adapter: str | None = None) -> None:
         """Make the masks binary (1 where they are non-zero at the meta-training temperature), bit-packed.
 
-        The adapter's config records ``masks="binary"``, so a saved adapter reloads in this form.
+        The adapter's config records ``masks="binary"``, so a saved adapter reloads in this form. Refused
+        while the adapter is merged (binary masks change its delta).
         """
         adapter = self._adapter(adapter)
+        self._refuse_while_merged("binarize the masks", adapter)
         for _, layer in self.expert_layers():
             layer.binarize(adapter)
         self.peft_config[adapter].masks = "binary"
