@@ -181,12 +181,8 @@ def load_for_classification(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report only lists the new classifier head
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, **extra, **kwargs
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    hub_id = packaged_hub_id(name_or_path)
-    if hub_id:  # saved adapters name the Hub model, not this machine's install folder (portable, no path leak)
-        model.config._name_or_path = model.name_or_path = hub_id
-    return model

@@ -28,7 +28,7 @@ from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
 from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
-from .models import ModelNotFoundError, resolve_model_path
+from .models import ModelNotFoundError, packaged_hub_id, resolve_model_path
 
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
@@ -295,6 +295,7 @@ def train_method(
     staging = out / _STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
     classifier.save(staging)
+    _name_hub_base_model(staging, model)
     tokenizer = getattr(classifier, "tokenizer", None)
     if output_kind(staging) == "full" and tokenizer is not None:
         tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
@@ -308,6 +309,22 @@ def train_method(
     _publish(staging, out)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
+
+
+def _name_hub_base_model(folder: Path, model: str | os.PathLike | None) -> None:
+    """Point a saved adapter of a packaged model at its Hub id instead of this machine's install folder.
+
+    The adapter then loads anywhere (``AutoPeftModel`` fetches the Hub model; ``hf-lowdata predict``
+    maps the id back to the installed package) and no server path is published. Done on the saved
+    file, not on the loaded model: PEFT's ``save_pretrained`` looks a Hub id up online.
+    """
+    config_file = folder / "adapter_config.json"
+    hub_id = packaged_hub_id(model)
+    if hub_id is None or not config_file.is_file():
+        return
+    adapter_config = json.loads(config_file.read_text())
+    adapter_config["base_model_name_or_path"] = hub_id
+    config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
 def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:

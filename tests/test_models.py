@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from hf_lowdata.models import (
@@ -70,16 +68,3 @@ def test_tokenizer_of_tiny_model(tiny_bert_dir):
     tok = load_tokenizer(tiny_bert_dir)
     assert tok("a good movie")["input_ids"][0] == tok.cls_token_id
 
-
-def test_adapters_of_a_packaged_model_name_its_hub_id_not_the_install_folder(tmp_path, tiny_bert_dir):
-    import json
-
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(load_for_classification(None, num_labels=2), LoraConfig(task_type="SEQ_CLS", r=2))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert recorded == "sentence-transformers/all-MiniLM-L6-v2"  # loadable elsewhere; no server path leaked
-    assert resolve_model_path(recorded) == resolve_model_path(None)  # and offline here, from the package
-    # a local folder stays a local folder
-    assert Path(load_for_classification(tiny_bert_dir).config._name_or_path) == Path(tiny_bert_dir)

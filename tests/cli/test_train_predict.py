@@ -22,7 +22,7 @@ from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
 from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
 from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, toy_files, toy_task, trained
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, run_python
 
 RUNNABLE = [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
 TEXTS = ["the film was great and the cast was wonderful", "an awful, boring plot"]
@@ -46,6 +46,33 @@ def test_train_saves_standard_peft_files_card_and_evaluation(tmp_path, capsys):
     # The recorded figures are those of the saved adapter on the evaluation file.
     again = evaluate(load_classifier(out), load_file(files["eval"], label_names=LABELS))
     assert (again.accuracy, again.macro_f1) == (record["accuracy"], record["macro_f1"])
+    # The adapter names the Hub model, not this machine's install folder (and still loads offline, above).
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_train_and_predict_never_touch_the_network_without_offline_flags(tmp_path):
+    """Offline by default: with HF_HUB_OFFLINE unset, train + predict must not open a socket or look up a host
+    (PEFT's save_pretrained looks a Hub id up online: it must never see one)."""
+    files = toy_files(tmp_path / "data")
+    code = f"""
+import socket
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args[:2])
+    raise OSError("network disabled by the test")
+socket.getaddrinfo = refuse
+socket.socket.connect = refuse
+socket.create_connection = refuse
+from hf_lowdata.cli import main
+assert main(["train", "--method", "lora", "--data", {str(files["train"])!r}, "--out", {str(tmp_path / "o")!r},
+             "--config", *{tiny_args("lora")!r}]) == 0
+assert main(["predict", {str(tmp_path / "o")!r}, "--text", "great"]) == 0
+assert not attempts, attempts
+print("no network")
+"""
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "PYTHONPATH": str(REPO_ROOT)}
+    assert run_python(code, env=env).stdout.strip().endswith("no network")
 
 
 @pytest.mark.parametrize("method", RUNNABLE)
