@@ -20,6 +20,8 @@ def _int_list(text: str) -> list[int]:
             continue
         if "-" in part[1:]:
             lo, hi = part.split("-", 1)
+            if int(hi) < int(lo):
+                raise argparse.ArgumentTypeError(f"{part!r} is an empty range; write the smaller number first, e.g. 0-4")
             values.extend(range(int(lo), int(hi) + 1))
         else:
             values.append(int(part))
@@ -320,13 +322,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .bench import BenchError
     from .data import DataError
     from .models import ModelNotFoundError
+    from .training import NonFiniteLossError
     from .workflow import WorkflowError
 
     try:
         return int(args.func(args) or 0)
-    except (BenchError, DataError, ModelNotFoundError, WorkflowError) as err:
+    except (BenchError, DataError, ModelNotFoundError, WorkflowError, NonFiniteLossError,
+            argparse.ArgumentTypeError) as err:
         print(f"hf-lowdata {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a one-line message; HF_LOWDATA_DEBUG=1 shows the traceback
+        if os.environ.get("HF_LOWDATA_DEBUG"):
+            raise
+        print(f"hf-lowdata {args.command}: error: {type(err).__name__}: {err}\n(an unexpected failure, often a "
+              "setting the library underneath rejects, such as --config r=0; run with HF_LOWDATA_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

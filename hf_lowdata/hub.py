@@ -12,11 +12,13 @@ hf_lowdata card written by ``hf-lowdata train``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_weight_files, output_kind
+from .models import packaged_hub_id
+from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_saved_folder, output_kind
 
 #: Files of a PEFT adapter folder that go to the Hub (``README.md`` when present).
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
@@ -48,7 +50,13 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
     Pickle weight files are refused, and damaged safetensors files are refused.
     """
     path = Path(folder)
-    kind = output_kind(path)
+    try:
+        kind = check_saved_folder(path)  # required files present, settings parse, weights open
+    except WorkflowError as err:
+        raise HubError(f"Not pushing: {err}") from err
+    if not (path / "README.md").is_file():
+        raise HubError(f"Not pushing: {path} has no README.md model card. hf-lowdata train writes it last, so this "
+                       "may be a cut-off save: train again (or add a card) and push then. Nothing was uploaded.")
     if kind == "peft":
         missing = [n for n in PEFT_FILES[:2] if not (path / n).is_file()]
         if missing:
@@ -64,10 +72,6 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
                        and p.name not in _NOT_UPLOADED)
         files += sorted(p for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
                         and d.name != "checkpoints" for p in d.rglob("*") if p.is_file())
-    try:
-        check_weight_files(path)
-    except WorkflowError as err:
-        raise HubError(f"Not pushing: {err}") from err
     return files
 
 
@@ -107,6 +111,29 @@ def _explain(err: Exception, endpoint: str, folder: Path) -> HubError:
     return HubError(f"The Hub rejected the upload ({type(err).__name__}: {err}). {kept}")
 
 
+def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes]]:
+    """``(name in the repo, file or bytes)`` for every file of :func:`files_to_upload`.
+
+    Locally a PEFT adapter of a packaged model records the model's install folder as its base (so
+    ``AutoPeftModel`` loads it offline on this machine); a path is no use anywhere else, so the copy
+    that leaves the machine (Hub upload, the demo's download) names the model's Hub id instead.
+    """
+    path = Path(folder)
+    contents: list[tuple[str, Path | bytes]] = []
+    for file in files_to_upload(path):
+        name = file.relative_to(path).as_posix()
+        if name == "adapter_config.json":
+            config = json.loads(file.read_text())
+            recorded = config.get("base_model_name_or_path")
+            hub_id = packaged_hub_id(recorded) if recorded else None
+            if hub_id:
+                config["base_model_name_or_path"] = hub_id
+                contents.append((name, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()))
+                continue
+        contents.append((name, file))
+    return contents
+
+
 def push_adapter(
     folder: str | os.PathLike,
     repo_id: str,
@@ -132,9 +159,9 @@ def push_adapter(
             raise HFValidationError("it needs a namespace")
     except HFValidationError as err:
         raise HubError(f"{repo_id!r} is not a valid repository id ({err}). Use 'your-name/your-adapter'.") from err
-    files = files_to_upload(path)
-    total = sum(f.stat().st_size for f in files)
-    names = tuple(f.relative_to(path).as_posix() for f in files)
+    contents = hub_file_contents(path)
+    total = sum(len(c) if isinstance(c, bytes) else c.stat().st_size for _, c in contents)
+    names = tuple(name for name, _ in contents)
     if dry_run:
         return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True)
     if _hub_offline():
@@ -148,7 +175,8 @@ def push_adapter(
     hub = api.endpoint
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(f)) for name, f in zip(names, files)]
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=c if isinstance(c, bytes) else str(c))
+                      for name, c in contents]
         api.create_commit(repo_id, operations=operations, repo_type="model",
                           commit_message=commit_message or f"Upload {output_kind(path)} output of hf_lowdata")
     except Exception as err:  # noqa: BLE001 - every failure is explained, none is a stack trace

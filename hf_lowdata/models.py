@@ -128,9 +128,16 @@ def model_id(name_or_path: str | os.PathLike | None) -> str:
 
 
 def packaged_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub id of a packaged model (``None`` for anything else)."""
+    """The Hub id of a packaged model, named or given as its installed folder (``None`` for anything else)."""
     text = str(name_or_path or DEFAULT_MODEL)
     packaged = PACKAGED_MODELS.get(_ALIASES.get(text.lower(), text).lower())
+    if packaged is None and Path(text).is_dir():
+        for candidate in PACKAGED_MODELS.values():
+            try:
+                if candidate.path().resolve() == Path(text).resolve():
+                    packaged = candidate
+            except ModelNotFoundError:
+                continue
     return packaged.hub_id if packaged is not None and packaged.hub_id else None
 
 

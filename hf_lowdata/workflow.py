@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
 from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
-from .models import ModelNotFoundError, packaged_hub_id, resolve_model_path
+from .models import ModelNotFoundError, resolve_model_path
 
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
@@ -38,6 +40,10 @@ _STAGING_DIR = ".saving"
 BUDGET_FIELDS: dict[str, type] = {f.name: type(getattr(Budget(learning_rate=0.0), f.name))
                                   for f in dataclasses.fields(Budget) if f.name != "options"}
 BUDGET_FIELDS["learning_rate"] = float
+
+
+#: Smallest accepted value of a Budget field given in ``--config`` (others: 0).
+_BUDGET_MINIMUM: dict[str, float] = {"batch_size": 1, "max_length": 8}
 
 
 class WorkflowError(ValueError):
@@ -91,6 +97,13 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
         changes["min_steps"] = min(budget.min_steps, changes["max_steps"])
     if "min_steps" in changes and "max_steps" not in changes:
         changes["max_steps"] = max(budget.max_steps, changes["min_steps"])
+    for key, value in changes.items():
+        low, high = _BUDGET_MINIMUM.get(key, 0), 1.0 if key == "warmup_ratio" else math.inf
+        if not (math.isfinite(value) and low <= value <= high):
+            raise WorkflowError(f"--config {key}={value}: {key} must be a finite number from {low}"
+                                + (f" to {high}." if high < math.inf else " up."))
+    if changes.get("max_steps") == 0 and budget.max_steps > 0:
+        raise WorkflowError(f"--config max_steps=0: {method} would save an untrained model; give at least 1 step.")
     budget = dataclasses.replace(budget, **changes)
     if budget.min_steps > budget.max_steps:
         raise WorkflowError(f"--config: min_steps ({budget.min_steps}) is larger than max_steps ({budget.max_steps}).")
@@ -265,6 +278,8 @@ def train_method(
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
     resolve_model_path(model)  # a missing model fails before any work, with its own message
     out = Path(output_dir)
+    _check_output_folder(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR
     steps = budget.steps(len(task.labelled))
@@ -273,18 +288,22 @@ def train_method(
     run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
                   "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
     resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
-    with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
-        ctx = RunContext(
-            model=model, seed=seed, budget=None if unchanged else budget, work_dir=Path(work),
-            cache=cache or SharedCache(),
-            options=options, progress=progress, cancel=cancel, device=device, quiet=True,
-            checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
-            resume=resumed_from is not None,
-        )
-        set_seed(seed)
-        start = time.perf_counter()
-        classifier = runner.fit(task, ctx)
-        seconds = time.perf_counter() - start
+    try:
+        with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
+            ctx = RunContext(
+                model=model, seed=seed, budget=None if unchanged else budget, work_dir=Path(work),
+                cache=cache or SharedCache(),
+                options=options, progress=progress, cancel=cancel, device=device, quiet=True,
+                checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
+                resume=resumed_from is not None,
+            )
+            set_seed(seed)
+            start = time.perf_counter()
+            classifier = runner.fit(task, ctx)
+            seconds = time.perf_counter() - start
+    except BaseException:
+        _drop_unresumable(out, checkpoints, created)
+        raise
     evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
     summary = summarize_data(task, evaluation_data)
     result = TrainResult(
@@ -295,7 +314,6 @@ def train_method(
     staging = out / _STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
     classifier.save(staging)
-    _name_hub_base_model(staging, model)
     tokenizer = getattr(classifier, "tokenizer", None)
     if output_kind(staging) == "full" and tokenizer is not None:
         tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
@@ -311,20 +329,32 @@ def train_method(
     return result
 
 
-def _name_hub_base_model(folder: Path, model: str | os.PathLike | None) -> None:
-    """Point a saved adapter of a packaged model at its Hub id instead of this machine's install folder.
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output path that is a file, or a folder holding files of something else (never overwritten).
 
-    The adapter then loads anywhere (``AutoPeftModel`` fetches the Hub model; ``hf-lowdata predict``
-    maps the id back to the installed package) and no server path is published. Done on the saved
-    file, not on the loaded model: PEFT's ``save_pretrained`` looks a Hub id up online.
+    A folder of an earlier run of ours (its checkpoints, or a staging folder from a cut-off save) is fine:
+    ``--resume`` continues it, and the checkpoint check says so otherwise.
     """
-    config_file = folder / "adapter_config.json"
-    hub_id = packaged_hub_id(model)
-    if hub_id is None or not config_file.is_file():
+    if out.exists() and not out.is_dir():
+        raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
+    if not out.is_dir() or (out / CHECKPOINTS_DIR).is_dir() or (out / _STAGING_DIR).is_dir():
         return
-    adapter_config = json.loads(config_file.read_text())
-    adapter_config["base_model_name_or_path"] = hub_id
-    config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not finished_output(out):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise WorkflowError(f"--out {out} already holds other files ({shown}); training writes README.md, the "
+                            "weights and eval_results.json there. Choose a new or empty folder (nothing was overwritten).")
+
+
+def _drop_unresumable(out: Path, checkpoints: Path, created: bool) -> None:
+    """After a failed or interrupted run: remove a checkpoint folder with no complete checkpoint to resume
+    from (only its settings file), so that a corrected rerun is not refused; keep one that can be resumed."""
+    from .training import last_complete_checkpoint
+
+    if checkpoints.is_dir() and last_complete_checkpoint(checkpoints) is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:
@@ -457,6 +487,15 @@ def card_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     return block if isinstance(block, dict) else {}
 
 
+#: Files each kind of saved folder cannot load without (checked before anything is read; without the
+#: weights PEFT would look the folder up on the Hub), and its JSON settings files.
+_REQUIRED_FILES: dict[str, tuple[str, ...]] = {"peft": ("adapter_model.safetensors",),
+                                               "probe": ("probe_head.safetensors",),
+                                               "setfit": ("setfit_head.safetensors",)}
+_CONFIG_FILES: dict[str, tuple[str, ...]] = {"peft": ("adapter_config.json",), "probe": ("probe_config.json",),
+                                             "setfit": ("setfit_config.json",), "prototype": ("classifier.json",)}
+
+
 def load_classifier(
     folder: str | os.PathLike, model: str | os.PathLike | None = None, device: str | None = None
 ) -> FittedClassifier:
@@ -467,8 +506,7 @@ def load_classifier(
     :class:`AdapterLoadError` with what to do.
     """
     path = Path(folder)
-    kind = output_kind(path)
-    check_weight_files(path)
+    kind = check_saved_folder(path)
     meta = card_metadata(path)
     loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit,
               "prototype": _load_prototype}[kind]
@@ -478,11 +516,32 @@ def load_classifier(
     return classifier
 
 
+def check_saved_folder(folder: str | os.PathLike) -> str:
+    """The kind of a saved folder (:func:`output_kind`) once its required files are present, its JSON
+    settings parse and its weight files open; anything else is an :class:`AdapterLoadError` saying what."""
+    path = Path(folder)
+    kind = output_kind(path)
+    missing = [name for name in _REQUIRED_FILES.get(kind, ()) if not (path / name).is_file()]
+    if missing:
+        raise AdapterLoadError(f"{path} is a {kind} folder without {', '.join(missing)}: the save was cut off or the "
+                               "file was removed. Train, save or download it again.")
+    for name in _CONFIG_FILES.get(kind, ()):
+        try:
+            json.loads((path / name).read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise AdapterLoadError(f"{path / name} is not valid JSON ({err}): the file is damaged. Train, save or "
+                                   "download it again.") from err
+    check_weight_files(path)
+    return kind
+
+
 def _base_model_path(recorded: str | None, override: str | os.PathLike | None, folder: Path) -> Path:
     wanted = override if override is not None else (None if recorded in (None, "None", "") else recorded)
     try:
         return resolve_model_path(wanted)
     except ModelNotFoundError as err:
+        if override is not None:
+            raise AdapterLoadError(f"The base model given for {folder} ({override!r}) is not available here: {err}") from err
         raise AdapterLoadError(
             f"{folder} was trained on base model {wanted!r}, which is not available here ({err}). Pass a local "
             "copy of that model with --model PATH (Python: model=PATH)."
@@ -513,6 +572,9 @@ def _load_peft(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     recorded = adapter_config.get("base_model_name_or_path")
     base_path = _base_model_path(recorded, model, folder)
+    if not meta.get("label_names"):
+        warnings.warn(f"{folder} names no labels (hf-lowdata train writes them into README.md, last: a folder without "
+                      "it may be a cut-off save); predictions are shown as LABEL_0, LABEL_1, ...", stacklevel=2)
     labels = [str(n) for n in meta.get("label_names") or _labels_from_weights(folder, adapter_config)]
     base = load_for_classification(base_path, len(labels), labels)
     try:

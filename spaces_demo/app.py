@@ -436,7 +436,7 @@ def predict_text(session: Session, method: str | None, text: str) -> dict[str, f
 
 def zip_output(session: Session, method: str | None) -> Path:
     """A zip of the method's Hub files (PEFT adapters: config, safetensors weights, model card)."""
-    from hf_lowdata.hub import files_to_upload
+    from hf_lowdata.hub import hub_file_contents
 
     results = session.finished()
     if method not in results:
@@ -445,8 +445,11 @@ def zip_output(session: Session, method: str | None) -> Path:
     target = session.dir / "downloads" / f"{method}-{'adapter' if (folder / 'adapter_config.json').is_file() else 'model'}.zip"
     target.parent.mkdir(exist_ok=True)
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in files_to_upload(folder):
-            archive.write(file, f"{method}/{file.relative_to(folder).as_posix()}")
+        for name, content in hub_file_contents(folder):  # as pushed: the adapter names the Hub base model
+            if isinstance(content, bytes):
+                archive.writestr(f"{method}/{name}", content)
+            else:
+                archive.write(content, f"{method}/{name}")
     return target
 
 

@@ -13,6 +13,8 @@ def test_int_lists_accept_ranges_and_commas():
     assert _int_list("0-4") == [0, 1, 2, 3, 4]
     assert _int_list("0-2,8, 16") == [0, 1, 2, 8, 16]
     assert _float_list("0.1,0.3") == [0.1, 0.3]
+    with pytest.raises(argparse.ArgumentTypeError, match="'4-0' is an empty range"):
+        _int_list("4-0")  # was read as no seeds at all ("No seeds given")
 
 
 def test_options_are_literals_where_they_parse():

@@ -4,6 +4,7 @@ what would have been uploaded, so the exact file set and bytes are checked; the 
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -62,7 +63,14 @@ def test_push_uploads_exactly_the_adapter_files_and_card_in_one_commit(hub, adap
     assert main(["push", str(adapter), "me/toy-lora", "--private"]) == 0
     assert set(hub.uploads) == ADAPTER_FILES and hub.commits == 1
     for name, data in hub.uploads.items():
-        assert data == (adapter / name).read_bytes(), name
+        if name != "adapter_config.json":
+            assert data == (adapter / name).read_bytes(), name
+    # locally the adapter points at the installed package (AutoPeftModel loads it offline here); the
+    # uploaded copy names the Hub model instead of this machine's folder, and nothing else changes
+    local = json.loads((adapter / "adapter_config.json").read_text())
+    uploaded = json.loads(hub.uploads["adapter_config.json"])
+    assert Path(local["base_model_name_or_path"]).is_dir()
+    assert uploaded == {**local, "base_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2"}
     assert hub.repos == [{"repo_id": "me/toy-lora", "private": True, "exist_ok": True, "repo_type": "model"}]
     out = capsys.readouterr().out
     assert "Uploaded 3 files" in out and "https://huggingface.co/me/toy-lora" in out
@@ -172,3 +180,15 @@ def test_bad_repo_ids_and_damaged_folders_are_refused(adapter, tmp_path):
     (pickled / "head.pkl").write_bytes(b"x")
     with pytest.raises(HubError, match="pickle files"):
         push_adapter(pickled, "me/toy-probe", dry_run=True)
+    for name, damage in [("bad_config", lambda f: (f / "adapter_config.json").write_text("{not json")),
+                         ("no_card", lambda f: (f / "README.md").unlink())]:
+        folder = tmp_path / name
+        shutil.copytree(adapter, folder)
+        damage(folder)
+        with pytest.raises(HubError, match="not valid JSON" if name == "bad_config" else "has no README.md model card"):
+            push_adapter(folder, "me/toy-lora", dry_run=True)  # a dry run checks what a push would upload
+    headless = tmp_path / "headless"
+    shutil.copytree(trained("probe").output_dir, headless)
+    (headless / "probe_head.safetensors").unlink()
+    with pytest.raises(HubError, match="without probe_head.safetensors"):
+        push_adapter(headless, "me/toy-probe", dry_run=True)

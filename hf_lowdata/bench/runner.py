@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import traceback
@@ -139,6 +140,11 @@ def validate(config: BenchConfig) -> None:
         raise BenchError("No label budget given: pass --shots (per class) and/or --totals (in total).")
     if not config.seeds:
         raise BenchError("No seeds given; pass --seeds, e.g. --seeds 0,1,2,3,4.")
+    bad_budgets = [f"--shots {k}" for k in config.shots if k < 1] + [f"--totals {n}" for n in config.totals if n < 2]
+    bad_budgets += [f"--label-noise {p}" for p in config.label_noise if not 0.0 <= p < 1.0]
+    if bad_budgets:
+        raise BenchError(f"{', '.join(bad_budgets)}: shots must be at least 1, totals at least 2 and label-noise "
+                         "fractions from 0 up to (not including) 1.")
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
         raise BenchError(f"--data-dir {data_dir} is not a folder.")
@@ -147,6 +153,27 @@ def validate(config: BenchConfig) -> None:
         if name not in available:
             raise BenchError(f"Dataset {name!r} not found in {data_dir}. Available: {', '.join(available) or 'none'}.")
     resolve_model_path(config.model)  # a missing model fails here, with its install message
+
+
+#: Settings that change results but are not part of a run's key: a resumed benchmark must keep them.
+RESUME_SETTINGS = ("options", "dev_k", "bf16")
+
+
+def _check_resumed_settings(config: BenchConfig, saved_file: Path) -> None:
+    """Refuse to resume with other ``--config`` / ``--dev-k`` / ``--bf16`` than the runs already recorded
+    (one summary row would otherwise average runs trained under different settings)."""
+    if not config.resume or not saved_file.is_file():
+        return
+    try:
+        saved = json.loads(saved_file.read_text()).get("config", {})
+    except ValueError:
+        return  # an unreadable settings file says nothing; the run keys still guard the rest
+    now = json.loads(json.dumps({k: getattr(config, k) for k in RESUME_SETTINGS}, default=str))
+    changed = {k: (saved.get(k), now[k]) for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]}
+    if changed:
+        shown = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise BenchError(f"--resume: {config.out} was run with other settings ({shown}). Resuming would mix them "
+                         "in one table: repeat the recorded settings, or write to another --out.")
 
 
 def run_benchmark(
@@ -164,16 +191,17 @@ def run_benchmark(
             f"{runs_path} already holds results. Pass --resume to continue that benchmark (finished runs are "
             "skipped), or choose another --out; nothing was overwritten."
         )
+    _check_resumed_settings(config, out / "config.json")
     repair_tail(runs_path)
     done = finished_keys(read_records(runs_path))
     model_name = model_id(config.model)
     specs = plan_runs(config)
     todo = [s for s in specs if s.key(model_name) not in done]
     env = environment()
-    (out / "config.json").write_text(
-        json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
-                    "environment": env}, indent=2, default=str)
-    )
+    saved = out / "config.json.tmp"
+    saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
+                                 "environment": env}, indent=2, default=str))
+    os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
     _quiet_libraries()
     cache = SharedCache()
     loaded: dict[str, DatasetSplits] = {}

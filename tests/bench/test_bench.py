@@ -60,6 +60,10 @@ def test_resume_skips_finished_and_redoes_a_cut_run(toy_data_dir, tiny_bert_dir,
     assert [r["seed"] for r in seen] == [2]  # only the cut run was redone
     assert sorted(r["seed"] for r in records) == [0, 1, 2]
     assert all(json.loads(line) for line in runs.read_text().splitlines())
+    # resuming with another method option would average runs of two settings in one summary row
+    config.options = {"C": 0.0001}
+    with pytest.raises(BenchError, match=r"other settings \(options: recorded \{\}, now \{'C': 0.0001\}\)"):
+        run_benchmark(config, show_progress=False)
 
 
 def test_failed_run_is_recorded_and_retried_on_resume(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
@@ -110,6 +114,15 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
     from hf_lowdata.bench.runner import validate
 
     validate(_config(toy_data_dir, tiny_bert_dir, tmp_path, methods=["probe", "lora"], options={"r": 4, "C": 0.5}))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"shots": [0]}, "--shots 0"), ({"label_noise": [1.5]}, "--label-noise 1.5"), ({"totals": [1], "shots": []}, "--totals 1"),
+])
+def test_bad_label_budgets_fail_before_any_output(toy_data_dir, tiny_bert_dir, tmp_path, change, message):
+    with pytest.raises(BenchError, match=message):
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path / "o", **change), show_progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_plan_covers_the_cross_product():

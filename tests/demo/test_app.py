@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def test_compare_probe_and_lora_end_to_end(session):
     archive = app.zip_output(session, "lora")
     with zipfile.ZipFile(archive) as z:
         assert set(z.namelist()) == {"lora/adapter_config.json", "lora/adapter_model.safetensors", "lora/README.md"}
+        # the download names the Hub base model, not the server's install folder
+        assert json.loads(z.read("lora/adapter_config.json"))["base_model_name_or_path"] == (
+            "sentence-transformers/all-MiniLM-L6-v2")
     assert "Train at least one method" not in app.try_sentence(session, "probe", "parcel lost")[1]
     assert "Type a sentence" in app.try_sentence(session, "probe", "  ")[1]
 
