@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -263,13 +264,21 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
                 raise DataError(f"{file}, record {i + 1}: expected a JSON object, got {type(row).__name__}.")
     else:
         delimiter = "\t" if suffix == ".tsv" else ","
-        reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
-        if not reader.fieldnames:
-            raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
-        for row in reader:
-            rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
-            if max_rows is not None and len(rows) > max_rows:
-                break
+        # newline="": quoted fields may span lines; strict: an unbalanced quote is an error, not a swallowed file
+        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True)
+        try:
+            if not reader.fieldnames:
+                raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
+            if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
+                raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
+                                f"{suffix}: rename it to .tsv, or save it with commas.")
+            for row in reader:
+                rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
+                if max_rows is not None and len(rows) > max_rows:
+                    break
+        except csv.Error as err:
+            raise DataError(f"{file}, line {reader.line_num}: not valid CSV ({err}). Check for an unbalanced "
+                            'quote ("): a field that contains quotes must be quoted and its quotes doubled.') from err
     if max_rows is not None and len(rows) > max_rows:
         raise DataError(f"{file} has more than {max_rows} rows; the limit here is {max_rows}.")
     if not rows:
