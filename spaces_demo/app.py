@@ -695,7 +695,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
                 try_message = gr.Markdown(elem_id="try-message")
             with gr.Column():
                 gr.Markdown("### Download or share the trained adapter")
-                download_button = gr.Button("Download (zip, PEFT format with model card)", elem_id="download")
+                download_button = gr.Button("Download (zip: safetensors + model card)", elem_id="download")
                 archive = gr.File(label="Download", interactive=False)
                 repo_id = gr.Textbox(label="Hub repository id", placeholder="your-name/support-tickets-lora")
                 token = gr.Textbox(label="Hugging Face token (write access)", type="password")
