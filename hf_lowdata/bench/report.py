@@ -15,20 +15,46 @@ import numpy as np
 
 from .results import atomic_write_text
 
-GroupKey = tuple[str, str, str, float, int]  # dataset, method, budget label, label noise, unlabelled
+#: dataset, method, budget label, label noise, unlabelled pool, setting (model, precision, options)
+GroupKey = tuple[str, str, str, float, int, str]
 
 
 def budget_label(record: dict[str, Any]) -> str:
     return f"k={record['k']}" if record.get("k") is not None else f"N={record['n']}"
 
 
-def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
-    """Successful runs grouped by (dataset, method, budget, label noise, unlabelled pool)."""
-    groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
+def setting_of(record: dict[str, Any]) -> str:
+    """What else a run was trained under: model, precision, method options, dev split (one string)."""
+    parts = [f"model={record.get('model')}", f"precision={record.get('precision', 'fp32')}"]
+    parts += [f"{k}={v}" for k, v in sorted((record.get("options") or {}).items())]
+    if record.get("dev_k"):
+        parts.append(f"dev_k={record['dev_k']}")
+    return " ".join(parts)
+
+
+def latest_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run: the last one written for its ``run_key`` (a run retried after a failure, or
+    written twice, counts once, as its latest outcome); records without a key are all kept."""
+    latest: dict[str, dict[str, Any]] = {}
+    unkeyed: list[dict[str, Any]] = []
     for r in records:
+        if "run_key" in r:
+            latest.pop(r["run_key"], None)  # keep file order of the latest write
+            latest[r["run_key"]] = r
+        else:
+            unkeyed.append(r)
+    return [*latest.values(), *unkeyed]
+
+
+def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
+    """Latest successful runs grouped by (dataset, method, budget, label noise, unlabelled pool, setting):
+    runs of another model, precision or option setting never share a row."""
+    groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
+    for r in latest_records(records):
         if r.get("status") != "ok":
             continue
-        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise", 0.0)), int(r.get("unlabelled", 0)))
+        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise", 0.0)),
+               int(r.get("unlabelled", 0)), setting_of(r))
         groups[key].append(r)
     return dict(groups)
 
@@ -49,35 +75,56 @@ def _budget_sort(label: str) -> tuple[str, int]:
     return kind, int(value)
 
 
+def _machine(record: dict[str, Any]) -> str:
+    m = record.get("machine", {})
+    return f"{m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch threads" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
+
+
 def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per dataset x method x budget (and scenario), plus OOD and failures."""
-    groups = group_records(records)
+    """Mean ± std over seeds per dataset x method x budget x setting, plus OOD and failures."""
+    latest = latest_records(records)
+    groups = group_records(latest)
     lines = ["# Benchmark summary", ""]
-    ok = [r for r in records if r.get("status") == "ok"]
-    failed = [r for r in records if r.get("status") == "failed"]
-    lines.append(f"{len(ok)} successful runs, {len(failed)} failed. Accuracy and macro-F1 in %, mean ± std over seeds.")
+    ok = [r for r in latest if r.get("status") == "ok"]
+    failed = [r for r in latest if r.get("status") == "failed"]
+    retried = len(records) - len(latest)
+    lines.append(f"{len(ok)} successful runs, {len(failed)} failed (the latest record of each run"
+                 + (f"; {retried} earlier records of re-run runs not counted" if retried else "")
+                 + "). Accuracy and macro-F1 in %, mean ± std over seeds; train s is the median per run and "
+                 "includes one-off costs a run paid (a meta-training, a feature cache); peak RSS is the whole "
+                 "process's, shared caches included.")
     if ok:
         v = ok[0].get("versions", {})
-        m = ok[0].get("machine", {})
-        lines.append(
-            f"Model `{ok[0].get('model')}`; torch {v.get('torch')}, transformers {v.get('transformers')}, "
-            f"peft {v.get('peft')}; {m.get('cpu_count')} CPUs ({m.get('torch_threads')} torch threads)"
-            + (f", GPU {m['cuda']}" if m.get("cuda") else "") + "."
-        )
+        machines = sorted({_machine(r) for r in ok})
+        lines.append(f"torch {v.get('torch')}, transformers {v.get('transformers')}, peft {v.get('peft')}; "
+                     + ("; ".join(f"{sum(_machine(r) == m for r in ok)} runs on {m}" for m in machines)
+                        if len(machines) > 1 else machines[0]) + ".")
+    settings = sorted({k[5] for k in groups})
+    most_seeds = max((len({r["seed"] for r in rs}) for rs in groups.values()), default=0)
     lines.append("")
-    header = ("| dataset | method | labels | noise | unlabelled | seeds | accuracy | macro-F1 | train s | "
-              "infer s/1k | peak RSS MB | trainable params | saved bytes |")
+    gpu = any(r.get("peak_cuda_mb") for r in ok)
+    header = ("| dataset | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
+              + "seeds | accuracy | macro-F1 | median train s | infer s/1k | peak RSS MB | "
+              + ("peak GPU MB | " if gpu else "") + "trainable params | saved bytes |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for key in sorted(groups, key=lambda k: (k[0], _budget_sort(k[2]), k[3], k[4], k[1])):
-        dataset, method, label, noise, unl = key
+    for key in sorted(groups, key=lambda k: (k[0], _budget_sort(k[2]), k[3], k[4], k[1], k[5])):
+        dataset, method, label, noise, unl, setting = key
         rs = groups[key]
+        seeds = len({r["seed"] for r in rs})
+        cuda = [r["peak_cuda_mb"] for r in rs if r.get("peak_cuda_mb") is not None]
         lines.append(
-            f"| {dataset} | {method} | {label} | {noise:g} | {unl} | {len(rs)} | {_pm([r['accuracy'] for r in rs])} | "
-            f"{_pm([r['macro_f1'] for r in rs])} | {np.mean([r['train_seconds'] for r in rs]):.1f} | "
+            f"| {dataset} | {method} | {label} | {noise:g} | {unl} | " + (f"{setting} | " if len(settings) > 1 else "")
+            + f"{seeds}{' †' if seeds < most_seeds else ''} | {_pm([r['accuracy'] for r in rs])} | "
+            f"{_pm([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
             f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
-            f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | {int(np.mean([r['trainable_params'] for r in rs])):,} | "
-            f"{int(np.mean([r['adapter_bytes'] for r in rs])):,} |"
+            f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | " + (f"{np.mean(cuda):.0f} | " if gpu and cuda else
+                                                                   "- | " if gpu else "")
+            + f"{int(np.mean([r['trainable_params'] for r in rs])):,} | {int(np.mean([r['adapter_bytes'] for r in rs])):,} |"
         )
+    if len(settings) == 1:
+        lines.append(f"\nEvery row: {settings[0]}.")
+    if any(len({r["seed"] for r in rs}) < most_seeds for rs in groups.values()):
+        lines.append(f"\n† fewer seeds than the {most_seeds} of the fullest rows (runs missing or failed).")
     ood_rows = [(k, rs) for k, rs in groups.items() if any(r.get("ood_accuracy") for r in rs)]
     if ood_rows:
         lines += ["", "## Out-of-domain accuracy (%)", "",
@@ -113,11 +160,13 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
     for dataset in sorted({k[0] for k in groups}):
         for kind in ("k", "N"):
             series = defaultdict(list)
-            for (ds, method, label, noise, unl), rs in groups.items():
+            settings = sorted({k[5] for k in groups})
+            for (ds, method, label, noise, unl, setting), rs in groups.items():
                 if ds != dataset or not label.startswith(kind + "=") or noise != 0.0:
                     continue
                 m, s = mean_std([r["accuracy"] for r in rs])
-                series[(method, unl)].append((int(label.split("=")[1]), m * 100, s * 100))
+                series[(method if len(settings) == 1 else f"{method} [{setting}]", unl)].append(
+                    (int(label.split("=")[1]), m * 100, s * 100))
             if not series:
                 continue
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -125,7 +174,7 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
                 points.sort()
                 x, y, e = zip(*points)
                 name = method + (f" (+{unl} unlabelled)" if unl else "")
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method],
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method.split(" [")[0]],
                             linestyle="--" if unl else "-")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
@@ -139,13 +188,13 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
             plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in methods:
-        pts = [(np.mean([r["train_seconds"] for r in rs]), np.mean([r["accuracy"] for r in rs]) * 100)
-               for (ds, m, label, noise, unl), rs in groups.items() if m == method]
+        pts = [(np.median([r["train_seconds"] for r in rs]), np.mean([r["accuracy"] for r in rs]) * 100)
+               for (ds, m, label, noise, unl, setting), rs in groups.items() if m == method]
         if pts:
             x, y = zip(*pts)
             ax.scatter(x, y, label=method, color=colors[method], alpha=0.8)
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("training time per run (s)")
+    ax.set_xlabel("median training time per run (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs training time (one point per dataset x budget)")
     ax.grid(alpha=0.3)

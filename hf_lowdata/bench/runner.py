@@ -262,6 +262,8 @@ def execute_run(
         "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft", "accelerate", "python")},
         "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
         "precision": "bf16" if config.bf16 else "fp32",
+        "options": dict(config.options),  # settings outside the run key: the report keeps them apart
+        "dev_k": config.dev_k,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:

@@ -146,6 +146,26 @@ def test_summary_mean_and_std_are_computed_from_records(tmp_path):
     assert read_records(path) == records
 
 
+def test_summary_never_averages_other_settings_or_stale_records():
+    base = dict(status="ok", dataset="d", method="m", k=8, n=None, label_noise=0.0, unlabelled=0, macro_f1=0.5,
+                train_seconds=1.0, inference_seconds_per_1k=2.0, peak_rss_mb=100.0, trainable_params=10,
+                adapter_bytes=40, ood_accuracy={}, model="x", versions={}, machine={})
+    records = [dict(base, seed=i, accuracy=0.6, run_key=f"a{i}") for i in range(3)]
+    # the same runs again with another option, in another precision, on another model: never one row
+    records += [dict(base, seed=0, accuracy=0.9, run_key="b0", options={"C": 0.1}),
+                dict(base, seed=0, accuracy=0.9, run_key="c0", precision="bf16"),
+                dict(base, seed=0, accuracy=0.9, run_key="d0", model="y")]
+    # a run that failed, then succeeded on --resume: counted once, as its latest outcome
+    records += [dict(base, seed=5, accuracy=0.0, run_key="e5", status="failed", error="boom", dataset="e"),
+                dict(base, seed=5, accuracy=0.5, run_key="e5", dataset="e")]
+    text = summary_markdown(records)
+    assert "| d | m | k=8 | 0 | 0 | model=x precision=fp32 | 3 | 60.0 ± 0.0 |" in text
+    for setting in ("model=x precision=fp32 C=0.1", "model=x precision=bf16", "model=y precision=fp32"):
+        assert f"| {setting} | 1 † | 90.0 ± 0.0 |" in text, setting
+    assert "7 successful runs, 0 failed" in text and "1 earlier records of re-run runs not counted" in text
+    assert "Failed runs" not in text and "† fewer seeds than the 3" in text
+
+
 @pytest.mark.slow
 def test_cli_bench_on_real_data_and_default_model(shared_data, tmp_path):
     """The issue's acceptance command (probe + LoRA, sst2, 8 shots, one seed) end to end."""
