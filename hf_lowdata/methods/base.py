@@ -44,7 +44,7 @@ class SharedCache:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._tokenizers: dict[str, Any] = {}
-        self._encoders: dict[str, Any] = {}
+        self._encoders: dict[tuple[str, str], Any] = {}
         self._embeddings: dict[tuple[str, str, int], np.ndarray] = {}
 
     def tokenizer(self, model: str | os.PathLike | None) -> Any:
@@ -54,23 +54,26 @@ class SharedCache:
                 self._tokenizers[key] = load_tokenizer(key)
             return self._tokenizers[key]
 
-    def encoder(self, model: str | os.PathLike | None) -> torch.nn.Module:
-        key = str(resolve_model_path(model))
+    def encoder(self, model: str | os.PathLike | None, device: str | None = None) -> torch.nn.Module:
+        """The frozen encoder on ``device`` (default: CUDA if available, else CPU, as training uses)."""
+        path, where = str(resolve_model_path(model)), str(default_device(device))
         with self._lock:
-            if key not in self._encoders:
-                self._encoders[key] = load_encoder(key)
-            return self._encoders[key]
+            if (path, where) not in self._encoders:
+                self._encoders[(path, where)] = load_encoder(path).to(where)
+            return self._encoders[(path, where)]
 
     def embeddings(
-        self, model: str | os.PathLike | None, texts: Sequence[str], max_length: int = 128, use_cache: bool = True
+        self, model: str | os.PathLike | None, texts: Sequence[str], max_length: int = 128, use_cache: bool = True,
+        device: str | None = None,
     ) -> np.ndarray:
-        """L2-normalised mean-pooled embeddings of the frozen encoder, memoised by content."""
+        """L2-normalised mean-pooled embeddings of the frozen encoder (on ``device``), memoised by content."""
         key = (str(resolve_model_path(model)), _texts_digest(texts), max_length)
         with self._lock:
             cached = self._embeddings.get(key) if use_cache else None
         if cached is not None:
             return cached
-        values = mean_pooled_embeddings(self.encoder(model), self.tokenizer(model), texts, max_length=max_length)
+        values = mean_pooled_embeddings(self.encoder(model, device), self.tokenizer(model), texts,
+                                        max_length=max_length)
         if use_cache:
             with self._lock:
                 self._embeddings[key] = values

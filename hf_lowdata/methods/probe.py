@@ -23,16 +23,18 @@ from .base import FittedClassifier, Method, RunContext, SharedCache, register_me
 class ProbeClassifier(FittedClassifier):
     caches_features = True
 
-    def __init__(self, cache: SharedCache, model, head, label_names: Sequence[str], max_length: int) -> None:
+    def __init__(self, cache: SharedCache, model, head, label_names: Sequence[str], max_length: int,
+                 device: str | None = None) -> None:
         self.cache = cache
         self.model = model
+        self.device = device
         self.head = head
         self.label_names = tuple(label_names)
         self.max_length = max_length
         self.trainable_parameters = int(head.coef_.size + head.intercept_.size)
 
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
-        features = self.cache.embeddings(self.model, texts, self.max_length, use_cache=use_cache)
+        features = self.cache.embeddings(self.model, texts, self.max_length, use_cache=use_cache, device=self.device)
         return self._full_proba(self.head.predict_proba(features))
 
     def _full_proba(self, proba: np.ndarray) -> np.ndarray:
@@ -72,12 +74,12 @@ class Probe(Method):
         from sklearn.linear_model import LogisticRegression
 
         budget = ctx.budget_for(self.name)
-        features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length)
+        features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
         candidates = [float(ctx.option(self.name, "C", 1.0))]
         if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
             candidates = [0.01, 0.1, 1.0, 10.0, 100.0]
-            dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length)
+            dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length, device=ctx.device)
         best: tuple[float, Any] | None = None
         for c in candidates:
             head = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed).fit(features, labels)
@@ -85,7 +87,7 @@ class Probe(Method):
             if best is None or score > best[0]:
                 best = (score, head)
         assert best is not None
-        fitted = ProbeClassifier(ctx.cache, ctx.model, best[1], task.label_names, budget.max_length)
+        fitted = ProbeClassifier(ctx.cache, ctx.model, best[1], task.label_names, budget.max_length, ctx.device)
         if task.dev is not None:
             fitted.notes.update(dev_accuracy=best[0], C=float(best[1].C))
         return fitted

@@ -155,8 +155,7 @@ class TwinTurbo(Method):
         from ..models import load_for_classification
 
         budget = ctx.budget_for(BUDGET_NAME)
-        tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model)
-        backbone.to(default_device(ctx.device))
+        tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
         cache = feature_cache(ctx)
 

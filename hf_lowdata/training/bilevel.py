@@ -274,10 +274,16 @@ class BilevelObjective(TrainingObjective):
                 hypergradient = self.darts_hypergradient(trainer, net, inputs, rng)
             else:
                 val_loss = trainer.model_loss(net, self.validation_batch(trainer))
+                self._last_validation_loss = float(val_loss.detach())
                 hypergradient = list(torch.autograd.grad(val_loss, self._outer, allow_unused=True))
             rng.restore()  # the real step sees the dropout mask of the virtual one
             self._outer_step(trainer, self._average(trainer, _zeros_for_none(hypergradient, self._outer)))
         return trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log_terms(self) -> dict[str, float]:
+        """The outer problem's validation loss at the last outer step (at W' for DARTS)."""
+        value = getattr(self, "_last_validation_loss", None)
+        return {} if value is None else {"mixup_blo/validation_loss": value}
 
     def on_optimizer_step(self, trainer: LowDataTrainer, model: torch.nn.Module) -> None:
         if self.hypergradient == "none":  # joint training: alpha takes the training gradient of this step
@@ -322,6 +328,7 @@ class BilevelObjective(TrainingObjective):
                     p.grad = None
             # 2. the validation gradients at W'
             val_loss = trainer.model_loss(net, self.validation_batch(trainer))
+            self._last_validation_loss = float(val_loss.detach())
             val_grads = _zeros_for_none(torch.autograd.grad(val_loss, outer + inner, allow_unused=True), outer + inner)
             direct = val_grads[: len(outer)]
             v = self._average(trainer, val_grads[len(outer):])

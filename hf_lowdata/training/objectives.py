@@ -101,6 +101,11 @@ class TrainingObjective:
     def on_optimizer_step(self, trainer: LowDataTrainer, model: torch.nn.Module) -> None:
         """Called right after the main optimizer stepped."""
 
+    def log_terms(self) -> dict[str, float]:
+        """The latest values of the objective's own loss terms (``"<method>/<term>"``); the trainer adds
+        them to each training log line, so they reach ``log_history`` and every ``report_to`` logger."""
+        return {}
+
     # ---- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors (and nothing else) that must survive a resume; saved as safetensors."""

@@ -109,7 +109,9 @@ class LowDataTrainer(Trainer):
                 f"The {self.objective.name!r} objective trains on unlabelled data: pass unlabeled_dataset= "
                 "(texts without labels) to LowDataTrainer, or turn the unlabelled terms off in its config."
             )
-        self._micro_step = 0
+        self._started_step: int | None = None  # the optimizer step whose micro-batches are running
+        self._micro_in_step = 0  # micro-batches of that step done so far
+        self._step_start = False
         self.add_callback(_ObjectiveCallback(self))
         self.objective.setup(self)
 
@@ -125,11 +127,25 @@ class LowDataTrainer(Trainer):
             from ..data import tokenize
 
             data = tokenize(data.without_labels(), self.processing_class)
+        if isinstance(data, (str, bytes, list, tuple, dict)) or not (hasattr(data, "__len__") and
+                                                                      hasattr(data, "__getitem__")):
+            raise TypeError(
+                f"unlabeled_dataset must be a tokenized datasets.Dataset (input_ids, attention_mask), a hf_lowdata "
+                f"TextDataset (with processing_class=, the tokenizer) or a torch Dataset of model inputs; got "
+                f"{type(data).__name__}. For a list of texts: datasets.Dataset.from_dict({{'text': texts}}).map(lambda b: "
+                "tokenizer(b['text'], truncation=True), batched=True, remove_columns=['text'])."
+            )
         if len(data) == 0:
             raise ValueError("unlabeled_dataset is empty; pass at least one text or leave it out.")
         if not hasattr(data, "column_names"):  # a torch Dataset of ready model inputs (e.g. cached features)
             return data
         keep = [c for c in data.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+        if "input_ids" not in keep:
+            raise ValueError(
+                f"unlabeled_dataset has no input_ids column (columns: {data.column_names}): tokenize it first "
+                "(dataset.map(lambda b: tokenizer(b['text'], truncation=True), batched=True)), or pass a TextDataset "
+                "with processing_class= (the tokenizer)."
+            )
         return data.select_columns(keep)
 
     def get_train_dataloader(self):
@@ -151,6 +167,7 @@ class LowDataTrainer(Trainer):
         per_step = min(self.unlabeled_batch_size * world, max(n, 1))
         steps_per_epoch = max(1, n // per_step)
         epoch, offset = divmod(self._micro_step, steps_per_epoch)
+        # (the last optimizer step of an epoch may have fewer micro-batches: indices are skipped, never reused)
         generator = torch.Generator().manual_seed(self.args.seed + 1_000_003 * epoch)
         perm = torch.randperm(n, generator=generator)
         block = perm[offset * per_step : (offset + 1) * per_step]
@@ -158,6 +175,13 @@ class LowDataTrainer(Trainer):
         features = [self.unlabeled_dataset[i] for i in mine]
         batch = self.data_collator(features)
         return self._prepare_inputs(dict(batch))
+
+    @property
+    def _micro_step(self) -> int:
+        """Index of the current micro-batch, a pure function of the optimizer step and the position in it
+        (so a resumed run draws the same unlabelled batches as an uninterrupted one, whatever the
+        accumulation and epoch lengths)."""
+        return self.state.global_step * self.args.gradient_accumulation_steps + self._micro_in_step
 
     # ---- optimizers -----------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -229,18 +253,42 @@ class LowDataTrainer(Trainer):
 
     # ---- the step -------------------------------------------------------------------------------
     def model_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Trainer's own loss computation (the model's loss, label smoothing if configured)."""
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        """Trainer's own loss computation (the model's loss, label smoothing if configured).
+
+        On a copy of ``inputs``: Trainer pops ``labels`` when it smooths labels or has a
+        ``compute_loss_func``, and objectives reuse the batch (MixupBLO's hypergradient passes).
+        """
+        return super().compute_loss(model, dict(inputs), return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:  # a training log line: add the objective's own terms
+            logs = {**logs, **self.objective.log_terms()}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        step_start = model.training and self._micro_step % self.args.gradient_accumulation_steps == 0
+        self._objective_ran = True
+        step_start = model.training and self._step_start
         return self.objective.compute_loss(
             self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch,
             step_start=step_start,
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        # A step starts with the first micro-batch after the optimizer step count changed: this holds for
+        # an epoch's short last step and after a resume, where counting micro-batches drifts.
+        if self.state.global_step != self._started_step:
+            self._started_step, self._micro_in_step = self.state.global_step, 0
+        self._step_start = self._micro_in_step == 0
+        self._objective_ran = False
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self._objective_ran and type(self.objective).compute_loss is not TrainingObjective.compute_loss:
+            raise RuntimeError(
+                f"{type(self).__name__}.compute_loss does not call LowDataTrainer.compute_loss, so the "
+                f"{self.objective.name!r} objective never ran: the method would train as plain fine-tuning. Call "
+                "super().compute_loss(model, inputs, ...) from your override (and change the loss it returns), or "
+                "use transformers.Trainer if plain fine-tuning is what you want."
+            )
         if not torch.isfinite(loss).all():
             lr = self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
             raise NonFiniteLossError(
@@ -250,7 +298,7 @@ class LowDataTrainer(Trainer):
                 "learning_rate, set max_grad_norm, or check the data; completed checkpoints in "
                 f"{self.args.output_dir} are intact."
             )
-        self._micro_step += 1
+        self._micro_in_step += 1
         return loss
 
     # ---- checkpoints ----------------------------------------------------------------------------
@@ -262,10 +310,7 @@ class LowDataTrainer(Trainer):
                     f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint; "
                     "start without resume_from_checkpoint."
                 )
-        if resume_from_checkpoint:
-            state = json.loads((Path(resume_from_checkpoint) / "trainer_state.json").read_text())
-            ga = self.args.gradient_accumulation_steps
-            self._micro_step = int(state.get("global_step", 0)) * ga
+        self._started_step, self._micro_in_step = None, 0  # a (resumed) run starts a fresh step
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 

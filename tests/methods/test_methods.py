@@ -89,6 +89,15 @@ def test_training_is_reproducible_for_a_seed(tiny_bert_dir, tmp_path):
     np.testing.assert_array_equal(out[0], out[1])
 
 
+def test_shared_encoder_runs_on_the_requested_device(tiny_bert_dir):
+    # the probe's (and TwinTurbo's feature) encoder stayed on the CPU whatever --device said; "meta"
+    # stands in for a GPU here: the encoder is placed where it is asked to be, one copy per device
+    cache = SharedCache()
+    assert {p.device.type for p in cache.encoder(tiny_bert_dir, "meta").parameters()} == {"meta"}
+    assert {p.device.type for p in cache.encoder(tiny_bert_dir, "cpu").parameters()} == {"cpu"}
+    assert cache.encoder(tiny_bert_dir, "cpu") is cache.encoder(tiny_bert_dir, None)  # no GPU here: the default
+
+
 def test_probe_uses_shared_embedding_cache(tiny_bert_dir, tmp_path):
     task = _task()
     cache = SharedCache()

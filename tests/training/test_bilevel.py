@@ -259,6 +259,22 @@ def test_resume_equals_uninterrupted_training(tiny_bert_dir, tmp_path):
     assert torch.equal(outer_a["state"][0]["exp_avg_sq"], outer_b["state"][0]["exp_avg_sq"])
 
 
+def test_resume_with_gradient_accumulation_and_a_short_last_step_per_epoch(tiny_bert_dir, tmp_path):
+    # 20 inner examples in batches of 4: 5 micro-batches per epoch, 2 per optimizer step, so every epoch
+    # ends with a 1-micro-batch step. Counting micro-batches drifted there: the next step's outer (DARTS)
+    # step ran on its second micro-batch, dropping the first one's gradient, and a resumed run differed.
+    common = dict(gradient_accumulation_steps=2, max_steps=4, label_smoothing_factor=0.1)
+    full = _trainer(tiny_bert_dir, tmp_path / "full", save_strategy="steps", save_steps=3, **common)
+    full.train()  # label smoothing: Trainer pops the labels, the hypergradient passes reuse the batch
+    resumed = _trainer(tiny_bert_dir, tmp_path / "resumed", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    a, b = dict(full.model.named_parameters()), dict(resumed.model.named_parameters())
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    for trainer in (full, resumed):  # one outer step per optimizer step, the short ones included
+        assert trainer.auxiliary_optimizers["outer"].optimizer.state_dict()["state"][0]["step"] == 4
+
+
 # ---- under DDP ---------------------------------------------------------------------------------
 
 DDP_WORKER = """

@@ -41,7 +41,7 @@ def _make(tiny_bert_dir, tmp_path, objective=None, unlabelled=None, trainer_cls=
     args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True, **arg_overrides)
     kwargs = dict(model=model, args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
                   processing_class=tok)
-    if trainer_cls is LowDataTrainer:
+    if issubclass(trainer_cls, LowDataTrainer):
         kwargs.update(objective=objective, unlabeled_dataset=unlabelled, unlabeled_batch_size=6)
     return trainer_cls(**kwargs)
 
@@ -137,7 +137,7 @@ def test_unlabelled_batches_are_a_function_of_the_step(tiny_bert_dir, tmp_path):
     t2 = _make(tiny_bert_dir, tmp_path / "b", CriticObjective(), _unlabelled(tok))
     seen = []
     for step in range(10):
-        t1._micro_step = t2._micro_step = step
+        t1.state.global_step = t2.state.global_step = step  # one micro-batch per step: index = step
         b1, b2 = t1.unlabelled_batch(), t2.unlabelled_batch()
         assert torch.equal(b1["input_ids"], b2["input_ids"])
         assert b1["input_ids"].shape[0] == 6
@@ -149,6 +149,21 @@ def test_unlabelled_batches_are_a_function_of_the_step(tiny_bert_dir, tmp_path):
 def test_objective_needing_unlabelled_data_says_so(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="pass unlabeled_dataset="):
         _make(tiny_bert_dir, tmp_path, CriticObjective(), None)
+
+
+@pytest.mark.parametrize(("pool", "error", "message"), [
+    (["a text", "another"], TypeError, "got list. For a list of texts"),
+    ("a text", TypeError, "got str"),
+    (5, TypeError, "got int"),
+    ("untokenized", ValueError, r"no input_ids column \(columns: \['text'\]\): tokenize it first"),
+])
+def test_unlabelled_data_of_the_wrong_kind_is_a_clear_error(tiny_bert_dir, tmp_path, pool, error, message):
+    if pool == "untokenized":
+        import datasets
+
+        pool = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    with pytest.raises(error, match=message):  # these failed deep in the collator at the first step
+        _make(tiny_bert_dir, tmp_path, CriticObjective(), pool)
 
 
 def test_excluded_parameters_are_not_updated(tiny_bert_dir, tmp_path):
@@ -271,3 +286,29 @@ def test_peft_model_trains_only_adapter(tiny_bert_dir, tmp_path):
     after = _params(trainer.model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all("lora_" in n or "modules_to_save" in n for n in changed), changed
+
+
+def test_objective_terms_are_logged_and_a_compute_loss_override_cannot_skip_the_objective(tiny_bert_dir, tmp_path):
+    class TermObjective(TrainingObjective):
+        name = "term-test"
+
+        def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None,
+                         step_start=False):
+            loss = trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
+            self.last = float((loss[0] if return_outputs else loss).detach())
+            return loss
+
+        def log_terms(self):
+            return {"term-test/model_loss": self.last}
+
+    trainer = _make(tiny_bert_dir, tmp_path / "a", TermObjective(), logging_steps=1)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all("term-test/model_loss" in h for h in logged)
+
+    class PlainLoss(LowDataTrainer):  # a user's override that forgets super(): the method would silently be off
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return model(**inputs).loss
+
+    with pytest.raises(RuntimeError, match="does not call LowDataTrainer.compute_loss, so the 'term-test' objective"):
+        _make(tiny_bert_dir, tmp_path / "b", TermObjective(), trainer_cls=PlainLoss).train()

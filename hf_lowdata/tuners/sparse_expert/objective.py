@@ -439,6 +439,17 @@ class SparseExpertObjective(TrainingObjective):
         )
         self.history.append(record)
 
+    def log_terms(self) -> dict[str, float]:
+        """The numbers of the last meta-step's record (losses averaged over its tasks, mean sparsity)."""
+        if not self.history:
+            return {}
+        last = self.history[-1]
+        terms = {f"sparse_expert/{k}": float(v) for k, v in last.items()
+                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if last.get("sparsity"):
+            terms["sparse_expert/mean_sparsity"] = sum(last["sparsity"]) / len(last["sparsity"])
+        return terms
+
     # ---- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"multipliers": self.multipliers.detach()}

@@ -204,6 +204,10 @@ class TwinTurboObjective(TrainingObjective):
             model.train(was_training)
             layer.train(was_training)
 
+    def log_terms(self) -> dict[str, float]:
+        """The loss terms of the last training micro-batch (conditional, marginal, adversarial, latent)."""
+        return {f"twin_turbo/{k}": v for k, v in self.last_terms.items()}
+
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
         config = self.config
         assert config is not None, "setup() was not called"
