@@ -27,8 +27,9 @@ def setting_of(record: dict[str, Any]) -> str:
     """What else a run was trained under: model, precision, method options, dev split (one string)."""
     parts = [f"model={record.get('model')}", f"precision={record.get('precision', 'fp32')}"]
     parts += [f"{k}={v}" for k, v in sorted((record.get("options") or {}).items())]
-    if record.get("dev_k"):
-        parts.append(f"dev_k={record['dev_k']}")
+    for key in ("dev_k", "budget_scale", "test_limit"):  # set only where they differ from the protocol's
+        if record.get(key):
+            parts.append(f"{key}={record[key]}")
     return " ".join(parts)
 
 

@@ -126,7 +126,7 @@ def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
                 for method in config.methods:
                     spec = {"dataset": label, "method": method, "seed": seed, "k": k, "n": None,
                             "label_noise": 0.0, "unlabelled": config.unlabelled}
-                    key = _run_key(spec, config.image_size)
+                    key = _run_key({**spec, **_settings(config)}, config.image_size)
                     if key in done:
                         continue
                     record = _execute(spec, key, task, test_states, backbone, cache, model_key, config, env)
@@ -137,6 +137,17 @@ def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
     records = read_records(runs_path)
     write_report(records, out)
     return records
+
+
+def _settings(config: VisionBenchConfig) -> dict[str, Any]:
+    """What else shapes a run's result: part of its key (a resume with other settings runs them anew,
+    never skips them as done) and of its record (the report keeps them in separate rows)."""
+    settings: dict[str, Any] = {"options": dict(sorted(config.options.items()))}
+    if config.budget_scale != 1.0:
+        settings["budget_scale"] = config.budget_scale
+    if config.test_limit:
+        settings["test_limit"] = config.test_limit
+    return settings
 
 
 def _run_key(spec: dict[str, Any], image_size: int) -> str:
@@ -150,7 +161,7 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
                               "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft")},
                               "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "labelled_examples": len(task.labelled),
-                              "options": dict(config.options)}
+                              **_settings(config)}
     try:
         def states(images: ImageSet) -> list[torch.Tensor]:
             return image_token_states(cache, backbone, images.images, config.image_size, model_key)

@@ -143,12 +143,16 @@ def test_vision_benchmark_runs_resumes_and_keeps_dev_apart(tmp_path):
         run_vision_benchmark(test_run)
     test_run.resume = True
     assert len(run_vision_benchmark(test_run)) == 2  # nothing ran twice
+    test_run.options = {"latent_weight": 0.0}  # other settings are other runs, never skipped as done
+    records = run_vision_benchmark(test_run)
+    assert len(records) == 4 and records[-1]["options"] == {"latent_weight": 0.0}
+    assert "latent_weight=0.0" in (tmp_path / "test" / "summary.md").read_text()
     dev = run_vision_benchmark(VisionBenchConfig(out=tmp_path / "dev", dev=50, test_limit=30,
                                                  options={"latent_weight": 0.0}, **common))
     # scored on the first 30 of the 50 held-out training images: --test-limit applies to the dev split too
     assert {r["dataset"] for r in dev} == {"digits (dev 50)"} and all(r["test_examples"] == 30 for r in dev)
     assert dev[1]["options"] == {"latent_weight": 0.0}
-    assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 2
+    assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 4  # the dev runs went to their own folder
 
 
 def test_fast_preprocessing_matches_the_image_processor():
