@@ -310,7 +310,8 @@ class SparseExpertObjective(TrainingObjective):
     def _mask_lr(self, trainer: LowDataTrainer) -> float:
         if self.mask_lr is not None:
             return self.mask_lr
-        return min(0.5, max(0.01, 8.0 / max(1, trainer.args.max_steps)))
+        # the run's step count (state.max_steps: also set when training by epochs, where args.max_steps is -1)
+        return min(0.5, max(0.01, 8.0 / max(1, trainer.state.max_steps or trainer.args.max_steps)))
 
     # ---- schedules ------------------------------------------------------------------------------
     def progress(self, trainer: LowDataTrainer) -> float:

@@ -126,3 +126,14 @@ def test_grouped_optimizer_clips_per_group_and_fixed_lr_ignores_the_schedule():
     opt.step()
     torch.testing.assert_close(a.detach(), torch.tensor([-0.3, -0.4]))  # clipped to norm 1, lr 0.5
     torch.testing.assert_close(b.detach(), torch.tensor([-6.0, -8.0]))  # not clipped, fixed lr 2
+
+
+def test_default_mask_learning_rate_follows_the_runs_step_count():
+    from types import SimpleNamespace
+
+    objective = SparseExpertObjective()
+    # trained by epochs: args.max_steps is -1, Trainer's state holds the real count (40 steps -> 8/40)
+    by_epochs = SimpleNamespace(args=SimpleNamespace(max_steps=-1), state=SimpleNamespace(max_steps=40))
+    assert objective._mask_lr(by_epochs) == pytest.approx(0.2)
+    by_steps = SimpleNamespace(args=SimpleNamespace(max_steps=400), state=SimpleNamespace(max_steps=0))
+    assert objective._mask_lr(by_steps) == pytest.approx(0.02)
