@@ -203,7 +203,9 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names)
                        if args.eval is not None else splits.test)
-    counts = ", ".join(f"{n}: {c}" for n, c in task.labelled.class_counts().items())
+    class_counts = list(task.labelled.class_counts().items())
+    counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (
+        f", ... ({len(class_counts)} classes)" if len(class_counts) > 10 else "")
     print(f"Training {args.method} on {len(task.labelled)} labelled examples ({counts})"
           + (f" and {len(task.unlabelled)} unlabelled" if task.unlabelled is not None else ""), file=sys.stderr)
     try:
