@@ -63,6 +63,17 @@ class TrainingObjective:
         """A custom training DataLoader (episodes, ...); ``None`` uses Trainer's own."""
         return None
 
+    def eval_dataloader(self, trainer: LowDataTrainer, dataset: Any) -> DataLoader | None:
+        """A custom DataLoader for ``evaluate`` / ``predict`` on ``dataset``; ``None`` uses Trainer's own."""
+        return None
+
+    def prediction_step(
+        self, trainer: LowDataTrainer, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None:
+        """``(loss, logits, labels)`` of one evaluation batch for inputs Trainer cannot read; ``None``:
+        Trainer's own prediction step."""
+        return None
+
     # ---- optimizers ----------------------------------------------------------------------------
     def excluded_parameters(self, model: torch.nn.Module) -> set[int]:
         """``id()`` of trainable parameters the main optimizer must not update (outer variables)."""

@@ -154,6 +154,27 @@ class LowDataTrainer(Trainer):
             return self.accelerator.prepare(_with_batch_sampler(custom))
         return super().get_train_dataloader()
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        custom = self.objective.eval_dataloader(self, dataset) if dataset is not None else None
+        if custom is not None:
+            return self.accelerator.prepare(_with_batch_sampler(custom))
+        return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        custom = self.objective.eval_dataloader(self, test_dataset)
+        if custom is not None:
+            return self.accelerator.prepare(_with_batch_sampler(custom))
+        return super().get_test_dataloader(test_dataset)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        custom = self.objective.prediction_step(self, model, inputs, prediction_loss_only)
+        if custom is not None:
+            return custom
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def unlabelled_batch(self) -> dict[str, torch.Tensor]:
         """The unlabelled batch for the current micro-step, on the training device.
 

@@ -275,6 +275,19 @@ class SparseExpertObjective(TrainingObjective):
         # Each item is one episode; the LowDataTrainer gives such a loader the batch sampler resuming needs.
         return DataLoader(trainer.train_dataset, batch_size=None, shuffle=False)
 
+    def eval_dataloader(self, trainer: LowDataTrainer, dataset: Any) -> DataLoader:
+        """Held-out episodes, one per batch (``evaluate(EpisodeDataset(...))``)."""
+        return DataLoader(dataset, batch_size=None, shuffle=False)
+
+    def prediction_step(self, trainer, model, inputs, prediction_loss_only):
+        """Query loss, query logits (cosine to the support prototypes, ways padded by Trainer) and query
+        labels of one held-out episode: routed, no inner step, as at meta-test."""
+        with torch.no_grad():
+            loss, outputs = self.compute_loss(trainer, model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), outputs["logits"].detach(), inputs["query_labels"]
+
     # ---- optimizer ------------------------------------------------------------------------------
     def create_optimizer(
         self, trainer: LowDataTrainer, model: nn.Module, param_groups: list[dict[str, Any]]

@@ -137,3 +137,22 @@ def test_default_mask_learning_rate_follows_the_runs_step_count():
     assert objective._mask_lr(by_epochs) == pytest.approx(0.2)
     by_steps = SimpleNamespace(args=SimpleNamespace(max_steps=400), state=SimpleNamespace(max_steps=0))
     assert objective._mask_lr(by_steps) == pytest.approx(0.02)
+
+
+def test_evaluate_and_predict_on_held_out_episodes(tiny_bert_dir, tmp_path):
+    # Trainer.evaluate / predict failed on episode batches ("The batch received was empty")
+    import numpy as np
+
+    def accuracy(prediction):
+        logits, labels = prediction.predictions, prediction.label_ids
+        return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+    trainer = _trainer(tiny_bert_dir, tmp_path, 2)
+    trainer.compute_metrics = accuracy
+    trainer.train()
+    held_out = episodes(tiny_bert_dir, 3, seed=7)
+    metrics = trainer.evaluate(held_out)
+    assert np.isfinite(metrics["eval_loss"]) and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    output = trainer.predict(held_out)
+    queries = sum(len(held_out[i]["query_labels"]) for i in range(len(held_out)))
+    assert output.label_ids.shape == (queries,) and output.predictions.shape[0] == queries
