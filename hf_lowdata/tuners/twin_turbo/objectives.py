@@ -42,11 +42,14 @@ if TYPE_CHECKING:
     from ...training.trainer import LowDataTrainer
 
 # ---- the loss terms ---------------------------------------------------------------------------------
-def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_cond: one-vs-rest BCE for the "binary" head, softmax cross-entropy otherwise."""
+def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """L_cond: one-vs-rest BCE for the "binary" head, softmax cross-entropy otherwise; ``smoothing`` is
+    Trainer's ``label_smoothing_factor`` (targets (1 - s) one-hot + s / K, as Trainer smooths)."""
     if kind == "binary":
-        return F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, logits.shape[-1]).to(logits.dtype))
-    return F.cross_entropy(logits, labels)
+        k = logits.shape[-1]
+        target = F.one_hot(labels, k).to(logits.dtype) * (1.0 - smoothing) + smoothing / k
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
 
 def marginal_cross_entropy(probs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -219,7 +222,7 @@ class TwinTurboObjective(TrainingObjective):
         z = layer.encode(tokens, mask)
         logits = layer.classify(z)
         labels = inputs["labels"]
-        loss = conditional_loss(head.kind, logits, labels)
+        loss = conditional_loss(head.kind, logits, labels, float(trainer.args.label_smoothing_factor or 0.0))
         terms = {"cond": loss.detach()}
         if model.training and config.uses_unlabelled_terms:
             if self.has_unlabelled:

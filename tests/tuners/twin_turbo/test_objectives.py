@@ -48,6 +48,14 @@ def test_conditional_losses_of_the_three_heads():
         assert torch.isfinite(right) and right < 0.05 < wrong
     binary = conditional_loss("binary", logits, labels)
     torch.testing.assert_close(binary, F.binary_cross_entropy_with_logits(logits, torch.eye(2)))
+    # Trainer's label_smoothing_factor (it was ignored in training): Trainer's own smoothed cross-entropy
+    smoothed = conditional_loss("categorical", logits, labels, smoothing=0.1)
+    log_p = F.log_softmax(logits, -1)
+    trainer_smoothed = (0.9 * -log_p.gather(1, labels[:, None]).squeeze(1) + 0.1 * -log_p.mean(-1)).mean()
+    torch.testing.assert_close(smoothed, trainer_smoothed)
+    target = torch.eye(2) * 0.9 + 0.05
+    torch.testing.assert_close(conditional_loss("binary", logits, labels, smoothing=0.1),
+                               F.binary_cross_entropy_with_logits(logits, target))
 
 
 def test_info_nce_and_alignment_are_lower_for_aligned_pairs():
