@@ -60,7 +60,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", required=True, type=Path, help="folder with one sub-folder per dataset")
     p.add_argument("--datasets", required=True, type=_name_list, help="comma-separated dataset folder names")
-    p.add_argument("--methods", required=True, type=_name_list, help="comma-separated method names (see --list-methods)")
+    p.add_argument("--methods", required=True, type=_name_list, help="comma-separated method names (hf-lowdata methods lists them)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--shots", type=_int_list, default=None, help="labelled examples per class, e.g. 8,16 (default 8,16)")
     p.add_argument("--totals", type=_int_list, default=[], help="labelled examples in total, e.g. 300,500,1000")
@@ -151,6 +151,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run; 0: none)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in OUT/checkpoints")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (GPUs with bf16 support)")
     p.set_defaults(func=_run_train)
 
 
@@ -212,7 +213,7 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train_method(
             args.method, task, out, model=args.model, seed=args.seed, preset=args.preset,
             config=parse_options(args.config), evaluation_data=evaluation_data, progress=_step_printer(args.method),
-            device=args.device, save_steps=args.save_steps, resume=args.resume,
+            device=args.device, save_steps=args.save_steps, resume=args.resume, bf16=args.bf16,
         )
     except KeyboardInterrupt:
         print(f"Interrupted. Complete checkpoints (if any) are in {out / CHECKPOINTS_DIR}; run the same command "

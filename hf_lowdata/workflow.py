@@ -256,6 +256,7 @@ def train_method(
     resume: bool = False,
     cache: SharedCache | None = None,
     config_methods: Sequence[str] | None = None,
+    bf16: bool = False,
 ) -> TrainResult:
     """Train ``method`` on ``task``, evaluate on ``evaluation_data``, save to ``output_dir`` with a card.
 
@@ -263,7 +264,8 @@ def train_method(
     four checkpoints per run; 0: none). ``resume`` continues from the last complete checkpoint
     there; the checkpoint folder is removed once the final files are in place. ``config_methods``:
     the methods ``config`` was written for (default: ``method`` alone; the demo gives every chosen
-    method one config): a key that none of them reads is an error (:func:`check_config`).
+    method one config): a key that none of them reads is an error (:func:`check_config`). ``bf16``: train
+    under bf16 autocast (GPUs with bf16 support; :class:`~hf_lowdata.methods.RunContext`).
     """
     from transformers import set_seed
 
@@ -295,7 +297,7 @@ def train_method(
                 cache=cache or SharedCache(),
                 options=options, progress=progress, cancel=cancel, device=device, quiet=True,
                 checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
-                resume=resumed_from is not None,
+                resume=resumed_from is not None, bf16=bf16,
             )
             set_seed(seed)
             start = time.perf_counter()

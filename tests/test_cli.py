@@ -46,3 +46,20 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     code = main(["bench", "--data-dir", str(tmp_path / "nope"), "--datasets", "a", "--methods", "probe",
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_train_takes_bf16_like_bench(monkeypatch, tmp_path):
+    from hf_lowdata import workflow
+    from tests.cli.outputs import toy_files
+
+    seen: dict = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise workflow.WorkflowError("stopped by the test")
+
+    monkeypatch.setattr(workflow, "train_method", record)
+    files = toy_files(tmp_path / "data")
+    assert main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(tmp_path / "o"),
+                 "--bf16"]) == 2
+    assert seen["bf16"] is True
