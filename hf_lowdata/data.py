@@ -334,7 +334,28 @@ def examples_from_rows(
         return TextDataset(tuple(t.strip() for t in texts), None, tuple(label_names or ()), source)
     raw_labels = [row.get(label_column) for row in rows]
     labels, names = _encode_labels(raw_labels, source, label_column, label_names)
-    return TextDataset(tuple(t.strip() for t in texts), tuple(labels), tuple(names), source)
+    stripped = tuple(t.strip() for t in texts)
+    _warn_duplicates(stripped, labels, names, source)
+    return TextDataset(stripped, tuple(labels), tuple(names), source)
+
+
+def _warn_duplicates(texts: Sequence[str], labels: Sequence[int], names: Sequence[str], source: str) -> None:
+    """A :class:`DataWarning` for texts labelled twice differently (with a few labels each, one such pair
+    is a large share of the signal) and for exact duplicate rows (they count twice in training)."""
+    seen: dict[str, set[int]] = {}
+    rows = Counter(zip(texts, labels))
+    for text, label in zip(texts, labels):
+        seen.setdefault(text, set()).add(label)
+    conflicting = [t for t, ls in seen.items() if len(ls) > 1]
+    if conflicting:
+        example = conflicting[0]
+        shown = ", ".join(names[i] for i in sorted(seen[example]))
+        warnings.warn(f"{source}: {len(conflicting)} text(s) carry different labels, e.g. {example[:60]!r}: {shown}. "
+                      "Check these labels: the same text cannot teach two classes.", DataWarning, stacklevel=4)
+    duplicates = sum(n - 1 for n in rows.values() if n > 1)
+    if duplicates:
+        warnings.warn(f"{source}: {duplicates} row(s) repeat an earlier row (same text and label); each copy counts "
+                      "in training. Remove them unless the weighting is meant.", DataWarning, stacklevel=4)
 
 
 def _describe(value: Any) -> str:

@@ -257,3 +257,15 @@ def test_shared_data_pools_contain_other_test_sets(shared_data):
     mr = load_data(shared_data / "mr", empty_text="drop")
     sst2 = load_data(shared_data / "sst2", empty_text="drop")
     assert len(excluded_pool_indices(mr.train, sst2.test.texts)) > 500  # 658 exact (normalised) matches
+
+
+def test_conflicting_and_duplicate_rows_are_warned_about(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "great", "label": "pos"}, {"text": "great ", "label": "neg"},
+                                               {"text": "fine", "label": "pos"}, {"text": "fine", "label": "pos"},
+                                               {"text": "bad", "label": "neg"}])
+    with pytest.warns(DataWarning) as caught:
+        data = load_file(path)
+    messages = [str(w.message) for w in caught]
+    assert any("1 text(s) carry different labels, e.g. 'great': neg, pos" in m for m in messages)
+    assert any("1 row(s) repeat an earlier row" in m for m in messages)
+    assert len(data) == 5  # nothing is dropped: the user decides
