@@ -57,11 +57,7 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
     if not (path / "README.md").is_file():
         raise HubError(f"Not pushing: {path} has no README.md model card. hf-lowdata train writes it last, so this "
                        "may be a cut-off save: train again (or add a card) and push then. Nothing was uploaded.")
-    if kind == "peft":
-        missing = [n for n in PEFT_FILES[:2] if not (path / n).is_file()]
-        if missing:
-            raise HubError(f"{path} is not a complete PEFT adapter: {', '.join(missing)} missing. Save it again "
-                           "(model.save_pretrained(folder)) or train it again with hf-lowdata train.")
+    if kind == "peft":  # check_saved_folder made sure config and weights are there
         files = [path / n for n in PEFT_FILES if (path / n).is_file()]
     else:
         pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))

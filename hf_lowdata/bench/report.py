@@ -158,24 +158,23 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
     written = []
     methods = sorted({k[1] for k in groups})
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    several_settings = len({k[5] for k in groups}) > 1  # then each line names its setting
     for dataset in sorted({k[0] for k in groups}):
         for kind in ("k", "N"):
             series = defaultdict(list)
-            settings = sorted({k[5] for k in groups})
             for (ds, method, label, noise, unl, setting), rs in groups.items():
                 if ds != dataset or not label.startswith(kind + "=") or noise != 0.0:
                     continue
                 m, s = mean_std([r["accuracy"] for r in rs])
-                series[(method if len(settings) == 1 else f"{method} [{setting}]", unl)].append(
-                    (int(label.split("=")[1]), m * 100, s * 100))
+                series[(method, setting, unl)].append((int(label.split("=")[1]), m * 100, s * 100))
             if not series:
                 continue
             fig, ax = plt.subplots(figsize=(6, 4))
-            for (method, unl), points in sorted(series.items()):
+            for (method, setting, unl), points in sorted(series.items()):
                 points.sort()
                 x, y, e = zip(*points)
-                name = method + (f" (+{unl} unlabelled)" if unl else "")
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method.split(" [")[0]],
+                name = method + (f" [{setting}]" if several_settings else "") + (f" (+{unl} unlabelled)" if unl else "")
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method],
                             linestyle="--" if unl else "-")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))

@@ -148,26 +148,24 @@ class LowDataTrainer(Trainer):
             )
         return data.select_columns(keep)
 
+    def _prepared(self, loader: DataLoader | None) -> DataLoader | None:
+        """An objective's own loader, made resumable and prepared by accelerate (``None`` stays ``None``)."""
+        return None if loader is None else self.accelerator.prepare(_with_batch_sampler(loader))
+
     def get_train_dataloader(self):
-        custom = self.objective.train_dataloader(self)
-        if custom is not None:
-            return self.accelerator.prepare(_with_batch_sampler(custom))
-        return super().get_train_dataloader()
+        custom = self._prepared(self.objective.train_dataloader(self))
+        return custom if custom is not None else super().get_train_dataloader()
 
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
-        custom = self.objective.eval_dataloader(self, dataset) if dataset is not None else None
-        if custom is not None:
-            return self.accelerator.prepare(_with_batch_sampler(custom))
-        return super().get_eval_dataloader(eval_dataset)
+        custom = self._prepared(self.objective.eval_dataloader(self, dataset) if dataset is not None else None)
+        return custom if custom is not None else super().get_eval_dataloader(eval_dataset)
 
     def get_test_dataloader(self, test_dataset):
-        custom = self.objective.eval_dataloader(self, test_dataset)
-        if custom is not None:
-            return self.accelerator.prepare(_with_batch_sampler(custom))
-        return super().get_test_dataloader(test_dataset)
+        custom = self._prepared(self.objective.eval_dataloader(self, test_dataset))
+        return custom if custom is not None else super().get_test_dataloader(test_dataset)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         custom = self.objective.prediction_step(self, model, inputs, prediction_loss_only)
