@@ -31,14 +31,16 @@ from hf_lowdata.methods import RunContext, SharedCache, get_method
 from hf_lowdata.workflow import budget_key
 
 
-def parse_grid(pairs: list[str]) -> list[dict[str, float | str]]:
+def parse_grid(pairs: list[str]) -> list[dict[str, int | float | str]]:
     """``["lr=1e-4,5e-5", "norm=mars,l2"]`` -> every combination as a dict (numbers where they parse)."""
 
-    def value(text: str) -> float | str:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+    def value(text: str) -> int | float | str:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
 
     keys, values = [], []
     for pair in pairs:

@@ -165,11 +165,13 @@ class TwinTurboConfig(PeftConfig):
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
         if self.label_prior not in LABEL_PRIORS:
             raise ValueError(f"label_prior must be one of {LABEL_PRIORS}, got {self.label_prior!r}.")
-        for name in ("projector_dim", "projector_heads", "mlp_ratio", "critic_dim", "discriminator_hidden"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if self.projector_layers < 0:
-            raise ValueError(f"projector_layers must be >= 0, got {self.projector_layers}.")
+        for name in ("projector_dim", "projector_heads", "mlp_ratio", "critic_dim", "discriminator_hidden",
+                     "projector_layers"):
+            value = getattr(self, name)
+            smallest = 0 if name == "projector_layers" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+                kind = "a non-negative" if smallest == 0 else "a positive"
+                raise ValueError(f"{name} must be {kind} integer, got {value!r}.")
         if self.projector_dim % self.projector_heads:
             raise ValueError(
                 f"projector_dim ({self.projector_dim}) must be divisible by projector_heads ({self.projector_heads}); "
@@ -188,8 +190,8 @@ class TwinTurboConfig(PeftConfig):
                 raise ValueError(f"{name} must be >= 0 (0 turns the term off), got {value}.")
         for name in ("token_dim", "num_labels"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
         if self.num_labels == 1:
             raise ValueError("num_labels must be at least 2: TwinTurbo is a classification method.")
 

@@ -108,6 +108,10 @@ def test_merge_is_refused_clearly(tiny_bert_dir):
         (dict(head_temperature=0.0), "head_temperature must be > 0"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(num_labels=1), "at least 2"),
+        (dict(projector_layers=2.0), "projector_layers must be a non-negative integer, got 2.0"),
+        (dict(projector_layers=-1), "projector_layers must be a non-negative integer"),
+        (dict(projector_dim=128.5), "projector_dim must be a positive integer"),
+        (dict(num_labels=3.0), "num_labels must be a positive integer or None"),
     ],
 )
 def test_bad_config_values_are_rejected(kwargs, message):
