@@ -323,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import hf_lowdata  # noqa: F401  (registers the PEFT methods before anything loads an adapter)
 
     from .bench import BenchError
+    from .bench.results import OutputFolderBusyError
     from .data import DataError
     from .models import ModelNotFoundError
     from .training import NonFiniteLossError
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (BenchError, DataError, ModelNotFoundError, WorkflowError, NonFiniteLossError,
+    except (BenchError, DataError, ModelNotFoundError, WorkflowError, NonFiniteLossError, OutputFolderBusyError,
             argparse.ArgumentTypeError) as err:
         print(f"hf-lowdata {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -3,14 +3,17 @@
 A kill at any moment loses at most the run in flight: a line is written in one ``write`` call and
 flushed to disk before the next run starts; a partial last line (a kill during the write) is
 ignored on reading and cut off before the next append. Derived files (summary, plots) are written
-to a temporary name and renamed, so a reader never sees half of one.
+to a temporary name and renamed, so a reader never sees half of one. One process at a time writes an
+output folder (:func:`locked_output`): two benchmarks appending to one ``runs.jsonl`` would both run
+the same pending runs and interleave their reports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def finished_keys(records: Iterable[dict[str, Any]]) -> set[str]:
     """Keys of runs that completed successfully (failed runs are retried on resume)."""
     return {r["run_key"] for r in records if r.get("status") == "ok" and "run_key" in r}
+
+
+class OutputFolderBusyError(RuntimeError):
+    """Another live process holds the output folder's lock."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def locked_output(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) while the body runs.
+
+    The lock is an OS file lock (``flock``) on ``folder/.lock``: it is released when the process ends
+    in any way, so a killed benchmark never leaves a stale lock behind. Where ``fcntl`` does not exist
+    (Windows) the body runs unlocked.
+    """
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path / LOCK_FILE, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise OutputFolderBusyError(
+                f"{path} is being written by {holder}. Wait for it to finish (then --resume adds to it) or "
+                "choose another --out; nothing was changed."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _jsonable(value: Any) -> Any:

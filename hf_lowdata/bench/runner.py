@@ -34,7 +34,7 @@ from ..methods.base import directory_bytes, unknown_options
 from ..models import model_id, resolve_model_path
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
-from .results import append_record, finished_keys, read_records, repair_tail
+from .results import append_record, finished_keys, locked_output, read_records, repair_tail
 
 RUNS_FILE = "runs.jsonl"
 #: Texts timed without the feature cache for methods that memoise features (the probe).
@@ -181,10 +181,19 @@ def run_benchmark(
     show_progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the benchmark; return every record in ``runs.jsonl``."""
+    """Run (or resume) the benchmark; return every record in ``runs.jsonl``.
+
+    Raises :class:`~hf_lowdata.bench.results.OutputFolderBusyError` while another process writes ``out``.
+    """
     validate(config)
+    with locked_output(config.out):
+        return _run_benchmark_locked(config, show_progress, on_record)
+
+
+def _run_benchmark_locked(
+    config: BenchConfig, show_progress: bool, on_record: Callable[[dict[str, Any]], None] | None
+) -> list[dict[str, Any]]:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     runs_path = out / RUNS_FILE
     if runs_path.exists() and runs_path.stat().st_size > 0 and not config.resume:
         raise BenchError(

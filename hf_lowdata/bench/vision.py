@@ -45,7 +45,14 @@ from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_s
 from ..vision.efficientnet import cache_root, efficientnet_lite0_path, load_efficientnet_lite0
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
-from .results import append_record, finished_keys, read_records, repair_tail
+from .results import (
+    OutputFolderBusyError,
+    append_record,
+    finished_keys,
+    locked_output,
+    read_records,
+    repair_tail,
+)
 
 DATASETS = {"fashion-mnist": load_fashion_mnist, "digits": load_digits}
 METHODS = ("probe", *METHOD_VARIANTS)
@@ -100,10 +107,14 @@ class _Probe:
 
 
 def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
-    """Run (or resume) every (dataset, k, seed, method); return all records."""
+    """Run (or resume) every (dataset, k, seed, method); return all records (one process per ``out``)."""
     _validate(config)
+    with locked_output(config.out):
+        return _run_vision_locked(config)
+
+
+def _run_vision_locked(config: VisionBenchConfig) -> list[dict[str, Any]]:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"
     repair_tail(runs_path)
     done = finished_keys(read_records(runs_path))
@@ -232,11 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the training steps (smoke runs)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
-    records = run_vision_benchmark(VisionBenchConfig(
-        datasets=args.datasets, methods=args.methods, out=args.out, shots=args.shots, seeds=args.seeds,
-        unlabelled=args.unlabelled, image_size=args.image_size, test_limit=args.test_limit,
-        feature_cache_dir=args.feature_cache_dir, resume=args.resume, options=parse_options(args.config),
-        budget_scale=args.budget_scale, dev=args.dev))
+    try:
+        records = run_vision_benchmark(VisionBenchConfig(
+            datasets=args.datasets, methods=args.methods, out=args.out, shots=args.shots, seeds=args.seeds,
+            unlabelled=args.unlabelled, image_size=args.image_size, test_limit=args.test_limit,
+            feature_cache_dir=args.feature_cache_dir, resume=args.resume, options=parse_options(args.config),
+            budget_scale=args.budget_scale, dev=args.dev))
+    except OutputFolderBusyError as err:
+        raise SystemExit(f"error: {err}") from None
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")
     return 1 if failed else 0

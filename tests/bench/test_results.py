@@ -1,0 +1,65 @@
+"""The result folder's lock: one writer per output folder, released however the writer ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hf_lowdata.bench import BenchConfig, run_benchmark
+from hf_lowdata.bench.results import OutputFolderBusyError, locked_output
+from hf_lowdata.cli import main
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from hf_lowdata.bench.results import locked_output
+    with locked_output(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+def _hold_lock(folder):
+    """A separate process holding the folder's lock until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_benchmark_on_a_busy_folder_is_refused_and_changes_nothing(toy_data_dir, tiny_bert_dir, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "out"
+    config = BenchConfig(data_dir=toy_data_dir, datasets=["toya"], methods=["probe"], out=out, shots=[4],
+                         seeds=[0], model=str(tiny_bert_dir), options={})
+    run_benchmark(config, show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    config.seeds, config.resume = [0, 1], True
+    holder = _hold_lock(out)
+    try:
+        with pytest.raises(OutputFolderBusyError, match=rf"being written by process {holder.pid}.*another --out"):
+            run_benchmark(config, show_progress=False)
+        code = main(["bench", "--data-dir", str(toy_data_dir), "--datasets", "toya", "--methods", "probe",
+                     "--model", str(tiny_bert_dir), "--shots", "4", "--seeds", "0-1", "--out", str(out), "--resume",
+                     "--no-progress"])
+        assert code == 2 and "is being written by process" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # a killed writer leaves no stale lock: the folder can be resumed at once
+    records = run_benchmark(config, show_progress=False)
+    assert sorted((r["seed"], r["status"]) for r in records) == [(0, "ok"), (1, "ok")]
+
+
+def test_the_lock_is_released_when_the_body_ends(tmp_path):
+    folder = tmp_path / "new"
+    with locked_output(folder), pytest.raises(OutputFolderBusyError), locked_output(folder):  # created, then busy
+        pass
+    with locked_output(folder):  # free again, also after an exception
+        pass
+    with pytest.raises(KeyError), locked_output(folder):
+        raise KeyError("boom")
+    with locked_output(folder):
+        pass
