@@ -49,8 +49,9 @@ class MixupBLOLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         # The pretrained weight and bias while merged (W_eff depends on W0, so it must survive a merge).
-        self._pretrained_weight: torch.Tensor | None = None
-        self._pretrained_bias: torch.Tensor | None = None
+        # Non-persistent buffers: never saved, but .to()/.half()/.cuda() move and cast them with the model.
+        self.register_buffer("_pretrained_weight", None, persistent=False)
+        self.register_buffer("_pretrained_bias", None, persistent=False)
         self.kwargs = kwargs
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
@@ -148,6 +149,8 @@ class Linear(nn.Module, MixupBLOLayer):
         with torch.no_grad():
             weight, bias = self._combined(merged, torch.float32)
             if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+                if not self.merged:
+                    self._pretrained_weight = self._pretrained_bias = None
                 raise ValueError(
                     f"NaNs or infinities in the merged weights of adapter(s) {adapter_names}: the adapter is broken "
                     "(check the training loss); nothing was merged."

@@ -155,6 +155,25 @@ def test_safe_merge_refuses_a_broken_adapter():
     with pytest.raises(ValueError, match="NaNs or infinities in the merged weights"):
         model.base_model.merge_adapter(safe_merge=True)
     assert not layer.merged and torch.isfinite(layer.base_layer.weight).all()
+    assert layer._pretrained_weight is None  # no stale copy of W0 is left behind to be used later
+
+
+def test_a_dtype_change_while_merged_carries_the_kept_pretrained_weight_along():
+    """merge, then .to(bf16): unmerge, disable_adapter and merge_and_unload stay in bf16 (the copy of W0 was fp32)."""
+    model = get_peft_model(ToyMLP(), MixupBLOConfig(target_modules=["lin0", "lin1"]))
+    _set_random_adapter(model.base_model.model.lin0, spread=0.8)
+    x = torch.randn(6, 16)
+    model.base_model.merge_adapter()
+    assert not any("_pretrained" in key for key in model.state_dict())  # the kept copy is never saved
+    model.to(torch.bfloat16)
+    model.base_model.unmerge_adapter()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with model.disable_adapter():
+        assert model(x.bfloat16()).dtype == torch.bfloat16
+    model.base_model.merge_adapter()
+    merged = model.merge_and_unload()
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    assert merged(x.bfloat16()).dtype == torch.bfloat16
 
 
 def test_saved_adapter_sizes_full_copy_versus_lora(tiny_bert_dir, tmp_path):
