@@ -17,6 +17,10 @@ from peft.utils import PeftType
 MASK_FORMATS = ("relaxed", "binary")
 
 
+#: Task types whose PEFT wrapper sets ``modules_to_save`` after the adapter is injected, and the heads it sets.
+HEADS_PEFT_ADDS_LATER = {"TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+
+
 @dataclass
 class SparseExpertConfig(PeftConfig):
     """Configuration of a :class:`~hf_lowdata.tuners.sparse_expert.SparseExpertModel`.
@@ -57,7 +61,10 @@ class SparseExpertConfig(PeftConfig):
         router_spectral_norm: spectral normalisation on the router block's Linear layers (as in the
             authors' code; it keeps the router's logits well conditioned).
         modules_to_save: modules besides the adapter layers to train and save (the classifier head
-            of a sequence-classification model).
+            of a sequence-classification model). With ``task_type`` "TOKEN_CLS" or "QUESTION_ANS" and
+            no value, the head PEFT would add (``classifier``/``score``, ``qa_outputs``) is set here:
+            each adapter keeps its own copy of this config, and PEFT adds those heads to the user's
+            object only after the adapter is built.
     """
 
     target_modules: list[str] | str | None = field(
@@ -154,6 +161,8 @@ class SparseExpertConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.SPARSE_EXPERT
+        if self.modules_to_save is None and self.task_type in HEADS_PEFT_ADDS_LATER:
+            self.modules_to_save = list(HEADS_PEFT_ADDS_LATER[self.task_type])
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.func import functional_call
 
@@ -58,14 +59,20 @@ def _in_head(name: str, saved: tuple[str, ...]) -> bool:
 
 
 def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[str]:
-    """Every Linear/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head."""
-    tuner_layers = [n for n, m in model.named_modules() if isinstance(m, SparseExpertTunerLayer)]
+    """Every Linear/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head.
+
+    A layer another adapter already wraps (LoRA, FTP, an earlier SparseExpert adapter) counts by the
+    wrapper's name; the Linear layers inside a wrapper (its base layer, LoRA's A and B) are not targets.
+    """
+    tuner_layers = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     names = [
         name
         for name, module in model.named_modules()
         if isinstance(module, SUPPORTED_LAYERS) and not any(name.startswith(f"{t}.") for t in tuner_layers)
     ]
-    names += [n for n, m in model.named_modules() if isinstance(m, SparseExpertLayer)]
+    names += [n for n, m in model.named_modules()
+              if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), SUPPORTED_LAYERS)
+              and not any(n.startswith(f"{t}.") for t in tuner_layers)]
     encoders = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == "encoder"]
     if encoders:
         names = [n for n in names if any(n.startswith(f"{e}.") for e in encoders)]
@@ -202,11 +209,12 @@ class SparseExpertModel(WeightAdapterTuner):
         if isinstance(target, SparseExpertLayer):
             target.update_layer(adapter_name, peft_config, inference_mode=peft_config.inference_mode)
         else:
-            base = target.get_base_layer() if isinstance(target, SparseExpertTunerLayer) else target
+            base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
             if not isinstance(base, SUPPORTED_LAYERS):
+                kind = f"{type(base).__module__}.{type(base).__qualname__}"
                 raise TypeError(
-                    f"Target module {current_key!r} is a {type(base).__name__}; SparseExpert adapts nn.Linear and "
-                    "nn.Conv2d only. Remove it from target_modules."
+                    f"Target module {current_key!r} is a {kind}; SparseExpert adapts torch.nn.Linear and "
+                    "torch.nn.Conv2d only. Remove it from target_modules."
                 )
             new_module = SparseExpertModule(target, adapter_name, peft_config)
             if adapter_name not in self.active_adapters:

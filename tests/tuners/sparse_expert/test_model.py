@@ -146,3 +146,53 @@ def test_a_config_object_builds_adapters_on_models_of_other_sizes(tmp_path):
     assert sorted(_adapted(loaded)) == sorted(_adapted(big))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=IDS, attention_mask=MASK).logits, expected)
+
+
+@pytest.mark.parametrize("task_type, head_class, head", [
+    ("TOKEN_CLS", "BertForTokenClassification", "classifier"),
+    ("QUESTION_ANS", "BertForQuestionAnswering", "qa_outputs"),
+])
+def test_token_classification_and_question_answering_models_train_and_reload_their_head(task_type, head_class,
+                                                                                         head, tmp_path):
+    """PEFT sets these wrappers' heads after the adapter is built; the adapter's own config must have them."""
+    import transformers
+
+    def build(seed):
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=37, max_position_embeddings=64, num_labels=2)  # QA: start, end
+        return getattr(transformers, head_class)(config).eval()
+
+    model = get_peft_model(build(0), SparseExpertConfig(task_type=task_type, num_experts=2))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(f"{head}.modules_to_save" in n for n in trainable)
+    with torch.no_grad():
+        getattr(model.base_model.model, head).modules_to_save["default"].weight.add_(0.5)
+    expected = model(input_ids=IDS, attention_mask=MASK)
+    model.save_pretrained(tmp_path)
+    assert head in json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"]
+    reloaded = PeftModel.from_pretrained(build(0), tmp_path).eval()  # the head comes from the adapter
+    got = reloaded(input_ids=IDS, attention_mask=MASK)
+    for key in expected.keys():
+        torch.testing.assert_close(got[key], expected[key])
+
+
+def test_an_adapter_next_to_a_lora_adapter_adapts_the_layers_lora_wraps(tmp_path):
+    from peft import LoraConfig
+
+    plain = get_peft_model(_bert(), SparseExpertConfig(num_experts=2))
+    plain_targets = {n for n, m in plain.named_modules() if isinstance(m, SparseExpertLayer)}
+    plain.save_pretrained(tmp_path)
+    # transformers' adapter API: a LoRA adapter first, then the saved SparseExpert adapter / a new one
+    for load_saved in (True, False):
+        model = _bert()
+        model.add_adapter(LoraConfig(target_modules=["query", "value"]), adapter_name="lora")
+        if load_saved:
+            model.load_adapter(str(tmp_path), adapter_name="experts")
+        else:
+            model.add_adapter(SparseExpertConfig(num_experts=2), adapter_name="experts")
+        model.set_adapter("experts")
+        targets = {n for n, m in model.named_modules() if isinstance(m, SparseExpertLayer)}
+        assert targets == {n.removeprefix("base_model.model.") for n in plain_targets}
+        assert any(n.endswith("attention.self.query") for n in targets)  # a layer LoRA wraps too
+        assert model(input_ids=IDS, attention_mask=MASK).logits.shape == (2, 3)
