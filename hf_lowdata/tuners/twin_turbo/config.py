@@ -155,6 +155,11 @@ class TwinTurboConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.TWIN_TURBO
+        if self.task_type not in (None, "SEQ_CLS"):
+            raise ValueError(
+                f"TwinTurbo gives one prediction per sequence or image: task_type must be 'SEQ_CLS' or None, got "
+                f"{self.task_type!r}. For per-token tasks (TOKEN_CLS, QUESTION_ANS) use LoRA or FTPConfig."
+            )
         if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, (list, tuple)):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from .config import TwinTurboConfig
@@ -54,6 +55,10 @@ def remove_token_taps(model: nn.Module) -> None:
                 module._forward_hooks_with_kwargs.pop(key, None)
 
 
+#: Model classes (by name) whose head predicts per token or per span: TwinTurbo cannot replace it.
+PER_TOKEN_MODEL_KINDS = ("ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM", "ForCausalLM")
+
+
 class TwinTurboModel(BaseTuner):
     """Replaces a model's classification head with a TwinTurbo projector + head over its frozen backbone.
 
@@ -68,6 +73,13 @@ class TwinTurboModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        kind = type(self.model).__name__
+        if any(part in kind for part in PER_TOKEN_MODEL_KINDS):
+            raise ValueError(
+                f"TwinTurbo gives one prediction per sequence or image, but {kind} predicts per token: its head would "
+                "get the same logits at every position. Load the model with AutoModelForSequenceClassification, or "
+                "use LoRA / FTPConfig for per-token tasks."
+            )
         if peft_config.target_modules is None:
             names = {n.rsplit(".", 1)[-1] for n, _ in self.model.named_modules()}
             found = [h for h in DEFAULT_HEAD_NAMES if h in names]
@@ -93,6 +105,12 @@ class TwinTurboModel(BaseTuner):
         if isinstance(target, TwinTurboLayer):
             target.update_layer(adapter_name, peft_config)
             return
+        if isinstance(target, ModulesToSaveWrapper):
+            raise ValueError(
+                f"{current_key!r} is already trained and saved whole by another adapter (its modules_to_save, e.g. a "
+                "LoRA with task_type='SEQ_CLS'). TwinTurbo replaces that head, so the two cannot share it: give the "
+                "other adapter no modules_to_save (a LoRA without task_type) or use a separate model."
+            )
         tap = token_tap(find_backbone(self.model, peft_config.backbone_module))
         new_module = TwinTurboLayer(target, adapter_name, peft_config, tap)
         if adapter_name not in self.active_adapters:

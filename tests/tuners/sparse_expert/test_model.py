@@ -173,7 +173,7 @@ def test_token_classification_and_question_answering_models_train_and_reload_the
     assert head in json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"]
     reloaded = PeftModel.from_pretrained(build(0), tmp_path).eval()  # the head comes from the adapter
     got = reloaded(input_ids=IDS, attention_mask=MASK)
-    for key in expected.keys():
+    for key in expected:
         torch.testing.assert_close(got[key], expected[key])
 
 

@@ -112,6 +112,8 @@ def test_merge_is_refused_clearly(tiny_bert_dir):
         (dict(projector_layers=-1), "projector_layers must be a non-negative integer"),
         (dict(projector_dim=128.5), "projector_dim must be a positive integer"),
         (dict(num_labels=3.0), "num_labels must be a positive integer or None"),
+        (dict(task_type="TOKEN_CLS"), "task_type must be 'SEQ_CLS' or None, got 'TOKEN_CLS'"),
+        (dict(task_type="QUESTION_ANS"), "task_type must be 'SEQ_CLS' or None"),
     ],
 )
 def test_bad_config_values_are_rejected(kwargs, message):
@@ -128,6 +130,23 @@ def test_bad_targets_are_explained(tiny_bert_dir):
         tiny_model(tiny_bert_dir, backbone_module="encoder.nothing")
     with pytest.raises(ValueError, match="target exactly one module|Target exactly one"):
         tiny_model(tiny_bert_dir, target_modules=["classifier", "pooler.dense"])
+
+
+def test_per_token_models_and_a_head_another_adapter_owns_are_refused(tiny_bert_dir, tmp_path):
+    """A token-classification head would get one sequence logit copied to every token: refused, not wrong."""
+    from peft import LoraConfig
+    from transformers import BertForTokenClassification
+
+    with pytest.raises(ValueError, match="BertForTokenClassification predicts per token"):
+        get_peft_model(BertForTokenClassification.from_pretrained(tiny_bert_dir, num_labels=3),
+                       small_config(task_type=None))
+    lora = get_peft_model(load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0),
+                          LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(tmp_path)  # its adapter saves the classifier whole (modules_to_save)
+    base = load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0)
+    base.load_adapter(str(tmp_path), adapter_name="lora")
+    with pytest.raises(ValueError, match="'classifier' is already trained and saved whole by another adapter"):
+        base.add_adapter(small_config(task_type=None), adapter_name="twin")
 
 
 def test_one_active_adapter_and_head_needs_the_backbone(tiny_bert_dir):
