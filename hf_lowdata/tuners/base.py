@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -16,6 +17,19 @@ class WeightAdapterTuner(BaseTuner):
     raises AttributeError. LoRA overrides it in the same way: set the module, then move the
     adapter's own parameters to the device of the layer they adapt.
     """
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        """Default ``target_modules`` by ``model_type``, or a message naming the types that have defaults."""
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            if model_type not in self.target_module_mapping:
+                name = type(peft_config).__name__
+                raise ValueError(
+                    f"{name} has no default target_modules for model type {model_type!r} (defaults exist for "
+                    f"{sorted(self.target_module_mapping)}). Pass target_modules= with the names of the layers to "
+                    f"adapt, e.g. {name}(target_modules=['q_proj', 'v_proj'])."
+                )
+        return super()._prepare_adapter_config(peft_config, model_config)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         setattr(parent, child_name, new_module)

@@ -91,3 +91,43 @@ def test_twin_turbo_on_decoder_classifiers_with_a_per_token_score_head(kind):
     loss.backward()
     assert torch.isfinite(loss) and all(
         p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "twin_turbo_head" in n)
+
+
+def _encoder(kind: str) -> torch.nn.Module:
+    import transformers
+
+    config_class, model_class = {
+        "deberta": ("DebertaConfig", "DebertaForSequenceClassification"),
+        "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification"),
+    }[kind]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=2, intermediate_size=37, num_labels=3,
+                                                  max_position_embeddings=64)
+    return getattr(transformers, model_class)(config).eval()
+
+
+BLOCK_WEIGHT_TUNERS = {name: WEIGHT_TUNERS[name] for name in ("ftp", "mixup_blo")}
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta-v2", "llama"])
+@pytest.mark.parametrize("name", BLOCK_WEIGHT_TUNERS)
+def test_default_targets_cover_every_block_linear_of_deberta_and_llama(name, kind):
+    """Every attention and MLP Linear of every block is adapted by default; the head never is."""
+    base = _decoder(kind) if kind == "llama" else _encoder(kind)
+    blocks = {n for n, m in base.named_modules()
+              if isinstance(m, torch.nn.Linear) and ".layer" in n and not n.endswith(("classifier", "score"))}
+    model = get_peft_model(base, BLOCK_WEIGHT_TUNERS[name]())
+    adapted = {n.removeprefix("base_model.model.") for n, m in model.named_modules()
+               if type(m).__module__.startswith("hf_lowdata.tuners") and isinstance(getattr(m, "base_layer", None),
+                                                                                   torch.nn.Linear)}
+    assert blocks and blocks <= adapted
+    assert not any(n.endswith(("classifier", "score")) for n in adapted)
+
+
+@pytest.mark.parametrize("name", BLOCK_WEIGHT_TUNERS)
+def test_a_model_type_without_defaults_names_the_ones_that_have_them(name):
+    config = BLOCK_WEIGHT_TUNERS[name]()
+    with pytest.raises(ValueError, match=rf"{type(config).__name__} has no default target_modules for model type "
+                                         r"'gpt2' \(defaults exist for .*'bert'.*Pass target_modules="):
+        get_peft_model(_decoder("gpt2"), config)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -13,6 +12,7 @@ from .config import FTPConfig
 from .layer import FTPConv2d, FTPLayer, FTPLinear
 
 _BERT_STYLE = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+_DEBERTA = r".*encoder\.layer\.\d+\.(attention\.self\.(query_proj|key_proj|value_proj|in_proj)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 _LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 #: Default target modules per ``model_type``: every pretrained weight matrix of the transformer blocks
@@ -20,6 +20,7 @@ _LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 TARGET_MODULES_BY_MODEL_TYPE: dict[str, Any] = {
     **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"), _BERT_STYLE),
     "mpnet": r".*encoder\.layer\.\d+\.(attention\.attn\.(q|k|v|o)|intermediate\.dense|output\.dense)",
+    **dict.fromkeys(("deberta-v2", "deberta"), _DEBERTA),
     "distilbert": r".*transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.(lin1|lin2))",
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo"), _LLAMA_STYLE),
     "efficientnet": r".*(embeddings\.convolution|expand_conv|depthwise_conv\.depthwise_conv|"
@@ -39,17 +40,6 @@ class FTPModel(WeightAdapterTuner):
     prefix: str = "ftp_"
     tuner_layer_cls = FTPLayer
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
-
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
-        if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
-                raise ValueError(
-                    f"FTPConfig has no default target_modules for model type {model_type!r} (defaults exist for "
-                    f"{sorted(self.target_module_mapping)}). Pass target_modules= with the names of the nn.Linear / "
-                    "nn.Conv2d modules to adapt, e.g. FTPConfig(target_modules=['q_proj', 'v_proj'])."
-                )
-        return super()._prepare_adapter_config(peft_config, model_config)
 
     def _create_and_replace(
         self,

@@ -30,6 +30,11 @@ TARGET_MODULES: dict[str, list[str]] = {
     "electra": _BERT_LIKE,
     "mpnet": ["q", "k", "v", "o", "intermediate.dense", "output.dense", "pooler.dense"],
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    **dict.fromkeys(("deberta-v2", "deberta"), ["query_proj", "key_proj", "value_proj", "in_proj",
+                                               "attention.output.dense", "intermediate.dense", "output.dense",
+                                               "pooler.dense"]),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo"),
+                    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
 }
 
 
