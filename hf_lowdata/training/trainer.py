@@ -100,6 +100,12 @@ class LowDataTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if _averages_its_loss(self.model):
+            # Trainer sees **kwargs in forward and assumes the model sums its loss over num_items_in_batch:
+            # then it skips the division by the accumulation steps and multiplies by the process count.
+            # Sequence and image classifiers return a batch mean (and ignore num_items_in_batch), so that
+            # summed gradients over micro-batches and scaled them by world_size under DDP.
+            self.model_accepts_loss_kwargs = False
         self.objective = objective or default_objective_for(self.model) or TrainingObjective()
         self.auxiliary_optimizers: dict[str, AuxiliaryOptimizer] = {}
         self.unlabeled_dataset = self._prepare_unlabelled(unlabeled_dataset)
@@ -373,6 +379,12 @@ class LowDataTrainer(Trainer):
         objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_FILE)
         if os.path.isfile(objective_path):
             self.objective.load_state_dict(load_safetensors(objective_path))
+
+
+def _averages_its_loss(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (a PEFT model or not) is a transformers sequence/image classifier: a batch-mean loss."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner).__name__.endswith(("ForSequenceClassification", "ForImageClassification"))
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -312,3 +312,25 @@ def test_objective_terms_are_logged_and_a_compute_loss_override_cannot_skip_the_
 
     with pytest.raises(RuntimeError, match="does not call LowDataTrainer.compute_loss, so the 'term-test' objective"):
         _make(tiny_bert_dir, tmp_path / "b", TermObjective(), trainer_cls=PlainLoss).train()
+
+
+def test_gradient_accumulation_averages_micro_batches_like_one_big_batch(tiny_bert_dir, tmp_path):
+    """2 micro-batches of 4 = one batch of 8. transformers took BERT's **kwargs for a summed loss and skipped the
+    division by the accumulation steps: the update was twice as large (and world_size times larger under DDP)."""
+    def one_step(out, batch_size, accumulation):
+        trainer = _make(tiny_bert_dir, out, per_device_train_batch_size=batch_size,
+                        gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,
+                        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0)
+        for module in trainer.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        before = _params(trainer.model)
+        trainer.train()
+        after = _params(trainer.model)
+        return {n: after[n] - before[n] for n in before}, trainer.state.log_history[0]["loss"]
+
+    accumulated, accumulated_loss = one_step(tmp_path / "a", 4, 2)
+    whole, whole_loss = one_step(tmp_path / "b", 8, 1)
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert accumulated_loss == pytest.approx(whole_loss, rel=1e-4)
