@@ -54,6 +54,10 @@ class TrainingObjective:
     name: str = "supervised"
     #: Whether the objective reads unlabelled batches (``trainer.unlabelled_batch()``).
     uses_unlabelled: bool = False
+    #: Whether the loss runs through the (DDP-wrapped) model's forward. An objective that calls
+    #: submodules of the unwrapped model sets this False: DDP then never averages the gradients, and
+    #: the trainer averages them over processes itself before each optimizer step.
+    uses_wrapped_forward: bool = True
 
     def setup(self, trainer: LowDataTrainer) -> None:
         """Called once from the trainer's constructor."""

@@ -324,7 +324,32 @@ class LowDataTrainer(Trainer):
                 f"{self.args.output_dir} are intact."
             )
         self._micro_in_step += 1
+        if (not self.objective.uses_wrapped_forward and self.accelerator.num_processes > 1
+                and self._micro_in_step == self.current_gradient_accumulation_steps):
+            self._average_gradients(model)
         return loss
+
+    def _average_gradients(self, model: torch.nn.Module) -> None:
+        """Average the trainable parameters' gradients over processes (what DDP's forward would have arranged).
+
+        One flat all-reduce; a parameter without a gradient on every process keeps ``grad=None`` (the
+        optimizer skips it, as it would on one process).
+        """
+        import torch.distributed as dist
+
+        params = [p for p in self.accelerator.unwrap_model(model).parameters() if p.requires_grad]
+        if not params:
+            return
+        device = params[0].device
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+        dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
+        used = [p for p, flag in zip(params, has_grad.tolist()) if flag > 0]
+        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).float().reshape(-1) for p in used]
+        flat = torch.cat(grads).to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(self.accelerator.num_processes)
+        for p, chunk in zip(used, flat.split([p.numel() for p in used])):
+            p.grad = chunk.view_as(p).to(p.dtype)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):

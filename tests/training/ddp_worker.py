@@ -1,4 +1,8 @@
-"""Worker for test_distributed.py: trains 4 steps with an auxiliary optimizer, prints final sums."""
+"""Worker for test_distributed.py: trains 4 steps, prints per-rank sums of the trained weights.
+
+``ddp_worker.py MODEL OUT`` trains BERT with an auxiliary optimizer (CriticObjective); ``... OUT twin_turbo``
+trains a TwinTurbo adapter on tokenised inputs (its objective calls the projector directly, not DDP's forward).
+"""
 
 import os
 import sys
@@ -17,13 +21,20 @@ tok = load_tokenizer(path)
 rows = toy_sentences(24, 0)
 data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"))
 unl = tokenize(TextDataset(tuple(r["text"] for r in toy_sentences(30, 7)), None, ("neg", "pos")), tok)
-model = load_for_classification(path, 2, seed=0)
+mode = sys.argv[3] if len(sys.argv) > 3 else "critic"
 args = few_shot_training_args(out, Budget(learning_rate=1e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4), 24, seed=0, use_cpu=True)
-tr = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok), processing_class=tok, objective=CriticObjective(), unlabeled_dataset=unl, unlabeled_batch_size=3)
+if mode == "twin_turbo":
+    from tests.tuners.twin_turbo.helpers import tiny_model
+
+    model, objective = tiny_model(path), None
+else:
+    model, objective = load_for_classification(path, 2, seed=0), CriticObjective()
+tr = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok), processing_class=tok, objective=objective, unlabeled_dataset=unl, unlabeled_batch_size=3)
 tr.train()
 st = PartialState()
-w = tr.model.classifier.weight.detach().sum().item()
-c = tr.objective.critic.weight.detach().sum().item()
-print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} classifier_sum={w:.8f} critic_sum={c:.8f} steps={tr.state.global_step}", flush=True)
+w = sum(p.detach().double().sum().item() for p in tr.model.parameters() if p.requires_grad)
+c = tr.objective.critic.weight.detach().sum().item() if mode == "critic" else 0.0
+first_loss = tr.state.log_history[0]["loss"]
+print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} trained_sum={w:.10f} critic_sum={c:.8f} steps={tr.state.global_step} first_loss={first_loss:.4f}", flush=True)
 st.destroy_process_group()
 os._exit(0)  # skip interpreter teardown: torch 2.13 (CPU, gloo) can abort there, after all work

@@ -8,10 +8,26 @@ from pathlib import Path
 from tests.helpers import run_torchrun
 
 
+def _ranks(stdout: str) -> list[tuple[str, str, str, float]]:
+    lines = re.findall(r"rank (\d)/2 world=2 trained_sum=(\S+) critic_sum=(\S+) steps=4 first_loss=(\S+)", stdout)
+    assert sorted(line[0] for line in lines) == ["0", "1"], stdout
+    return [(rank, w, c, float(loss)) for rank, w, c, loss in lines]
+
+
 def test_two_processes_keep_model_and_objective_modules_in_sync(tiny_bert_dir, tmp_path):
     stdout = run_torchrun(Path(__file__).with_name("ddp_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"))
-    lines = re.findall(r"rank (\d)/2 world=2 classifier_sum=(\S+) critic_sum=(\S+) steps=4", stdout)
-    assert sorted(line[0] for line in lines) == ["0", "1"], stdout
-    (_, w0, c0), (_, w1, c1) = lines
+    (_, w0, c0, loss), (_, w1, c1, _) = _ranks(stdout)
     assert w0 == w1  # DDP-synchronised model
     assert c0 == c1  # the objective's critic: gradients averaged by step_auxiliary
+    # a 2-class model starts near ln 2 = 0.69; Trainer scaled the loss by the process count (1.38)
+    assert loss < 0.9
+
+
+def test_an_objective_that_bypasses_ddp_forward_still_trains_the_same_weights_on_every_process(tiny_bert_dir,
+                                                                                               tmp_path):
+    """TwinTurbo calls projector and backbone directly: without the trainer's gradient averaging every process
+    trained its own weights (and tokenised inputs crashed: the backbone was looked up on the DDP wrapper)."""
+    stdout = run_torchrun(Path(__file__).with_name("ddp_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"),
+                          "twin_turbo")
+    (_, w0, _, _), (_, w1, _, _) = _ranks(stdout)
+    assert w0 == w1

@@ -187,6 +187,7 @@ class SparseExpertObjective(TrainingObjective):
     """
 
     name = "sparse_expert"
+    uses_wrapped_forward = False  # calls projector/backbone pieces directly: the trainer syncs gradients
 
     def __init__(
         self,

@@ -156,6 +156,8 @@ def twin_turbo_layer(model: nn.Module) -> TwinTurboLayer:
 
 def backbone_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Run only the frozen backbone of a TwinTurbo model on ``inputs``; return tokens and mask (no grad)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     layer = twin_turbo_layer(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = next(iter(getattr(base, "peft_config", {}).values()), None)

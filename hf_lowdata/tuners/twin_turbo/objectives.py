@@ -140,6 +140,7 @@ class TwinTurboObjective(TrainingObjective):
     """
 
     name = "twin_turbo"
+    uses_wrapped_forward = False  # calls projector/backbone pieces directly: the trainer syncs gradients
 
     def __init__(self, config: TwinTurboConfig | None = None) -> None:
         self.config = config
