@@ -98,6 +98,7 @@ def train_mixup_blo(
         resume: skip folds saved in ``state_dir`` and continue each run from its last complete Trainer
             checkpoint in its ``output_dir``.
     """
+    from accelerate import PartialState
     from peft import get_peft_model
     from safetensors.torch import load_file, save_file
     from transformers import set_seed
@@ -138,10 +139,13 @@ def train_mixup_blo(
         )
         run(trainer, "search", fold)
         states.append(_trainable_state(model))
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in states[-1].items()}, str(saved) + ".tmp")
-            os.replace(str(saved) + ".tmp", saved)
+        if saved is not None:  # one writer under DDP (every process holds the same fold state), then all wait
+            process = PartialState()
+            if process.is_main_process:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in states[-1].items()}, str(saved) + ".tmp")
+                os.replace(str(saved) + ".tmp", saved)
+            process.wait_for_everyone()
     averaged = average_states(states)
     if not config.average_folds:  # only the mixing factors carry over; the rest restarts from pretrained
         averaged = {k: v for k, v in averaged.items() if _is_mixing(k)}

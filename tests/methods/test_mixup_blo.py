@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,18 @@ def test_fit_predicts_with_a_merged_plain_model_and_saves_the_adapter(method, fo
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     assert fitted.trainable_parameters > 0 and fitted.train_step_seconds is not None
+
+
+def test_fold_files_are_written_by_one_process_under_ddp(tiny_bert_dir, tmp_path):
+    """Both processes wrote and renamed the same fold{f}.safetensors.tmp: on slow storage one rename failed."""
+    import re
+
+    from tests.helpers import run_torchrun
+
+    stdout = run_torchrun(Path(__file__).with_name("ddp_mixup_worker.py"), str(tiny_bert_dir), str(tmp_path))
+    results = dict(re.findall(r"RESULT rank=(\d) (params=\S+ fold_writes=\d+)", stdout))
+    assert results.keys() == {"0", "1"}, stdout
+    params = {rank: text.split()[0] for rank, text in results.items()}
+    assert params["0"] == params["1"]
+    assert results["0"].endswith("fold_writes=2") and results["1"].endswith("fold_writes=0")
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold0.safetensors", "fold1.safetensors"]
