@@ -364,6 +364,15 @@ class LowDataTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Each process saves its RNG state; all wait before the main one writes ``trainer_state.json``.
+
+        ``trainer_state.json`` marks a checkpoint complete (:func:`last_complete_checkpoint`): without
+        the barrier the main process could write it while another process's RNG file was half-written.
+        """
+        super()._save_rng_state(output_dir)
+        self.accelerator.wait_for_everyone()
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if not self.args.should_save:

@@ -22,7 +22,33 @@ rows = toy_sentences(24, 0)
 data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"))
 unl = tokenize(TextDataset(tuple(r["text"] for r in toy_sentences(30, 7)), None, ("neg", "pos")), tok)
 mode = sys.argv[3] if len(sys.argv) > 3 else "critic"
-args = few_shot_training_args(out, Budget(learning_rate=1e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4), 24, seed=0, use_cpu=True)
+checkpoint_checks = []
+if mode == "checkpoint":  # a slow RNG save on rank 1; is it complete when the checkpoint is marked complete?
+    import time
+
+    import torch
+    import transformers.trainer_callback
+
+    torch_save, save_to_json = torch.save, transformers.trainer_callback.TrainerState.save_to_json
+
+    def slow_save(obj, f, *a, **k):
+        if str(f).endswith("rng_state_1.pth"):
+            time.sleep(1.0)
+        return torch_save(obj, f, *a, **k)
+
+    def checked_save_to_json(self, json_path):
+        rng = os.path.join(os.path.dirname(json_path), "rng_state_1.pth")
+        try:
+            torch.load(rng, weights_only=False)
+            checkpoint_checks.append(True)
+        except Exception:  # noqa: BLE001 - missing or truncated
+            checkpoint_checks.append(False)
+        return save_to_json(self, json_path)
+
+    torch.save = slow_save
+    transformers.trainer_callback.TrainerState.save_to_json = checked_save_to_json
+extra = dict(save_strategy="steps", save_steps=2) if mode == "checkpoint" else {}
+args = few_shot_training_args(out, Budget(learning_rate=1e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4), 24, seed=0, use_cpu=True, **extra)
 if mode == "twin_turbo":
     from tests.tuners.twin_turbo.helpers import tiny_model
 
@@ -36,5 +62,7 @@ w = sum(p.detach().double().sum().item() for p in tr.model.parameters() if p.req
 c = tr.objective.critic.weight.detach().sum().item() if mode == "critic" else 0.0
 first_loss = tr.state.log_history[0]["loss"]
 print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} trained_sum={w:.10f} critic_sum={c:.8f} steps={tr.state.global_step} first_loss={first_loss:.4f}", flush=True)
+if checkpoint_checks:
+    print(f"rng files complete when checkpoints were marked complete: {checkpoint_checks}", flush=True)
 st.destroy_process_group()
 os._exit(0)  # skip interpreter teardown: torch 2.13 (CPU, gloo) can abort there, after all work

@@ -31,3 +31,11 @@ def test_an_objective_that_bypasses_ddp_forward_still_trains_the_same_weights_on
                           "twin_turbo")
     (_, w0, _, _), (_, w1, _, _) = _ranks(stdout)
     assert w0 == w1
+
+
+def test_a_checkpoint_is_marked_complete_only_after_every_process_saved_its_rng_state(tiny_bert_dir, tmp_path):
+    """trainer_state.json marks a checkpoint complete; rank 0 wrote it while rank 1's RNG file was still being
+    written (a kill then left a 'complete' checkpoint whose resume crashed in torch.load)."""
+    stdout = run_torchrun(Path(__file__).with_name("ddp_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"),
+                          "checkpoint")
+    assert "rng files complete when checkpoints were marked complete: [True, True]" in stdout, stdout
