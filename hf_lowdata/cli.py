@@ -221,6 +221,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return 130
     if result.resumed_from:
         print(f"Resumed from {result.resumed_from}.")
+    if result.resume_note:
+        print(result.resume_note)
     files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
     print(f"Saved {args.method} to {out} ({files}); {result.trainable_parameters:,} trainable parameters, "
           f"{result.adapter_bytes / 1024:,.1f} KiB, trained in {result.train_seconds:.1f} s.")

@@ -236,6 +236,8 @@ class TrainResult:
     options: dict[str, Any]
     evaluation: Evaluation | None = None
     resumed_from: str | None = None
+    #: Why ``--resume`` did not resume (a method without checkpoints), if it did not.
+    resume_note: str | None = None
     data_summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -287,6 +289,11 @@ def train_method(
     steps = budget.steps(len(task.labelled))
     if save_steps is None:
         save_steps = max(1, -(-steps // 4))
+    resume_note = None
+    if not runner.checkpoints:  # trains without Trainer checkpoints (a probe, a projector on cached features)
+        if resume:
+            resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
+        save_steps = 0
     run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
                   "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
     resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
@@ -297,7 +304,7 @@ def train_method(
                 cache=cache or SharedCache(),
                 options=options, progress=progress, cancel=cancel, device=device, quiet=True,
                 checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
-                resume=resumed_from is not None, bf16=bf16,
+                resume=resumed_from is not None, bf16=bf16,  # the method finds its own checkpoints
             )
             set_seed(seed)
             start = time.perf_counter()
@@ -312,6 +319,7 @@ def train_method(
         method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
         trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
         options=options, evaluation=evaluation, resumed_from=resumed_from, data_summary=summary,
+        resume_note=resume_note,
     )
     staging = out / _STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
@@ -351,20 +359,28 @@ def _check_output_folder(out: Path) -> None:
 def _drop_unresumable(out: Path, checkpoints: Path, created: bool) -> None:
     """After a failed or interrupted run: remove a checkpoint folder with no complete checkpoint to resume
     from (only its settings file), so that a corrected rerun is not refused; keep one that can be resumed."""
-    from .training import last_complete_checkpoint
-
-    if checkpoints.is_dir() and last_complete_checkpoint(checkpoints) is None:
+    if checkpoints.is_dir() and _resume_point(checkpoints) is None:
         shutil.rmtree(checkpoints, ignore_errors=True)
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 
 
-def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:
-    """Check a checkpoint folder against this run; return the checkpoint to resume from, if any."""
+def _resume_point(folder: Path) -> str | None:
+    """The newest state a run can resume from: a complete Trainer checkpoint at any depth (MixupBLO keeps one
+    folder per fold and phase) or a finished fold's file; ``None`` when there is none."""
     from .training import last_complete_checkpoint
 
+    if not folder.is_dir():
+        return None
+    found = [Path(c) for c in {last_complete_checkpoint(p.parent) for p in folder.rglob("checkpoint-*")} if c]
+    found += list(folder.rglob("fold*.safetensors"))
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:
+    """Check a checkpoint folder against this run; return the state it resumes from, if any."""
     config_file = folder / RUN_CONFIG_FILE
-    last = last_complete_checkpoint(folder)
+    last = _resume_point(folder)
     if folder.is_dir() and any(folder.iterdir()):
         if not resume:
             raise WorkflowError(

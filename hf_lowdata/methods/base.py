@@ -186,6 +186,9 @@ class Method(ABC):
     #: Budget fields, which the train command and the demo apply): a key no chosen method reads is
     #: an error, not silently ignored (:func:`unknown_options`).
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: Whether :meth:`fit` writes Trainer checkpoints to ``ctx.checkpoint_dir`` and resumes from them
+    #: (``ctx.resume``); the train command makes no checkpoint folder for a method that does not.
+    checkpoints: ClassVar[bool] = False
 
     @classmethod
     def budget_key(cls) -> str:
@@ -383,6 +386,8 @@ class TransformerMethod(Method):
     Subclasses override :meth:`build_model` (wrap with a PEFT config) and, when training differs,
     :meth:`objective`; :meth:`training_overrides` adjusts TrainingArguments.
     """
+
+    checkpoints = True
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         from ..models import load_for_classification

@@ -109,6 +109,47 @@ def test_resume_continues_from_the_last_complete_checkpoint(tmp_path):
         np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), atol=1e-6, err_msg=key)
 
 
+def test_mixup_blo_resumes_its_finished_fold_and_phase_checkpoint(tmp_path, monkeypatch):
+    """MixupBLO keeps fold files and one checkpoint folder per phase below OUT/checkpoints: --resume ignored them
+    (it looked one level deep) and an interrupted run's cleanup deleted them."""
+    from hf_lowdata.training import LowDataTrainer
+
+    task, config = toy_task(), {**TINY_CONFIG, "max_steps": 4, "folds": 1}
+    reference = train_method("mixup_blo_fast", task, tmp_path / "reference", config=config)
+    phases, original = [], LowDataTrainer.train
+
+    def interrupted_in_phase_2(self, *args, **kwargs):
+        phases.append(self.args.output_dir)
+        if len(phases) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in phase 2, after the search fold was saved
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LowDataTrainer, "train", interrupted_in_phase_2)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_method("mixup_blo_fast", task, run, config=config, save_steps=2)
+    assert list((run / "checkpoints").rglob("fold0.safetensors"))  # kept: it can be resumed
+    monkeypatch.setattr(LowDataTrainer, "train", original)
+    calls = []
+    monkeypatch.setattr(LowDataTrainer, "train", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    resumed = train_method("mixup_blo_fast", task, run, config=config, save_steps=2, resume=True)
+    assert resumed.resumed_from is not None and len(calls) == 1  # the search fold was not trained again
+    ours = load_tensors(str(run / "adapter_model.safetensors"))
+    theirs = load_tensors(str(reference.output_dir / "adapter_model.safetensors"))
+    for key in theirs:
+        np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_resume_of_a_method_without_checkpoints_says_it_started_over(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", "twin_turbo", "--data", str(files["train"]), "--out", str(out), "--save-steps", "1",
+            "--unlabelled", str(files["unlabelled"]), "--config", *tiny_args("twin_turbo")]
+    assert main([*args, "--resume"]) == 0
+    assert "twin_turbo writes no checkpoints" in capsys.readouterr().out
+    assert finished_output(out)
+
+
 def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys):
     files = toy_files(tmp_path / "data")
     out = tmp_path / "out"
