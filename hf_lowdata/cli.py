@@ -322,6 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes > 1 and args.command in {"train", "bench"}:
+        print(f"hf-lowdata {args.command}: error: this command runs as one process, but it was started as {processes} "
+              "(torchrun / accelerate launch): each would write the same output. Run it without the launcher; for "
+              "multi-GPU training, use LowDataTrainer in your own script under accelerate launch (README, "
+              "'The methods').", file=sys.stderr)
+        return 2
     import hf_lowdata  # noqa: F401  (registers the PEFT methods before anything loads an adapter)
 
     from .bench import BenchError

@@ -63,3 +63,15 @@ def test_train_takes_bf16_like_bench(monkeypatch, tmp_path):
     assert main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(tmp_path / "o"),
                  "--bf16"]) == 2
     assert seen["bf16"] is True
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_writing_commands_refuse_to_run_as_several_processes(command, tmp_path, monkeypatch, capsys):
+    """Under torchrun every process ran the whole command: they raced on one output folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    argv = {"train": ["train", "--method", "probe", "--data", str(tmp_path / "x.csv"), "--out", str(out)],
+            "bench": ["bench", "--data-dir", str(tmp_path), "--datasets", "a", "--methods", "probe", "--out", str(out)]}
+    assert main(argv[command]) == 2
+    assert "runs as one process, but it was started as 2" in capsys.readouterr().err
+    assert not out.exists()
