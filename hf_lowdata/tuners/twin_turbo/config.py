@@ -23,6 +23,8 @@ class TwinTurboConfig(PeftConfig):
     two mutual-information lower bounds on labelled and unlabelled batches. The paper has no public
     code: the architecture, the exact form of each loss term and the defaults are reconstructions
     ([recon] in ``shared/specs/methods.md``); see ``docs`` in the objectives module for each term.
+    One prediction per sequence or image: ``task_type`` is "SEQ_CLS" or ``None``; per-token models
+    (token classification, question answering) are refused.
 
     Args:
         target_modules: the classification head to replace (one module). ``None`` picks the model's
