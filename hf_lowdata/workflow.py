@@ -289,14 +289,15 @@ def train_method(
     steps = budget.steps(len(task.labelled))
     if save_steps is None:
         save_steps = max(1, -(-steps // 4))
+    run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
+                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
+    # the checks hold for every method: another run's unfinished checkpoints are never trained over
+    resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
     resume_note = None
     if not runner.checkpoints:  # trains without Trainer checkpoints (a probe, a projector on cached features)
         if resume:
             resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
-        save_steps = 0
-    run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
-                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
-    resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
+        save_steps, resumed_from = 0, None
     try:
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
             ctx = RunContext(

@@ -348,3 +348,15 @@ def test_missing_base_model_and_pickle_folders_are_clear_errors(tmp_path, capsys
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     assert main(["predict", str(pickled), "--text", "fine"]) == 2
     assert "pickle weights (pytorch_model.bin), which hf_lowdata never loads" in capsys.readouterr().err
+
+
+def test_a_method_without_checkpoints_never_trains_over_another_runs_checkpoints(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / "run_config.json").write_text('{"method": "lora"}')
+    args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out), "--save-steps", "1"]
+    assert main(args) == 2 and "holds checkpoints of an unfinished run" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 2 and "different settings" in capsys.readouterr().err
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
