@@ -11,6 +11,7 @@ share :class:`TransformerMethod`: build a model, pick a training objective, trai
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -340,13 +341,21 @@ def _run_callback(ctx: RunContext, label: str):
     return RunCallback()
 
 
+#: Dev scores of a checkpointed run (:func:`dev_selection_callback`), beside its checkpoints.
+DEV_SELECTION_LOG = "dev_selection.json"
+
+
 def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps: int):
     """Model selection on the task's dev set, the same rule for every transformer method.
 
     The returned TrainerCallback scores dev accuracy at 5 evenly spaced steps (and the last), keeps
     a copy of the trainable parameters at the best step (ties go to the later step); call its
-    ``restore(model)`` after training.
+    ``restore(model)`` after training. When the run writes checkpoints, every score and each new
+    best copy are written beside them (``dev_selection.json``, ``dev_best-STEP.safetensors``), so a
+    run resumed from checkpoint N selects exactly as an uninterrupted one: the scores up to step N
+    are read back, later ones are measured again.
     """
+    from safetensors.torch import load_file, save_file
     from transformers import TrainerCallback
 
     every = max(1, max_steps // 5)
@@ -356,6 +365,20 @@ def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps:
             self.best_accuracy = -1.0
             self.best_step = 0
             self._snapshot: dict[str, torch.Tensor] = {}
+            self._folder: Path | None = None
+            self._scores: list[dict[str, float]] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._folder = Path(args.output_dir) if args.save_strategy != "no" else None
+            log = self._folder / DEV_SELECTION_LOG if self._folder is not None else None
+            if log is None or state.global_step == 0 or not log.is_file():
+                return control
+            self._scores = [r for r in json.loads(log.read_text()) if r["step"] <= state.global_step]
+            if self._scores:  # resumed: the best of the scores up to the checkpoint, ties to the later step
+                best = max(self._scores, key=lambda r: (r["accuracy"], r["step"]))
+                self.best_accuracy, self.best_step = best["accuracy"], int(best["step"])
+                self._snapshot = load_file(str(self._folder / f"dev_best-{self.best_step}.safetensors"))
+            return control
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if model is None or (state.global_step % every and state.global_step != state.max_steps):
@@ -365,13 +388,24 @@ def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps:
             if acc >= self.best_accuracy:
                 self.best_accuracy, self.best_step = acc, state.global_step
                 self._snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                if self._folder is not None and state.is_world_process_zero:
+                    target = self._folder / f"dev_best-{state.global_step}.safetensors"
+                    save_file({k: v.contiguous().cpu() for k, v in self._snapshot.items()}, str(target) + ".tmp")
+                    os.replace(str(target) + ".tmp", target)
+            if self._folder is not None and state.is_world_process_zero:  # the copy first, then its score
+                self._scores = [r for r in self._scores if r["step"] < state.global_step]
+                self._scores.append({"step": state.global_step, "accuracy": acc})
+                log = self._folder / DEV_SELECTION_LOG
+                self._folder.mkdir(parents=True, exist_ok=True)
+                (log.with_name(log.name + ".tmp")).write_text(json.dumps(self._scores))
+                os.replace(log.with_name(log.name + ".tmp"), log)
             return control
 
         def restore(self, model: torch.nn.Module) -> None:
             with torch.no_grad():
                 for name, param in model.named_parameters():
                     if name in self._snapshot:
-                        param.copy_(self._snapshot[name])
+                        param.copy_(self._snapshot[name].to(param.device, param.dtype))
 
     return DevSelection()
 

@@ -360,3 +360,39 @@ def test_a_method_without_checkpoints_never_trains_over_another_runs_checkpoints
     assert main(args) == 2 and "holds checkpoints of an unfinished run" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 2 and "different settings" in capsys.readouterr().err
     assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+def test_a_resumed_run_selects_on_the_dev_set_as_an_uninterrupted_one(tmp_path):
+    """The dev-selection callback kept its scores and best copy in memory: a resumed run forgot the steps before
+    the checkpoint and picked another step (and other weights)."""
+    from dataclasses import replace
+
+    from hf_lowdata.budgets import Budget
+    from hf_lowdata.data import TextDataset
+    from hf_lowdata.methods import RunContext, SharedCache, get_method
+
+    task = toy_task()
+    flipped = tuple(1 - y for y in task.labelled.labels)  # dev accuracy falls as training fits: an early best
+    task = replace(task, dev=TextDataset(task.labelled.texts, flipped, task.label_names, "dev"))
+    budget = Budget(learning_rate=5e-3, epochs=1, min_steps=10, max_steps=10, batch_size=4, max_length=32)
+    cache = SharedCache()
+
+    def fit(folder, resume=False, cancel=None):
+        ctx = RunContext(seed=0, budget=budget, work_dir=folder, cache=cache, quiet=True, checkpoint_dir=folder / "ck",
+                         save_steps=3, resume=resume, cancel=cancel)
+        return get_method("lora").fit(task, ctx)
+
+    reference = fit(tmp_path / "reference")
+    assert reference.notes["selected_step"] <= 6  # selected before the checkpoint the run below resumes from
+    cancel = threading.Event()
+    ctx_stop = RunContext(seed=0, budget=budget, work_dir=tmp_path / "run", cache=cache, quiet=True,
+                          checkpoint_dir=tmp_path / "run" / "ck", save_steps=3, cancel=cancel,
+                          progress=lambda message, fraction: cancel.set() if fraction >= 0.7 else None)
+    with pytest.raises(RunCancelled):
+        get_method("lora").fit(task, ctx_stop)
+    assert last_complete_checkpoint(tmp_path / "run" / "ck").endswith("checkpoint-6")
+    resumed = fit(tmp_path / "run", resume=True)
+    assert resumed.notes == reference.notes
+    ours, theirs = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
+    for name, param in theirs.items():
+        np.testing.assert_allclose(ours[name].detach().numpy(), param.detach().numpy(), atol=1e-6, err_msg=name)
