@@ -52,7 +52,8 @@ def test_model_without_linear_layers_says_what_to_set():
 
 def test_unsupported_target_type_is_refused():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    with pytest.raises(TypeError, match="adapts nn.Linear and nn.Conv2d"):
+    with pytest.raises(TypeError, match=r"'1' is a torch\.nn\.modules\.normalization\.LayerNorm; SparseExpert adapts "
+                                        r"torch\.nn\.Linear and torch\.nn\.Conv2d only"):
         get_peft_model(model, SparseExpertConfig(target_modules=["1"], feature_dim=4))
 
 
