@@ -9,7 +9,9 @@ from tests.helpers import run_torchrun
 
 
 def _ranks(stdout: str) -> list[tuple[str, str, str, float]]:
-    lines = re.findall(r"rank (\d)/2 world=2 trained_sum=(\S+) critic_sum=(\S+) steps=4 first_loss=(\S+)", stdout)
+    # The two processes print at once, so one line can run into the next: every field has a closed pattern.
+    lines = re.findall(r"rank (\d)/2 world=2 trained_sum=(-?\d+\.\d{10}) critic_sum=(-?\d+\.\d{8}) steps=4 "
+                       r"first_loss=(-?\d+\.\d{4})", stdout)
     assert sorted(line[0] for line in lines) == ["0", "1"], stdout
     return [(rank, w, c, float(loss)) for rank, w, c, loss in lines]
 
