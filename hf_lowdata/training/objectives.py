@@ -15,6 +15,8 @@ Hooks, in the order the trainer calls them:
   which the trainer prepares with accelerate and checkpoints beside the first;
 * per micro-batch :meth:`compute_loss` (``step_start=True`` on the first micro-batch of an
   optimizer step, which is where bi-level objectives do their outer step);
+* after the last micro-batch of an optimizer step :meth:`complete_gradients` (gradients formed outside
+  autograd), before the trainer averages gradients over processes;
 * after each optimizer step :meth:`on_optimizer_step` (clamping, a discriminator step, ...);
 * :meth:`state_dict` / :meth:`load_state_dict` for objective state that must survive resume
   (weights of training-only modules such as a discriminator; never saved with the adapter).
@@ -112,6 +114,12 @@ class TrainingObjective:
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The loss to backpropagate for one micro-batch (also used under ``no_grad`` in eval)."""
         return trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def complete_gradients(self, trainer: LowDataTrainer, model: torch.nn.Module) -> None:
+        """Called after the last micro-batch's backward of an optimizer step, before gradients are averaged
+        over processes and before the optimizer steps: write any gradient the objective forms itself (not
+        by autograd) into ``.grad`` here. With ``uses_wrapped_forward = False`` the trainer then averages it
+        over processes like the rest; with DDP's own synchronisation it would stay per process."""
 
     def on_optimizer_step(self, trainer: LowDataTrainer, model: torch.nn.Module) -> None:
         """Called right after the main optimizer stepped."""

@@ -324,9 +324,10 @@ class LowDataTrainer(Trainer):
                 f"{self.args.output_dir} are intact."
             )
         self._micro_in_step += 1
-        if (not self.objective.uses_wrapped_forward and self.accelerator.num_processes > 1
-                and self._micro_in_step == self.current_gradient_accumulation_steps):
-            self._average_gradients(model)
+        if self._micro_in_step == self.current_gradient_accumulation_steps:
+            self.objective.complete_gradients(self, model)
+            if not self.objective.uses_wrapped_forward and self.accelerator.num_processes > 1:
+                self._average_gradients(model)
         return loss
 
     def _average_gradients(self, model: torch.nn.Module) -> None:

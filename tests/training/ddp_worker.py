@@ -1,7 +1,8 @@
 """Worker for test_distributed.py: trains 4 steps, prints per-rank sums of the trained weights.
 
 ``ddp_worker.py MODEL OUT`` trains BERT with an auxiliary optimizer (CriticObjective); ``... OUT twin_turbo``
-trains a TwinTurbo adapter on tokenised inputs (its objective calls the projector directly, not DDP's forward).
+trains a TwinTurbo adapter on tokenised inputs (its objective calls the projector directly, not DDP's forward);
+``... OUT sparse_expert`` meta-trains a SparseExpert adapter on episodes (masks, multipliers and router printed too).
 """
 
 import os
@@ -49,17 +50,35 @@ if mode == "checkpoint":  # a slow RNG save on rank 1; is it complete when the c
     transformers.trainer_callback.TrainerState.save_to_json = checked_save_to_json
 extra = dict(save_strategy="steps", save_steps=2) if mode == "checkpoint" else {}
 args = few_shot_training_args(out, Budget(learning_rate=1e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4), 24, seed=0, use_cpu=True, **extra)
-if mode == "twin_turbo":
-    from tests.tuners.twin_turbo.helpers import tiny_model
+if mode == "sparse_expert":  # episodes, one per step and process: 8 episodes = 4 steps on each of 2 processes
+    from tests.tuners.sparse_expert.helpers import episodes, smat_encoder
 
-    model, objective = tiny_model(path), None
+    budget = Budget(learning_rate=5e-3, epochs=1, min_steps=4, max_steps=4, batch_size=1, warmup_ratio=0.1)
+    args = few_shot_training_args(out, budget, 1, seed=0, use_cpu=True)
+    tr = LowDataTrainer(model=smat_encoder(path), args=args, train_dataset=episodes(path, 8))
+    seen, compute_loss = [], tr.objective.compute_loss
+
+    def recording_compute_loss(trainer, model, inputs, *a, **k):
+        seen.append(int(inputs["episode_index"]))
+        return compute_loss(trainer, model, inputs, *a, **k)
+
+    tr.objective.compute_loss = recording_compute_loss
 else:
-    model, objective = load_for_classification(path, 2, seed=0), CriticObjective()
-tr = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok), processing_class=tok, objective=objective, unlabeled_dataset=unl, unlabeled_batch_size=3)
+    if mode == "twin_turbo":
+        from tests.tuners.twin_turbo.helpers import tiny_model
+
+        model, objective = tiny_model(path), None
+    else:
+        model, objective = load_for_classification(path, 2, seed=0), CriticObjective()
+    tr = LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok), processing_class=tok, objective=objective, unlabeled_dataset=unl, unlabeled_batch_size=3)
 tr.train()
 st = PartialState()
 w = sum(p.detach().double().sum().item() for p in tr.model.parameters() if p.requires_grad)
 c = tr.objective.critic.weight.detach().sum().item() if mode == "critic" else 0.0
+if mode == "sparse_expert":
+    c = tr.objective.multipliers.sum().item()
+    masks = tr.model.base_model.mask_sparsity().tolist()
+    print(f"rank {st.process_index} episodes={sorted(seen)} sparsity={masks}", flush=True)
 first_loss = tr.state.log_history[0]["loss"]
 print(f"rank {st.process_index}/{st.num_processes} world={args.world_size} trained_sum={w:.10f} critic_sum={c:.8f} steps={tr.state.global_step} first_loss={first_loss:.4f}", flush=True)
 if checkpoint_checks:

@@ -41,3 +41,17 @@ def test_a_checkpoint_is_marked_complete_only_after_every_process_saved_its_rng_
     stdout = run_torchrun(Path(__file__).with_name("ddp_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"),
                           "checkpoint")
     assert "rng files complete when checkpoints were marked complete: [True, True]" in stdout, stdout
+
+
+def test_sparse_expert_meta_training_keeps_every_process_on_the_same_experts(tiny_bert_dir, tmp_path):
+    """Each process meta-trains on its own episodes; deltas, mask logits, router and multipliers must stay the same
+    on every process (the sparsity push used each process's own routing: the masks drifted apart)."""
+    stdout = run_torchrun(Path(__file__).with_name("ddp_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"),
+                          "sparse_expert")
+    (_, w0, m0, _), (_, w1, m1, _) = _ranks(stdout)
+    assert w0 == w1 and m0 == m1
+    seen = dict(re.findall(r"rank (\d) episodes=(\[[\d, ]*\])", stdout))
+    assert sorted(seen) == ["0", "1"], stdout
+    assert seen["0"] != seen["1"], stdout  # the processes did see different episodes
+    sparsity = dict(re.findall(r"rank (\d) episodes=\[[\d, ]*\] sparsity=(\[[^\]]*\])", stdout))
+    assert sparsity["0"] == sparsity["1"], stdout

@@ -79,15 +79,13 @@ class GroupedOptimizer(torch.optim.Optimizer):
     One optimizer object, so the Trainer steps, schedules and checkpoints every group together.
     """
 
-    def __init__(self, groups: list[dict[str, Any]], before_step: Any = None) -> None:
+    def __init__(self, groups: list[dict[str, Any]]) -> None:
         defaults = dict(algorithm="sgd", lr=1e-3, momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
                         max_grad_norm=0.0, maximize=False, fixed_lr=None, name="")
         for group in groups:
             if group.get("algorithm", "sgd") not in ("sgd", "adamw"):
                 raise ValueError(f"Unknown algorithm {group['algorithm']!r} (use 'sgd' or 'adamw').")
         super().__init__(groups, defaults)
-        #: Called at the start of every step (to complete deferred gradients).
-        self.before_step = before_step
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -95,8 +93,6 @@ class GroupedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.before_step is not None:
-            self.before_step()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -309,7 +305,6 @@ class SparseExpertObjective(TrainingObjective):
                 f"Adapter {self.adapter!r} has no trainable deltas, masks or router; is it active and trainable "
                 "(PeftModel.from_pretrained(..., is_trainable=True))?"
             )
-        tuner: SparseExpertModel = trainer.accelerator.unwrap_model(model).base_model
         groups = [
             dict(name="delta", params=delta, lr=trainer.args.learning_rate, momentum=self.delta_momentum,
                  weight_decay=self.delta_weight_decay),
@@ -319,7 +314,7 @@ class SparseExpertObjective(TrainingObjective):
         if masks:
             groups.append(dict(name="masks", params=masks, algorithm="adamw", lr=self._mask_lr(trainer),
                                fixed_lr=self._mask_lr(trainer)))
-        return GroupedOptimizer(groups, before_step=lambda: tuner.finalize_mask_gradients(self.adapter))
+        return GroupedOptimizer(groups)
 
     def _mask_lr(self, trainer: LowDataTrainer) -> float:
         if self.mask_lr is not None:
@@ -427,9 +422,18 @@ class SparseExpertObjective(TrainingObjective):
         })
         return (loss, {"logits": student}) if return_outputs else loss
 
+    def complete_gradients(self, trainer: LowDataTrainer, model: nn.Module) -> None:
+        """The mask logits' gradient of the meta-batch, formed in one product (before it is averaged over
+        processes)."""
+        trainer.accelerator.unwrap_model(model).base_model.finalize_mask_gradients(self.adapter)
+
     def on_optimizer_step(self, trainer: LowDataTrainer, model: nn.Module) -> None:
         """The decoupled sparsity step and the multipliers' ascent (see the module docstring)."""
         tuner: SparseExpertModel = trainer.accelerator.unwrap_model(model).base_model
+        if trainer.accelerator.num_processes > 1:  # every process pushes with the routing of all episodes
+            import torch.distributed as dist
+
+            dist.all_reduce(self._routing, op=dist.ReduceOp.SUM)
         progress = trainer.state.global_step / max(1, trainer.state.max_steps)
         target_density = 1.0 - self.target_sparsity_at(progress)
         density = (1.0 - tuner.mask_sparsity(self.adapter)).to(self.multipliers.device)
