@@ -156,11 +156,13 @@ def validate(config: BenchConfig) -> None:
 
 
 #: Settings that change results but are not part of a run's key: a resumed benchmark must keep them.
-RESUME_SETTINGS = ("options", "dev_k", "bf16")
+# --ood-datasets belongs here too: their test texts are kept out of the labelled sets and pools, so they
+# change what every run draws.
+RESUME_SETTINGS = ("options", "dev_k", "bf16", "ood_datasets")
 
 
 def _check_resumed_settings(config: BenchConfig, saved_file: Path) -> None:
-    """Refuse to resume with other ``--config`` / ``--dev-k`` / ``--bf16`` than the runs already recorded
+    """Refuse to resume with other ``--config`` / ``--dev-k`` / ``--bf16`` / ``--ood-datasets`` than the runs recorded
     (one summary row would otherwise average runs trained under different settings)."""
     if not config.resume or not saved_file.is_file():
         return

@@ -64,6 +64,10 @@ def test_resume_skips_finished_and_redoes_a_cut_run(toy_data_dir, tiny_bert_dir,
     config.options = {"C": 0.0001}
     with pytest.raises(BenchError, match=r"other settings \(options: recorded \{\}, now \{'C': 0.0001\}\)"):
         run_benchmark(config, show_progress=False)
+    # so would another out-of-domain set: its test texts are kept out of the draws, which changes them
+    config.options, config.ood_datasets = {}, ["toyb"]
+    with pytest.raises(BenchError, match=r"ood_datasets: recorded \[\], now \['toyb'\]"):
+        run_benchmark(config, show_progress=False)
 
 
 def test_failed_run_is_recorded_and_retried_on_resume(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
