@@ -31,6 +31,7 @@ import torch
 
 from ..budgets import get_budget
 from ..cli import _int_list, _name_list, parse_options
+from ..data import DataError
 from ..features import (
     FeatureCache,
     TokenStateDataset,
@@ -39,10 +40,15 @@ from ..features import (
     model_fingerprint,
 )
 from ..methods import RunContext, SharedCache
-from ..methods.base import directory_bytes
+from ..methods.base import directory_bytes, unknown_options
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
 from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
-from ..vision.efficientnet import cache_root, efficientnet_lite0_path, load_efficientnet_lite0
+from ..vision.efficientnet import (
+    VisionAssetError,
+    cache_root,
+    efficientnet_lite0_path,
+    load_efficientnet_lite0,
+)
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
 from .results import (
@@ -83,8 +89,20 @@ def _validate(config: VisionBenchConfig) -> None:
     unknown = [d for d in config.datasets if d not in DATASETS] + [m for m in config.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"Unknown dataset/method {unknown}; datasets: {sorted(DATASETS)}, methods: {list(METHODS)}.")
-    if config.image_size % 32:
-        raise SystemExit(f"--image-size must be a multiple of 32 (EfficientNet's padding), got {config.image_size}.")
+    if config.image_size <= 0 or config.image_size % 32:
+        raise SystemExit(f"--image-size must be a positive multiple of 32 (EfficientNet's padding), got "
+                         f"{config.image_size}.")
+    bounds = {"--shots": (min(config.shots, default=1), 1), "--unlabelled": (config.unlabelled, 0),
+              "--dev": (config.dev, 0), "--test-limit": (1 if config.test_limit is None else config.test_limit, 1)}
+    for flag, (value, least) in bounds.items():
+        if value < least:
+            raise SystemExit(f"{flag} must be at least {least}, got {value}.")
+    if not config.budget_scale > 0:
+        raise SystemExit(f"--budget-scale must be positive, got {config.budget_scale}.")
+    # options reach TwinTurboConfig only (the image probe has none; budgets come from --budget-scale)
+    message = unknown_options([m for m in config.methods if m != "probe"], list(config.options))
+    if message:
+        raise SystemExit(message)
     runs = Path(config.out) / "runs.jsonl"
     if runs.exists() and runs.stat().st_size and not config.resume:
         raise SystemExit(f"{runs} already holds results: pass --resume or choose another --out.")
@@ -239,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dev", type=int, default=0, metavar="N",
                    help="score on N held-out training images instead of the test split (for choosing settings)")
     p.add_argument("--feature-cache-dir", type=Path, default=None, help="default: ~/.cache/hf_lowdata/features")
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TwinTurboConfig / budget options")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TwinTurboConfig options")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the training steps (smoke runs)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -249,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             unlabelled=args.unlabelled, image_size=args.image_size, test_limit=args.test_limit,
             feature_cache_dir=args.feature_cache_dir, resume=args.resume, options=parse_options(args.config),
             budget_scale=args.budget_scale, dev=args.dev))
-    except OutputFolderBusyError as err:
+    except (OutputFolderBusyError, DataError, VisionAssetError) as err:  # a message for the user, not a traceback
         raise SystemExit(f"error: {err}") from None
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")

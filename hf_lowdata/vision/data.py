@@ -133,6 +133,8 @@ def make_image_few_shot_task(
         raise DataError(f"{train.source}: cannot draw labelled images from unlabelled data.")
     if k < 1:
         raise DataError(f"k must be at least 1, got {k}.")
+    if unlabelled < 0:
+        raise DataError(f"unlabelled must be 0 (no pool) or a positive pool size, got {unlabelled}.")
     chosen: list[int] = []
     for label, label_name in enumerate(train.label_names):
         members = np.flatnonzero(train.labels == label)

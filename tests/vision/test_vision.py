@@ -105,6 +105,8 @@ def test_image_tasks_are_deterministic_nested_and_disjoint():
     assert not np.array_equal(other.labelled.images, four.labelled.images)
     with pytest.raises(DataError, match="fewer than k=500"):
         make_image_few_shot_task(train, test, k=500, seed=0)
+    with pytest.raises(DataError, match="unlabelled must be 0 .* got -5"):  # a slice [:-5] took nearly all
+        make_image_few_shot_task(train, test, k=1, seed=0, unlabelled=-5)
 
 
 def test_dev_set_is_fixed_and_never_drawn_into_tasks():
@@ -153,6 +155,33 @@ def test_vision_benchmark_runs_resumes_and_keeps_dev_apart(tmp_path):
     assert {r["dataset"] for r in dev} == {"digits (dev 50)"} and all(r["test_examples"] == 30 for r in dev)
     assert dev[1]["options"] == {"latent_weight": 0.0}
     assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 4  # the dev runs went to their own folder
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    (dict(unlabelled=-5), "--unlabelled must be at least 0, got -5"),
+    (dict(test_limit=0), "--test-limit must be at least 1, got 0"),  # 0 scored the whole test split
+    (dict(image_size=0), "--image-size must be a positive multiple of 32"),
+    (dict(budget_scale=0.0), "--budget-scale must be positive"),  # recorded 'ok' with accuracy 0
+    (dict(shots=[0, 1]), "--shots must be at least 1"),
+    (dict(options={"max_steps": 1}), "Unknown setting 'max_steps'"),  # was silently ignored
+    (dict(options={"C": 1.0}, methods=["probe"]), "Unknown setting 'C'"),
+])
+def test_vision_benchmark_refuses_bad_settings_before_any_run(tmp_path, setting, message):
+    from hf_lowdata.bench.vision import VisionBenchConfig, run_vision_benchmark
+
+    config = {"datasets": ["digits"], "methods": ["probe", "twin_turbo"], "out": tmp_path / "out", **setting}
+    with pytest.raises(SystemExit, match=message):
+        run_vision_benchmark(VisionBenchConfig(**config))
+    assert not (tmp_path / "out").exists()
+
+
+def test_vision_benchmark_cli_reports_data_errors_in_one_line(tmp_path, capsys):
+    from hf_lowdata.bench.vision import main
+
+    with pytest.raises(SystemExit, match=r"^error: .*fewer than k=500") as exc:
+        main(["--datasets", "digits", "--methods", "probe", "--shots", "500", "--seeds", "0", "--image-size", "32",
+              "--out", str(tmp_path / "out"), "--feature-cache-dir", str(tmp_path / "features")])
+    assert "Traceback" not in str(exc.value)
 
 
 def test_fast_preprocessing_matches_the_image_processor():
