@@ -178,7 +178,23 @@ def _processor_config(size: int) -> dict[str, Any]:
         "do_resize": True, "size": {"height": size, "width": size}, "resample": 2,  # PIL bilinear
         "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255, "rescale_offset": False,
         "do_normalize": True, "image_mean": [PIXEL_MEAN] * 3, "image_std": [PIXEL_STD] * 3, "include_top": False,
+        "do_convert_rgb": True,  # grayscale, palette and RGBA images become the 3 channels the stem expects
     }
+
+
+def _refresh_processor_config(folder: Path) -> None:
+    """Rewrite (atomically) a converted folder's preprocessor settings written by an older version; the
+    weights are unchanged, so the folder and the adapters that name it as their base stay valid."""
+    path = folder / "preprocessor_config.json"
+    wanted = _processor_config(224)
+    try:
+        if json.loads(path.read_text()) == wanted:
+            return
+    except ValueError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2))
+    os.replace(tmp, path)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -194,6 +210,7 @@ def efficientnet_lite0_path(cache_dir: str | os.PathLike | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     folder = root / f"efficientnet-lite0-hf-v{CONVERSION_VERSION}"
     if _is_complete(folder):
+        _refresh_processor_config(folder)
         return folder
     from transformers import EfficientNetForImageClassification
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -189,7 +190,27 @@ def test_fast_preprocessing_matches_the_image_processor():
 
     images = load_fashion_mnist("test").images[:3]
     fast = images_to_pixel_values(images, 64)
-    slow = load_image_processor(64)([Image.fromarray(i).convert("RGB") for i in images], return_tensors="pt")
+    processor = load_image_processor(64)
+    slow = processor([Image.fromarray(i).convert("RGB") for i in images], return_tensors="pt")
     assert fast.shape == (3, 3, 64, 64)
     assert fast.min() >= -1.0 and fast.max() <= 1.0
     torch.testing.assert_close(fast, slow["pixel_values"], atol=0.01, rtol=0)  # PIL rounds to uint8
+    # grayscale (Fashion-MNIST as PIL images), palette and RGBA inputs are converted, not refused
+    gray = [Image.fromarray(i) for i in images]
+    for converted in (gray, [g.convert("P") for g in gray], [g.convert("RGBA") for g in gray]):
+        torch.testing.assert_close(processor(converted, return_tensors="pt")["pixel_values"], slow["pixel_values"])
+
+
+def test_an_older_converted_folder_gets_the_current_preprocessor_settings(tmp_path):
+    from transformers import AutoImageProcessor
+
+    folder = efficientnet_lite0_path(tmp_path)
+    config = folder / "preprocessor_config.json"
+    old = json.loads(config.read_text())
+    del old["do_convert_rgb"]  # what version 1 of the conversion wrote
+    config.write_text(json.dumps(old))
+    weights = (folder / "model.safetensors").stat().st_mtime_ns
+    assert efficientnet_lite0_path(tmp_path) == folder
+    assert json.loads(config.read_text())["do_convert_rgb"] is True
+    assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # not converted again
+    assert AutoImageProcessor.from_pretrained(folder).do_convert_rgb
