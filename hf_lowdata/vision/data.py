@@ -41,11 +41,25 @@ class ImageSet:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4):
+        if (self.images.dtype != np.uint8 or self.images.ndim not in (3, 4)
+                or (self.images.ndim == 4 and self.images.shape[-1] != 3)):
             raise DataError(f"{self.source}: images must be uint8 of shape (N, H, W) or (N, H, W, 3), "
-                            f"got {self.images.dtype} {self.images.shape}.")
-        if self.labels is not None and len(self.labels) != len(self.images):
+                            f"got {self.images.dtype} {self.images.shape} (RGBA: drop the alpha channel, "
+                            "images[..., :3]).")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise DataError(f"{self.source}: label names repeat: {list(self.label_names)}.")
+        if self.labels is None:
+            return
+        if len(self.labels) != len(self.images):
             raise DataError(f"{self.source}: {len(self.images)} images but {len(self.labels)} labels.")
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "iu":
+            raise DataError(f"{self.source}: labels must be integer class indices into label_names, got "
+                            f"{labels.dtype} (map names to indices: label_names.index(name)).")
+        outside = labels[(labels < 0) | (labels >= len(self.label_names))]
+        if len(outside):
+            raise DataError(f"{self.source}: labels {sorted(set(outside.tolist()))[:5]} are outside 0.."
+                            f"{len(self.label_names) - 1} (one per name in label_names).")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -92,6 +92,20 @@ def test_loaders_reject_bad_input(tmp_path):
         load_fashion_mnist("validation")
 
 
+@pytest.mark.parametrize(("images", "labels", "names", "message"), [
+    (np.zeros((2, 8, 8, 4), np.uint8), [0, 1], ("a", "b"), "RGBA: drop the alpha channel"),
+    (np.zeros((2, 8, 8), np.uint8), [0, 12], ("a", "b"), r"labels \[12\] are outside 0..1"),  # was dropped
+    (np.zeros((2, 8, 8), np.uint8), [-1, 1], ("a", "b"), r"labels \[-1\] are outside"),
+    (np.zeros((2, 8, 8), np.uint8), ["a", "b"], ("a", "b"), "integer class indices"),
+    (np.zeros((2, 8, 8), np.uint8), [0, 1], ("a", "a"), "label names repeat"),
+])
+def test_image_sets_refuse_what_training_would_misread(images, labels, names, message):
+    from hf_lowdata.vision import ImageSet
+
+    with pytest.raises(DataError, match=message):
+        ImageSet(images, np.asarray(labels), names, "mine")
+
+
 def test_image_tasks_are_deterministic_nested_and_disjoint():
     train, test = load_digits("train"), load_digits("test")
     one = make_image_few_shot_task(train, test, k=1, seed=3, unlabelled=100)
