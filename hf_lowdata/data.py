@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -607,8 +608,23 @@ def make_few_shot_task(
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, single spaces: how texts are compared for overlap between splits."""
-    return " ".join(text.lower().split())
+    """The key texts are compared by, for overlap between splits and corpora.
+
+    Public corpora copy each other's sentences with other tokenisation and encoding: SST-2's test
+    sentence ``it 's a charming and often affecting journey .`` is ``it's a charming ...`` in MR's
+    pool, and SST's ``clichéd`` is MR's ``clich\ufffdd``. So a text that is mostly ASCII (at most 1 in
+    10 of its letters and digits is not) is keyed by its case-folded ASCII letters and digits only;
+    any other text by all its letters and digits (case-folded, NFKD), so texts in other scripts are
+    compared in full; a text with no letter or digit (``:-)``) by its case-folded, space-normalised
+    form, so such texts do not all collide.
+    """
+    folded = text.casefold()
+    ascii_key = "".join(c for c in folded if c.isascii() and c.isalnum())
+    other = sum(1 for c in folded if not c.isascii() and c.isalnum())
+    if ascii_key and other * 9 <= len(ascii_key):
+        return ascii_key
+    key = "".join(c for c in unicodedata.normalize("NFKD", folded) if c.isalnum())
+    return key or " ".join(folded.split())
 
 
 def excluded_pool_indices(pool: TextDataset, texts: Iterable[str]) -> list[int]:

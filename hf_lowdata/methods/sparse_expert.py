@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..budgets import Budget, get_budget
-from ..data import DataError, FewShotTask, load_data
+from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
 from ..models import load_encoder, load_tokenizer, model_id, resolve_model_path
 from .base import FittedClassifier, Method, RunContext, register_method
@@ -114,8 +114,6 @@ class MetaTrainingPlan:
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data, with the model and source files identified by content."""
-        from ..training.episodes import normalise_text
-
         data = asdict(self)
         data.pop("exclude_texts")
         data["model"] = model_id(self.model)
@@ -126,7 +124,7 @@ class MetaTrainingPlan:
             for name in self.sources
         }
         data["source_dir"] = str(Path(self.source_dir).resolve())
-        data["excluded_texts"] = _digest(*sorted({normalise_text(t).encode() for t in self.exclude_texts}))
+        data["excluded_texts"] = _digest(*sorted({normalize_text(t).encode() for t in self.exclude_texts}))
         return data
 
     def key(self) -> str:

@@ -11,7 +11,7 @@ inputs. :class:`TextSource` wraps a :class:`~hf_lowdata.data.TextDataset` and a 
 modalities (images) provide their own ``encode``.
 
 Held-out test texts must never be meta-trained on: ``exclude_texts`` drops every source example
-whose normalised text (lower-cased letters and digits only) occurs there. This matters with the
+whose :func:`~hf_lowdata.data.normalize_text` key occurs there. This matters with the
 shared data: 1,150 of the 1,821 SST-2 test sentences occur in MR's training pool.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,14 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DataError, TextDataset
-
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
-
-
-def normalise_text(text: str) -> str:
-    """Lower-cased letters and digits only: the key used to find a text in another corpus."""
-    return _NON_ALNUM.sub("", text.lower())
+from ..data import DataError, TextDataset, normalize_text
 
 
 class EpisodeSource(Protocol):
@@ -57,7 +49,7 @@ class TextSource:
         tokenizer: the model's tokenizer.
         max_length: tokens per text.
         name: a name for messages and cache keys (default: ``data.source``).
-        exclude_texts: texts never to draw (compared after :func:`normalise_text`), e.g. test sets.
+        exclude_texts: texts never to draw (compared after :func:`normalize_text`), e.g. test sets.
     """
 
     def __init__(
@@ -70,8 +62,8 @@ class TextSource:
     ) -> None:
         if data.labels is None:
             raise DataError(f"{data.source}: episodes need labelled data, this dataset has no labels.")
-        excluded = {normalise_text(t) for t in exclude_texts}
-        keep = [i for i, t in enumerate(data.texts) if normalise_text(t) not in excluded] if excluded else None
+        excluded = {normalize_text(t) for t in exclude_texts}
+        keep = [i for i, t in enumerate(data.texts) if normalize_text(t) not in excluded] if excluded else None
         self.data = data if keep is None else data.subset(keep)
         self.excluded = 0 if keep is None else len(data) - len(keep)
         self.tokenizer = tokenizer

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_lowdata.data import DataError, TextDataset
+from hf_lowdata.data import DataError, TextDataset, normalize_text
 from hf_lowdata.models import load_tokenizer
-from hf_lowdata.training.episodes import EpisodeDataset, TextSource, normalise_text
+from hf_lowdata.training.episodes import EpisodeDataset, TextSource
 
 
 def _five_class(n_per_class=20) -> TextDataset:
@@ -76,11 +76,11 @@ def test_excluded_texts_are_never_drawn(tok):
     excluded = [t.upper() + " !" for t in data.texts[:10]]  # matched after normalisation
     source = TextSource(data, tok, name="bin", exclude_texts=excluded)
     assert source.excluded == 10 and len(source.data) == 30
-    banned = {normalise_text(t) for t in excluded}
+    banned = {normalize_text(t) for t in excluded}
     episodes = EpisodeDataset([source], 30, query_per_class=2)
     for i in range(30):
         ep = episodes.episode(i)
-        assert not {normalise_text(source.data.texts[j]) for j in ep.support + ep.query} & banned
+        assert not {normalize_text(source.data.texts[j]) for j in ep.support + ep.query} & banned
 
 
 def test_bad_episode_settings_raise_clear_errors(tok):
