@@ -62,13 +62,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datasets", required=True, type=_name_list, help="comma-separated dataset folder names")
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated method names (hf-lowdata methods lists them)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--shots", type=_int_list, default=None, help="labelled examples per class, e.g. 8,16 (default 8,16)")
+    p.add_argument("--shots", type=_int_list, default=None, help="labelled examples per class, e.g. 8,16 (default 8,16,32; none with --totals)")
     p.add_argument("--totals", type=_int_list, default=[], help="labelled examples in total, e.g. 300,500,1000")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="seeds, e.g. 0,1,2 or 0-4 (default 0-4)")
     p.add_argument("--model", default=None, help="model name or local folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--ood-datasets", type=_name_list, default=[], help="also test on these datasets (same labels)")
     p.add_argument("--label-noise", type=_float_list, default=[0.0], help="fractions of wrong labels, e.g. 0.1,0.3")
-    p.add_argument("--unlabelled", type=int, default=0, help="unlabelled pool size for semi-supervised methods")
+    p.add_argument("--unlabelled", type=int, default=2000,
+                   help="unlabelled pool size for the methods that use one (default 2000; 0 = none)")
     p.add_argument("--dev-k", type=int, default=None, help="a disjoint dev set of this many examples per class")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (GPUs with bf16 support)")
@@ -81,7 +82,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_benchmark
 
-    shots = args.shots if args.shots is not None else ([] if args.totals else [8, 16])
+    shots = args.shots if args.shots is not None else ([] if args.totals else [8, 16, 32])
     config = BenchConfig(
         data_dir=args.data_dir,
         datasets=args.datasets,

@@ -6,6 +6,7 @@ typed in by hand.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -81,8 +82,12 @@ def _machine(record: dict[str, Any]) -> str:
     return f"{m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch threads" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
 
 
-def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per dataset x method x budget x setting, plus OOD and failures."""
+def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] = ()) -> str:
+    """Mean ± std over seeds per dataset x method x budget x setting, plus OOD and failures.
+
+    ``planned``: the run keys of the invocation; those without a record are listed, so a summary of a
+    stopped (or still running) benchmark says which runs its means lack.
+    """
     latest = latest_records(records)
     groups = group_records(latest)
     lines = ["# Benchmark summary", ""]
@@ -129,18 +134,36 @@ def summary_markdown(records: Sequence[dict[str, Any]]) -> str:
     ood_rows = [(k, rs) for k, rs in groups.items() if any(r.get("ood_accuracy") for r in rs)]
     if ood_rows:
         lines += ["", "## Out-of-domain accuracy (%)", "",
-                  "| trained on | method | labels | in-domain | out-of-domain (test set: accuracy) |",
-                  "|---|---|---|---|---|"]
-        for key, rs in sorted(ood_rows, key=lambda kv: (kv[0][0], _budget_sort(kv[0][2]), kv[0][1])):
+                  "| trained on | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
+                  + "seeds | in-domain | out-of-domain (test set: accuracy) |",
+                  "|---|---|---|---|---|---|---|" + ("---|" if len(settings) > 1 else "")]
+        for key, rs in sorted(ood_rows, key=lambda kv: (kv[0][0], _budget_sort(kv[0][2]), kv[0][3], kv[0][4],
+                                                        kv[0][1], kv[0][5])):
+            dataset, method, label, noise, unl, setting = key
             targets = sorted({t for r in rs for t in r.get("ood_accuracy", {})})
             cells = "; ".join(f"{t}: {_pm([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
                               for t in targets)
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_pm([r['accuracy'] for r in rs])} | {cells} |")
+            lines.append(f"| {dataset} | {method} | {label} | {noise:g} | {unl} | "
+                         + (f"{setting} | " if len(settings) > 1 else "")
+                         + f"{len({r['seed'] for r in rs})} | {_pm([r['accuracy'] for r in rs])} | {cells} |")
     if failed:
         lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
         for r in failed:
             error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")[:300]
             lines.append(f"| {r['dataset']} | {r['method']} | {budget_label(r)} | {r['seed']} | {error} |")
+    recorded = {r["run_key"] for r in latest if "run_key" in r}
+    missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
+    if missing:
+        lines += ["", "## Planned runs without a record", "",
+                  f"{len(missing)} of the {len(dict.fromkeys(planned))} runs planned by the last invocation have no "
+                  "record yet (still to run, or the benchmark was stopped: `--resume` runs them). The means above "
+                  "lack them.", "", "| dataset | method | labels | noise | unlabelled | seeds |", "|---|---|---|---|---|---|"]
+        by_row: dict[tuple, list[int]] = defaultdict(list)
+        for m in missing:
+            by_row[(m["dataset"], m["method"], budget_label(m), float(m.get("label_noise", 0.0)),
+                    int(m.get("unlabelled", 0)))].append(m["seed"])
+        for (dataset, method, label, noise, unl), seeds in by_row.items():
+            lines.append(f"| {dataset} | {method} | {label} | {noise:g} | {unl} | {', '.join(map(str, sorted(seeds)))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +235,8 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_report(records: Sequence[dict[str, Any]], out: str | Path) -> None:
-    """Rewrite ``summary.md`` and ``plots/`` from the records."""
+def write_report(records: Sequence[dict[str, Any]], out: str | Path, planned: Sequence[str] = ()) -> None:
+    """Rewrite ``summary.md`` and ``plots/`` from the records (and the invocation's planned run keys)."""
     out = Path(out)
-    atomic_write_text(out / "summary.md", summary_markdown(records))
+    atomic_write_text(out / "summary.md", summary_markdown(records, planned))
     write_plots(records, out / "plots")

@@ -30,7 +30,7 @@ from ..data import (
     make_few_shot_task,
 )
 from ..methods import RunContext, SharedCache, get_method
-from ..methods.base import directory_bytes, unknown_options
+from ..methods.base import METHODS, directory_bytes, unknown_options
 from ..models import model_id, resolve_model_path
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
@@ -54,13 +54,14 @@ class BenchConfig:
         datasets: names of the sub-folders to train on.
         methods: registered method names.
         out: output folder (``runs.jsonl``, ``summary.md``, ``plots/``).
-        shots: labelled examples per class (k); one run set per value.
+        shots: labelled examples per class (k); one run set per value (protocol default 8, 16, 32).
         totals: labelled examples in total (N), stratified; one run set per value.
         seeds: seeds of the runs (labelled-set draw, initialisation, data order).
         model: model name or folder (``None``: the packaged default).
         ood_datasets: datasets to also test on (same label set; the training dataset is skipped).
         label_noise: fractions of labelled examples that get a wrong label (0.0 = clean).
-        unlabelled: size of the unlabelled pool for semi-supervised methods (0 = none).
+        unlabelled: size of the unlabelled pool (protocol default 2,000), drawn only for methods that use
+            unlabelled data; other methods' runs are planned and recorded with 0.
         dev_k: a disjoint dev set of this many examples per class (off by default).
         resume: continue an earlier invocation in ``out``, skipping its finished runs.
         device: torch device (default: CUDA if available, else CPU).
@@ -73,13 +74,13 @@ class BenchConfig:
     datasets: list[str]
     methods: list[str]
     out: Path
-    shots: list[int] = field(default_factory=lambda: [8, 16])
+    shots: list[int] = field(default_factory=lambda: [8, 16, 32])
     totals: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     model: str | None = None
     ood_datasets: list[str] = field(default_factory=list)
     label_noise: list[float] = field(default_factory=lambda: [0.0])
-    unlabelled: int = 0
+    unlabelled: int = 2000
     dev_k: int | None = None
     resume: bool = False
     device: str | None = None
@@ -111,9 +112,8 @@ def plan_runs(config: BenchConfig) -> list[RunSpec]:
             for noise in config.label_noise:
                 for seed in config.seeds:
                     for method in config.methods:
-                        specs.append(
-                            RunSpec(dataset, method, seed, label_noise=noise, unlabelled=config.unlabelled, **{kind: value})
-                        )
+                        pool = config.unlabelled if getattr(METHODS.get(method), "uses_unlabelled", False) else 0
+                        specs.append(RunSpec(dataset, method, seed, label_noise=noise, unlabelled=pool, **{kind: value}))
     return specs
 
 
@@ -142,9 +142,12 @@ def validate(config: BenchConfig) -> None:
         raise BenchError("No seeds given; pass --seeds, e.g. --seeds 0,1,2,3,4.")
     bad_budgets = [f"--shots {k}" for k in config.shots if k < 1] + [f"--totals {n}" for n in config.totals if n < 2]
     bad_budgets += [f"--label-noise {p}" for p in config.label_noise if not 0.0 <= p < 1.0]
+    bad_budgets += [f"--unlabelled {config.unlabelled}"] if config.unlabelled < 0 else []
+    bad_budgets += [f"--dev-k {config.dev_k}"] if config.dev_k is not None and config.dev_k < 1 else []
     if bad_budgets:
-        raise BenchError(f"{', '.join(bad_budgets)}: shots must be at least 1, totals at least 2 and label-noise "
-                         "fractions from 0 up to (not including) 1.")
+        raise BenchError(f"{', '.join(bad_budgets)}: shots must be at least 1, totals at least 2, label-noise "
+                         "fractions from 0 up to (not including) 1, the unlabelled pool 0 or more, and dev-k at "
+                         "least 1 (leave it out for no dev set).")
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
         raise BenchError(f"--data-dir {data_dir} is not a folder.")
@@ -207,7 +210,8 @@ def _run_benchmark_locked(
     done = finished_keys(read_records(runs_path))
     model_name = model_id(config.model)
     specs = plan_runs(config)
-    todo = [s for s in specs if s.key(model_name) not in done]
+    planned = [s.key(model_name) for s in specs]
+    todo = [s for s, key in zip(specs, planned) if key not in done]
     env = environment()
     saved = out / "config.json.tmp"
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
@@ -230,11 +234,11 @@ def _run_benchmark_locked(
                 on_record(record)
             bar.update(1)
             if (i + 1) % max(1, config.report_every) == 0:
-                write_report(read_records(runs_path), out)
+                write_report(read_records(runs_path), out, planned)
     finally:
         bar.close()
     records = read_records(runs_path)
-    write_report(records, out)
+    write_report(records, out, planned)
     return records
 
 

@@ -122,6 +122,7 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"shots": [0]}, "--shots 0"), ({"label_noise": [1.5]}, "--label-noise 1.5"), ({"totals": [1], "shots": []}, "--totals 1"),
+    ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"),
 ])
 def test_bad_label_budgets_fail_before_any_output(toy_data_dir, tiny_bert_dir, tmp_path, change, message):
     with pytest.raises(BenchError, match=message):
@@ -135,6 +136,20 @@ def test_plan_covers_the_cross_product():
     specs = plan_runs(config)
     assert len(specs) == 2 * 3 * 2 * 3 * 2 and len(set(specs)) == len(specs)
     assert [s.dataset for s in specs[: len(specs) // 2]] == ["a"] * (len(specs) // 2)
+
+
+def test_protocol_defaults_and_the_pool_only_for_methods_that_use_it():
+    """benchmark.md: k in {8, 16, 32} and U = 2,000 by default. A method that ignores unlabelled data gets no
+    pool and is recorded with 0, so its rows do not claim a pool it never saw."""
+    config = BenchConfig(data_dir=".", datasets=["a"], methods=["probe", "twin_turbo"], out=".", seeds=[0])
+    assert config.shots == [8, 16, 32] and config.unlabelled == 2000
+    pools = {(s.method, s.k): s.unlabelled for s in plan_runs(config)}
+    assert pools == {("probe", 8): 0, ("probe", 16): 0, ("probe", 32): 0,
+                     ("twin_turbo", 8): 2000, ("twin_turbo", 16): 2000, ("twin_turbo", 32): 2000}
+    from hf_lowdata.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--data-dir", ".", "--datasets", "a", "--methods", "probe", "--out", "o"])
+    assert args.shots is None and args.unlabelled == 2000  # None: 8,16,32 unless --totals is given
 
 
 def test_summary_mean_and_std_are_computed_from_records(tmp_path):
@@ -183,3 +198,33 @@ def test_cli_bench_on_real_data_and_default_model(shared_data, tmp_path):
     probe = next(r for r in records if r["method"] == "probe")
     assert probe["accuracy"] > 0.6
     assert (out / "summary.md").is_file() and list((out / "plots").glob("*.png"))
+
+
+def _ok_record(**kw):
+    base = dict(status="ok", dataset="d", method="m", k=8, n=None, label_noise=0.0, unlabelled=0, macro_f1=0.5,
+                train_seconds=1.0, inference_seconds_per_1k=2.0, peak_rss_mb=100.0, trainable_params=10,
+                adapter_bytes=40, ood_accuracy={}, model="x", versions={}, machine={}, accuracy=0.6, seed=0)
+    base.update(kw)
+    return base
+
+
+def test_summary_lists_planned_runs_that_have_no_record():
+    from hf_lowdata.bench.runner import RunSpec
+
+    specs = [RunSpec("d", "m", seed, k=8) for seed in range(3)] + [RunSpec("d", "twin_turbo", 0, k=8, unlabelled=2000)]
+    keys = [s.key("x") for s in specs]
+    records = [_ok_record(seed=0, run_key=keys[0]), _ok_record(seed=1, run_key=keys[1])]
+    text = summary_markdown(records, planned=keys)
+    assert "2 of the 4 runs planned by the last invocation have no record yet" in text
+    assert "| d | m | k=8 | 0 | 0 | 2 |" in text and "| d | twin_turbo | k=8 | 0 | 2000 | 0 |" in text
+    assert "Planned runs without a record" not in summary_markdown(records, planned=keys[:2])
+
+
+def test_out_of_domain_table_keeps_noise_pool_and_setting_apart():
+    records = [_ok_record(seed=s, label_noise=noise, run_key=f"{noise}{s}", ood_accuracy={"o": acc})
+               for noise, acc in ((0.0, 0.7), (0.3, 0.5)) for s in range(2)]
+    records.append(_ok_record(seed=0, run_key="u", unlabelled=2000, ood_accuracy={"o": 0.9}, options={"C": 1}))
+    text = summary_markdown(records).split("## Out-of-domain accuracy (%)")[1]
+    assert "| d | m | k=8 | 0 | 0 | model=x precision=fp32 | 2 | 60.0 ± 0.0 | o: 70.0 ± 0.0 |" in text
+    assert "| d | m | k=8 | 0.3 | 0 | model=x precision=fp32 | 2 | 60.0 ± 0.0 | o: 50.0 ± 0.0 |" in text
+    assert "| d | m | k=8 | 0 | 2000 | model=x precision=fp32 C=1 | 1 | 60.0 ± 0.0 | o: 90.0 ± 0.0 |" in text
