@@ -345,26 +345,59 @@ def _run_callback(ctx: RunContext, label: str):
 DEV_SELECTION_LOG = "dev_selection.json"
 
 
-def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps: int):
-    """Model selection on the task's dev set, the same rule for every transformer method.
+class DevSelector:
+    """Model selection on the task's dev set: the same rule for every method that trains in steps.
 
-    The returned TrainerCallback scores dev accuracy at 5 evenly spaced steps (and the last), keeps
-    a copy of the trainable parameters at the best step (ties go to the later step); call its
-    ``restore(model)`` after training. When the run writes checkpoints, every score and each new
-    best copy are written beside them (``dev_selection.json``, ``dev_best-STEP.safetensors``), so a
-    run resumed from checkpoint N selects exactly as an uninterrupted one: the scores up to step N
-    are read back, later ones are measured again.
+    Dev accuracy is scored at 5 evenly spaced steps (and the last); the trainable parameters at the
+    best step are kept (ties go to the later step) and :meth:`restore` puts them back. ``dev_logits``
+    scores a model on the dev examples (raw texts, cached features: whatever the method predicts from).
+    """
+
+    def __init__(self, dev_labels: Sequence[int], dev_logits: Callable[[torch.nn.Module], np.ndarray],
+                 max_steps: int) -> None:
+        self.labels = np.asarray(dev_labels)
+        self.dev_logits = dev_logits
+        self.max_steps = max_steps
+        self.every = max(1, max_steps // 5)
+        self.best_accuracy = -1.0
+        self.best_step = 0
+        self.snapshot: dict[str, torch.Tensor] = {}
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` (counted from 1) is scored."""
+        return step % self.every == 0 or step == self.max_steps
+
+    def observe(self, step: int, model: torch.nn.Module) -> tuple[float, bool]:
+        """Score ``model`` after ``step``; returns (dev accuracy, whether it is the new best)."""
+        acc = float((self.dev_logits(model).argmax(1) == self.labels).mean())
+        improved = acc >= self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_step = acc, step
+            self.snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return acc, improved
+
+    def restore(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.snapshot:
+                    param.copy_(self.snapshot[name].to(param.device, param.dtype))
+
+
+def dev_selection_callback(dev_labels: Sequence[int], dev_logits: Callable[[torch.nn.Module], np.ndarray],
+                           max_steps: int):
+    """A :class:`DevSelector` as a TrainerCallback (call its ``restore(model)`` after training).
+
+    When the run writes checkpoints, every score and each new best copy are written beside them
+    (``dev_selection.json``, ``dev_best-STEP.safetensors``), so a run resumed from checkpoint N
+    selects exactly as an uninterrupted one: the scores up to step N are read back, later ones are
+    measured again.
     """
     from safetensors.torch import load_file, save_file
     from transformers import TrainerCallback
 
-    every = max(1, max_steps // 5)
-
-    class DevSelection(TrainerCallback):
+    class DevSelection(TrainerCallback, DevSelector):
         def __init__(self) -> None:
-            self.best_accuracy = -1.0
-            self.best_step = 0
-            self._snapshot: dict[str, torch.Tensor] = {}
+            DevSelector.__init__(self, dev_labels, dev_logits, max_steps)
             self._folder: Path | None = None
             self._scores: list[dict[str, float]] = []
 
@@ -377,37 +410,32 @@ def dev_selection_callback(tokenizer: Any, dev: Any, max_length: int, max_steps:
             if self._scores:  # resumed: the best of the scores up to the checkpoint, ties to the later step
                 best = max(self._scores, key=lambda r: (r["accuracy"], r["step"]))
                 self.best_accuracy, self.best_step = best["accuracy"], int(best["step"])
-                self._snapshot = load_file(str(self._folder / f"dev_best-{self.best_step}.safetensors"))
+                self.snapshot = load_file(str(self._folder / f"dev_best-{self.best_step}.safetensors"))
             return control
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if model is None or (state.global_step % every and state.global_step != state.max_steps):
+            if model is None or not self.due(state.global_step):
                 return control
-            logits = predict_logits(model, tokenizer, dev.texts, max_length=max_length)
-            acc = float((logits.argmax(1) == np.asarray(dev.labels)).mean())
-            if acc >= self.best_accuracy:
-                self.best_accuracy, self.best_step = acc, state.global_step
-                self._snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-                if self._folder is not None and state.is_world_process_zero:
-                    target = self._folder / f"dev_best-{state.global_step}.safetensors"
-                    save_file({k: v.contiguous().cpu() for k, v in self._snapshot.items()}, str(target) + ".tmp")
-                    os.replace(str(target) + ".tmp", target)
+            acc, improved = self.observe(state.global_step, model)
             if self._folder is not None and state.is_world_process_zero:  # the copy first, then its score
+                self._folder.mkdir(parents=True, exist_ok=True)
+                if improved:
+                    target = self._folder / f"dev_best-{state.global_step}.safetensors"
+                    save_file({k: v.contiguous().cpu() for k, v in self.snapshot.items()}, str(target) + ".tmp")
+                    os.replace(str(target) + ".tmp", target)
                 self._scores = [r for r in self._scores if r["step"] < state.global_step]
                 self._scores.append({"step": state.global_step, "accuracy": acc})
                 log = self._folder / DEV_SELECTION_LOG
-                self._folder.mkdir(parents=True, exist_ok=True)
                 (log.with_name(log.name + ".tmp")).write_text(json.dumps(self._scores))
                 os.replace(log.with_name(log.name + ".tmp"), log)
             return control
 
-        def restore(self, model: torch.nn.Module) -> None:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in self._snapshot:
-                        param.copy_(self._snapshot[name].to(param.device, param.dtype))
-
     return DevSelection()
+
+
+def text_dev_logits(tokenizer: Any, texts: Sequence[str], max_length: int) -> Callable[[torch.nn.Module], np.ndarray]:
+    """``dev_logits`` for a sequence-classification model scored on raw dev texts."""
+    return lambda model: predict_logits(model, tokenizer, texts, max_length=max_length)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -469,7 +497,8 @@ class TransformerMethod(Method):
             trainer.remove_callback(PrinterCallback)
         dev_selection = None
         if task.dev is not None:
-            dev_selection = dev_selection_callback(tokenizer, task.dev, budget.max_length, budget.steps(len(task.labelled)))
+            dev_selection = dev_selection_callback(task.dev.labels, text_dev_logits(tokenizer, task.dev.texts, budget.max_length),
+                                                   budget.steps(len(task.labelled)))
             trainer.add_callback(dev_selection)
         resume = ctx.resume and last_complete_checkpoint(output_dir) is not None
         trainer.train(resume_from_checkpoint=True if resume else None)

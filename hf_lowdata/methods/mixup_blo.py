@@ -43,6 +43,7 @@ from .base import (
     default_device,
     dev_selection_callback,
     register_method,
+    text_dev_logits,
 )
 
 #: Fold f trains with seed ``seed + FOLD_SEED_STRIDE * f`` (its split, data order and dropout).
@@ -232,7 +233,8 @@ class MixupBLO(TransformerMethod):
         search_callbacks: list[Any] = []
         dev_selection = None
         if task.dev is not None:  # the same dev-set model selection as every transformer method, in phase 2
-            dev_selection = dev_selection_callback(tokenizer, task.dev, budget.max_length,
+            dev_selection = dev_selection_callback(task.dev.labels, text_dev_logits(tokenizer, task.dev.texts,
+                                                                                     budget.max_length),
                                                    budget.steps(len(task.labelled)))
 
         def base_model() -> torch.nn.Module:

@@ -40,7 +40,7 @@ from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
 from ..models import load_encoder, load_tokenizer, model_id, resolve_model_path
-from .base import FittedClassifier, Method, RunContext, register_method
+from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
 
 BUDGET_NAME = "sparse_expert"
 DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
@@ -288,12 +288,14 @@ class PrototypeClassifier(FittedClassifier):
 
 
 def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotTask, budget: Budget, mode: str,
-                        seed: int, lora_r: int = 8, lora_alpha: int = 8) -> tuple[torch.nn.Module, int]:
+                        seed: int, lora_r: int = 8, lora_alpha: int = 8,
+                        dev_selector: DevSelector | None = None) -> tuple[torch.nn.Module, int]:
     """Test-time fine-tuning with the ProtoNet loss (prototypes from each batch, as the authors recompute them).
 
     ``mode``: ``"lora"`` (PEFT LoRA on query/value, merged afterwards) or ``"full"``. Steps and batch size
-    follow ``budget`` (the same as the baselines'); batches are stratified and seeded. Returns the
-    (plain) encoder and the number of trained parameters.
+    follow ``budget`` (the same as the baselines'); batches are stratified and seeded. ``dev_selector``
+    (see :func:`prototype_dev_selector`) keeps the step with the best dev accuracy. Returns the (plain)
+    encoder and the number of trained parameters.
     """
     from ..tuners.sparse_expert import class_prototypes, cosine_logits, pooled_features
 
@@ -332,11 +334,30 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if dev_selector is not None and dev_selector.due(step + 1):
+            dev_selector.observe(step + 1, model)
+            model.train()
     model.eval()
+    if dev_selector is not None:
+        dev_selector.restore(model)
     if mode == "lora":
         model = model.merge_and_unload()
     model.requires_grad_(False)
     return model, trained
+
+
+def prototype_dev_selector(tokenizer: Any, task: FewShotTask, budget: Budget) -> DevSelector:
+    """Dev-set step selection for :func:`finetune_on_support`: each scored model classifies the dev texts
+    with prototypes of the support set, as the final classifier does."""
+    assert task.dev is not None and task.dev.labels is not None
+
+    def dev_logits(model: torch.nn.Module) -> np.ndarray:
+        encoder = model.get_base_model() if hasattr(model, "get_base_model") else model
+        prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)
+        return PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names,
+                                   budget.max_length).predict_proba(task.dev.texts, use_cache=False)
+
+    return DevSelector(task.dev.labels, dev_logits, budget.steps(len(task.labelled)))
 
 
 _NO_SOURCE_DIR = (f"meta-trains on source datasets: set {DATA_DIR_ENV} to a folder holding "
@@ -424,14 +445,20 @@ class SparseExpertMethod(Method):
             info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
         mode = str(self.option(ctx, "finetune", "lora"))
         trained = 0
+        selector = None
         if mode != "none":
             ft_budget = budget if mode == "lora" else ctx.budget_for("full")
+            selector = prototype_dev_selector(tokenizer, task, ft_budget) if task.dev is not None else None
             encoder, trained = finetune_on_support(encoder, tokenizer, task, ft_budget, mode, ctx.seed,
-                                                   int(self.option(ctx, "r", 8)), int(self.option(ctx, "lora_alpha", 8)))
+                                                   int(self.option(ctx, "r", 8)), int(self.option(ctx, "lora_alpha", 8)),
+                                                   dev_selector=selector)
         info["finetune"] = mode
         prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)
-        return PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names, budget.max_length, info=info,
-                                   trainable_parameters=trained)
+        fitted = PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names, budget.max_length, info=info,
+                                     trainable_parameters=trained)
+        if selector is not None:
+            fitted.notes.update(dev_accuracy=selector.best_accuracy, selected_step=selector.best_step)
+        return fitted
 
 
 @register_method

@@ -43,6 +43,7 @@ from .base import (
     _median,
     _run_callback,
     default_device,
+    dev_selection_callback,
     register_method,
 )
 
@@ -98,9 +99,10 @@ def predict_from_states(model: torch.nn.Module, states: Sequence[torch.Tensor], 
 
 def train_projector(
     model: torch.nn.Module, labelled: TokenStateDataset, unlabelled: TokenStateDataset | None, budget: Budget,
-    ctx: RunContext, run_name: str, config: TwinTurboConfig,
+    ctx: RunContext, run_name: str, config: TwinTurboConfig, callbacks: Sequence[Any] = (),
 ):
-    """Train a TwinTurbo PEFT model on cached token states; return the trainer and its step timer."""
+    """Train a TwinTurbo PEFT model on cached token states; return the trainer and its step timer.
+    ``callbacks``: more TrainerCallbacks (e.g. dev-set selection)."""
     from ..training import LowDataTrainer, few_shot_training_args
 
     device = default_device(ctx.device)
@@ -112,7 +114,8 @@ def train_projector(
     trainer = LowDataTrainer(
         model=model, args=args, train_dataset=labelled, data_collator=collate_token_states,
         objective=TwinTurboObjective(config), unlabeled_dataset=unlabelled,
-        unlabeled_batch_size=int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)), callbacks=[callback],
+        unlabeled_batch_size=int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)),
+        callbacks=[callback, *callbacks],
     )
     if ctx.quiet:
         from transformers.trainer_callback import PrinterCallback
@@ -170,8 +173,18 @@ class TwinTurbo(Method):
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
         model = get_peft_model(base, config).to(default_device(ctx.device))
-        trainer, callback = train_projector(model, labelled, unlabelled, budget, ctx, self.name, config)
+        dev_selection = None
+        if task.dev is not None:  # the same dev-set step selection as every method that trains in steps
+            dev_states = states(task.dev.texts)
+            dev_selection = dev_selection_callback(task.dev.labels, lambda m: predict_from_states(m, dev_states),
+                                                   budget.steps(len(labelled)))
+        trainer, callback = train_projector(model, labelled, unlabelled, budget, ctx, self.name, config,
+                                            callbacks=[dev_selection] if dev_selection is not None else [])
+        if dev_selection is not None:
+            dev_selection.restore(trainer.model)
         fitted = TwinTurboClassifier(trainer.model, tokenizer, task.label_names, budget.max_length, states)
+        if dev_selection is not None:
+            fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
         fitted.train_step_seconds = _median(callback.step_seconds)
         fitted.optimizer_step_seconds = _median(callback.optimizer_seconds)
         return fitted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -128,17 +130,20 @@ def test_setfit_baseline_runs_on_minilm(tmp_path):
     from hf_lowdata.methods import METHODS
 
     assert METHODS["setfit"].unavailable_reason() is None, "setfit is in the dev extra and must import here"
-    task = _task(k=4)
+    task = replace(_task(k=4), dev=_task(k=2).labelled)  # a dev set SetFit cannot use: the record says so
     ctx = RunContext(seed=0, budget=Budget(learning_rate=2e-5, epochs=1, batch_size=8, options={"num_iterations": 2}),
                      work_dir=tmp_path)
     fitted = get_method("setfit").fit(task, ctx)
     assert fitted.predict_proba(task.test.texts[:5]).shape == (5, 2)
+    assert fitted.notes["dev_set"].startswith("not used")
     files = {p.name for p in fitted.save(tmp_path / "sf").iterdir()}
     assert "setfit_head.safetensors" in files and not any(f.endswith(".pkl") for f in files)
 
 
-def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path):
-    """With a dev set, transformer methods keep the parameters of their best dev step."""
+@pytest.mark.parametrize("method", ["lora", "twin_turbo", "sparse_expert_pretrained"])
+def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path, method):
+    """With a dev set, every method that trains in steps keeps the parameters of its best dev step (the
+    projector from cached features, SMAT's test-time fine-tuning with prototypes too)."""
     from hf_lowdata.data import DatasetSplits
 
     rows = toy_sentences(120, 0)
@@ -146,7 +151,7 @@ def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path):
     task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=8, dev_k=8)
     ctx = RunContext(model=tiny_bert_dir, seed=0, budget=Budget(learning_rate=5e-3, epochs=1, min_steps=10,
                      max_steps=10, batch_size=8), work_dir=tmp_path, quiet=True)
-    fitted = get_method("lora").fit(task, ctx)
+    fitted = get_method(method).fit(task, ctx)
     notes = fitted.notes
     assert notes["selected_step"] in (2, 4, 6, 8, 10)
     dev_acc = float((fitted.predict(task.dev.texts) == np.asarray(task.dev.labels)).mean())
