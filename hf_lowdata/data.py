@@ -577,8 +577,9 @@ def make_few_shot_task(
                     else sample_total(pool, n, seed, exclude=excluded))
     used = set(labelled_idx) | excluded
     dev = None
-    if dev_k:
-        dev_idx = sample_per_class(pool, dev_k, seed, exclude=used, purpose="dev")
+    if dev_k:  # disjoint by text, not only by index: a repeated row must not score the model on its own example
+        copies = excluded_pool_indices(pool, [pool.texts[i] for i in labelled_idx])
+        dev_idx = sample_per_class(pool, dev_k, seed, exclude=used | set(copies), purpose="dev")
         used.update(dev_idx)
         dev = pool.subset(dev_idx, source=f"{splits.name} dev ({dev_k}/class, seed {seed})")
     unlabelled_set = None

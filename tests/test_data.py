@@ -295,3 +295,14 @@ def test_conflicting_and_duplicate_rows_are_warned_about(tmp_path):
     assert any("1 text(s) carry different labels, e.g. 'great': neg, pos" in m for m in messages)
     assert any("1 row(s) repeat an earlier row" in m for m in messages)
     assert len(data) == 5  # nothing is dropped: the user decides
+
+
+def test_dev_set_never_holds_a_copy_of_a_labelled_text():
+    """MPQA-like pools repeat short texts; the dev set is disjoint from the labelled set by text."""
+    from hf_lowdata.data import DatasetSplits
+
+    texts = tuple(f"phrase {i % 40}" for i in range(400))  # every text 10 times, always with the same label
+    pool = TextDataset(texts, tuple((i % 40) % 2 for i in range(400)), ("neg", "pos"), "dupes")
+    for seed in range(5):
+        task = make_few_shot_task(DatasetSplits("dupes", pool.label_names, pool), seed=seed, k=4, dev_k=4)
+        assert not set(task.dev.texts) & set(task.labelled.texts)
