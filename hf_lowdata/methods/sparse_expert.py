@@ -458,6 +458,8 @@ class SparseExpertMethod(Method):
                                      trainable_parameters=trained)
         if selector is not None:
             fitted.notes.update(dev_accuracy=selector.best_accuracy, selected_step=selector.best_step)
+        elif task.dev is not None:
+            fitted.notes["dev_set"] = "not used: finetune='none' trains no step to select"
         return fitted
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,6 +139,11 @@ def test_no_meta_tuning_variant_without_finetuning(tiny_bert_dir, data_dir, tmp_
     assert fitted.trainable_parameters == 0 and "routing" not in fitted.info
     assert not (tmp_path / "cache").exists()  # nothing meta-trained
     assert fitted.predict(task.test.texts).shape == (len(task.test),)
+    assert "dev_set" not in fitted.notes
+    with_dev = replace(task, dev=task.test)  # nothing trains, so a dev set cannot select anything: said so
+    notes = get_method("sparse_expert_pretrained").fit(with_dev, _ctx(tiny_bert_dir, data_dir, tmp_path,
+                                                                      finetune="none")).notes
+    assert notes["dev_set"].startswith("not used") and "selected_step" not in notes
 
 
 def test_corrupt_saved_classifier_and_cache_entry_are_refused(tiny_bert_dir, data_dir, tmp_path):
