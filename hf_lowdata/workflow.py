@@ -30,7 +30,13 @@ from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, RunContext, SharedCache, get_method
 from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
-from .models import ModelNotFoundError, resolve_model_path
+from .models import (
+    ModelNotFoundError,
+    has_tokenizer,
+    require_text_model,
+    resolve_model_path,
+    safetensors_error,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
@@ -280,7 +286,7 @@ def train_method(
     check_config(config_methods or [method], preset, config)
     budget, options = resolve_budget(method, preset, config)
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
-    resolve_model_path(model)  # a missing model fails before any work, with its own message
+    require_text_model(model)  # a missing (or image, or tokenizer-less) model fails before any work, with its message
     out = Path(output_dir)
     _check_output_folder(out)
     created = not out.exists()
@@ -476,14 +482,10 @@ def output_kind(folder: str | os.PathLike) -> str:
 
 def check_weight_files(folder: str | os.PathLike) -> list[Path]:
     """Open every ``*.safetensors`` file below ``folder``; a damaged or truncated one is a clear error."""
-    from safetensors import safe_open
-
     files = sorted(Path(folder).rglob("*.safetensors"))
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                handle.keys()
-        except Exception as err:  # noqa: BLE001 - SafetensorError and OSError both mean "unusable"
+        err = safetensors_error(file)
+        if err is not None:
             raise AdapterLoadError(
                 f"{file} is damaged or truncated ({err}); it holds {file.stat().st_size} bytes. The save or "
                 "download was probably interrupted: save, train or download it again."
@@ -617,8 +619,7 @@ def _load_full(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
     from .models import load_tokenizer
 
     net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    has_tokenizer = (folder / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(folder) if has_tokenizer and model is None else load_tokenizer(
+    tokenizer = load_tokenizer(folder) if has_tokenizer(folder) and model is None else load_tokenizer(
         _base_model_path(meta.get("base_model"), model, folder))
     labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
     return TransformerClassifier(net, tokenizer, labels, int(meta.get("max_length", 128)))

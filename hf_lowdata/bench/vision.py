@@ -18,6 +18,7 @@ Those records name the dataset ``"<name> (dev N)"`` so they never mix with test 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import traceback
@@ -41,6 +42,7 @@ from ..features import (
 )
 from ..methods import RunContext, SharedCache
 from ..methods.base import directory_bytes, unknown_options
+from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
 from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
 from ..vision.efficientnet import (
@@ -111,10 +113,12 @@ def _validate(config: VisionBenchConfig) -> None:
 class _Probe:
     """Logistic regression on mean-pooled feature maps (the image counterpart of ``probe``)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, label_names: Sequence[str], image_size: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
         self.head = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+        self.label_names = list(label_names)
+        self.image_size = image_size
 
     def fit(self, states: Sequence[torch.Tensor], labels: np.ndarray) -> _Probe:
         self.head.fit(mean_pool_states(states, normalize=True), labels)
@@ -122,6 +126,13 @@ class _Probe:
 
     def predict(self, states: Sequence[torch.Tensor]) -> np.ndarray:
         return self.head.predict(mean_pool_states(states, normalize=True))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the head as the text probe does (its size is the run's ``adapter_bytes``)."""
+        return save_probe_head(directory, self.head, {
+            "base_model": str(efficientnet_lite0_path()), "modality": "image", "label_names": self.label_names,
+            "pooling": "mean", "normalize": True, "image_size": self.image_size,
+        })
 
 
 def run_vision_benchmark(config: VisionBenchConfig) -> list[dict[str, Any]]:
@@ -203,8 +214,10 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
             torch.manual_seed(spec["seed"])
             with Timer() as train_timer:
                 if spec["method"] == "probe":
-                    fitted: Any = _Probe(spec["seed"]).fit(labelled_states, task.labelled.labels)
-                    predict, trainable, saved = fitted.predict, fitted.head.coef_.size + fitted.head.intercept_.size, 0
+                    fitted: Any = _Probe(spec["seed"], task.label_names, config.image_size).fit(
+                        labelled_states, task.labelled.labels)
+                    predict, trainable = fitted.predict, fitted.head.coef_.size + fitted.head.intercept_.size
+                    saved = directory_bytes(fitted.save(Path(work) / "probe"))
                 else:
                     model, saved_dir = _fit_twin_turbo(spec["method"], task, labelled_states, unlabelled_states,
                                                        ctx, Path(work))

@@ -44,24 +44,27 @@ class ProbeClassifier(FittedClassifier):
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {
-                "coef": torch.from_numpy(np.ascontiguousarray(self.head.coef_, dtype=np.float32)),
-                "intercept": torch.from_numpy(np.ascontiguousarray(self.head.intercept_, dtype=np.float32)),
-                "classes": torch.from_numpy(np.asarray(self.head.classes_, dtype=np.int64)),
-            },
-            str(out / "probe_head.safetensors"),
-        )
-        (out / "probe_config.json").write_text(
-            json.dumps(
-                {"method": "probe", "base_model": str(self.model), "label_names": list(self.label_names),
-                 "pooling": "mean", "normalize": True, "max_length": self.max_length},
-                indent=2,
-            )
-        )
-        return out
+        return save_probe_head(directory, self.head, {
+            "base_model": str(self.model), "label_names": list(self.label_names), "pooling": "mean",
+            "normalize": True, "max_length": self.max_length,
+        })
+
+
+def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, Any]) -> Path:
+    """Save a fitted logistic-regression probe: its weights (``probe_head.safetensors``) and ``config``
+    (how its features are made, ``probe_config.json``); shared by the text and image probes."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "coef": torch.from_numpy(np.ascontiguousarray(head.coef_, dtype=np.float32)),
+            "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_, dtype=np.float32)),
+            "classes": torch.from_numpy(np.asarray(head.classes_, dtype=np.int64)),
+        },
+        str(out / "probe_head.safetensors"),
+    )
+    (out / "probe_config.json").write_text(json.dumps({"method": "probe", **config}, indent=2))
+    return out
 
 
 @register_method

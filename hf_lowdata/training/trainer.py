@@ -11,6 +11,9 @@ accelerate underneath, checkpoints) and adds, through a per-method
 * custom main optimizers and parameters excluded from the main optimizer;
 * a custom training DataLoader (episodic meta-learning).
 
+BatchNorm layers whose affine parameters are all frozen (the frozen base model's: their statistics are
+not saved with an adapter) stay in eval mode while training (:mod:`~hf_lowdata.training.batchnorm`).
+
 It also refuses to continue on a non-finite loss (:class:`NonFiniteLossError`, instead of Trainer's
 silent skipping) and resumes only from complete checkpoints (:func:`last_complete_checkpoint`).
 
@@ -32,6 +35,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 
+from .batchnorm import frozen_batchnorm_in_eval
 from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for
 
 AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
@@ -362,8 +366,10 @@ class LowDataTrainer(Trainer):
                     "start without resume_from_checkpoint."
                 )
         self._started_step, self._micro_in_step = None, 0  # a (resumed) run starts a fresh step
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        # the frozen base model's BatchNorm statistics are not saved with an adapter: they must not drift
+        with frozen_batchnorm_in_eval(self.model):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def _save_rng_state(self, output_dir: str) -> None:
         """Each process saves its RNG state; all wait before the main one writes ``trainer_state.json``.

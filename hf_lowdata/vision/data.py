@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +99,30 @@ class ImageFewShotTask:
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+    """The uint8 payload of a gzipped idx file; a damaged or truncated file is a VisionAssetError naming it.
+
+    The header holds a magic number (its last byte: the number of dimensions) and the size of each
+    dimension, so a file cut short (even one gzip reads without complaint) is caught here.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a cut-off stream an EOFError
+        raise _damaged(path, str(err)) from err
+    dims = header // 4 - 1
+    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or raw[3] != dims:
+        raise _damaged(path, f"no idx header of {dims} dimension(s)")
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    if len(raw) - header != int(np.prod(shape)):
+        raise _damaged(path, f"{len(raw) - header} bytes of data where its header announces {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header)
+
+
+def _damaged(path: Path, detail: str) -> VisionAssetError:
+    return VisionAssetError(
+        f"The Fashion-MNIST file {path} is damaged or truncated ({detail}). Reinstall the package: apt-get install "
+        "--reinstall dataset-fashion-mnist, or set HF_LOWDATA_FASHION_MNIST to a folder with intact idx .gz files."
+    )
 
 
 def load_fashion_mnist(split: str = "train", directory: str | os.PathLike | None = None) -> ImageSet:

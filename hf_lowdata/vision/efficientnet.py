@@ -42,7 +42,8 @@ _EXPECTED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json
 
 
 class VisionAssetError(FileNotFoundError):
-    """A vision asset (weights package, data files) is missing; the message says how to install it."""
+    """A vision asset (weights package, data files, converted model) is missing or damaged; the message
+    names the file and says how to install or rebuild it."""
 
 
 def cache_root() -> Path:
@@ -197,6 +198,19 @@ def _refresh_processor_config(folder: Path) -> None:
     os.replace(tmp, path)
 
 
+def _check_weights(weights: Path) -> None:
+    """A damaged or truncated converted weights file (disk full, a copied cache) is a clear error naming it,
+    not a safetensors error deep inside ``from_pretrained``."""
+    from ..models import safetensors_error
+
+    err = safetensors_error(weights)
+    if err is not None:
+        raise VisionAssetError(
+            f"The converted EfficientNet-Lite0 weights {weights} are damaged or truncated ({err}). Delete the "
+            f"folder {weights.parent} (rm -r '{weights.parent}'); the next run converts the packaged weights again."
+        ) from err
+
+
 def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _EXPECTED_FILES)
 
@@ -210,6 +224,7 @@ def efficientnet_lite0_path(cache_dir: str | os.PathLike | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     folder = root / f"efficientnet-lite0-hf-v{CONVERSION_VERSION}"
     if _is_complete(folder):
+        _check_weights(folder / "model.safetensors")
         _refresh_processor_config(folder)
         return folder
     from transformers import EfficientNetForImageClassification

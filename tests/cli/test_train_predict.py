@@ -243,6 +243,36 @@ def test_train_bad_arguments_are_clear_errors(extra, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("model", ["lite0", "tiny_efficientnet", "no_tokenizer"])
+def test_train_with_an_image_model_or_no_tokenizer_is_a_clear_error(model, tmp_path, capsys):
+    """Was a transformers tokenizer error ("Couldn't instantiate the backend tokenizer") naming neither cause."""
+    from transformers import BertConfig, BertModel, EfficientNetConfig, EfficientNetForImageClassification
+
+    from hf_lowdata.vision import efficientnet_lite0_path
+
+    folder = tmp_path / "model"
+    if model == "lite0":
+        folder = efficientnet_lite0_path()
+    elif model == "tiny_efficientnet":
+        EfficientNetForImageClassification(EfficientNetConfig(
+            width_coefficient=0.1, depth_coefficient=0.1, image_size=32, hidden_dim=128)).save_pretrained(folder)
+    else:
+        BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                             intermediate_size=8)).save_pretrained(folder)
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    for method in ("lora", "probe"):
+        assert main(["train", "--method", method, "--data", str(files["train"]), "--out", str(out),
+                     "--model", str(folder), "--config", *tiny_args(method)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "backend tokenizer" not in err and str(folder) in err
+        if model == "no_tokenizer":
+            assert "has no tokenizer" in err and "tokenizer.save_pretrained(folder)" in err
+        else:
+            assert "is an image model (efficientnet)" in err and "python -m hf_lowdata.bench.vision" in err
+        assert not out.exists()  # refused before anything was written
+
+
 def test_train_single_class_data_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "one.csv"
     data.write_text("text,label\ngood film,pos\ngreat film,pos\n")

@@ -62,6 +62,43 @@ def test_conversion_is_cached_and_rebuilt_when_incomplete(tmp_path):
     assert (efficientnet_lite0_path(tmp_path) / "model.safetensors").is_file()
 
 
+def test_damaged_converted_weights_name_the_file_and_the_fix(tmp_path):
+    """A truncated cached model.safetensors raised a bare safetensors error from from_pretrained."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "efficientnet-lite0-hf-v1"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "preprocessor_config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy or a write cut short
+    for load in (efficientnet_lite0_path, lambda cache: load_efficientnet_lite0(cache_dir=cache)):
+        with pytest.raises(VisionAssetError, match="damaged or truncated") as err:
+            load(tmp_path)
+        assert str(weights) in str(err.value) and f"rm -r '{folder}'" in str(err.value)
+
+
+def test_damaged_fashion_mnist_files_name_the_file_and_the_fix(tmp_path):
+    """A truncated .gz raised a bare EOFError; one cut short before it was compressed a reshape error."""
+    import gzip
+    import shutil
+
+    from hf_lowdata.vision.data import FASHION_MNIST_DIR
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(FASHION_MNIST_DIR / name, tmp_path / name)
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    intact = images.read_bytes()
+    for damaged in (intact[: len(intact) // 2], gzip.compress(gzip.decompress(intact)[:-300]), b"not gzip"):
+        images.write_bytes(damaged)
+        with pytest.raises(VisionAssetError, match="damaged or truncated") as err:
+            load_fashion_mnist("test", directory=tmp_path)
+        assert str(images) in str(err.value) and "apt-get install --reinstall dataset-fashion-mnist" in str(err.value)
+    images.write_bytes(intact)
+    assert len(load_fashion_mnist("test", directory=tmp_path)) == 10000
+
+
 def test_new_head_for_a_downstream_task():
     model = load_efficientnet_lite0(num_labels=10, seed=0)
     assert model.classifier.out_features == 10 and model.config.num_labels == 10
@@ -170,6 +207,24 @@ def test_vision_benchmark_runs_resumes_and_keeps_dev_apart(tmp_path):
     assert {r["dataset"] for r in dev} == {"digits (dev 50)"} and all(r["test_examples"] == 30 for r in dev)
     assert dev[1]["options"] == {"latent_weight": 0.0}
     assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 4  # the dev runs went to their own folder
+
+
+def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
+    """The image probe recorded adapter_bytes 0; the text bench records its saved head's size."""
+    from hf_lowdata.bench.vision import VisionBenchConfig, _Probe, run_vision_benchmark
+    from hf_lowdata.methods.base import directory_bytes
+
+    [record] = run_vision_benchmark(VisionBenchConfig(
+        datasets=["digits"], methods=["probe"], shots=[1], seeds=[0], image_size=32, test_limit=10,
+        feature_cache_dir=tmp_path / "features", out=tmp_path / "out"))
+    assert record["status"] == "ok"
+    assert record["adapter_bytes"] > 4 * record["trainable_params"]  # the float32 head, plus its config
+    states = [torch.rand(1, 1280, generator=torch.Generator().manual_seed(i)) for i in range(10)]
+    probe = _Probe(0, [str(d) for d in range(10)], 32).fit(states, np.arange(10))
+    saved = probe.save(tmp_path / "probe")
+    assert {p.name for p in saved.iterdir()} == {"probe_head.safetensors", "probe_config.json"}
+    assert json.loads((saved / "probe_config.json").read_text())["image_size"] == 32
+    assert record["adapter_bytes"] == directory_bytes(saved)  # same head shape, same file sizes
 
 
 @pytest.mark.parametrize(("setting", "message"), [

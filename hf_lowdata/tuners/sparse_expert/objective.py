@@ -369,10 +369,8 @@ class SparseExpertObjective(TrainingObjective):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         peft_model = trainer.accelerator.unwrap_model(model)
         tuner: SparseExpertModel = peft_model.base_model
+        # (frozen BatchNorm layers run in eval mode: LowDataTrainer.train applies frozen_batchnorm_in_eval)
         backbone = feature_backbone(peft_model)
-        for module in backbone.modules():  # BatchNorm statistics stay the pretrained ones (frozen backbone)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
         y_s, y_q = inputs["support_labels"], inputs["query_labels"]
         way = int(y_s.max()) + 1
         frozen_s = self._frozen_features(tuner, backbone, inputs, "support")

@@ -70,6 +70,48 @@ def test_adapter_saves_only_projector_and_head_and_reloads(tiny_bert_dir, tmp_pa
     torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-6, rtol=0)
 
 
+def test_a_saved_image_adapter_loads_on_the_pretrained_base_without_num_labels(tmp_path):
+    """The head was rebuilt at the fresh base's head size (here 10 classes, ImageNet's 1,000 for Lite0):
+    loading failed on the saved 3-class weights unless the user passed num_labels."""
+    from peft import AutoPeftModel
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification
+
+    torch.manual_seed(0)
+    EfficientNetForImageClassification(EfficientNetConfig(
+        width_coefficient=0.1, depth_coefficient=0.1, image_size=32, hidden_dim=128, num_labels=10,
+    )).save_pretrained(tmp_path / "base")
+    names = {0: "a", 1: "b", 2: "c"}
+    base = EfficientNetForImageClassification.from_pretrained(
+        tmp_path / "base", num_labels=3, id2label=names, label2id={v: k for k, v in names.items()},
+        ignore_mismatched_sizes=True)
+    model = get_peft_model(base, small_config(task_type=None)).eval()
+    assert (model.peft_config["default"].num_labels, model.peft_config["default"].token_dim) == (3, 128)
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    expected = model(pixel_values=pixels, labels=labels)
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = lambda: EfficientNetForImageClassification.from_pretrained(tmp_path / "base")  # noqa: E731
+    for loaded in (AutoPeftModel.from_pretrained(tmp_path / "adapter"),
+                   PeftModel.from_pretrained(fresh(), tmp_path / "adapter")):
+        out = loaded.eval()(pixel_values=pixels, labels=labels)  # the loss reads the 3 logits, not 10
+        torch.testing.assert_close(out.logits, expected.logits, atol=0, rtol=0)
+        torch.testing.assert_close(out.loss, expected.loss, atol=0, rtol=0)
+        assert loaded.config.num_labels == 3
+    restored = loaded.unload()
+    assert restored.config.num_labels == 10 and restored(pixel_values=pixels).logits.shape == (2, 10)
+
+
+def test_a_saved_text_adapter_with_three_labels_loads_without_num_labels(tiny_bert_dir, tmp_path):
+    """The text path only worked for two classes (the default head size of a fresh base)."""
+    from peft import AutoPeftModelForSequenceClassification
+
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 3, seed=0), small_config()).eval()
+    inputs = tokenizer(tiny_bert_dir)([SHORT, LONG], padding=True, return_tensors="pt")
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(**inputs).logits, expected, atol=0, rtol=0)
+
+
 def test_image_backbone_feature_map_gives_the_tokens():
     from hf_lowdata.vision import load_efficientnet_lite0
 
