@@ -41,6 +41,7 @@ from ..features import (
     model_fingerprint,
 )
 from ..methods import RunContext, SharedCache
+from ..methods.base import METHODS as REGISTERED_METHODS
 from ..methods.base import directory_bytes, unknown_options
 from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
@@ -151,12 +152,14 @@ def _run_vision_locked(config: VisionBenchConfig) -> list[dict[str, Any]]:
     cache = FeatureCache(config.feature_cache_dir or cache_root() / "features")
     backbone = load_efficientnet_lite0().efficientnet
     model_key = model_fingerprint(efficientnet_lite0_path(), "image", config.image_size)
+    planned = [_run_key({**_spec(config, dataset, method, seed, k), **_settings(config)}, config.image_size)
+               for dataset in config.datasets for k in config.shots for seed in config.seeds
+               for method in config.methods]
     for dataset in config.datasets:
         train, test = DATASETS[dataset]("train"), DATASETS[dataset]("test")
-        label = dataset
+        label = _dataset_label(config, dataset)
         if config.dev:
             train, test = split_off_dev(train, config.dev)
-            label = f"{dataset} (dev {config.dev})"
         if config.test_limit:  # the first N of whichever split is scored (test, or the dev split)
             test = test.subset(range(min(config.test_limit, len(test))))
         test_states = image_token_states(cache, backbone, test.images, config.image_size, model_key)
@@ -164,19 +167,30 @@ def _run_vision_locked(config: VisionBenchConfig) -> list[dict[str, Any]]:
             for seed in config.seeds:
                 task = make_image_few_shot_task(train, test, k, seed, unlabelled=config.unlabelled, name=dataset)
                 for method in config.methods:
-                    spec = {"dataset": label, "method": method, "seed": seed, "k": k, "n": None,
-                            "label_noise": 0.0, "unlabelled": config.unlabelled}
+                    spec = _spec(config, dataset, method, seed, k)
                     key = _run_key({**spec, **_settings(config)}, config.image_size)
                     if key in done:
                         continue
                     record = _execute(spec, key, task, test_states, backbone, cache, model_key, config, env)
                     append_record(runs_path, record)
-                    write_report(read_records(runs_path), out)
+                    write_report(read_records(runs_path), out, planned)
                     print(f"{label} {method} k={k} seed={seed}: {record.get('accuracy', record.get('error'))}",
                           flush=True)
     records = read_records(runs_path)
-    write_report(records, out)
+    write_report(records, out, planned)
     return records
+
+
+def _dataset_label(config: VisionBenchConfig, dataset: str) -> str:
+    """The record's dataset name: dev-split runs never share rows with test runs."""
+    return f"{dataset} (dev {config.dev})" if config.dev else dataset
+
+
+def _spec(config: VisionBenchConfig, dataset: str, method: str, seed: int, k: int) -> dict[str, Any]:
+    """One run's identity; the unlabelled pool only for methods that use one (as in the text bench)."""
+    pool = config.unlabelled if getattr(REGISTERED_METHODS.get(method), "uses_unlabelled", False) else 0
+    return {"dataset": _dataset_label(config, dataset), "method": method, "seed": seed, "k": k, "n": None,
+            "label_noise": 0.0, "unlabelled": pool}
 
 
 def _settings(config: VisionBenchConfig) -> dict[str, Any]:
@@ -208,7 +222,7 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
 
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_vision_") as work, PeakMemory() as memory:
             labelled_states = states(task.labelled)
-            unlabelled_states = states(task.unlabelled) if task.unlabelled is not None else None
+            unlabelled_states = states(task.unlabelled) if task.unlabelled is not None and spec["unlabelled"] else None
             ctx = RunContext(seed=spec["seed"], work_dir=Path(work), cache=SharedCache(), options=config.options,
                              budget=get_budget("twin_turbo").scaled(config.budget_scale), quiet=True)
             torch.manual_seed(spec["seed"])
@@ -250,8 +264,7 @@ def _fit_twin_turbo(method, task, labelled_states, unlabelled_states, ctx, work:
     base = load_efficientnet_lite0(task.num_labels, list(task.label_names), seed=ctx.seed)
     model = get_peft_model(base, config)
     labelled = TokenStateDataset(labelled_states, task.labelled.labels.tolist())
-    uses_pool = method != "twin_turbo_ce" and unlabelled_states is not None
-    unlabelled = TokenStateDataset(unlabelled_states) if uses_pool else None
+    unlabelled = TokenStateDataset(unlabelled_states) if unlabelled_states is not None else None
     trainer, _ = train_projector(model, labelled, unlabelled, ctx.budget_for("twin_turbo"), ctx, method, config)
     trainer.model.save_pretrained(work / "adapter")
     return trainer.model, work / "adapter"

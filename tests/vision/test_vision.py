@@ -209,6 +209,19 @@ def test_vision_benchmark_runs_resumes_and_keeps_dev_apart(tmp_path):
     assert len(read_records(tmp_path / "test" / "runs.jsonl")) == 4  # the dev runs went to their own folder
 
 
+def test_vision_benchmark_gives_the_pool_only_to_methods_that_use_it(tmp_path):
+    """As in the text bench: the probe and the CE-only projector get no pool and are recorded with 0; the
+    summary lists no planned run as missing once all ran."""
+    from hf_lowdata.bench.vision import VisionBenchConfig, run_vision_benchmark
+
+    records = run_vision_benchmark(VisionBenchConfig(
+        datasets=["digits"], methods=["probe", "twin_turbo_ce", "twin_turbo"], shots=[1], seeds=[0], image_size=32,
+        unlabelled=20, test_limit=10, budget_scale=0.1, feature_cache_dir=tmp_path / "features", out=tmp_path / "out"))
+    assert {r["method"]: (r["status"], r["unlabelled"]) for r in records} == {
+        "probe": ("ok", 0), "twin_turbo_ce": ("ok", 0), "twin_turbo": ("ok", 20)}
+    assert "Planned runs without a record" not in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
     """The image probe recorded adapter_bytes 0; the text bench records its saved head's size."""
     from hf_lowdata.bench.vision import VisionBenchConfig, _Probe, run_vision_benchmark
