@@ -21,6 +21,18 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if os.environ.get("HF_LOWDATA_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for a test: on a shared 2-core machine, two OpenMP threads per process
+    oversubscribe the cores and make small models ~40x slower. Use with ``pytest.mark.usefixtures``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "sst2" / "train.jsonl").is_file():

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from hf_lowdata.budgets import Budget
 from hf_lowdata.data import DataError, load_data, make_few_shot_task
@@ -26,12 +25,7 @@ FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size
                        "finetune": "lora"})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/tuners/sparse_expert/conftest.py
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ BUDGET = Budget(learning_rate=1e-2, epochs=1, min_steps=3, max_steps=3, batch_si
 TOP_BN = "efficientnet.encoder.top_bn"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_efficientnet() -> nn.Module:

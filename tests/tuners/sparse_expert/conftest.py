@@ -1,15 +1,8 @@
-"""One intra-op thread for these tests: on a shared 2-core machine, two OpenMP threads per process
-oversubscribe the cores and make small models ~40x slower."""
-
-from __future__ import annotations
+"""Every test here runs with one intra-op thread (the ``one_torch_thread`` fixture of tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
