@@ -613,19 +613,21 @@ def normalize_text(text: str) -> str:
 
     Public corpora copy each other's sentences with other tokenisation and encoding: SST-2's test
     sentence ``it 's a charming and often affecting journey .`` is ``it's a charming ...`` in MR's
-    pool, and SST's ``clichéd`` is MR's ``clich\ufffdd``. So a text that is mostly ASCII (at most 1 in
-    10 of its letters and digits is not) is keyed by its case-folded ASCII letters and digits only;
-    any other text by all its letters and digits (case-folded, NFKD), so texts in other scripts are
-    compared in full; a text with no letter or digit (``:-)``) by its case-folded, space-normalised
-    form, so such texts do not all collide.
+    pool, and SST's ``clichéd`` is MR's ``clich\N{REPLACEMENT CHARACTER}d``. So the key keeps only
+    letters and digits, case-folded (NFKC, so full-width forms count as ASCII), and drops Latin
+    letters with diacritics (``é``: its copy may have lost it to an encoding error); letters of other
+    scripts (Greek, Cyrillic, CJK, ...) are kept, so texts in those scripts are compared in full. A
+    text with no letter or digit left (``:-)``) keeps its case-folded, space-normalised form, so such
+    texts do not all collide. (A copy with accents stripped, ``cafe`` for ``café``, is not caught.)
     """
-    folded = text.casefold()
-    ascii_key = "".join(c for c in folded if c.isascii() and c.isalnum())
-    other = sum(1 for c in folded if not c.isascii() and c.isalnum())
-    if ascii_key and other * 9 <= len(ascii_key):
-        return ascii_key
-    key = "".join(c for c in unicodedata.normalize("NFKD", folded) if c.isalnum())
+    folded = unicodedata.normalize("NFKC", text.casefold())
+    key = "".join(c for c in folded if c.isalnum() and (c.isascii() or not _is_accented_latin(c)))
     return key or " ".join(folded.split())
+
+
+def _is_accented_latin(char: str) -> bool:
+    """A non-ASCII letter whose base letter is ASCII (``é``, ``ñ``): what encoding errors turn into junk."""
+    return unicodedata.normalize("NFKD", char)[0].isascii()
 
 
 def excluded_pool_indices(pool: TextDataset, texts: Iterable[str]) -> list[int]:

@@ -278,7 +278,10 @@ def test_overlap_key_keeps_other_scripts_and_symbol_only_texts_apart():
     texts = ("Отличный фильм", "Ужасный фильм", "很好看", "不好看", "iPhone 很好", "iPhone 很差", ":-)", ":-(")
     assert len({normalize_text(t) for t in texts}) == len(texts)
     assert normalize_text("ОТЛИЧНЫЙ  фильм!") == normalize_text("Отличный фильм")
-    assert normalize_text("Très bon café") == normalize_text("tres bon cafe")
+    assert normalize_text("Ａｂｃ１") == normalize_text("abc1")  # full-width forms are ASCII after NFKC
+    # another script inside a mostly-English text still counts
+    assert normalize_text("α-synuclein aggregates in neurons") != normalize_text("β-synuclein aggregates in neurons")
+    assert normalize_text("I love 東京 very much indeed friends") != normalize_text("I love 大阪 very much indeed friends")
     pool = TextDataset(texts * 3, (0, 1) * 12, ("pos", "neg"))
     assert excluded_pool_indices(pool, ["отличный фильм", "iphone 很好", ":-)"]) == [0, 4, 6, 8, 12, 14, 16, 20, 22]
     task = make_few_shot_task(DatasetSplits("ru-zh", pool.label_names, pool), seed=0, k=2, exclude_texts=["很好看"])
