@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -104,8 +105,7 @@ class TwinTurboModel(BaseTuner):
     ) -> None:
         if isinstance(target, TwinTurboLayer):
             target.update_layer(adapter_name, peft_config)
-            _record_head_dims(peft_config, target, adapter_name)
-            self._match_label_count(peft_config, adapter_name)
+            self._record_head_dims(peft_config, target, adapter_name)
             return
         if isinstance(target, ModulesToSaveWrapper):
             raise ValueError(
@@ -118,23 +118,45 @@ class TwinTurboModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trainable until set active
         self._replace_module(parent, target_name, new_module, target)
-        _record_head_dims(peft_config, new_module, adapter_name)
-        self._match_label_count(peft_config, adapter_name)
+        self._record_head_dims(peft_config, new_module, adapter_name)
+
+    def _record_head_dims(self, config: TwinTurboConfig, layer: TwinTurboLayer, adapter_name: str) -> None:
+        """Store the adapter's token width and label count in its config (saved with the adapter).
+
+        Left at ``None`` they are read from the base model's head when the adapter is built, so loading
+        would rebuild the head at the size of whatever head the fresh base has (ImageNet's 1,000 classes,
+        a text model's default 2) and fail on the saved weights unless the user passed ``num_labels``.
+        They go into a copy: the caller's config object may configure another model with other labels.
+        """
+        config = copy.copy(config)
+        config.token_dim = layer.twin_turbo_projector[adapter_name].input.in_features
+        config.num_labels = layer.twin_turbo_head[adapter_name].num_labels
+        self.peft_config[adapter_name] = config
+        self._match_label_count(config, adapter_name)
 
     def _match_label_count(self, config: TwinTurboConfig, adapter_name: str) -> None:
         """Give the model config the active adapter's label count when the base head has another one.
 
-        A transformers classifier computes its loss with ``config.num_labels``: an adapter loaded onto
-        a base with its pretrained head (ImageNet's 1,000 classes) would otherwise fail on any batch
-        with labels. The base's own labels come back on ``unload()``.
+        A transformers classifier computes its loss with ``config.num_labels`` (or, like BERT, with a
+        ``num_labels`` attribute copied from it at construction): an adapter loaded onto a base with
+        its pretrained head (ImageNet's 1,000 classes, a text model's default 2) would otherwise fail
+        on any batch with labels. The base's own labels come back on ``unload()``.
         """
         model_config = getattr(self.model, "config", None)
         if (adapter_name not in self.active_adapters or getattr(model_config, "id2label", None) is None
                 or model_config.num_labels == config.num_labels):
             return
         if not hasattr(self, "_base_labels"):
-            self._base_labels = (model_config.id2label, model_config.label2id)
+            self._base_labels = (model_config.id2label, model_config.label2id, getattr(self.model, "num_labels", None))
         model_config.num_labels = config.num_labels
+        if hasattr(self.model, "num_labels"):
+            self.model.num_labels = config.num_labels
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """PEFT's ``set_adapter``; the model config then carries the newly active adapter's label count."""
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        for name in [adapter_name] if isinstance(adapter_name, str) else adapter_name:
+            self._match_label_count(self.peft_config[name], name)
 
     def _post_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
         layers = [n for n, m in model.named_modules()
@@ -159,23 +181,14 @@ class TwinTurboModel(BaseTuner):
         model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
         remove_token_taps(model)
         if hasattr(self, "_base_labels"):  # the base head is back: so are its labels
-            model.config.id2label, model.config.label2id = self._base_labels
+            model.config.id2label, model.config.label2id, num_labels = self._base_labels
+            if num_labels is not None:
+                model.num_labels = num_labels
         return model
 
     def twin_turbo_layer(self) -> TwinTurboLayer:
         """The model's (single) TwinTurbo layer."""
         return twin_turbo_layer(self.model)
-
-
-def _record_head_dims(config: TwinTurboConfig, layer: TwinTurboLayer, adapter_name: str) -> None:
-    """Write the adapter's token width and label count into its config (saved with the adapter).
-
-    Left at ``None`` they are read from the base model's head when the adapter is built, so loading
-    would rebuild the head at the size of whatever head the fresh base has (ImageNet's 1,000 classes,
-    a text model's default 2) and fail on the saved weights unless the user passed ``num_labels``.
-    """
-    config.token_dim = layer.twin_turbo_projector[adapter_name].input.in_features
-    config.num_labels = layer.twin_turbo_head[adapter_name].num_labels
 
 
 def twin_turbo_layer(model: nn.Module) -> TwinTurboLayer:

@@ -110,6 +110,30 @@ def test_a_saved_text_adapter_with_three_labels_loads_without_num_labels(tiny_be
     model.save_pretrained(tmp_path)
     loaded = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(**inputs).logits, expected, atol=0, rtol=0)
+    assert torch.isfinite(loaded(**inputs, labels=torch.tensor([2, 0])).loss)  # BERT's loss reads model.num_labels
+    base = loaded.unload()
+    assert base.num_labels == base.config.num_labels == 2  # the fresh base's own head again
+
+
+def test_switching_between_adapters_of_different_label_counts_keeps_the_loss_working(tiny_bert_dir):
+    """A classifier's loss uses config.num_labels: after set_adapter it must be the active adapter's."""
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 2, seed=0), small_config(num_labels=3))
+    model.add_adapter("five", small_config(num_labels=5))
+    inputs = tokenizer(tiny_bert_dir)([SHORT, LONG], padding=True, return_tensors="pt")
+    for name, labels in (("five", 5), ("default", 3), ("five", 5)):
+        model.set_adapter(name)
+        out = model(**inputs, labels=torch.tensor([labels - 1, 0]))
+        assert out.logits.shape == (2, labels) and model.config.num_labels == labels and torch.isfinite(out.loss)
+
+
+def test_one_config_object_configures_models_with_other_label_counts(tiny_bert_dir):
+    """The saved head size goes into the adapter's own copy of the config, not into the caller's object."""
+    config = small_config()
+    three = get_peft_model(load_for_classification(tiny_bert_dir, 3, seed=0), config)
+    five = get_peft_model(load_for_classification(tiny_bert_dir, 5, seed=0), config)
+    inputs = tokenizer(tiny_bert_dir)([SHORT, LONG], padding=True, return_tensors="pt")
+    assert three(**inputs).logits.shape == (2, 3) and five(**inputs).logits.shape == (2, 5)
+    assert config.num_labels is None and five.peft_config["default"].num_labels == 5
 
 
 def test_image_backbone_feature_map_gives_the_tokens():
