@@ -1,7 +1,8 @@
 """``summary.md`` and ``plots/*.png``, derived from the run records only.
 
 Anything shown here can be recomputed from ``runs.jsonl`` with :func:`write_report`; nothing is
-typed in by hand.
+typed in by hand. The one exception is the list of planned runs without a record: it needs the run
+keys of the invocation, which the benchmark passes (``planned``).
 """
 
 from __future__ import annotations
@@ -133,10 +134,9 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(f"\n† fewer seeds than the {most_seeds} of the fullest rows (runs missing or failed).")
     ood_rows = [(k, rs) for k, rs in groups.items() if any(r.get("ood_accuracy") for r in rs)]
     if ood_rows:
-        lines += ["", "## Out-of-domain accuracy (%)", "",
-                  "| trained on | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
-                  + "seeds | in-domain | out-of-domain (test set: accuracy) |",
-                  "|---|---|---|---|---|---|---|" + ("---|" if len(settings) > 1 else "")]
+        ood_header = ("| trained on | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
+                      + "seeds | in-domain | out-of-domain (test set: accuracy) |")
+        lines += ["", "## Out-of-domain accuracy (%)", "", ood_header, "|" + "---|" * (ood_header.count("|") - 1)]
         for key, rs in sorted(ood_rows, key=lambda kv: (kv[0][0], _budget_sort(kv[0][2]), kv[0][3], kv[0][4],
                                                         kv[0][1], kv[0][5])):
             dataset, method, label, noise, unl, setting = key

@@ -41,8 +41,7 @@ from ..features import (
     model_fingerprint,
 )
 from ..methods import RunContext, SharedCache
-from ..methods.base import METHODS as REGISTERED_METHODS
-from ..methods.base import directory_bytes, unknown_options
+from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
 from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
 from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
@@ -78,7 +77,7 @@ class VisionBenchConfig:
     out: Path
     shots: list[int] = field(default_factory=lambda: [1, 4, 10])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    unlabelled: int = 0
+    unlabelled: int = 2000
     image_size: int = 128
     test_limit: int | None = None
     feature_cache_dir: Path | None = None
@@ -188,7 +187,7 @@ def _dataset_label(config: VisionBenchConfig, dataset: str) -> str:
 
 def _spec(config: VisionBenchConfig, dataset: str, method: str, seed: int, k: int) -> dict[str, Any]:
     """One run's identity; the unlabelled pool only for methods that use one (as in the text bench)."""
-    pool = config.unlabelled if getattr(REGISTERED_METHODS.get(method), "uses_unlabelled", False) else 0
+    pool = unlabelled_pool_size(method, config.unlabelled)
     return {"dataset": _dataset_label(config, dataset), "method": method, "seed": seed, "k": k, "n": None,
             "label_noise": 0.0, "unlabelled": pool}
 
@@ -215,7 +214,8 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
                               "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft")},
                               "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "labelled_examples": len(task.labelled),
-                              **_settings(config)}
+                              "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None and spec["unlabelled"]
+                              else 0, **_settings(config)}
     try:
         def states(images: ImageSet) -> list[torch.Tensor]:
             return image_token_states(cache, backbone, images.images, config.image_size, model_key)
@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--shots", type=_int_list, default=[1, 4, 10])
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4])
-    p.add_argument("--unlabelled", type=int, default=0)
+    p.add_argument("--unlabelled", type=int, default=2000,
+                   help="unlabelled pool for the methods that use one (default 2000, as the text bench; 0 = none)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--test-limit", type=int, default=None, help="score on the first N test (or --dev) images (smoke runs)")
     p.add_argument("--dev", type=int, default=0, metavar="N",

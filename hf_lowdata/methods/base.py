@@ -232,6 +232,12 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def unlabelled_pool_size(method: str, requested: int) -> int:
+    """The unlabelled pool a benchmark run of ``method`` gets: ``requested`` for a method that uses
+    unlabelled data, 0 for the others (their records then do not claim a pool they never saw)."""
+    return requested if getattr(METHODS.get(method), "uses_unlabelled", False) else 0
+
+
 def get_method(name: str) -> Method:
     """An instance of the registered method ``name``; a clear error lists the available ones."""
     if name not in METHODS:

@@ -103,6 +103,21 @@ def test_unknown_dataset_and_model(toy_data_dir, tiny_bert_dir, tmp_path):
 
     with pytest.raises(ModelNotFoundError):
         run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path, model=str(tmp_path / "no-model")), show_progress=False)
+    image_model = tmp_path / "image-model"  # every planned run failed one by one, the probe with a raw OSError
+    image_model.mkdir()
+    (image_model / "config.json").write_text(json.dumps({"model_type": "efficientnet"}))
+    with pytest.raises(ModelNotFoundError, match="is an image model"):
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path / "o", model=str(image_model)), show_progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_records_hold_the_pool_as_drawn(toy_data_dir, tiny_bert_dir, tmp_path):
+    """A training split smaller than the requested pool gives fewer texts; the record says how many."""
+    records = run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path / "o", methods=["probe", "twin_turbo"],
+                                    seeds=[0], unlabelled=2000), show_progress=False)
+    pools = {r["method"]: (r["status"], r["unlabelled"], r["unlabelled_examples"]) for r in records}
+    left = 80 - 8 - records[1]["pool_excluded_as_test"]  # 80 training texts, 8 labelled, test copies never drawn
+    assert pools == {"probe": ("ok", 0, 0), "twin_turbo": ("ok", 2000, left)} and 0 < left < 80
 
 
 def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_bert_dir, tmp_path):
@@ -218,6 +233,21 @@ def test_summary_lists_planned_runs_that_have_no_record():
     assert "2 of the 4 runs planned by the last invocation have no record yet" in text
     assert "| d | m | k=8 | 0 | 0 | 2 |" in text and "| d | twin_turbo | k=8 | 0 | 2000 | 0 |" in text
     assert "Planned runs without a record" not in summary_markdown(records, planned=keys[:2])
+    _assert_tables_well_formed(text)
+
+
+def _assert_tables_well_formed(text: str) -> None:
+    """Markdown renders a table only when its header, delimiter and rows have the same number of cells."""
+    import re
+
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(len(re.findall(r"(?<!\\)\|", line)))
+        elif current:
+            tables.append(current)
+            current = []
+    assert tables and all(len(set(t)) == 1 for t in tables), tables
 
 
 def test_out_of_domain_table_keeps_noise_pool_and_setting_apart():
@@ -228,3 +258,5 @@ def test_out_of_domain_table_keeps_noise_pool_and_setting_apart():
     assert "| d | m | k=8 | 0 | 0 | model=x precision=fp32 | 2 | 60.0 ± 0.0 | o: 70.0 ± 0.0 |" in text
     assert "| d | m | k=8 | 0.3 | 0 | model=x precision=fp32 | 2 | 60.0 ± 0.0 | o: 50.0 ± 0.0 |" in text
     assert "| d | m | k=8 | 0 | 2000 | model=x precision=fp32 C=1 | 1 | 60.0 ± 0.0 | o: 90.0 ± 0.0 |" in text
+    _assert_tables_well_formed(summary_markdown(records))
+    _assert_tables_well_formed(summary_markdown(records[:4]))  # one setting: no setting column

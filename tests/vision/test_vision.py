@@ -217,8 +217,8 @@ def test_vision_benchmark_gives_the_pool_only_to_methods_that_use_it(tmp_path):
     records = run_vision_benchmark(VisionBenchConfig(
         datasets=["digits"], methods=["probe", "twin_turbo_ce", "twin_turbo"], shots=[1], seeds=[0], image_size=32,
         unlabelled=20, test_limit=10, budget_scale=0.1, feature_cache_dir=tmp_path / "features", out=tmp_path / "out"))
-    assert {r["method"]: (r["status"], r["unlabelled"]) for r in records} == {
-        "probe": ("ok", 0), "twin_turbo_ce": ("ok", 0), "twin_turbo": ("ok", 20)}
+    assert {r["method"]: (r["status"], r["unlabelled"], r["unlabelled_examples"]) for r in records} == {
+        "probe": ("ok", 0, 0), "twin_turbo_ce": ("ok", 0, 0), "twin_turbo": ("ok", 20, 20)}
     assert "Planned runs without a record" not in (tmp_path / "out" / "summary.md").read_text()
 
 
