@@ -354,8 +354,9 @@ def prototype_dev_selector(tokenizer: Any, task: FewShotTask, budget: Budget) ->
     def dev_logits(model: torch.nn.Module) -> np.ndarray:
         encoder = model.get_base_model() if hasattr(model, "get_base_model") else model
         prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)
-        return PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names,
-                                   budget.max_length).predict_proba(task.dev.texts, use_cache=False)
+        probabilities = PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names,
+                                            budget.max_length).predict_proba(task.dev.texts, use_cache=False)
+        return np.log(np.clip(probabilities, 1e-30, None))  # log-probabilities: logits of the same softmax
 
     return DevSelector(task.dev.labels, dev_logits, budget.steps(len(task.labelled)))
 

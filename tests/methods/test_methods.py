@@ -141,7 +141,7 @@ def test_setfit_baseline_runs_on_minilm(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora", "twin_turbo", "sparse_expert_pretrained"])
-def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path, method):
+def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path, method, monkeypatch):
     """With a dev set, every method that trains in steps keeps the parameters of its best dev step (the
     projector from cached features, SMAT's test-time fine-tuning with prototypes too)."""
     from hf_lowdata.data import DatasetSplits
@@ -151,11 +151,28 @@ def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path, method)
     task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=8, dev_k=8)
     ctx = RunContext(model=tiny_bert_dir, seed=0, budget=Budget(learning_rate=5e-3, epochs=1, min_steps=10,
                      max_steps=10, batch_size=8), work_dir=tmp_path, quiet=True)
+    from hf_lowdata.methods import base
+
+    # The toy dev accuracy is flat, so the last step would win every tie and restore() would go untested:
+    # score dev with the method's own logits, but declare only the 2nd scored step (step 4) correct.
+    real_logits: list[np.ndarray] = []
+    original_init = base.DevSelector.__init__
+
+    def init(self, labels, dev_logits, max_steps):
+        def scored(model):
+            real_logits.append(dev_logits(model))
+            right = len(real_logits) == 2
+            return np.eye(2)[np.asarray(labels) if right else 1 - np.asarray(labels)]
+        original_init(self, labels, scored, max_steps)
+
+    monkeypatch.setattr(base.DevSelector, "__init__", init)
     fitted = get_method(method).fit(task, ctx)
-    notes = fitted.notes
-    assert notes["selected_step"] in (2, 4, 6, 8, 10)
-    dev_acc = float((fitted.predict(task.dev.texts) == np.asarray(task.dev.labels)).mean())
-    assert dev_acc == pytest.approx(notes["dev_accuracy"])  # the restored parameters are the selected ones
+    assert fitted.notes["selected_step"] == 4 and fitted.notes["dev_accuracy"] == 1.0
+    assert len(real_logits) == 5  # steps 2, 4, 6, 8, 10
+    softmax = [torch.softmax(torch.as_tensor(x, dtype=torch.float64), -1).numpy() for x in real_logits]
+    final = fitted.predict_proba(task.dev.texts)
+    assert np.abs(softmax[1] - softmax[4]).max() > 2e-5  # training moved the model after step 4
+    np.testing.assert_allclose(final, softmax[1], atol=2e-6, rtol=0)  # the restored parameters are step 4's
 
 
 def test_probe_chooses_c_on_the_dev_set(tiny_bert_dir, tmp_path):
