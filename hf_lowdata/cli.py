@@ -141,6 +141,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--unlabelled", type=Path, default=None, help="unlabelled texts (.csv/.tsv/.jsonl) for methods that use them")
     p.add_argument("--eval", type=Path, default=None, help="labelled evaluation file (default: DATA's test split, if any)")
+    p.add_argument("--dev", type=Path, default=None,
+                   help="labelled dev file for model selection: the method keeps its best dev step (the probe, its C); "
+                   "keep it apart from DATA and --eval (default: none)")
     p.add_argument("--model", default=None, help="model name or local folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="budget fields (max_steps=40 learning_rate=1e-4 batch_size=8 ...) or method options (r=16)")
@@ -180,7 +183,14 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
-    from .data import FewShotTask, load_data, load_file, make_few_shot_task, require_two_classes
+    from .data import (
+        FewShotTask,
+        load_data,
+        load_file,
+        make_few_shot_task,
+        require_two_classes,
+        warn_if_test_in_train,
+    )
     from .methods import METHODS
     from .workflow import CHECKPOINTS_DIR, EVAL_FILE, WorkflowError, finished_output, train_method
 
@@ -205,6 +215,11 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names)
                        if args.eval is not None else splits.test)
+    if args.dev is not None:
+        dev = load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names)
+        require_two_classes(dev)
+        warn_if_test_in_train(task.labelled, dev)  # a dev text also trained on cannot judge a step
+        task = replace(task, dev=dev)
     class_counts = list(task.labelled.class_counts().items())
     counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (
         f", ... ({len(class_counts)} classes)" if len(class_counts) > 10 else "")
@@ -227,6 +242,13 @@ def _run_train(args: argparse.Namespace) -> int:
     files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
     print(f"Saved {args.method} to {out} ({files}); {result.trainable_parameters:,} trainable parameters, "
           f"{result.adapter_bytes / 1024:,.1f} KiB, trained in {result.train_seconds:.1f} s.")
+    notes = result.classifier.notes
+    if "selected_step" in notes:
+        print(f"Kept step {notes['selected_step']}, the best on the dev set ({100 * notes['dev_accuracy']:.1f}% accuracy).")
+    elif "C" in notes:
+        print(f"Chose C = {notes['C']:g} on the dev set ({100 * notes['dev_accuracy']:.1f}% accuracy).")
+    elif "dev_set" in notes:
+        print(f"Dev set {notes['dev_set']}.")
     if result.evaluation is not None:
         _print_evaluation(result.evaluation.to_dict())
         print(f"Evaluation figures written to {out / EVAL_FILE}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
 from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
 from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, toy_files, toy_task, trained
-from tests.helpers import REPO_ROOT, run_python
+from tests.helpers import REPO_ROOT, run_python, write_jsonl
 
 RUNNABLE = [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
 TEXTS = ["the film was great and the cast was wonderful", "an awful, boring plot"]
@@ -46,6 +47,27 @@ def test_train_saves_standard_peft_files_card_and_evaluation(tmp_path, capsys):
     # The recorded figures are those of the saved adapter on the evaluation file.
     again = evaluate(load_classifier(out), load_file(files["eval"], label_names=LABELS))
     assert (again.accuracy, again.macro_f1) == (record["accuracy"], record["macro_f1"])
+
+
+@pytest.mark.parametrize("method", ["lora", "probe", "setfit"])
+def test_train_with_a_dev_file_selects_on_it_and_says_so(method, tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / method
+    code = main(["train", "--method", method, "--data", str(files["train"]), "--dev", str(files["eval"]),
+                 "--out", str(out), "--config", *tiny_args(method)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    expected = {"lora": r"Kept step [12], the best on the dev set \(\d+\.\d% accuracy\)",
+                "probe": r"Chose C = \S+ on the dev set", "setfit": r"Dev set not used: SetFit"}[method]
+    assert re.search(expected, printed), printed
+
+
+def test_train_refuses_a_dev_file_with_unknown_labels(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    bad = write_jsonl(tmp_path / "dev.jsonl", [{"text": "fine", "label": "neutral"}, {"text": "bad", "label": "negative"}])
+    code = main(["train", "--method", "lora", "--data", str(files["train"]), "--dev", str(bad), "--out",
+                 str(tmp_path / "o"), "--config", *tiny_args("lora")])
+    assert code == 2 and "neutral" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_train_and_predict_never_touch_the_network_without_offline_flags(tmp_path):
