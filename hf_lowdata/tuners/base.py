@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
@@ -17,6 +19,34 @@ class WeightAdapterTuner(BaseTuner):
     raises AttributeError. LoRA overrides it in the same way: set the module, then move the
     adapter's own parameters to the device of the layer they adapt.
     """
+
+    #: Whether the tuned model's classification head is expected to be trained with it (False for a
+    #: tuner that classifies with its own head, as SparseExpert's prototypes).
+    trains_with_model_head: bool = True
+
+    def _post_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        """Warn when a classifier's head would be neither trained nor saved.
+
+        Without ``task_type`` (PEFT has none for images) or ``modules_to_save``, the head of an
+        ``...ForImageClassification`` / ``...ForSequenceClassification`` model stays frozen and is
+        not saved with the adapter, exactly as with LoRA: a head created for new labels stays random,
+        and training silently learns nothing useful.
+        """
+        super()._post_injection_hook(model, config, adapter_name)
+        if (not self.trains_with_model_head or config.inference_mode or config.task_type is not None
+                or getattr(config, "modules_to_save", None) is not None):
+            return
+        kind = type(model).__name__
+        heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
+        if heads and kind.endswith(("ForImageClassification", "ForSequenceClassification")):
+            warnings.warn(
+                f"{kind}'s head {heads[0]!r} is neither trained nor saved by this {type(config).__name__} (no task_type, "
+                f"no modules_to_save): a head created for new labels stays random. Pass modules_to_save="
+                f"['{heads[0]}'] (images) or task_type='SEQ_CLS' (text), as with LoRA; modules_to_save=[] keeps the "
+                "head as it is and silences this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         """Default ``target_modules`` by ``model_type``, or a message naming the types that have defaults."""

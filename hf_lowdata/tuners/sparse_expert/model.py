@@ -174,6 +174,8 @@ class SparseExpertModel(WeightAdapterTuner):
     loaded with the adapter and removed by ``merge_and_unload``.
     """
 
+    trains_with_model_head = False  # tasks are classified by prototypes of the support set
+
     prefix: str = "sparse_expert_"
     tuner_layer_cls = SparseExpertTunerLayer
     target_module_mapping: dict[str, list[str]] = {}
