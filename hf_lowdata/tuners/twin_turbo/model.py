@@ -152,6 +152,22 @@ class TwinTurboModel(BaseTuner):
         if hasattr(self.model, "num_labels"):
             self.model.num_labels = config.num_labels
 
+    def _restore_base_labels(self, model: nn.Module) -> None:
+        """The base head's label count and names again (its head is what answers now)."""
+        if hasattr(self, "_base_labels"):
+            model.config.id2label, model.config.label2id, num_labels = self._base_labels
+            if num_labels is not None:
+                model.num_labels = num_labels
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """PEFT's switch (``disable_adapter()``); the label count follows whichever head answers."""
+        super()._enable_adapter_layers(enabled)
+        if not enabled:
+            self._restore_base_labels(self.model)
+            return
+        for name in self.active_adapters:
+            self._match_label_count(self.peft_config[name], name)
+
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """PEFT's ``set_adapter``; the model config then carries the newly active adapter's label count."""
         super().set_adapter(adapter_name, inference_mode=inference_mode)
@@ -180,10 +196,7 @@ class TwinTurboModel(BaseTuner):
                                      adapter_names: list[str] | None = None) -> nn.Module:
         model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
         remove_token_taps(model)
-        if hasattr(self, "_base_labels"):  # the base head is back: so are its labels
-            model.config.id2label, model.config.label2id, num_labels = self._base_labels
-            if num_labels is not None:
-                model.num_labels = num_labels
+        self._restore_base_labels(model)  # the base head is back: so are its labels
         return model
 
     def twin_turbo_layer(self) -> TwinTurboLayer:

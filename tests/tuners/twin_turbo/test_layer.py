@@ -111,6 +111,10 @@ def test_a_saved_text_adapter_with_three_labels_loads_without_num_labels(tiny_be
     loaded = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(**inputs).logits, expected, atol=0, rtol=0)
     assert torch.isfinite(loaded(**inputs, labels=torch.tensor([2, 0])).loss)  # BERT's loss reads model.num_labels
+    with loaded.disable_adapter():  # the base's 2-label head answers, and its loss must work too
+        out = loaded(**inputs, labels=torch.tensor([1, 0]))
+        assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+    assert loaded(**inputs, labels=torch.tensor([2, 0])).logits.shape == (2, 3)  # the adapter's head again
     base = loaded.unload()
     assert base.num_labels == base.config.num_labels == 2  # the fresh base's own head again
 
