@@ -144,8 +144,8 @@ class TwinTurboModel(BaseTuner):
         """
         model_config = getattr(self.model, "config", None)
         if (adapter_name not in self.active_adapters or getattr(model_config, "id2label", None) is None
-                or model_config.num_labels == config.num_labels):
-            return
+                or model_config.num_labels == config.num_labels or twin_turbo_layer(self.model).disable_adapters):
+            return  # (disabled: the base head answers; enabling matches the labels again)
         if not hasattr(self, "_base_labels"):
             self._base_labels = (model_config.id2label, model_config.label2id, getattr(self.model, "num_labels", None))
         model_config.num_labels = config.num_labels
@@ -165,6 +165,14 @@ class TwinTurboModel(BaseTuner):
         if not enabled:
             self._restore_base_labels(self.model)
             return
+        for name in self.active_adapters:
+            self._match_label_count(self.peft_config[name], name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """PEFT's ``delete_adapter``; the label count follows the adapter PEFT makes active (or the base's)."""
+        super().delete_adapter(adapter_name)
+        if not self.active_adapters:
+            self._restore_base_labels(self.model)
         for name in self.active_adapters:
             self._match_label_count(self.peft_config[name], name)
 

@@ -128,6 +128,13 @@ def test_switching_between_adapters_of_different_label_counts_keeps_the_loss_wor
         model.set_adapter(name)
         out = model(**inputs, labels=torch.tensor([labels - 1, 0]))
         assert out.logits.shape == (2, labels) and model.config.num_labels == labels and torch.isfinite(out.loss)
+    with model.disable_adapter():  # switching while disabled: the base's 2-label head still answers
+        model.set_adapter("default")
+        assert torch.isfinite(model(**inputs, labels=torch.tensor([1, 0])).loss)
+    model.set_adapter("five")
+    model.delete_adapter("five")  # PEFT makes "default" active without set_adapter
+    out = model(**inputs, labels=torch.tensor([2, 0]))
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
 
 
 def test_one_config_object_configures_models_with_other_label_counts(tiny_bert_dir):
