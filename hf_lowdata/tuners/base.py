@@ -27,21 +27,23 @@ class WeightAdapterTuner(BaseTuner):
     def _post_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
         """Warn when a classifier's head would be neither trained nor saved.
 
-        Without ``task_type`` (PEFT has none for images) or ``modules_to_save``, the head of an
-        ``...ForImageClassification`` / ``...ForSequenceClassification`` model stays frozen and is
-        not saved with the adapter, exactly as with LoRA: a head created for new labels stays random,
+        Without ``task_type="SEQ_CLS"`` (PEFT has no image task type) or the head in
+        ``modules_to_save``, the head of an ``...ForImageClassification`` /
+        ``...ForSequenceClassification`` model stays frozen and is not saved with the adapter, exactly as with LoRA: a head created for new labels stays random,
         and training silently learns nothing useful.
         """
         super()._post_injection_hook(model, config, adapter_name)
-        if (not self.trains_with_model_head or config.inference_mode or config.task_type is not None
-                or getattr(config, "modules_to_save", None) is not None):
+        saved = getattr(config, "modules_to_save", None)
+        if (not self.trains_with_model_head or config.inference_mode or config.task_type == "SEQ_CLS"
+                or saved == []):  # SEQ_CLS: PEFT trains and saves the head; []: the user keeps it as it is
             return
         kind = type(model).__name__
-        heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
+        heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)
+                 and name not in (saved or ())]
         if heads and kind.endswith(("ForImageClassification", "ForSequenceClassification")):
             warnings.warn(
-                f"{kind}'s head {heads[0]!r} is neither trained nor saved by this {type(config).__name__} (no task_type, "
-                f"no modules_to_save): a head created for new labels stays random. Pass modules_to_save="
+                f"{kind}'s head {heads[0]!r} is neither trained nor saved by this {type(config).__name__} (no "
+                f"task_type='SEQ_CLS', not in modules_to_save): a head created for new labels stays random. Pass modules_to_save="
                 f"['{heads[0]}'] (images) or task_type='SEQ_CLS' (text), as with LoRA; modules_to_save=[] keeps the "
                 "head as it is and silences this warning.",
                 UserWarning,

@@ -31,6 +31,9 @@ def test_a_head_left_frozen_and_unsaved_is_warned_about(tiny_bert_dir, tmp_path,
     assert not _warnings(lambda: get_peft_model(base(), config_cls(task_type=TaskType.SEQ_CLS)))
     assert not _warnings(lambda: get_peft_model(base(), config_cls(modules_to_save=["classifier"])))
     assert not _warnings(lambda: get_peft_model(base(), config_cls(modules_to_save=[])))
+    # still frozen and unsaved: another module saved, or a task type that does not own the head
+    assert _warnings(lambda: get_peft_model(base(), config_cls(modules_to_save=["LayerNorm"])))
+    assert _warnings(lambda: get_peft_model(base(), config_cls(task_type=TaskType.FEATURE_EXTRACTION)))
     trained = get_peft_model(base(), config_cls(task_type=TaskType.SEQ_CLS))
     trained.save_pretrained(tmp_path)
     assert not _warnings(lambda: PeftModel.from_pretrained(base(), tmp_path))  # loading for inference: no training
