@@ -279,6 +279,7 @@ def test_overlap_key_keeps_other_scripts_and_symbol_only_texts_apart():
     assert len({normalize_text(t) for t in texts}) == len(texts)
     assert normalize_text("ОТЛИЧНЫЙ  фильм!") == normalize_text("Отличный фильм")
     assert normalize_text("Ａｂｃ１") == normalize_text("abc1")  # full-width forms are ASCII after NFKC
+    assert normalize_text("ℍello 𝐇ello") == normalize_text("hello hello")  # compatibility capitals fold too
     # another script inside a mostly-English text still counts
     assert normalize_text("α-synuclein aggregates in neurons") != normalize_text("β-synuclein aggregates in neurons")
     assert normalize_text("I love 東京 very much indeed friends") != normalize_text("I love 大阪 very much indeed friends")
