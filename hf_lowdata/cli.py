@@ -185,11 +185,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from .data import (
         FewShotTask,
+        check_dev_set,
         load_data,
         load_file,
         make_few_shot_task,
         require_two_classes,
-        warn_if_test_in_train,
     )
     from .methods import METHODS
     from .workflow import CHECKPOINTS_DIR, EVAL_FILE, WorkflowError, finished_output, train_method
@@ -204,8 +204,10 @@ def _run_train(args: argparse.Namespace) -> int:
             _print_evaluation(json.loads((out / EVAL_FILE).read_text()))
         return 0
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
-    if args.shots is not None:
-        task = make_few_shot_task(splits, seed=args.seed, k=args.shots)
+    dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names)
+           if args.dev is not None else None)
+    if args.shots is not None:  # the draw never takes a dev text
+        task = make_few_shot_task(splits, seed=args.seed, k=args.shots, exclude_texts=dev.texts if dev else ())
     else:
         require_two_classes(splits.train)
         task = FewShotTask(name=splits.name, label_names=splits.label_names, labelled=splits.train, seed=args.seed)
@@ -215,10 +217,8 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names)
                        if args.eval is not None else splits.test)
-    if args.dev is not None:
-        dev = load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names)
-        require_two_classes(dev)
-        warn_if_test_in_train(task.labelled, dev)  # a dev text also trained on cannot judge a step
+    if dev is not None:
+        check_dev_set(dev, task.labelled, evaluation_data)
         task = replace(task, dev=dev)
     class_counts = list(task.labelled.class_counts().items())
     counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (

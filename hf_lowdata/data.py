@@ -655,6 +655,23 @@ def warn_if_test_in_train(train: TextDataset, test: TextDataset) -> int:
     return len(dupes)
 
 
+def check_dev_set(dev: TextDataset, labelled: TextDataset, evaluation: TextDataset | None = None) -> None:
+    """A dev set chooses among training steps: it needs two classes and may share no text (compared by
+    :func:`normalize_text`) with the training data, nor with the evaluation data it would then inflate."""
+    require_two_classes(dev)
+    for other, role in ((labelled, "training data"), (evaluation, "evaluation data")):
+        if other is None:
+            continue
+        keys = {normalize_text(t) for t in other.texts}
+        shared = [t for t in dev.texts if normalize_text(t) in keys]
+        if shared:
+            raise DataError(
+                f"{len(shared)} dev example(s) of {dev.source!r} also appear in the {role} {other.source!r} (e.g. "
+                f"{shared[0][:60]!r}). Model selection needs examples the model neither trains nor is scored on: "
+                "remove them from the dev file."
+            )
+
+
 def check_label_space(train: TextDataset, other: TextDataset) -> None:
     """Out-of-domain evaluation needs the same labels in the same order."""
     if tuple(train.label_names) != tuple(other.label_names):

@@ -111,6 +111,13 @@ def _data_section(summary: Mapping[str, Any] | None) -> str:
             ("unlabelled examples", summary.get("unlabelled_examples", 0))]
     if summary.get("evaluation_examples"):
         rows.append(("evaluation examples", f"{summary['evaluation_examples']} ({summary.get('evaluation_source')})"))
+    if summary.get("dev_examples"):
+        chosen = summary.get("model_selection", {})
+        how = (f"kept step {chosen['selected_step']}" if "selected_step" in chosen
+               else f"chose C = {chosen['C']:g}" if "C" in chosen else chosen.get("dev_set", ""))
+        score = f", dev accuracy {100 * chosen['dev_accuracy']:.1f}%" if "dev_accuracy" in chosen else ""
+        rows.append(("dev examples (model selection)",
+                     f"{summary['dev_examples']} ({summary.get('dev_source')}): {how}{score}"))
     return "\n## Training data\n\n" + _table(rows)
 
 

@@ -10,6 +10,7 @@ hidden sub-folder and moved into place one by one with atomic renames.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -211,6 +212,12 @@ def evaluate(classifier: FittedClassifier, data: TextDataset) -> Evaluation:
     )
 
 
+def _fingerprint(data: TextDataset) -> str:
+    """A short content hash of a labelled set (texts and labels, in order)."""
+    payload = json.dumps([list(data.texts), list(data.labels or ())], ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
 def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None) -> dict[str, Any]:
     """Sizes and labels of the training data, for the model card and the results JSON."""
     return {
@@ -221,6 +228,8 @@ def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None
         "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None else 0,
         "evaluation_examples": len(evaluation_data) if evaluation_data is not None else 0,
         "evaluation_source": Path(evaluation_data.source).name if evaluation_data is not None else None,
+        "dev_examples": len(task.dev) if task.dev is not None else 0,
+        "dev_source": Path(task.dev.source).name if task.dev is not None and task.dev.source else None,
     }
 
 
@@ -296,7 +305,9 @@ def train_method(
     if save_steps is None:
         save_steps = max(1, -(-steps // 4))
     run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
-                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled)}
+                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled),
+                  # a resumed run reads back the dev scores up to its checkpoint: only valid for the same dev set
+                  "dev": _fingerprint(task.dev) if task.dev is not None else None}
     # the checks hold for every method: another run's unfinished checkpoints are never trained over
     resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
     resume_note = None
@@ -322,6 +333,9 @@ def train_method(
         raise
     evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
     summary = summarize_data(task, evaluation_data)
+    selection = {k: classifier.notes[k] for k in ("selected_step", "C", "dev_accuracy", "dev_set") if k in classifier.notes}
+    if selection:
+        summary["model_selection"] = selection
     result = TrainResult(
         method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
         trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
@@ -396,11 +410,11 @@ def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool)
             )
         if config_file.is_file():
             saved = json.loads(config_file.read_text())
-            if saved != run_config:
-                changed = sorted(k for k in run_config if saved.get(k) != run_config[k])
+            changed = sorted(k for k in run_config if saved.get(k) != run_config[k])  # a key added later reads None
+            if changed:
                 raise WorkflowError(
                     f"--resume: the checkpoints in {folder} come from a run with different settings "
-                    f"({', '.join(changed)}). Resume with the same method, data, model, seed, preset and "
+                    f"({', '.join(changed)}). Resume with the same method, data, dev file, model, seed, preset and "
                     "--config, or choose another output folder."
                 )
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from hf_lowdata.data import load_file
 from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
 from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
-from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, toy_files, toy_task, trained
-from tests.helpers import REPO_ROOT, run_python, write_jsonl
+from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, tiny_config, toy_files, toy_task, trained
+from tests.helpers import REPO_ROOT, run_python, toy_sentences, write_jsonl
 
 RUNNABLE = [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
 TEXTS = ["the film was great and the cast was wonderful", "an awful, boring plot"]
@@ -52,14 +52,52 @@ def test_train_saves_standard_peft_files_card_and_evaluation(tmp_path, capsys):
 @pytest.mark.parametrize("method", ["lora", "probe", "setfit"])
 def test_train_with_a_dev_file_selects_on_it_and_says_so(method, tmp_path, capsys):
     files = toy_files(tmp_path / "data")
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": f"dev example {i}: " + r["text"], "label": LABELS[r["label"]]}
+                                               for i, r in enumerate(toy_sentences(12, 11))])
     out = tmp_path / method
-    code = main(["train", "--method", method, "--data", str(files["train"]), "--dev", str(files["eval"]),
-                 "--out", str(out), "--config", *tiny_args(method)])
+    code = main(["train", "--method", method, "--data", str(files["train"]), "--dev", str(dev), "--eval",
+                 str(files["eval"]), "--out", str(out), "--config", *tiny_args(method)])
     assert code == 0
     printed = capsys.readouterr().out
     expected = {"lora": r"Kept step [12], the best on the dev set \(\d+\.\d% accuracy\)",
                 "probe": r"Chose C = \S+ on the dev set", "setfit": r"Dev set not used: SetFit"}[method]
     assert re.search(expected, printed), printed
+    if method != "setfit":  # the choice is recorded with the figures and in the model card
+        selection = json.loads((out / "eval_results.json").read_text())["data"]["model_selection"]
+        assert 0 <= selection["dev_accuracy"] <= 1 and ("selected_step" in selection or "C" in selection)
+        assert "dev examples (model selection) | 12 (dev.jsonl)" in (out / "README.md").read_text()
+
+
+def test_a_dev_file_never_shares_texts_with_training_or_evaluation(tmp_path, capsys):
+    files = toy_files(tmp_path / "data")
+    common = ["train", "--method", "probe", "--config", *tiny_args("probe")]
+    # the whole training file: a dev text in it would be trained on
+    code = main([*common, "--data", str(files["train"]), "--dev", str(files["train"]), "--out", str(tmp_path / "a")])
+    assert code == 2 and "also appear in the training data" in capsys.readouterr().err
+    # selection on the evaluation set would inflate the figures it reports
+    code = main([*common, "--data", str(files["train"]), "--dev", str(files["eval"]), "--eval", str(files["eval"]),
+                 "--out", str(tmp_path / "b")])
+    assert code == 2 and "also appear in the evaluation data" in capsys.readouterr().err
+    # with --shots the draw leaves the dev texts out, as the benchmark's does
+    code = main([*common, "--data", str(files["train"]), "--shots", "4", "--dev", str(files["train"]),
+                 "--eval", str(files["eval"]), "--out", str(tmp_path / "c")])
+    assert code == 2 and "fewer than k=4" in capsys.readouterr().err  # every row is a dev text: nothing to draw
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_resume_with_another_dev_file_is_refused(tmp_path, capsys):
+    """A resumed run reads back the dev scores up to its checkpoint: they are only comparable on the same dev set."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    saved = {"method": "lora", "preset": "standard", "seed": 0, "config": tiny_config("lora"), "model": None,
+             "labelled_examples": 24, "dev": "0123456789abcdef"}
+    (out / "checkpoints" / "run_config.json").write_text(json.dumps(saved))
+    args = ["train", "--method", "lora", "--data", str(files["train"]), "--out", str(out), "--config", *tiny_args("lora")]
+    assert main([*args, "--dev", str(files["eval"]), "--resume"]) == 2
+    assert "different settings (dev)" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 2  # no dev file now, one before: also another selection
+    assert "different settings (dev)" in capsys.readouterr().err
 
 
 def test_train_refuses_a_dev_file_with_unknown_labels(tmp_path, capsys):
