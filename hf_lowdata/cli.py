@@ -192,6 +192,7 @@ def _run_train(args: argparse.Namespace) -> int:
         require_two_classes,
     )
     from .methods import METHODS
+    from .model_card import describe_model_selection
     from .workflow import CHECKPOINTS_DIR, EVAL_FILE, WorkflowError, finished_output, train_method
 
     out: Path = args.out
@@ -242,13 +243,9 @@ def _run_train(args: argparse.Namespace) -> int:
     files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
     print(f"Saved {args.method} to {out} ({files}); {result.trainable_parameters:,} trainable parameters, "
           f"{result.adapter_bytes / 1024:,.1f} KiB, trained in {result.train_seconds:.1f} s.")
-    notes = result.classifier.notes
-    if "selected_step" in notes:
-        print(f"Kept step {notes['selected_step']}, the best on the dev set ({100 * notes['dev_accuracy']:.1f}% accuracy).")
-    elif "C" in notes:
-        print(f"Chose C = {notes['C']:g} on the dev set ({100 * notes['dev_accuracy']:.1f}% accuracy).")
-    elif "dev_set" in notes:
-        print(f"Dev set {notes['dev_set']}.")
+    chosen = describe_model_selection(result.classifier.notes)
+    if chosen:
+        print(chosen[0].upper() + chosen[1:] + ".")
     if result.evaluation is not None:
         _print_evaluation(result.evaluation.to_dict())
         print(f"Evaluation figures written to {out / EVAL_FILE}.")

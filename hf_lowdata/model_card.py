@@ -112,13 +112,20 @@ def _data_section(summary: Mapping[str, Any] | None) -> str:
     if summary.get("evaluation_examples"):
         rows.append(("evaluation examples", f"{summary['evaluation_examples']} ({summary.get('evaluation_source')})"))
     if summary.get("dev_examples"):
-        chosen = summary.get("model_selection", {})
-        how = (f"kept step {chosen['selected_step']}" if "selected_step" in chosen
-               else f"chose C = {chosen['C']:g}" if "C" in chosen else chosen.get("dev_set", ""))
-        score = f", dev accuracy {100 * chosen['dev_accuracy']:.1f}%" if "dev_accuracy" in chosen else ""
-        rows.append(("dev examples (model selection)",
-                     f"{summary['dev_examples']} ({summary.get('dev_source')}): {how}{score}"))
+        rows.append(("dev examples (model selection)", f"{summary['dev_examples']} ({summary.get('dev_source')}): "
+                     + (describe_model_selection(summary.get("model_selection", {})) or "")))
     return "\n## Training data\n\n" + _table(rows)
+
+
+def describe_model_selection(selection: Mapping[str, Any]) -> str | None:
+    """What a dev set chose, in words (from a fit's notes: ``selected_step`` or ``C``, ``dev_accuracy``,
+    or ``dev_set`` saying why none was chosen); ``None`` when there was no dev set."""
+    score = f" ({100 * selection['dev_accuracy']:.1f}% dev accuracy)" if "dev_accuracy" in selection else ""
+    if "selected_step" in selection:
+        return f"kept step {selection['selected_step']}, the best on the dev set{score}"
+    if "C" in selection:
+        return f"chose C = {selection['C']:g} on the dev set{score}"
+    return f"dev set {selection['dev_set']}" if "dev_set" in selection else None
 
 
 def _config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes, train_seconds) -> str:

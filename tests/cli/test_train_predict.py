@@ -59,13 +59,14 @@ def test_train_with_a_dev_file_selects_on_it_and_says_so(method, tmp_path, capsy
                  str(files["eval"]), "--out", str(out), "--config", *tiny_args(method)])
     assert code == 0
     printed = capsys.readouterr().out
-    expected = {"lora": r"Kept step [12], the best on the dev set \(\d+\.\d% accuracy\)",
+    expected = {"lora": r"Kept step [12], the best on the dev set \(\d+\.\d% dev accuracy\)",
                 "probe": r"Chose C = \S+ on the dev set", "setfit": r"Dev set not used: SetFit"}[method]
     assert re.search(expected, printed), printed
     if method != "setfit":  # the choice is recorded with the figures and in the model card
         selection = json.loads((out / "eval_results.json").read_text())["data"]["model_selection"]
         assert 0 <= selection["dev_accuracy"] <= 1 and ("selected_step" in selection or "C" in selection)
-        assert "dev examples (model selection) | 12 (dev.jsonl)" in (out / "README.md").read_text()
+        assert "dev examples (model selection) | 12 (dev.jsonl): " + ("kept step" if method == "lora" else "chose C") in (
+            out / "README.md").read_text()
 
 
 def test_a_dev_file_never_shares_texts_with_training_or_evaluation(tmp_path, capsys):
