@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside peft, transformers and this
+    package: the user's ``get_peft_model`` (or ``add_adapter``) line, however deep PEFT calls the hook."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("peft", "transformers", "hf_lowdata"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class WeightAdapterTuner(BaseTuner):
@@ -47,7 +57,7 @@ class WeightAdapterTuner(BaseTuner):
                 f"['{heads[0]}'] (images) or task_type='SEQ_CLS' (text), as with LoRA; modules_to_save=[] keeps the "
                 "head as it is and silences this warning.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=_caller_stacklevel(),
             )
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:

@@ -17,7 +17,9 @@ def _warnings(make) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make()
-    return [str(w.message) for w in caught if HEAD_WARNING in str(w.message)]
+    found = [w for w in caught if HEAD_WARNING in str(w.message)]
+    assert all(w.filename == __file__ for w in found), [w.filename for w in found]  # points at the caller's line
+    return [str(w.message) for w in found]
 
 
 @pytest.mark.parametrize("config_cls", [FTPConfig, MixupBLOConfig])
