@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from peft.config import PeftConfig
-from peft.utils import PeftType
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, PeftType
 
 AGGREGATIONS = ("attention", "cls", "mean")
 HEADS = ("categorical", "binary", "infonce")
@@ -202,7 +203,60 @@ class TwinTurboConfig(PeftConfig):
         if self.num_labels == 1:
             raise ValueError("num_labels must be at least 2: TwinTurbo is a classification method.")
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """PEFT's loader, plus the head sizes of adapters saved without them.
+
+        Adapters saved before ``num_labels`` and ``token_dim`` were recorded (hf_lowdata 0.1.0 before
+        2026-11-23) have ``null`` there, so the head would be rebuilt at the fresh base's size and the
+        weights would not fit; the sizes are read from the adapter's safetensors header instead.
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if config.num_labels is None or config.token_dim is None:
+            weights = _adapter_weights_file(pretrained_model_name_or_path, subfolder, cls._split_kwargs(kwargs)[0])
+            if weights is not None:
+                for name, value in head_dims_from_weights(weights).items():
+                    if getattr(config, name) is None:
+                        setattr(config, name, value)
+        return config
+
     @property
     def uses_unlabelled_terms(self) -> bool:
         """Whether any term of the bounds beyond the conditional one is on."""
         return bool(self.marginal_weight or self.adversarial_weight or self.latent_weight)
+
+
+def _adapter_weights_file(name_or_path: str, subfolder: str | None, hub_kwargs: dict) -> str | None:
+    """The adapter's safetensors file: in a local folder, else from the Hub (cache first, as PEFT's
+    weight loading would fetch it next anyway); ``None`` when there is none to read."""
+    local = os.path.join(name_or_path, subfolder or "", SAFETENSORS_WEIGHTS_NAME)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(name_or_path):
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(name_or_path, SAFETENSORS_WEIGHTS_NAME, subfolder=subfolder, **hub_kwargs)
+    except (OSError, ValueError, EntryNotFoundError):
+        return None  # loading the weights reports it
+
+
+def head_dims_from_weights(file: str | os.PathLike) -> dict[str, int]:
+    """``num_labels`` and ``token_dim`` of a saved TwinTurbo adapter, read from its safetensors header
+    (the head's weight or class embeddings, the projector's input layer); empty if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    dims: dict[str, int] = {}
+    try:
+        with safe_open(os.fspath(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+                shape = weights.get_slice(key).get_shape()
+                if key.endswith(("twin_turbo_head.linear.weight", "twin_turbo_head.class_embeddings")):
+                    dims["num_labels"] = shape[0]
+                elif key.endswith("twin_turbo_projector.input.weight"):
+                    dims["token_dim"] = shape[1]
+    except (SafetensorError, OSError):
+        return {}  # a damaged file: loading the weights reports it
+    return dims

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from hf_lowdata import TwinTurboConfig
 from hf_lowdata.models import load_encoder, load_for_classification
 from hf_lowdata.tuners.twin_turbo import TokenProjector, TokenTap, twin_turbo_layer
+from hf_lowdata.tuners.twin_turbo.config import head_dims_from_weights
 from tests.tuners.twin_turbo.helpers import small_config, tiny_model, tokenizer
 
 SHORT = "a truly good film"
@@ -117,6 +118,29 @@ def test_a_saved_text_adapter_with_three_labels_loads_without_num_labels(tiny_be
     assert loaded(**inputs, labels=torch.tensor([2, 0])).logits.shape == (2, 3)  # the adapter's head again
     base = loaded.unload()
     assert base.num_labels == base.config.num_labels == 2  # the fresh base's own head again
+
+
+@pytest.mark.parametrize("head", ["categorical", "infonce"])
+def test_an_adapter_saved_without_head_sizes_reads_them_from_its_weights(head, tiny_bert_dir, tmp_path):
+    """Adapters saved before num_labels/token_dim were recorded have null there; they load anyway."""
+    import json
+
+    from peft import AutoPeftModelForSequenceClassification
+
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 3, seed=0), small_config(head=head)).eval()
+    inputs = tokenizer(tiny_bert_dir)([SHORT, LONG], padding=True, return_tensors="pt")
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    old = {**json.loads(config_file.read_text()), "num_labels": None, "token_dim": None}
+    config_file.write_text(json.dumps(old))
+    assert TwinTurboConfig.from_pretrained(str(tmp_path)).num_labels == 3
+    loaded = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(**inputs).logits, expected, atol=0, rtol=0)
+    assert torch.isfinite(loaded(**inputs, labels=torch.tensor([2, 0])).loss)
+    damaged = tmp_path / "adapter_model.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    assert head_dims_from_weights(damaged) == {}  # left to the weight loading, which names the file
 
 
 def test_switching_between_adapters_of_different_label_counts_keeps_the_loss_working(tiny_bert_dir):
