@@ -124,8 +124,9 @@ def train_mixup_blo(
             states.append(load_file(str(saved)))
             continue
         fold_seed = seed + FOLD_SEED_STRIDE * fold
-        set_seed(fold_seed)  # the mixing factors' initial noise (init_std > 0)
-        model = get_peft_model(base_model(), copy.deepcopy(config))
+        base = base_model()
+        set_seed(seed)  # every fold starts from the same adapter (LoRA's A, the mixing noise): a shared start,
+        model = get_peft_model(base, copy.deepcopy(config))  # which averaging the folds' weights assumes
         if config.hypergradient == "none":  # single-level: no validation role, all examples train
             inner_data, validation = train_dataset, None
         else:

@@ -28,8 +28,8 @@ Departures from the authors' betty-based code, all deliberate: the finite differ
 around the pre-step point (as in DARTS, and as the exact derivative of the unrolled step requires;
 betty perturbs W', a difference of order lr), with the same dropout mask in both evaluations
 (betty draws new masks, which adds noise of order 1/eps), and W is restored from a copy instead of by
-subtraction (betty 0.2.0 left it perturbed). The Jacobian of gradient clipping is ignored (the clip
-factor is treated as a constant). With gradient accumulation the outer step uses the first
+subtraction (betty 0.2.0 left it perturbed). The Jacobian of gradient clipping is ignored: the clip
+factor c is treated as a constant, so the step's Jacobian is c J (checked against autograd). With gradient accumulation the outer step uses the first
 micro-batch only.
 """
 
@@ -306,10 +306,11 @@ class BilevelObjective(TrainingObjective):
             has_grad = [g is not None for g in raw_grads[: len(inner)]]  # the optimizer skips the others
             grads = self._average(trainer, _zeros_for_none(raw_grads, inner + outer))
             max_norm = trainer.args.max_grad_norm
+            clip = 1.0  # the clip factor: a constant of the step, so it also scales the step's Jacobian
             if max_norm and max_norm > 0:
                 total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-                scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-                grads = [g * scale for g in grads]
+                clip = float((max_norm / (total + 1e-6)).clamp(max=1.0))
+                grads = [g * clip for g in grads]
             grads = grads[: len(inner)]
             jacobian = _update_jacobian(optimizer, inner, grads, saved_state) if self.precondition else None
             if self.precondition and jacobian is None and not self._warned_jacobian:
@@ -338,9 +339,9 @@ class BilevelObjective(TrainingObjective):
         if not self.precondition:
             u = v
         elif jacobian is not None:
-            u = [j * x for j, x in zip(jacobian, v)]
+            u = [clip * j * x for j, x in zip(jacobian, v)]
         else:
-            u = [lrs[id(p)] * x for p, x in zip(inner, v)]
+            u = [clip * lrs[id(p)] * x for p, x in zip(inner, v)]
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in u])))
         if norm == 0.0 or not math.isfinite(norm):
             return direct

@@ -94,6 +94,20 @@ def test_phase_two_starts_from_the_fold_average_with_the_mixing_frozen(tiny_bert
     assert any(not torch.equal(end[k], start[k]) for k in start if "mixup_blo_weight" in k)
 
 
+def test_every_fold_starts_from_the_same_adapter(tiny_bert_dir, tmp_path, monkeypatch):
+    """Fold averaging assumes a shared start: LoRA's A and the mixing noise must not differ per fold, even
+    when base_model() leaves the random state elsewhere (here: not seeded, so its head differs)."""
+    seeded = load_for_classification
+    monkeypatch.setattr(f"{__name__}.load_for_classification", lambda *a, **k: seeded(*a, **{**k, "seed": None}))
+    _, snaps, _, _, _ = _run_protocol(tiny_bert_dir, tmp_path, hypergradient="first_order", task_weight="lora",
+                                      init_std=0.005)
+    starts = [snaps["search", 0].start, snaps["search", 1].start]
+    adapter = [k for k in starts[0] if "mixup_blo" in k and "classifier" not in k]
+    assert any("lora" in k.lower() for k in adapter) and any("_mix_" in k for k in adapter)
+    for name in adapter:
+        assert torch.equal(starts[0][name], starts[1][name]), name
+
+
 def test_without_fold_averaging_only_the_mixing_carries_over(tiny_bert_dir, tmp_path):
     _, snaps, _, base, config = _run_protocol(tiny_bert_dir, tmp_path, hypergradient="first_order",
                                               average_folds=False)

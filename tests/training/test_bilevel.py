@@ -104,6 +104,23 @@ def test_darts_hypergradient_matches_exact_second_order_autograd_with_sgd():
         assert not torch.allclose(e, f, rtol=1e-3)  # the implicit (second-order) term is not negligible here
 
 
+def test_darts_hypergradient_under_gradient_clipping_scales_the_step_by_the_clip_factor():
+    """The clip factor c is a constant of the step: W' = W - lr c g, so the implicit term carries c too
+    (it was left out, which made the second-order term 1/c times too large whenever clipping was active)."""
+    lr, max_norm = 0.3, 0.05
+    net, objective, trainer, inner, validation = _problem(lambda p: torch.optim.SGD(p, lr=lr))
+    trainer.args.max_grad_norm = max_norm
+    train = _batch(1)
+    grads = torch.autograd.grad(FakeTrainer.model_loss(net, train), inner + objective._outer)
+    clip = float(max_norm / (torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) + 1e-6))
+    assert clip < 0.5  # clipping is active in this problem
+    ours = objective.darts_hypergradient(trainer, net, train, _RngState())
+    exact = _exact_hypergradient(net, objective, inner, train, validation,
+                                 lambda ws, gs: [w - lr * clip * g for w, g in zip(ws, gs)])
+    for o, e in zip(ours, exact):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-9)
+
+
 def test_darts_hypergradient_matches_exact_autograd_through_an_adamw_step():
     lr, betas, eps, decay = 0.05, (0.9, 0.999), 1e-8, 0.01
     net, objective, trainer, inner, validation = _problem(

@@ -34,7 +34,9 @@ class MixupBLOConfig(PeftConfig):
         exclude_modules: Module names (or a regex) never to mix.
         task_weight: "full": W is a trainable copy of W0, as in the paper (the saved adapter holds a full
             copy of every mixed weight, about the size of the model's Linear layers). "lora": W = W0 + B A
-            of rank r, so the adapter is small (this project's extension, not in the paper).
+            of rank r, so the adapter is small (this project's extension, not in the paper). Fold averaging
+            then averages B and A separately (the adapter stays rank r): every fold starts from the same
+            A, so this approximates, but is not exactly, the mean of the folds' W.
         r: Rank of B A when task_weight="lora".
         lora_alpha: Scale of B A when task_weight="lora": W = W0 + (lora_alpha / r) B A.
         init_mean: Mean of the initial mixing factors (the authors: 1.0). Must lie in [0, 1].
