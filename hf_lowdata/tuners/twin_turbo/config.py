@@ -44,7 +44,7 @@ class TwinTurboConfig(PeftConfig):
         mlp_ratio: width of the projector's MLP as a multiple of ``projector_dim``.
         dropout: dropout inside the projector and before the head (training only).
         aggregation: how token states become one vector: "attention" (one learned query
-            cross-attending the unpadded tokens; it starts as mean pooling), "cls" (the first token)
+            cross-attending the unpadded tokens; it starts as mean pooling), "cls" (the first real token)
             or "mean" (mean over unpadded tokens).
         head: "categorical" (linear logits, softmax cross-entropy), "binary" (linear one-vs-rest
             logits, sigmoid cross-entropy) or "infonce" (cosine similarity to learned class
@@ -108,7 +108,7 @@ class TwinTurboConfig(PeftConfig):
     aggregation: Literal["attention", "cls", "mean"] = field(
         default="attention",
         metadata={"help": "How token states become one vector: 'attention' (one learned query cross-attending the "
-                          "unpadded tokens; it starts as mean pooling), 'cls' (the first token) or 'mean' (mean over "
+                          "unpadded tokens; it starts as mean pooling), 'cls' (the first real token) or 'mean' (mean over "
                           "unpadded tokens)."},
     )
     head: Literal["categorical", "binary", "infonce"] = field(

@@ -191,8 +191,8 @@ class TokenProjector(nn.Module):
         h = self.norm(h)
         if self.pool is not None:
             return self.pool(h, mask)
-        if self.aggregation == "cls":
-            return h[:, 0]
+        if self.aggregation == "cls":  # the first real token (left-padded batches start with padding)
+            return h[torch.arange(h.shape[0], device=h.device), mask.int().argmax(dim=1)]
         return masked_mean(h, mask)
 
 

@@ -42,6 +42,18 @@ def test_padded_positions_never_reach_attention_or_pooling(aggregation):
         projector(tokens, torch.zeros(3, 7, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("aggregation", ["attention", "mean", "cls"])
+def test_left_padding_gives_the_same_output_as_right_padding(aggregation):
+    """Decoder tokenizers pad on the left: "cls" took position 0, a padding token, there."""
+    torch.manual_seed(0)
+    projector = TokenProjector(24, small_config(aggregation=aggregation)).eval()
+    real = torch.randn(2, 4, 24)
+    right, left = torch.randn(2, 7, 24), torch.randn(2, 7, 24)
+    right[:, :4], left[:, 3:] = real, real
+    right_mask = torch.tensor([[1] * 4 + [0] * 3] * 2, dtype=torch.bool)
+    torch.testing.assert_close(projector(left, right_mask.flip(1)), projector(right, right_mask), atol=1e-5, rtol=0)
+
+
 def test_logits_come_from_projector_and_head_and_disable_gives_the_base_head(tiny_bert_dir):
     tok = tokenizer(tiny_bert_dir)
     inputs = tok([SHORT, LONG], padding=True, return_tensors="pt")
