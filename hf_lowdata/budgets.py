@@ -104,7 +104,7 @@ BUDGETS: dict[str, Budget] = {
     "mixup_blo_fo": Budget(learning_rate=FULL_LR),
     "mixup_blo_fast": Budget(learning_rate=FULL_LR),
     # [twin_turbo]
-    # TwinTurbo and its ablations (twin_turbo_ce/_nolatent/_noadv share this entry). Spec section 1:
+    # TwinTurbo and its ablations (twin_turbo_ce/_nolatent/_noadv/_notask share this entry). Spec section 1:
     # projector AdamW lr 1e-3 (top of 1e-4..1e-3: a from-scratch projector, few steps), wd 0.05,
     # cosine (set by the method), 5% warm-up; batches = the labelled set (up to 64) + unlabelled.
     # Cost targets (issue 5: a 16-shot run with 2,000 unlabelled trains in <= 60 s on 2 CPU cores;

@@ -1,4 +1,4 @@
-"""The bench methods twin_turbo / twin_turbo_ce / _nolatent / _noadv on toy data with a tiny BERT."""
+"""The bench methods twin_turbo / twin_turbo_ce / _nolatent / _noadv / _notask on toy data with a tiny BERT."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_ablations_switch_off_their_terms():
     assert not configs["twin_turbo_ce"].uses_unlabelled_terms
     assert configs["twin_turbo_nolatent"].latent_weight == 0 < configs["twin_turbo_nolatent"].adversarial_weight
     assert configs["twin_turbo_noadv"].adversarial_weight == 0 < configs["twin_turbo_noadv"].latent_weight
+    notask = configs["twin_turbo_notask"]
+    assert notask.marginal_weight == notask.adversarial_weight == 0 < notask.latent_weight
     assert get_method("twin_turbo").uses_unlabelled and not get_method("twin_turbo_ce").uses_unlabelled
 
 
