@@ -377,7 +377,7 @@ class SparseExpertMethod(Method):
     budget_name: ClassVar[str] = BUDGET_NAME
     option_names = frozenset({"source_dir", "sources", "num_experts", "target_sparsity", "meta_steps", "meta_batch",
                               "meta_lr", "meta_seed", "query_per_class", "cache_dir", "router_temperature",
-                              "finetune", "r", "lora_alpha"})
+                              "finetune", "r", "lora_alpha", "binary_masks_from"})
     #: Adapter settings of this variant (over the budget's options).
     adapter_overrides: ClassVar[dict[str, Any]] = {}
     #: Objective settings of this variant.
@@ -414,6 +414,8 @@ class SparseExpertMethod(Method):
         adapter = {"num_experts": int(self.option(ctx, "num_experts", 8)),
                    "target_sparsity": float(self.option(ctx, "target_sparsity", 0.9)), **self.adapter_overrides}
         objective = dict(self.objective_overrides)
+        if self.option(ctx, "binary_masks_from") is not None:  # (only when set: the default keeps its cache key)
+            objective["binary_masks_from"] = float(self.option(ctx, "binary_masks_from"))
         return MetaTrainingPlan(
             model=str(ctx.model) if ctx.model is not None else None,
             source_dir=str(source_dir),

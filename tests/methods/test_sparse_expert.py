@@ -86,6 +86,8 @@ def test_plan_holds_out_test_texts_and_the_evaluated_dataset(tiny_bert_dir, data
     dense = get_method("sparse_expert_dense").plan(_task(data_dir), ctx)
     assert dense.adapter["num_experts"] == 1 and dense.objective == {"learn_masks": False}
     assert get_method("sparse_expert_tau95").plan(_task(data_dir), ctx).adapter["target_sparsity"] == 0.95
+    late = method.plan(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, binary_masks_from="0.8"))
+    assert late.objective == {"binary_masks_from": 0.8} and late.key() != key and plan.objective == {}
 
 
 def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path, monkeypatch):

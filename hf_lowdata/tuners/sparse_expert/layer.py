@@ -168,6 +168,7 @@ class SparseExpertLayer(SparseExpertTunerLayer):
         #: functional calls with explicitly computed weights); set by SparseExpertModel.bypass().
         self.sparse_expert_bypass = False
         self._mask_cache: dict[str, torch.Tensor] = {}
+        self._binary_meta_masks: set[str] = set()  # adapters meta-training with the binary masks (late phase)
         self._mask_grad_records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
@@ -226,10 +227,17 @@ class SparseExpertLayer(SparseExpertTunerLayer):
 
     # ---- meta-training: masks cached per optimizer step, deferred logit gradients ----------------
     def _cached_masks(self, adapter: str) -> torch.Tensor:
+        """The masks of this optimizer step: relaxed at the meta-training temperature, or (late phase, see
+        :meth:`SparseExpertModel.use_binary_meta_masks`) the binary masks :meth:`binarize` will store."""
         if adapter not in self._mask_cache:
             config = self.sparse_expert_settings[adapter]
             with torch.no_grad():
-                self._mask_cache[adapter] = self.expert_masks(adapter, beta=config.mask_temperature)
+                if adapter in self._binary_meta_masks:
+                    logits = self.sparse_expert_logits[adapter]
+                    masks = (logits > config.mask_threshold_logit).to(self.sparse_expert_delta[adapter].dtype)
+                else:
+                    masks = self.expert_masks(adapter, beta=config.mask_temperature)
+                self._mask_cache[adapter] = masks
         return self._mask_cache[adapter]
 
     def meta_task_delta(self, adapter: str, expert_weights: torch.Tensor) -> torch.Tensor:

@@ -376,6 +376,17 @@ class SparseExpertModel(WeightAdapterTuner):
             out[f"{name}.base_layer.weight"] = base + delta.to(base.dtype)
         return out
 
+    def use_binary_meta_masks(self, enabled: bool, adapter: str | None = None) -> None:
+        """Meta-train with the binary masks (1 where non-zero at the meta-training temperature, what
+        :meth:`binarize_masks` stores) instead of the relaxed ones; the logits' gradient still passes
+        straight through the relaxed masks. Takes effect from the next optimizer step's masks."""
+        adapter = self._adapter(adapter)
+        for _, layer in self.expert_layers():
+            if enabled:
+                layer._binary_meta_masks.add(adapter)
+            else:
+                layer._binary_meta_masks.discard(adapter)
+
     def finalize_mask_gradients(self, adapter: str | None = None) -> None:
         """Accumulate the deferred mask-logit gradients of a meta-batch (see ``task_weights(meta=True)``)."""
         adapter = self._adapter(adapter)

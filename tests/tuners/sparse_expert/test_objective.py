@@ -42,6 +42,28 @@ def test_masks_reach_the_sparsity_target_on_a_toy_run(tiny_bert_dir, tmp_path):
     assert bits <= entries  # at most one bit per mask entry
 
 
+def test_the_late_phase_meta_trains_with_the_binary_masks_it_deploys(tiny_bert_dir, tmp_path):
+    trainer = _trainer(tiny_bert_dir, tmp_path, steps=8, objective=SparseExpertObjective(binary_masks_from=0.5))
+    tuner = trainer.model.base_model
+    _, layer = tuner.expert_layers()[0]
+    cached, seen, logits = layer._cached_masks, [], {}
+
+    def spy(adapter):
+        masks = cached(adapter)
+        seen.append((trainer.state.global_step, bool(((masks == 0) | (masks == 1)).all())))
+        logits.setdefault(trainer.state.global_step, layer.sparse_expert_logits[adapter].detach().clone())
+        return masks
+
+    layer._cached_masks = spy
+    trainer.train()
+    assert {step for step, binary in seen if binary} == {4, 5, 6, 7}  # from half of the 8 steps on
+    assert not any(binary for step, binary in seen if step < 4)
+    assert not torch.equal(logits[4], logits[7])  # the logits still learn (straight through)
+    final = (layer.sparse_expert_logits["default"] > layer.sparse_expert_settings["default"].mask_threshold_logit)
+    tuner.binarize_masks()
+    assert torch.equal(layer.expert_masks("default").bool(), final)  # what is stored is what was trained with
+
+
 def test_resume_equals_uninterrupted_meta_training(tiny_bert_dir, tmp_path):
     full = _trainer(tiny_bert_dir, tmp_path / "full", steps=6, ga=2, save_strategy="steps", save_steps=3)
     full.train()
