@@ -345,12 +345,17 @@ class SparseExpertObjective(TrainingObjective):
 
     # ---- the step -------------------------------------------------------------------------------
     def _frozen_features(
-        self, tuner: SparseExpertModel, backbone: nn.Module, inputs: dict[str, Any], part: str
+        self, tuner: SparseExpertModel, backbone: nn.Module, inputs: dict[str, Any], part: str, memoise: bool = True
     ) -> torch.Tensor:
-        """Pretrained-backbone features of the support or query examples, memoised per example."""
+        """Pretrained-backbone features of the support or query examples, memoised per training example.
+
+        The memo is keyed by (source, example) of the training episodes; held-out episodes
+        (``evaluate``/``predict`` on another EpisodeDataset) reuse those numbers for other texts, so
+        outside training the features are computed afresh.
+        """
         source = int(inputs["source"])
         ids = [int(i) for i in inputs[f"{part}_ids"]]
-        if any((source, i) not in self._features for i in ids):
+        if any((source, i) not in self._features for i in ids) or not memoise:
             was_training = backbone.training
             backbone.eval()
             try:
@@ -358,6 +363,8 @@ class SparseExpertObjective(TrainingObjective):
                     feats = pooled_features(backbone, inputs[part])
             finally:
                 backbone.train(was_training)
+            if not memoise:
+                return feats.detach()
             for i, f in zip(ids, feats):
                 self._features[(source, i)] = f.detach()
         return torch.stack([self._features[(source, i)] for i in ids])
@@ -381,8 +388,8 @@ class SparseExpertObjective(TrainingObjective):
         backbone = feature_backbone(peft_model)
         y_s, y_q = inputs["support_labels"], inputs["query_labels"]
         way = int(y_s.max()) + 1
-        frozen_s = self._frozen_features(tuner, backbone, inputs, "support")
-        frozen_q = self._frozen_features(tuner, backbone, inputs, "query")
+        frozen_s = self._frozen_features(tuner, backbone, inputs, "support", memoise=model.training)
+        frozen_q = self._frozen_features(tuner, backbone, inputs, "query", memoise=model.training)
         frozen_protos = class_prototypes(frozen_s, y_s, way)
         progress = self.progress(trainer)
         if model.training:  # (a function of the step, so a resumed run switches at the same step)

@@ -178,3 +178,30 @@ def test_evaluate_and_predict_on_held_out_episodes(tiny_bert_dir, tmp_path):
     output = trainer.predict(held_out)
     queries = sum(len(held_out[i]["query_labels"]) for i in range(len(held_out)))
     assert output.label_ids.shape == (queries,) and output.predictions.shape[0] == queries
+
+
+def test_held_out_episodes_of_other_texts_get_their_own_features(tiny_bert_dir, tmp_path):
+    """The frozen-feature memo is keyed by (source, example) of the training episodes: evaluating on
+    another EpisodeDataset with the same indices routed with the training texts' prototypes."""
+    from hf_lowdata.models import load_tokenizer
+    from hf_lowdata.training.episodes import EpisodeDataset, TextSource
+    from hf_lowdata.tuners.sparse_expert.model import class_prototypes, feature_backbone, pooled_features
+    from tests.tuners.sparse_expert.helpers import toy_text
+
+    trainer = _trainer(tiny_bert_dir, tmp_path, 2)
+    trainer.train()
+    trainer.evaluate(episodes(tiny_bert_dir, 30, seed=3))  # the training sources' texts, most indices
+    tok = load_tokenizer(tiny_bert_dir)
+    other = EpisodeDataset([TextSource(toy_text(60, 5), tok, name="c")], 3, seed=7, shot=(1, 2), query_per_class=2)
+    tuner = trainer.model.base_model
+    routed, route = [], tuner.router_logits
+    tuner.router_logits = lambda prototypes, adapter=None: routed.append(prototypes) or route(prototypes, adapter)
+    trainer.evaluate(other)
+    backbone = feature_backbone(trainer.model)
+    assert len(routed) == len(other)
+    for i, prototypes in enumerate(routed):
+        episode = other[i]
+        with torch.no_grad(), tuner.bypass():
+            features = pooled_features(backbone.eval(), episode["support"])
+        expected = class_prototypes(features, episode["support_labels"], int(episode["support_labels"].max()) + 1)
+        torch.testing.assert_close(prototypes, expected, rtol=0, atol=1e-5)
