@@ -216,4 +216,4 @@ class TwinTurboNoAdv(TwinTurbo):
 @register_method
 class TwinTurboNoTask(TwinTurbo):
     name = "twin_turbo_notask"
-    summary = "TwinTurbo ablation: without the task-space bound's unlabelled terms (latent bound only)"
+    summary = "TwinTurbo ablation: without the task-space bound's unlabelled terms (cross-entropy + latent bound)"

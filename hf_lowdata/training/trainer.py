@@ -104,6 +104,14 @@ class LowDataTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched > 1 and self.args.world_size == 1:
+            raise ValueError(
+                f"This process is one of {launched} started by a launcher (WORLD_SIZE={launched}), but its "
+                "TrainingArguments train in a single process: every process would run the whole training on its "
+                f"own and write to the same {self.args.output_dir!r}. On a machine without GPUs pass use_cpu=True "
+                "to TrainingArguments, so the processes train together (gloo); otherwise start one process."
+            )
         if _averages_its_loss(self.model):
             # Trainer sees **kwargs in forward and assumes the model sums its loss over num_items_in_batch:
             # then it skips the division by the accumulation steps and multiplies by the process count.

@@ -146,6 +146,22 @@ def test_unlabelled_batches_are_a_function_of_the_step(tiny_bert_dir, tmp_path):
     assert len(set(first_epoch)) == 30
 
 
+def test_a_launcher_with_single_process_arguments_is_a_clear_error(tiny_bert_dir, tmp_path, monkeypatch):
+    """torchrun / accelerate launch on a CPU machine with TrainingArguments(use_cpu=False): each process got
+    world_size 1 and trained alone, all writing to one output_dir."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine these arguments are distributed")
+    from transformers import TrainingArguments
+
+    tok = load_tokenizer(tiny_bert_dir)
+    args = TrainingArguments(str(tmp_path), report_to=[])
+    assert args.world_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="pass use_cpu=True to TrainingArguments"):
+        LowDataTrainer(model=load_for_classification(tiny_bert_dir, 2, seed=0), args=args,
+                       train_dataset=tokenize(_data(), tok), data_collator=collator(tok))
+
+
 def test_objective_needing_unlabelled_data_says_so(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="pass unlabeled_dataset="):
         _make(tiny_bert_dir, tmp_path, CriticObjective(), None)
