@@ -355,19 +355,18 @@ class SparseExpertObjective(TrainingObjective):
         """
         source = int(inputs["source"])
         ids = [int(i) for i in inputs[f"{part}_ids"]]
-        if any((source, i) not in self._features for i in ids) or not memoise:
-            was_training = backbone.training
-            backbone.eval()
-            try:
-                with torch.no_grad(), tuner.bypass():
-                    feats = pooled_features(backbone, inputs[part])
-            finally:
-                backbone.train(was_training)
-            if not memoise:
-                return feats.detach()
-            for i, f in zip(ids, feats):
-                self._features[(source, i)] = f.detach()
-        return torch.stack([self._features[(source, i)] for i in ids])
+        if memoise and all((source, i) in self._features for i in ids):
+            return torch.stack([self._features[(source, i)] for i in ids])
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            with torch.no_grad(), tuner.bypass():
+                feats = pooled_features(backbone, inputs[part]).detach()
+        finally:
+            backbone.train(was_training)
+        if memoise:
+            self._features.update({(source, i): f for i, f in zip(ids, feats)})
+        return feats
 
     def _episode_generator(self, trainer: LowDataTrainer, episode: int) -> torch.Generator:
         digest = hashlib.blake2b(f"router\x1f{trainer.args.seed}\x1f{episode}".encode(), digest_size=8).digest()
