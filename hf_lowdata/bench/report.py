@@ -69,7 +69,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std``; a single value is written alone, since one seed has no spread to report."""
     m, s = mean_std(values)
+    if len(values) == 1:
+        return f"{m * scale:.{digits}f}"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
@@ -97,7 +100,7 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
     retried = len(records) - len(latest)
     lines.append(f"{len(ok)} successful runs, {len(failed)} failed (the latest record of each run"
                  + (f"; {retried} earlier records of re-run runs not counted" if retried else "")
-                 + "). Accuracy and macro-F1 in %, mean ± std over seeds; train s is the median per run and "
+                 + "). Accuracy and macro-F1 in %, mean ± std over seeds (the mean alone for one seed); train s is the median per run and "
                  "includes one-off costs a run paid (a meta-training, a feature cache); peak RSS is the whole "
                  "process's, shared caches included.")
     if ok:
