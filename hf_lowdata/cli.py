@@ -6,6 +6,7 @@ import argparse
 import ast
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -338,8 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hide_upstream_deprecation_noise() -> None:
+    """Hide a deprecation warning that a command's user can do nothing about (the CLI and demo only).
+
+    PEFT 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` on every
+    ``get_peft_model``, so each trained method printed a FutureWarning into the progress bar. The
+    library itself leaves the process's warning filters alone; other warnings are untouched.
+    """
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hide_upstream_deprecation_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)

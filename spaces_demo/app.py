@@ -34,6 +34,7 @@ import gradio as gr
 
 import hf_lowdata  # noqa: F401  (registers hf_lowdata's PEFT methods)
 from hf_lowdata.budgets import PRESETS
+from hf_lowdata.cli import hide_upstream_deprecation_noise
 from hf_lowdata.data import (
     DataError,
     FewShotTask,
@@ -734,6 +735,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hide_upstream_deprecation_noise()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = SessionStore(Path(tempfile.mkdtemp(prefix="hf_lowdata_demo_")))
     atexit.register(store.close)

@@ -75,3 +75,27 @@ def test_writing_commands_refuse_to_run_as_several_processes(command, tmp_path, 
     assert main(argv[command]) == 2
     assert "runs as one process, but it was started as 2" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_cli_hides_only_peft_s_gradient_checkpointing_deprecation(tiny_bert_dir):
+    """PEFT reads transformers' deprecated property on every get_peft_model; other warnings still show."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lowdata.cli import hide_upstream_deprecation_noise
+
+    def future_warnings(hide: bool) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:  # restores the process's filters afterwards
+            warnings.simplefilter("always")
+            if hide:
+                hide_upstream_deprecation_noise()
+            base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+            get_peft_model(base, LoraConfig(task_type="SEQ_CLS", target_modules=["query"]))
+            warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+        return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+    assert any("is_gradient_checkpointing" in m for m in future_warnings(hide=False))  # the noise exists upstream
+    shown = future_warnings(hide=True)
+    assert shown == ["another deprecation"], shown
