@@ -11,6 +11,7 @@ every attention and of the pooling, so a text gives the same logits however much
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Any
 
 import torch
@@ -51,12 +52,29 @@ def token_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None = Non
 class TokenTap:
     """Forward hook on the backbone that keeps the last token states and padding mask.
 
-    Not an ``nn.Module``, so it is never part of the adapter's state.
+    Not an ``nn.Module``, so it is never part of the adapter's state. The states are kept per
+    thread: forward hooks run in the calling thread, so threads sharing one model (a web server,
+    ``nn.DataParallel``'s replicas) each get their own backbone's states, never another call's.
+    Copies and pickles carry no states (they are per forward pass).
     """
 
     def __init__(self) -> None:
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._local = threading.local()
         self._signatures: dict[type, inspect.Signature] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_signatures": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    @property
+    def _value(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return getattr(self._local, "value", None)
+
+    @_value.setter
+    def _value(self, value: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        self._local.value = value
 
     def _attention_mask(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
         if "attention_mask" in kwargs or not args:

@@ -273,3 +273,59 @@ def test_one_active_adapter_and_head_needs_the_backbone(tiny_bert_dir):
     model.base_model.set_adapter("default")
     with pytest.raises(RuntimeError, match="call the whole model"):
         model.base_model.model.classifier(torch.randn(1, 32))
+
+
+def test_threads_sharing_one_model_each_get_their_own_logits(tiny_bert_dir):
+    """The token states pass from backbone to head per thread: a second request's backbone running
+    between a first request's backbone and head must not hand the first one its states."""
+    import threading
+
+    tok = tokenizer(tiny_bert_dir)
+    first, second = (tok(texts, padding=True, return_tensors="pt") for texts in ([SHORT, LONG], [LONG, SHORT]))
+    model = tiny_model(tiny_bert_dir).eval()
+    with torch.no_grad():
+        expected = model(**first).logits
+    at_head, second_done = threading.Event(), threading.Event()
+
+    def pause_first_call_at_the_head(module, args):
+        if threading.current_thread().name == "first":
+            at_head.set()
+            second_done.wait(10)
+
+    hook = model.base_model.model.classifier.register_forward_pre_hook(pause_first_call_at_the_head)
+    got = {}
+
+    def first_call():
+        with torch.no_grad():
+            got["logits"] = model(**first).logits
+
+    def second_call():  # another request's backbone pass (its head has not run yet)
+        at_head.wait(10)
+        with torch.no_grad():
+            model.base_model.model.bert(**second)
+        second_done.set()
+
+    threads = [threading.Thread(target=first_call, name="first"), threading.Thread(target=second_call)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    hook.remove()
+    assert at_head.is_set() and second_done.is_set()
+    torch.testing.assert_close(got["logits"], expected, atol=1e-6, rtol=0)
+
+
+def test_copies_and_pickles_carry_no_token_states(tiny_bert_dir):
+    import copy
+    import pickle
+
+    tok = tokenizer(tiny_bert_dir)
+    inputs = tok([SHORT, LONG], padding=True, return_tensors="pt")
+    model = tiny_model(tiny_bert_dir).eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        model.base_model.model.bert(**inputs)  # leaves this pass's states in the tap
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            with pytest.raises(RuntimeError, match="call the whole model"):
+                clone.base_model.model.classifier(torch.randn(2, 32))
+            torch.testing.assert_close(clone(**inputs).logits, expected, atol=0, rtol=0)
