@@ -44,6 +44,7 @@ class RouterNet(nn.Module):
             )
         hidden = max(1, round(feature_dim * config.router_mlp_ratio))
         sn = config.router_spectral_norm
+        self._build_args = (config, feature_dim)  # to rebuild it when unpickled (__reduce__)
         self.heads = config.router_heads
         self.skill_tokens = nn.Parameter(torch.randn(config.num_skill_tokens, feature_dim) * 1e-3)
         self.keys = nn.Parameter(nn.init.kaiming_normal_(torch.empty(config.num_experts, feature_dim)))
@@ -53,6 +54,16 @@ class RouterNet(nn.Module):
         self.norm2 = nn.LayerNorm(feature_dim)
         self.fc1 = _maybe_spectral(nn.Linear(feature_dim, hidden), sn)
         self.fc2 = _maybe_spectral(nn.Linear(hidden, feature_dim), sn)
+
+    def __reduce__(self) -> tuple:
+        """Pickle (``torch.save(model)``, multiprocessing, hyperparameter-search tools) through the state dict.
+
+        torch refuses to pickle spectral-norm parametrized modules directly, so the network is rebuilt
+        from its config and loads its state: the same weights, power-iteration vectors, device,
+        dtype, frozen parameters and train/eval mode.
+        """
+        frozen = tuple(name for name, p in self.named_parameters() if not p.requires_grad)
+        return _rebuild_router_net, (*self._build_args, self.state_dict(), frozen, self.training)
 
     def forward(self, prototypes: torch.Tensor) -> torch.Tensor:
         """Expert logits (M,) for class prototypes of shape (num_classes, feature_dim)."""
@@ -68,6 +79,20 @@ class RouterNet(nn.Module):
         tokens = tokens + self.proj(attended)
         tokens = tokens + self.fc2(F.gelu(self.fc1(self.norm2(tokens))))
         return self.keys @ tokens[0, 0]
+
+
+def _rebuild_router_net(
+    config: SparseExpertConfig, feature_dim: int, state: dict[str, torch.Tensor], frozen: tuple[str, ...], training: bool
+) -> RouterNet:
+    """Unpickle a :class:`RouterNet` (see ``RouterNet.__reduce__``) without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        net = RouterNet(config, feature_dim)
+    reference = state["keys"]
+    net = net.to(device=reference.device, dtype=reference.dtype)
+    net.load_state_dict(state)
+    for name, parameter in net.named_parameters():
+        parameter.requires_grad_(name not in frozen)
+    return net.train(training)
 
 
 def expert_weights(

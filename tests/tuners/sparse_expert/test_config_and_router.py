@@ -130,3 +130,35 @@ def test_route_support_uses_the_frozen_backbone(tiny_bert_dir):
         frozen = pooled_features(model.get_base_model(), batch)
     torch.testing.assert_close(w, tuner.route(class_prototypes(frozen, torch.tensor([1, 0, 1]))))
     assert model.get_base_model().training is False
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_a_model_with_its_spectral_norm_router_pickles_like_lora(inference_mode):
+    """torch.save(model) / multiprocessing pickle the model; torch refuses parametrized modules, so
+    the router pickles through its state dict, and nothing else about it may change."""
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    config = SparseExpertConfig(target_modules=["lin0", "lin1"], feature_dim=32, inference_mode=inference_mode)
+    model = get_peft_model(ToyMLP(), config)
+    prototypes, x = torch.randn(3, 32), torch.randn(4, 16)
+    model.base_model.router.train()
+    model.base_model.router_logits(prototypes)  # a power iteration: u, v no longer at their initial values
+    model.base_model.router.eval()
+    weights, out = model.base_model.route(prototypes), model(x)
+    rng = torch.get_rng_state()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for clone in (pickle.loads(pickle.dumps(model)), torch.load(buffer, weights_only=False)):
+        assert torch.equal(torch.get_rng_state(), rng)  # unpickling draws no random numbers
+        assert clone.base_model.router.state_dict().keys() == model.base_model.router.state_dict().keys()
+        for (name, a), b in zip(model.base_model.router.state_dict().items(),
+                                clone.base_model.router.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        assert {n: p.requires_grad for n, p in clone.named_parameters()} == {
+            n: p.requires_grad for n, p in model.named_parameters()}
+        assert not clone.base_model.router.training
+        torch.testing.assert_close(clone.base_model.route(prototypes), weights, atol=0, rtol=0)
+        torch.testing.assert_close(clone(x), out, atol=0, rtol=0)
