@@ -30,6 +30,8 @@ class WeightAdapterTuner(BaseTuner):
     adapter's own parameters to the device of the layer they adapt.
     """
 
+    #: The layer types the tuner adapts (for the default-target message).
+    adapted_layer_types: tuple[type[nn.Module], ...] = (nn.Linear,)
     #: Whether the tuned model's classification head is expected to be trained with it (False for a
     #: tuner that classifies with its own head, as SparseExpert's prototypes).
     trains_with_model_head: bool = True
@@ -68,10 +70,30 @@ class WeightAdapterTuner(BaseTuner):
                 name = type(peft_config).__name__
                 raise ValueError(
                     f"{name} has no default target_modules for model type {model_type!r} (defaults exist for "
-                    f"{sorted(self.target_module_mapping)}). Pass target_modules= with the names of the layers to "
-                    f"adapt, e.g. {name}(target_modules=['q_proj', 'v_proj'])."
+                    f"{sorted(self.target_module_mapping)}). {self._target_example(name)}"
                 )
         return super()._prepare_adapter_config(peft_config, model_config)
+
+    def _target_example(self, config_name: str) -> str:
+        """How to set ``target_modules`` for this model: its own layer names, or why there are none."""
+        kinds = " / ".join(f"nn.{kind.__name__}" for kind in self.adapted_layer_types)
+        names: list[str] = []
+        others: set[str] = set()
+        for full_name, module in self.model.named_modules():
+            leaf = full_name.rsplit(".", 1)[-1]
+            if not full_name or leaf in ("classifier", "score"):
+                continue
+            if isinstance(module, self.adapted_layer_types):
+                if leaf not in names:
+                    names.append(leaf)
+            elif not list(module.children()) and type(module).__name__ in ("Conv1D", "Conv1d"):
+                others.add(type(module).__name__)
+        if names:
+            return (f"Pass target_modules= with the names of the layers to adapt; this model's {kinds} layers are "
+                    f"named {names[:8]}, e.g. {config_name}(target_modules={names[:2]}).")
+        found = f" (its weight layers are {' / '.join(sorted(others))}, as in GPT-2)" if others else ""
+        return (f"This model has no {kinds} layer outside its head for {config_name} to adapt{found}; "
+                f"{config_name} supports {kinds} layers only. LoRA or TwinTurbo can adapt such a model.")
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         setattr(parent, child_name, new_module)

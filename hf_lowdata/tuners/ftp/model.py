@@ -39,6 +39,7 @@ class FTPModel(WeightAdapterTuner):
 
     prefix: str = "ftp_"
     tuner_layer_cls = FTPLayer
+    adapted_layer_types = (nn.Linear, nn.Conv2d)
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
 
     def _create_and_replace(

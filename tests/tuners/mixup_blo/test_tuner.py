@@ -221,7 +221,8 @@ def test_config_that_targets_nothing_or_a_non_linear_is_refused(tiny_bert_dir):
 
 def test_unknown_architecture_asks_for_target_modules():
     with pytest.raises(ValueError, match=r"MixupBLOConfig has no default target_modules for model type 'custom' "
-                                         r"\(defaults exist for .*Pass target_modules="):
+                                         r"\(defaults exist for .*Pass target_modules=.*nn.Linear layers are "
+                                         r"named \['lin0', 'lin1'\], e.g. MixupBLOConfig\(target_modules=\['lin0', 'lin1'\]\)"):
         get_peft_model(ToyMLP(), MixupBLOConfig())
 
 
