@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
+from typing import Any
 
 import torch
 from peft.config import PeftConfig
@@ -20,7 +22,21 @@ def _caller_stacklevel() -> int:
     return level
 
 
-class WeightAdapterTuner(BaseTuner):
+class OwnConfigCopy:
+    """Mixin for a ``BaseTuner``: inject each adapter on its own copy of the config.
+
+    Defaults resolved at injection (``target_modules``, feature and head sizes) go into the adapter's
+    config, so that it saves and reloads exactly. Resolving them into the caller's object (as PEFT's
+    LoRA does) would make a later ``get_peft_model`` with the same object on another model (a Llama
+    whose head is ``score``, another label count) reuse this model's values and fail.
+    """
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+
+class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
     """``BaseTuner`` with a module replacement that works for every module PEFT hands back.
 
     PEFT's default ``_replace_module`` copies ``child.weight`` onto a replacement without a

@@ -133,3 +133,23 @@ def test_a_model_type_without_defaults_names_the_ones_that_have_them(name):
                                          r"'gpt2' \(defaults exist for .*'bert'.*\)\. This model has no nn.Linear.* "
                                          r"layer outside its head .*Conv1D, as in GPT-2.*LoRA or TwinTurbo"):
         get_peft_model(_decoder("gpt2"), config)
+
+
+ALL_TUNERS = {**WEIGHT_TUNERS, "twin_turbo": lambda: hf_lowdata.TwinTurboConfig(task_type="SEQ_CLS", projector_dim=16,
+                                                                              projector_heads=2)}
+
+
+@pytest.mark.parametrize("name", ALL_TUNERS)
+def test_one_config_object_configures_models_of_other_architectures(name):
+    """Defaults (target names, sizes) resolve into the adapter's own config, never the caller's object:
+    reusing it on a Llama after a RoBERTa (heads 'score' vs 'classifier') must work, and each adapter
+    keeps its own resolved config."""
+    config = ALL_TUNERS[name]()
+    first = get_peft_model(_roberta(), config)
+    assert config.target_modules is None
+    second = get_peft_model(_decoder("llama"), config)
+    assert config.target_modules is None
+    resolved = first.peft_config["default"].target_modules, second.peft_config["default"].target_modules
+    assert resolved[0] is not None and resolved[1] is not None and resolved[0] != resolved[1]
+    with torch.no_grad():
+        assert second(input_ids=IDS, attention_mask=MASK).logits.shape == (2, 3)

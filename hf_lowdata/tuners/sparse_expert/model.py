@@ -22,7 +22,6 @@ merged; call ``unmerge_adapter()`` first.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,16 +180,6 @@ class SparseExpertModel(WeightAdapterTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # ---- PEFT hooks -----------------------------------------------------------------------------
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
-        """Inject on the adapter's own copy of its config.
-
-        The default ``target_modules`` (full module names) and ``feature_dim`` are resolved into the
-        adapter's config, so that it saves and reloads exactly; resolving them into the user's object
-        instead would make a second ``get_peft_model`` with it on another model reuse this model's values.
-        """
-        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
-
     def _prepare_adapter_config(self, peft_config: SparseExpertConfig, model_config: dict) -> SparseExpertConfig:
         return peft_config  # default targets depend on the modules, resolved in _prepare_model
 
