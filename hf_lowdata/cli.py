@@ -191,6 +191,7 @@ def _run_train(args: argparse.Namespace) -> int:
         load_file,
         make_few_shot_task,
         require_two_classes,
+        warn_if_test_in_train,
     )
     from .methods import METHODS
     from .model_card import describe_model_selection
@@ -206,8 +207,8 @@ def _run_train(args: argparse.Namespace) -> int:
             _print_evaluation(json.loads((out / EVAL_FILE).read_text()))
         return 0
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
-    dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names)
-           if args.dev is not None else None)
+    dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
+                     names_from=splits.names_from) if args.dev is not None else None)
     if args.shots is not None:  # the draw never takes a dev text
         task = make_few_shot_task(splits, seed=args.seed, k=args.shots, exclude_texts=dev.texts if dev else ())
     else:
@@ -217,8 +218,10 @@ def _run_train(args: argparse.Namespace) -> int:
         task = replace(task, unlabelled=load_file(args.unlabelled, args.text_column, label_column=None))
         if args.method in METHODS and not METHODS[args.method].uses_unlabelled:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
-    evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names)
-                       if args.eval is not None else splits.test)
+    evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
+                                 names_from=splits.names_from) if args.eval is not None else splits.test)
+    if evaluation_data is not None and (args.eval is not None or args.shots is None):  # a --shots draw checks its own
+        warn_if_test_in_train(task.labelled, evaluation_data)
     if dev is not None:
         check_dev_set(dev, task.labelled, evaluation_data)
         task = replace(task, dev=dev)
@@ -271,6 +274,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_predict)
 
 
+_ONE_LINE = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
@@ -295,7 +301,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, "label": label, "score": round(float(row[best]), 6),
                               "probabilities": {n: round(float(v), 6) for n, v in zip(classifier.label_names, row)}}))
         else:
-            print(f"{label}\t{row[best]:.4f}\t{text}")
+            # one line per text: tabs and line breaks inside a text are written as \t, \n (--json keeps them exact)
+            print(f"{label}\t{row[best]:.4f}\t{text.translate(_ONE_LINE)}")
     return 0
 
 

@@ -100,6 +100,14 @@ class DatasetSplits:
     test: TextDataset | None = None
     dev: TextDataset | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Whether ``label_names`` were declared (meta.json, a ``ClassLabel``, ``label_names=``), so that
+    #: further files may give labels as ids into them, or only found in the training labels.
+    declared_label_names: bool = False
+
+    @property
+    def names_from(self) -> str:
+        """How further labelled files of this data set are read (see :func:`examples_from_rows`)."""
+        return "declared" if self.declared_label_names else "training"
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,8 @@ def load_data(
     if path.is_dir():
         return load_folder(path, text_column=text_column, label_column=label_column, name=name, empty_text=empty_text)
     split = load_file(path, text_column, label_column, label_names=label_names, empty_text=empty_text)
-    return DatasetSplits(name=name or path.stem, label_names=split.label_names, train=split)
+    return DatasetSplits(name=name or path.stem, label_names=split.label_names, train=split,
+                         declared_label_names=label_names is not None)
 
 
 def load_folder(
@@ -182,13 +191,15 @@ def load_folder(
         except json.JSONDecodeError as err:
             raise DataError(f"{meta_path} is not valid JSON ({err}). Fix or delete it.") from err
     names = meta.get("label_names")
+    names_from = "declared" if names else "training"  # without meta.json: the first split's labels
     splits: dict[str, TextDataset] = {}
     for split in ("train", "dev", "test"):
         found = [folder / f"{split}{suffix}" for suffix in TEXT_FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
         if len(found) > 1:
             raise DataError(f"{folder} has several {split} files ({', '.join(p.name for p in found)}); keep one.")
         if found:
-            splits[split] = load_file(found[0], text_column, label_column, label_names=names, empty_text=empty_text)
+            splits[split] = load_file(found[0], text_column, label_column, label_names=names, empty_text=empty_text,
+                                      names_from=names_from)
             names = names or list(splits[split].label_names)
     if "train" not in splits:
         raise DataError(
@@ -200,7 +211,7 @@ def load_folder(
     for split, data in splits.items():
         if data.label_names != label_names:
             splits[split] = load_file(data.source, text_column, label_column, label_names=label_names,
-                                      empty_text=empty_text)
+                                      empty_text=empty_text, names_from=names_from)
     return DatasetSplits(
         name=name or meta.get("name") or folder.name,
         label_names=label_names,
@@ -208,6 +219,7 @@ def load_folder(
         dev=splits.get("dev"),
         test=splits.get("test"),
         meta=meta,
+        declared_label_names=names_from == "declared",
     )
 
 
@@ -218,11 +230,17 @@ def load_file(
     label_names: Sequence[str] | None = None,
     max_rows: int | None = None,
     empty_text: str = "error",
+    names_from: str = "declared",
 ) -> TextDataset:
-    """Read a CSV, TSV or JSONL file. ``label_column=None`` reads an unlabelled file."""
+    """Read a CSV, TSV or JSONL file. ``label_column=None`` reads an unlabelled file.
+
+    ``names_from="training"``: ``label_names`` are a trained model's labels, so every label must be one
+    of those names (not an id into them); see :func:`examples_from_rows`.
+    """
     file = Path(path).expanduser()
     rows = read_rows(file, max_rows=max_rows)
-    return examples_from_rows(rows, str(file), text_column, label_column, label_names, empty_text=empty_text)
+    return examples_from_rows(rows, str(file), text_column, label_column, label_names, empty_text=empty_text,
+                              names_from=names_from)
 
 
 def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -265,25 +283,52 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
                 raise DataError(f"{file}, record {i + 1}: expected a JSON object, got {type(row).__name__}.")
     else:
         delimiter = "\t" if suffix == ".tsv" else ","
-        # newline="": quoted fields may span lines; strict: an unbalanced quote is an error, not a swallowed file
-        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True)
         try:
-            if not reader.fieldnames:
-                raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
-            if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
-                raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
-                                f"{suffix}: rename it to .tsv, or save it with commas.")
-            for row in reader:
-                rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
-                if max_rows is not None and len(rows) > max_rows:
-                    break
+            rows = _read_delimited(file, raw, delimiter, max_rows, csv.QUOTE_MINIMAL)
         except csv.Error as err:
-            raise DataError(f"{file}, line {reader.line_num}: not valid CSV ({err}). Check for an unbalanced "
-                            'quote ("): a field that contains quotes must be quoted and its quotes doubled.') from err
+            if delimiter == "\t":  # many TSV exports do not quote: a text may start with a quote
+                try:
+                    rows = _read_delimited(file, raw, delimiter, max_rows, csv.QUOTE_NONE)
+                except csv.Error:
+                    rows = []
+            if not rows:
+                raise DataError(f"{file}, near line {err.line}: not valid {suffix[1:].upper()} ({err.reason}). Check "
+                                'for an unbalanced quote ("): a field that contains quotes must be quoted and its '
+                                "quotes doubled.") from err
     if max_rows is not None and len(rows) > max_rows:
         raise DataError(f"{file} has more than {max_rows} rows; the limit here is {max_rows}.")
     if not rows:
         raise DataError(f"{file} has a header but no rows.")
+    return rows
+
+
+class _CsvError(csv.Error):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, quoting: int) -> list[dict[str, Any]]:
+    """Rows of a CSV/TSV text; a parse error becomes a ``csv.Error`` with the 1-based line it is on."""
+    # newline="": quoted fields may span lines; strict: an unbalanced quote is an error, not a swallowed file
+    reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
+    rows: list[dict[str, Any]] = []
+    try:
+        if not reader.fieldnames:
+            raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
+        if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
+            raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
+                            f"{file.suffix}: rename it to .tsv, or save it with commas.")
+        for row in reader:
+            if quoting == csv.QUOTE_NONE and (None in row or None in row.values()):
+                raise _CsvError(reader.line_num, "a row with another number of fields than the header")
+            rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
+            if max_rows is not None and len(rows) > max_rows:
+                break
+    except _CsvError:
+        raise
+    except csv.Error as err:  # the reader has not counted the line it failed on yet
+        raise _CsvError(reader.line_num + 1, str(err)) from err
     return rows
 
 
@@ -294,20 +339,24 @@ def examples_from_rows(
     label_column: str | None = "label",
     label_names: Sequence[str] | None = None,
     empty_text: str = "error",
+    names_from: str = "declared",
 ) -> TextDataset:
     """Validate records and turn them into a :class:`TextDataset`.
 
     ``empty_text``: ``"error"`` (default) raises on empty or non-text rows; ``"drop"`` drops rows
     whose text is an empty string, with a :class:`DataWarning` (non-text values still raise).
+    ``label_names`` given: ``names_from="declared"`` (a dataset's own list: labels may be ids into it
+    or the names) or ``"training"`` (the labels of the training data: every label must be one of them).
     """
     if empty_text not in ("error", "drop"):
         raise ValueError(f"empty_text must be 'error' or 'drop', got {empty_text!r}")
     columns = list(rows[0].keys()) if rows else []
-    for column, flag in ((text_column, "text_column / --text-column"), (label_column, "label_column / --label-column")):
+    for column, flag in ((text_column, "text"), (label_column, "label")):
         if column is not None and not any(column in row for row in rows):
             raise DataError(
-                f"{source} has no column {column!r}. Columns found: {columns}. "
-                f"Name the right one with {flag}."
+                f"{source} has no column {column!r}. Columns found: {columns}. Name the right one with "
+                f"--{flag}-column (hf-lowdata train / predict) or {flag}_column= (Python), or rename the column to "
+                f"{column!r} (a benchmark dataset folder uses 'text' and 'label')."
             )
     texts = [row.get(text_column) for row in rows]
     if empty_text == "drop":
@@ -334,7 +383,7 @@ def examples_from_rows(
     if label_column is None:
         return TextDataset(tuple(t.strip() for t in texts), None, tuple(label_names or ()), source)
     raw_labels = [row.get(label_column) for row in rows]
-    labels, names = _encode_labels(raw_labels, source, label_column, label_names)
+    labels, names = _encode_labels(raw_labels, source, label_column, label_names, names_from)
     stripped = tuple(t.strip() for t in texts)
     _warn_duplicates(stripped, labels, names, source)
     return TextDataset(stripped, tuple(labels), tuple(names), source)
@@ -380,40 +429,79 @@ def _is_int_like(value: Any) -> bool:
     return False
 
 
+def _label_name(value: Any) -> str:
+    """A raw label as a class name: strings stripped, integral numbers without a decimal point."""
+    if isinstance(value, str):
+        return value.strip()
+    return str(int(float(value))) if _is_int_like(value) else str(value)
+
+
 def _encode_labels(
-    raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None
+    raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None, names_from: str = "declared"
 ) -> tuple[list[int], list[str]]:
+    """Label ids and names for one file's raw labels.
+
+    ``label_names`` are either *declared* (meta.json's ``label_names``, a ``ClassLabel``, the
+    ``label_names=`` argument: labels may then be ids into them or the names themselves) or come from
+    the *training* data (an evaluation file of a model trained on labels 3/7/12: its labels must be
+    those names). A file is read one way as a whole, never row by row: mixing the two readings merged
+    classes (ids 0 and 1 both became the name "1" of a 1..5 star scale).
+    """
     missing = [i for i, v in enumerate(raw) if v is None or (isinstance(v, str) and not v.strip())
                or (isinstance(v, float) and math.isnan(v))]
     if missing:
         rows = ", ".join(str(i + 1) for i in missing[:5])
         raise DataError(f"{source}: {len(missing)} row(s) have no {column!r} value (rows {rows}...). Label every row.")
-    if label_names is not None:
-        names = [str(n) for n in label_names]
+    odd = [i for i, v in enumerate(raw) if isinstance(v, (list, tuple, dict, set))
+           or (isinstance(v, float) and not v.is_integer())]
+    if odd:
+        value = raw[odd[0]]
+        raise DataError(
+            f"{source}, row {odd[0] + 1}: label {value!r} is not a class ({len(odd)} such row(s)). Each row needs "
+            "exactly one class label, a name or an integer id: multi-label and regression targets are not supported."
+        )
+    if label_names is None:
+        if all(_is_int_like(v) for v in raw):
+            ids = sorted({int(float(v)) for v in raw})
+            if ids[0] == 0 and ids == list(range(len(ids))):
+                return [int(float(v)) for v in raw], [str(i) for i in ids]
+            remap = {v: i for i, v in enumerate(ids)}
+            return [remap[int(float(v))] for v in raw], [str(v) for v in ids]
+        values = [str(v).strip() for v in raw]
+        names = sorted(set(values))
         index = {n: i for i, n in enumerate(names)}
-        labels: list[int] = []
-        for i, value in enumerate(raw):
-            name = value.strip() if isinstance(value, str) else (str(int(float(value))) if _is_int_like(value) else None)
-            if name in index:  # by name first: a number 2 in a file labelled 1/2/3 is the label "2", not id 2
-                labels.append(index[name])
-            elif _is_int_like(value) and 0 <= int(float(value)) < len(names):
-                labels.append(int(float(value)))
-            else:
-                raise DataError(
-                    f"{source}, row {i + 1}: label {value!r} is not in the label set {names} "
-                    f"(ids 0..{len(names) - 1}). Fix the row or pass the full list of label names."
-                )
-        return labels, names
-    if all(_is_int_like(v) for v in raw):
-        ids = sorted({int(float(v)) for v in raw})
-        if ids[0] == 0 and ids == list(range(len(ids))):
-            return [int(float(v)) for v in raw], [str(i) for i in ids]
-        remap = {v: i for i, v in enumerate(ids)}
-        return [remap[int(float(v))] for v in raw], [str(v) for v in ids]
-    values = [str(v).strip() for v in raw]
-    names = sorted(set(values))
+        return [index[v] for v in values], names
+    if names_from not in ("declared", "training"):
+        raise ValueError(f"names_from must be 'declared' or 'training', got {names_from!r}")
+    names = [str(n) for n in label_names]
     index = {n: i for i, n in enumerate(names)}
-    return [index[v] for v in values], names
+    by_name = [index.get(_label_name(v)) for v in raw]
+    by_id = [int(float(v)) if _is_int_like(v) and 0 <= int(float(v)) < len(names) else None for v in raw]
+    names_fit, ids_fit = None not in by_name, names_from == "declared" and None not in by_id
+    if names_fit and ids_fit and by_name != by_id:
+        warnings.warn(
+            f"{source}: its {column!r} values can be read as label names or as ids into {names}, and the two "
+            "readings differ; they are read as ids (index into label_names, the dataset-folder format). Write the "
+            "names themselves if that is not what they are.", DataWarning, stacklevel=4)
+        return by_id, names
+    if names_fit or ids_fit:
+        return (by_name if names_fit else by_id), names
+    if names_from == "declared":
+        unreadable = [i for i, (n, d) in enumerate(zip(by_name, by_id)) if n is None and d is None]
+        if not unreadable:  # every row fits one of the readings, but neither fits every row
+            an_id, a_name = by_name.index(None), by_id.index(None)
+            raise DataError(
+                f"{source}: row {an_id + 1}'s label {raw[an_id]!r} is an id and row {a_name + 1}'s {raw[a_name]!r} a "
+                f"name of {names}: write every label of a file the same way (all ids 0..{len(names) - 1} or all names)."
+            )
+        hint = (f"neither one of the label names {names} nor an id 0..{len(names) - 1} into them. Fix the row, or "
+                "add the class to label_names (meta.json for a dataset folder)")
+    else:
+        unreadable = [i for i, n in enumerate(by_name) if n is None]
+        hint = (f"not one of the training labels {names}: every evaluated label must be one the model was trained "
+                "on. Fix or remove the row")
+    bad = unreadable[0]
+    raise DataError(f"{source}, row {bad + 1}: label {raw[bad]!r} is {hint} ({len(unreadable)} such row(s)).")
 
 
 def from_hf_dataset(
@@ -427,35 +515,38 @@ def from_hf_dataset(
     """Wrap a ``datasets.Dataset`` (the training pool) or a ``DatasetDict`` (train/validation/test)."""
     import datasets
 
-    def convert(ds: Any, split: str) -> TextDataset:
+    def convert(ds: Any, split: str, names: Sequence[str] | None, names_from: str) -> TextDataset:
         for column in (text_column, label_column):
             if column not in ds.column_names:
                 raise DataError(
                     f"Dataset split {split!r} has no column {column!r}. Columns: {ds.column_names}. "
                     "Pass text_column= / label_column=."
                 )
-        names = label_names
         feature = ds.features.get(label_column)
         if names is None and isinstance(feature, datasets.ClassLabel):
-            names = feature.names
+            names, names_from = feature.names, "declared"
         rows = [{text_column: t, label_column: y} for t, y in zip(ds[text_column], ds[label_column])]
         if not rows:
             raise DataError(f"Dataset split {split!r} is empty.")
-        return examples_from_rows(rows, f"datasets.Dataset[{split}]", text_column, label_column, names, empty_text)
+        return examples_from_rows(rows, f"datasets.Dataset[{split}]", text_column, label_column, names, empty_text,
+                                  names_from=names_from)
 
+    declared = label_names is not None
     if isinstance(dataset, datasets.DatasetDict):
         if "train" not in dataset:
             raise DataError(f"DatasetDict has no 'train' split (splits: {list(dataset)}).")
-        train = convert(dataset["train"], "train")
-        names = label_names or train.label_names
-        dev_key = next((k for k in ("validation", "dev") if k in dataset), None)
-        dev = convert(dataset[dev_key], dev_key) if dev_key else None
-        test = convert(dataset["test"], "test") if "test" in dataset else None
-        if dev is not None and dev.label_names != tuple(names):
-            dev = replace(dev, label_names=tuple(names))
-        return DatasetSplits(name or "dataset", tuple(names), train, test=test, dev=dev)
-    train = convert(dataset, "train")
-    return DatasetSplits(name or getattr(dataset, "builder_name", None) or "dataset", train.label_names, train)
+        train = convert(dataset["train"], "train", label_names, "declared")
+        declared = declared or isinstance(dataset["train"].features.get(label_column), datasets.ClassLabel)
+        # the other splits are read with the training split's names, whatever labels they happen to hold
+        others = {key: convert(dataset[key], key, train.label_names, "declared" if declared else "training")
+                  for key in ("validation", "dev", "test") if key in dataset}
+        dev = others.get("validation", others.get("dev"))
+        return DatasetSplits(name or "dataset", train.label_names, train, test=others.get("test"), dev=dev,
+                             declared_label_names=declared)
+    train = convert(dataset, "train", label_names, "declared")
+    declared = declared or isinstance(dataset.features.get(label_column), datasets.ClassLabel)
+    return DatasetSplits(name or getattr(dataset, "builder_name", None) or "dataset", train.label_names, train,
+                         declared_label_names=declared)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,7 +602,11 @@ def sample_per_class(
 
 
 def sample_total(data: TextDataset, n: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
-    """``n`` examples in total, stratified by class (largest-remainder quotas), deterministic."""
+    """``n`` examples in total, stratified by class (largest-remainder quotas), deterministic.
+
+    Every class in the pool gets at least one example: proportional quotas alone can give a rare
+    class none, leaving a labelled set that never shows it (or has one class).
+    """
     if data.labels is None:
         raise DataError(f"{data.source}: cannot draw labelled examples from unlabelled data.")
     require_two_classes(data)
@@ -520,10 +615,18 @@ def sample_total(data: TextDataset, n: int, seed: int, exclude: Iterable[int] = 
     available = sum(len(v) for v in by_class.values())
     if n > available:
         raise DataError(f"{data.source}: asked for n={n} labelled examples but only {available} are available.")
+    present = [c for c, members in by_class.items() if members]
+    if n < len(present):
+        raise DataError(f"{data.source}: n={n} labelled examples cannot include each of the {len(present)} classes; "
+                        f"draw at least n={len(present)}, or k per class instead.")
     exact = {c: n * len(v) / available for c, v in by_class.items()}
     quota = {c: int(math.floor(q)) for c, q in exact.items()}
     for c in sorted(exact, key=lambda c: (quota[c] - exact[c], c))[: n - sum(quota.values())]:
         quota[c] += 1
+    for c in present:  # a rare class still gets one example, taken from the largest quota (other draws unchanged)
+        if quota[c] == 0:
+            quota[max(quota, key=lambda d: (quota[d], -d))] -= 1
+            quota[c] = 1
     chosen: list[int] = []
     for c, members in by_class.items():
         chosen.extend(ranked_indices(data, f"total:{c}", seed, members)[: quota[c]])

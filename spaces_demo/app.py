@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,12 +38,15 @@ from hf_lowdata.budgets import PRESETS
 from hf_lowdata.cli import hide_upstream_deprecation_noise
 from hf_lowdata.data import (
     DataError,
+    DataWarning,
     FewShotTask,
     TextDataset,
     examples_from_rows,
+    normalize_text,
     ranked_indices,
     read_rows,
     require_two_classes,
+    warn_if_test_in_train,
 )
 from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
 from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, resolve_model_path
@@ -133,17 +137,32 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def held_out_split(data: TextDataset, fraction: float = HELD_OUT_FRACTION) -> tuple[TextDataset, TextDataset]:
-    """(train, evaluation): ``fraction`` of every label (at least one example) held out, deterministically."""
+    """(train, evaluation): ``fraction`` of every label's distinct texts (at least one) held out, deterministically.
+
+    Texts are compared by :func:`~hf_lowdata.data.normalize_text` and every copy of a held-out text is
+    held out, so an upload with repeated rows never scores a text it was trained on.
+    """
     assert data.labels is not None
-    eval_idx: list[int] = []
+    keys = [normalize_text(t) for t in data.texts]
+    held_out: set[str] = set()
     for label in range(data.num_labels):
         members = [i for i, y in enumerate(data.labels) if y == label]
-        count = max(1, round(fraction * len(members)))
-        eval_idx += ranked_indices(data, f"demo-held-out:{label}", 0, members)[:count]
-    chosen = set(eval_idx)
-    train = data.subset([i for i in range(len(data)) if i not in chosen], source=f"{data.source} (training part)")
-    return train, data.subset(sorted(chosen), source=f"{data.source} (held-out part)")
+        distinct = list(dict.fromkeys(keys[i] for i in ranked_indices(data, f"demo-held-out:{label}", 0, members)))
+        if len(distinct) < 2:
+            raise DemoError(
+                f"Label {data.label_names[label]!r} has only one distinct text, so none is left to evaluate on "
+                "after training (or to train on after holding one out). Add different examples of it, or upload an "
+                "evaluation file."
+            )
+        held_out.update(distinct[: max(1, round(fraction * len(distinct)))])
+    train = [i for i, key in enumerate(keys) if key not in held_out]
+    evaluation = [i for i, key in enumerate(keys) if key in held_out]
+    return (data.subset(train, source=f"{data.source} (training part)"),
+            data.subset(evaluation, source=f"{data.source} (held-out part)"))
 
 
 def prepare_data(
@@ -153,7 +172,25 @@ def prepare_data(
     unlabelled_path: str | os.PathLike | None = None,
     eval_path: str | os.PathLike | None = None,
 ) -> PreparedData:
-    """Read and validate the uploads; hold out part of the labelled file when there is no evaluation file."""
+    """Read and validate the uploads; hold out part of the labelled file when there is no evaluation file.
+
+    Data warnings (repeated rows, a text with two labels, evaluation texts that are also training
+    texts) go into the page's notes, not only the server's log.
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:  # the warning filters are process-wide
+        warnings.simplefilter("always", DataWarning)
+        prepared = _prepare_data(labelled_path, text_column, label_column, unlabelled_path, eval_path)
+    prepared.notes.extend(f"Check your data: {w.message}" for w in caught if issubclass(w.category, DataWarning))
+    return prepared
+
+
+def _prepare_data(
+    labelled_path: str | os.PathLike | None,
+    text_column: str | None,
+    label_column: str | None,
+    unlabelled_path: str | os.PathLike | None,
+    eval_path: str | os.PathLike | None,
+) -> PreparedData:
     rows = read_upload(labelled_path, "labelled", MAX_LABELLED_ROWS)
     name = Path(labelled_path).name  # type: ignore[arg-type]
     detected_text, detected_label = detect_columns(rows)
@@ -176,15 +213,17 @@ def prepare_data(
                 raise DemoError(f"The evaluation file {eval_name} has no {role} column {column!r}; it needs the same "
                                 f"columns as the labelled file (columns found: {', '.join(eval_rows[0])}).")
         try:
-            evaluation = examples_from_rows(eval_rows, eval_name, text_column, label_column, labelled.label_names)
+            evaluation = examples_from_rows(eval_rows, eval_name, text_column, label_column, labelled.label_names,
+                                            names_from="training")
         except DataError as err:
             raise DemoError(_friendly(err, Path(eval_path))) from err
         train = labelled
+        warn_if_test_in_train(train, evaluation)
         notes.append(f"Evaluating on {eval_name} ({len(evaluation)} examples).")
     else:
         train, evaluation = held_out_split(labelled)
         notes.append(f"No evaluation file: {HELD_OUT_FRACTION:.0%} of each label ({len(evaluation)} of {len(labelled)} "
-                     f"examples) is held out for evaluation and not trained on.")
+                     f"examples) is held out for evaluation and not trained on (every copy of a held-out text).")
     unlabelled = None
     if unlabelled_path is not None:
         unl_rows = read_upload(unlabelled_path, "unlabelled", MAX_UNLABELLED_ROWS)

@@ -103,14 +103,14 @@ def test_wrong_encoding(tmp_path):
 
 def test_unseen_label_is_rejected(tmp_path, shared_data):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 5}])
-    with pytest.raises(DataError, match=r"label 5 is not in the label set \['neg', 'pos'\]"):
+    with pytest.raises(DataError, match=r"label 5 is neither one of the label names \['neg', 'pos'\] nor an id 0..1"):
         load_file(path, label_names=["neg", "pos"])
     folder = tmp_path / "ds"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
     write_jsonl(folder / "test.jsonl", [{"text": "c", "label": 2}])
     (folder / "meta.json").write_text(json.dumps({"label_names": ["neg", "pos"]}))
-    with pytest.raises(DataError, match="label 2 is not in the label set"):
+    with pytest.raises(DataError, match="label 2 is neither one of the label names"):
         load_data(folder)
 
 
@@ -310,3 +310,95 @@ def test_dev_set_never_holds_a_copy_of_a_labelled_text():
     for seed in range(5):
         task = make_few_shot_task(DatasetSplits("dupes", pool.label_names, pool), seed=seed, k=4, dev_k=4)
         assert not set(task.dev.texts) & set(task.labelled.texts)
+
+
+# ---- how labels are read: one reading per file -----------------------------------------------------
+
+def _folder(root, name, meta_names, splits):
+    folder = root / name
+    folder.mkdir()
+    for split, rows in splits.items():
+        write_jsonl(folder / f"{split}.jsonl", [{"text": t, "label": y} for t, y in rows])
+    if meta_names is not None:
+        (folder / "meta.json").write_text(json.dumps({"label_names": meta_names}))
+    return folder
+
+
+def test_ids_into_digit_label_names_are_never_read_as_names(tmp_path):
+    # a 1..5 star scale in the documented format: ids 0..4 index label_names; id 1 is the name "2",
+    # not the name "1" (read row by row, ids 0 and 1 both became "1" and "5" had no example)
+    stars = [str(i) for i in range(1, 6)]
+    folder = _folder(tmp_path, "stars", stars, {"train": [(f"t{i}", i % 5) for i in range(10)],
+                                                "test": [(f"u{i}", i % 5) for i in range(5)]})
+    splits = load_data(folder)
+    assert splits.train.labels == tuple(i % 5 for i in range(10)) and splits.test.labels == (0, 1, 2, 3, 4)
+    assert splits.train.class_counts() == dict.fromkeys(stars, 2)
+
+
+def test_a_file_that_fits_both_readings_differently_is_read_as_ids_with_a_warning(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 2}])
+    with pytest.warns(DataWarning, match="read as ids"):
+        assert load_file(path, label_names=["1", "2", "3"]).labels == (1, 2)
+
+
+def test_labels_mixing_ids_and_names_in_one_file_are_refused(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}])
+    with pytest.raises(DataError, match=r"row 1's label 0 is an id and row 2's 'pos' a name.*same way"):
+        load_file(path, label_names=["neg", "pos"])
+
+
+def test_labels_of_training_data_are_names_only(tmp_path):
+    # an evaluation file of a model trained on ratings 3/7/12: label 1 is no class (it was read as id 1 = "7")
+    evaluation = write_jsonl(tmp_path / "e.jsonl", [{"text": "a", "label": 3}, {"text": "b", "label": 1}])
+    with pytest.raises(DataError, match=r"row 2: label 1 is not one of the training labels \['3', '7', '12'\]"):
+        load_file(evaluation, label_names=["3", "7", "12"], names_from="training")
+    same = write_jsonl(tmp_path / "s.jsonl", [{"text": "a", "label": 12}, {"text": "b", "label": "7"}])
+    assert load_file(same, label_names=["3", "7", "12"], names_from="training").labels == (2, 1)
+    # a folder without meta.json: the test split is read with the train split's labels, as names
+    folder = _folder(tmp_path, "ratings", None, {"train": [("a", 3), ("b", 7), ("c", 12)], "test": [("d", 1)]})
+    with pytest.raises(DataError, match="label 1 is not one of the training labels"):
+        load_data(folder)
+
+
+@pytest.mark.parametrize("label", [["food", "sports"], {"id": 1}, 1.5])
+def test_labels_that_are_not_one_class_are_refused(tmp_path, label):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "food"}, {"text": "b", "label": label}])
+    with pytest.raises(DataError, match=r"row 2: label .* is not a class.*multi-label and regression"):
+        load_file(path)
+
+
+def test_datasetdict_splits_are_read_with_the_training_labels():
+    import datasets
+
+    def split(texts, labels):
+        return datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+    dd = datasets.DatasetDict({"train": split(["a", "b", "c"], ["x", "y", "z"]),
+                               "validation": split(["d", "e"], ["y", "z"]), "test": split(["f", "g"], ["z", "y"])})
+    splits = load_data(dd)
+    assert splits.label_names == ("x", "y", "z") and splits.dev.labels == (1, 2) and splits.test.labels == (2, 1)
+    assert splits.dev.label_names == splits.test.label_names == ("x", "y", "z")
+    numbers = datasets.DatasetDict({"train": split(["a", "b", "c"], [3, 7, 12]), "test": split(["d"], [12])})
+    assert load_data(numbers).test.labels == (2,)
+    unseen = datasets.DatasetDict({"train": split(["a", "b"], ["x", "y"]), "test": split(["c"], ["w"])})
+    with pytest.raises(DataError, match=r"label 'w' is not one of the training labels"):
+        load_data(unseen)
+
+
+def test_a_total_draw_includes_every_class():
+    pool = TextDataset(tuple(f"t{i}" for i in range(42)), (0,) * 40 + (1, 1), ("common", "rare"), "pool")
+    chosen = sample_total(pool, 10, seed=0)
+    assert len(chosen) == 10 and sorted(pool.labels[i] for i in chosen) == [0] * 9 + [1]
+    with pytest.raises(DataError, match="n=1 labelled examples cannot include each of the 2 classes"):
+        sample_total(pool, 1, seed=0)
+
+
+def test_csv_errors_name_the_line_and_unquoted_tsv_is_read(tmp_path):
+    bad = _write(tmp_path / "q.csv", 'text,label\na,pos\n"bad"x,neg\nok,neg\n')
+    with pytest.raises(DataError, match=r"q.csv, near line 3: not valid CSV"):
+        load_file(bad)
+    tsv = _write(tmp_path / "q.tsv", 'text\tlabel\n"Great" movie\tpos\nok\tneg\n')
+    assert load_file(tsv).texts == ('"Great" movie', "ok")
+    ragged = _write(tmp_path / "r.tsv", 'text\tlabel\n"Great\tmovie\tpos\nok\tneg\n')
+    with pytest.raises(DataError, match=r"r.tsv, near line 2: not valid TSV"):
+        load_file(ragged)

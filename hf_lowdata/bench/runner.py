@@ -212,6 +212,13 @@ def _run_benchmark_locked(
     specs = plan_runs(config)
     planned = [s.key(model_name) for s in specs]
     todo = [s for s, key in zip(specs, planned) if key not in done]
+    loaded: dict[str, DatasetSplits] = {}
+    for dataset in dict.fromkeys(s.dataset for s in todo):  # every data error before the first run, not hours in
+        for name in dict.fromkeys([dataset, *config.ood_datasets]):
+            _load(config, name, loaded)
+        for name in config.ood_datasets:
+            if name != dataset:
+                check_label_space(loaded[dataset].train, loaded[name].train)
     env = environment()
     saved = out / "config.json.tmp"
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
@@ -219,14 +226,11 @@ def _run_benchmark_locked(
     os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
     _quiet_libraries()
     cache = SharedCache()
-    loaded: dict[str, DatasetSplits] = {}
     bar = _progress_bar(len(specs), len(specs) - len(todo), show_progress)
     try:
         for i, spec in enumerate(todo):
-            splits = _load(config, spec.dataset, loaded)
-            ood = {name: _load(config, name, loaded) for name in config.ood_datasets if name != spec.dataset}
-            for other in ood.values():
-                check_label_space(splits.train, other.train)
+            splits = loaded[spec.dataset]
+            ood = {name: loaded[name] for name in config.ood_datasets if name != spec.dataset}
             bar.set_description(f"{spec.dataset} {spec.method} k={spec.k or '-'} n={spec.n or '-'} seed={spec.seed}")
             record = execute_run(spec, splits, ood, config, cache, env, model_name)
             append_record(runs_path, record)

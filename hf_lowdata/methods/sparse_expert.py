@@ -62,7 +62,11 @@ def held_out_texts(source_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     texts = set(extra)
     for folder in sorted(p for p in source_dir.iterdir() if p.is_dir()):
         if any((folder / f"test{s}").is_file() for s in (".jsonl", ".csv", ".tsv", ".json")):
-            test = load_data(folder, empty_text="drop").test
+            try:
+                test = load_data(folder, empty_text="drop").test
+            except DataError as err:
+                raise DataError(f"SparseExpert never meta-trains on a text of any test split in {source_dir}, and "
+                                f"{folder.name} cannot be read: {err}") from err
             if test is not None:
                 texts.update(test.texts)
     return sorted(texts)
@@ -398,14 +402,33 @@ class SparseExpertMethod(Method):
     def option(self, ctx: RunContext, name: str, default: Any = None) -> Any:
         return ctx.option(BUDGET_NAME, name, default)
 
+    def _source_dir(self, ctx: RunContext, sources: Sequence[str]) -> str:
+        """``source_dir`` if given; else the benchmark's data dir when it holds the sources; else $HF_LOWDATA_DATA_DIR.
+
+        A benchmark of the user's own datasets (``--data-dir my_data``) thus still finds the source
+        datasets where the README says to put them.
+        """
+        given = self.option(ctx, "source_dir")
+        if given:
+            return str(given)
+        candidates = [c for c in (ctx.options.get(BENCH_DATA_DIR_OPTION), os.environ.get(DATA_DIR_ENV)) if c]
+        if not candidates:
+            raise DataError(f"{self.name} {_NO_SOURCE_DIR}.")
+        for folder in candidates:
+            if all((Path(folder) / name).is_dir() for name in sources):
+                return str(folder)
+        missing = [n for n in sources if not (Path(candidates[0]) / n).is_dir()]
+        raise DataError(
+            f"{self.name} meta-trains on the source datasets {', '.join(sources)}, but {', '.join(missing)} "
+            f"not found in {' or in '.join(candidates)}. Set {DATA_DIR_ENV} (or --config source_dir=DIR) to the folder "
+            "holding them, or choose others with --config sources=a,b,c."
+        )
+
     def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
         """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
-        source_dir = self.option(ctx, "source_dir") or ctx.options.get(BENCH_DATA_DIR_OPTION) or os.environ.get(
-            DATA_DIR_ENV)
-        if not source_dir:
-            raise DataError(f"{self.name} {_NO_SOURCE_DIR}.")
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
         names = tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
+        source_dir = self._source_dir(ctx, names)
         if task is not None:
             names = tuple(n for n in names if n != task.name)  # the evaluated dataset stays held out
         if not names:

@@ -260,3 +260,18 @@ def test_out_of_domain_table_keeps_noise_pool_and_setting_apart():
     assert "| d | m | k=8 | 0 | 2000 | model=x precision=fp32 C=1 | 1 | 60.0 | o: 90.0 |" in text
     _assert_tables_well_formed(summary_markdown(records))
     _assert_tables_well_formed(summary_markdown(records[:4]))  # one setting: no setting column
+
+
+def test_every_dataset_is_read_before_the_first_run(toy_data_dir, tiny_bert_dir, tmp_path):
+    """A data error in the last dataset stops the benchmark before any training, not hours into it."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data_dir, data)
+    (data / "toyb" / "test.jsonl").write_text('{"text": "a text", "label": 7}\n')
+    out = tmp_path / "out"
+    seen = []
+    with pytest.raises(Exception, match=r"toyb.*label 7 is neither one of the label names"):
+        run_benchmark(_config(data, tiny_bert_dir, out, datasets=["toya", "toyb"], methods=["probe"]),
+                      show_progress=False, on_record=seen.append)
+    assert seen == [] and not (out / "runs.jsonl").exists()

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file as load_tensors
 
 from hf_lowdata.cli import main
-from hf_lowdata.data import load_file
+from hf_lowdata.data import DataWarning, load_file
 from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
 from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
@@ -362,6 +362,26 @@ def test_predict_reads_texts_from_a_file(tmp_path, capsys):
     assert main(["predict", str(folder), "--file", str(texts), "--text-column", "sentence"]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [r[2] for r in rows] == TEXTS and all(r[0] in LABELS and 0.5 <= float(r[1]) <= 1 for r in rows)
+
+
+def test_predict_writes_one_line_per_text_whatever_the_text_holds(tmp_path, capsys):
+    texts = tmp_path / "texts.jsonl"
+    write_jsonl(texts, [{"text": "line one\nline two\tand a tab"}, {"text": "plain"}])
+    folder = trained("probe").output_dir
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--file", str(texts)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [r[2] for r in rows] == ["line one\\nline two\\tand a tab", "plain"]
+
+
+def test_train_warns_when_evaluation_texts_are_training_texts(tmp_path, capsys):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(4)))
+    evaluation = tmp_path / "eval.csv"
+    evaluation.write_text("text,label\nGood film 1!,pos\nan awful one,neg\n")
+    with pytest.warns(DataWarning, match="1 test example"):
+        assert main(["train", "--method", "probe", "--data", str(data), "--eval", str(evaluation), "--out",
+                     str(tmp_path / "o")]) == 0
 
 
 def test_adapter_on_the_wrong_base_model_is_a_clear_error(tiny_bert_dir, capsys):

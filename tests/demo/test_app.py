@@ -53,6 +53,35 @@ def test_example_file_is_valid_and_held_out_split_is_stated():
     assert again.evaluation.texts == prepared.evaluation.texts  # deterministic
 
 
+def test_repeated_rows_never_reach_both_sides_of_the_held_out_split(tmp_path):
+    rows = [(f"good film {i}", "pos") for i in range(6)] + [(f"bad film {i}", "neg") for i in range(6)]
+    labelled = _csv(tmp_path / "dups.csv", rows + rows + [("Good film 0!", "pos")])  # a copy under other case
+    prepared = app.prepare_data(labelled)
+    norm = app.normalize_text
+    trained = {norm(t) for t in prepared.task.labelled.texts}
+    assert prepared.evaluation.texts and not trained & {norm(t) for t in prepared.evaluation.texts}
+    assert set(prepared.evaluation.class_counts().values()) == {4}  # 2 distinct texts per label, each twice
+    notes = " ".join(prepared.notes)
+    assert "Check your data:" in notes and "repeat an earlier row" in notes  # the warning reaches the page
+
+
+def test_a_label_with_one_distinct_text_cannot_be_held_out(tmp_path):
+    labelled = _csv(tmp_path / "one.csv", [("good", "pos"), ("good", "pos"), ("bad", "neg"), ("awful", "neg")])
+    with pytest.raises(app.DemoError, match="Label 'pos' has only one distinct text"):
+        app.prepare_data(labelled)
+
+
+def test_evaluation_texts_seen_in_training_are_noted_and_numeric_labels_stay_names(tmp_path):
+    labelled = _csv(tmp_path / "l.csv", [("good", "3"), ("fine", "3"), ("bad", "7"), ("awful", "7")])
+    evaluation = _csv(tmp_path / "e.csv", [("good", "3"), ("poor", "7")])
+    prepared = app.prepare_data(labelled, None, None, None, evaluation)
+    assert prepared.evaluation.labels == (0, 1)
+    assert "1 test example(s) also appear in the training set" in " ".join(prepared.notes)
+    unseen = _csv(tmp_path / "u.csv", [("great", "1"), ("poor", "7")])  # 1 was read as id 1 = "7"
+    with pytest.raises(app.DemoError, match=r"label '1' is not one of the training labels \['3', '7'\]"):
+        app.prepare_data(labelled, None, None, None, unseen)
+
+
 def test_columns_are_detected_by_name_then_by_content():
     assert app.detect_columns([{"id": "1", "Sentence": "a b c", "Category": "x"}]) == ("Sentence", "Category")
     rows = [{"n": str(i), "body_text": f"a long review number {i}", "stars": str(i % 2)} for i in range(10)]
@@ -66,7 +95,7 @@ def test_evaluation_and_unlabelled_files_are_used(tmp_path):
     prepared = app.prepare_data(labelled, None, None, str(unlabelled), evaluation)
     assert len(prepared.task.labelled) == 4 and len(prepared.evaluation) == 3 and len(prepared.task.unlabelled) == 2
     bad_eval = _csv(tmp_path / "b.csv", [("great", "positive"), ("poor", "neg")])
-    with pytest.raises(app.DemoError, match=r"b.csv, row 1: label 'positive' is not in the label set"):
+    with pytest.raises(app.DemoError, match=r"b.csv, row 1: label 'positive' is not one of the training labels \['neg', 'pos'\]"):
         app.prepare_data(labelled, None, None, None, bad_eval)
 
 

@@ -129,6 +129,26 @@ def test_data_dir_env_satisfies_the_requirement_and_is_used(tiny_bert_dir, data_
     assert plan.source_dir == str(data_dir) and plan.sources == ("toyb",)
 
 
+def test_a_benchmark_of_other_datasets_finds_the_sources_in_the_data_dir_env(tiny_bert_dir, data_dir, tmp_path,
+                                                                            monkeypatch):
+    import shutil
+
+    own = tmp_path / "own"
+    shutil.copytree(data_dir / "toya", own / "mine")  # the user's --data-dir holds only their dataset
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    ctx = _ctx(tiny_bert_dir, own, tmp_path, sources="toyb")
+    with pytest.raises(DataError, match=rf"toyb not found in {own}.*Set HF_LOWDATA_DATA_DIR"):
+        get_method("sparse_expert").plan(_task(own, "mine"), ctx)
+    monkeypatch.setenv("HF_LOWDATA_DATA_DIR", str(data_dir))
+    plan = get_method("sparse_expert").plan(_task(own, "mine"), ctx)
+    assert plan.source_dir == str(data_dir) and plan.sources == ("toyb",)
+    broken = tmp_path / "sources"
+    shutil.copytree(data_dir, broken)
+    (broken / "toya" / "test.jsonl").write_text('{"sentence": "no text column", "label": 0}\n')
+    with pytest.raises(DataError, match=r"never meta-trains on a text of any test split .* toya cannot be read"):
+        get_method("sparse_expert").plan(_task(data_dir, "toya"), _ctx(tiny_bert_dir, broken, tmp_path, sources="toyb"))
+
+
 def test_no_meta_tuning_variant_without_finetuning(tiny_bert_dir, data_dir, tmp_path):
     task = _task(data_dir)
     fitted = get_method("sparse_expert_pretrained").fit(task, _ctx(tiny_bert_dir, data_dir, tmp_path, finetune="none"))
