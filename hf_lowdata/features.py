@@ -5,8 +5,8 @@ need the backbone's last token states of every training and unlabelled example a
 Computing them once and reusing them removes the backbone from the training loop: caching costs
 one forward pass over the data, after which a step touches only the trained modules.
 
-Entries are keyed by a backbone fingerprint (its folder, config and weight-file sizes, plus the
-input settings such as ``max_length`` or image size) and by a digest of each input (text or image
+Entries are keyed by a backbone fingerprint (a digest of its files' contents, plus the input
+settings such as ``max_length`` or image size) and by a digest of each input (text or image
 bytes), so overlapping sets (the unlabelled pools of different seeds, one test set used by many
 runs) share entries. They are kept in memory and, with ``directory=``, on disk as safetensors shards
 written atomically (a kill leaves the previous shards readable; an unreadable shard is skipped and
@@ -42,16 +42,11 @@ def digest(*parts: bytes | str) -> str:
 
 
 def model_fingerprint(folder: str | os.PathLike, *settings: Any) -> str:
-    """Identify a backbone folder (path, config, weight-file sizes) and the input settings."""
-    path = Path(folder)
-    parts: list[bytes | str] = [str(path.resolve())]
-    config = path / "config.json"
-    if config.is_file():
-        parts.append(config.read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        parts.append(f"{weights.name}:{weights.stat().st_size}")
-    parts.extend(repr(s) for s in settings)
-    return digest(*parts)
+    """Identify a backbone by its files' contents (:func:`~hf_lowdata.models.model_content_digest`) and the
+    input settings: a model retrained in place never reuses the token states of its earlier weights."""
+    from .models import model_content_digest
+
+    return digest(model_content_digest(folder), *(repr(s) for s in settings))
 
 
 class FeatureCache:

@@ -68,3 +68,27 @@ def test_tokenizer_of_tiny_model(tiny_bert_dir):
     tok = load_tokenizer(tiny_bert_dir)
     assert tok("a good movie")["input_ids"][0] == tok.cls_token_id
 
+
+
+def test_model_content_digest_follows_the_files_not_the_folder(tiny_bert_dir, tmp_path):
+    """Caches keyed by it (token states, meta-trained adapters) must never serve another model's results."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hf_lowdata.features import model_fingerprint
+    from hf_lowdata.models import model_content_digest
+
+    copy = tmp_path / "elsewhere" / tiny_bert_dir.name
+    shutil.copytree(tiny_bert_dir, copy)
+    assert model_content_digest(copy) == model_content_digest(tiny_bert_dir)  # same files, another path
+    assert model_fingerprint(copy, 128) == model_fingerprint(tiny_bert_dir, 128) != model_fingerprint(copy, 64)
+    weights = copy / "model.safetensors"
+    size = weights.stat().st_size
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0  # retrained in place: same shapes, same file size
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == size
+    assert model_content_digest(copy) != model_content_digest(tiny_bert_dir)
+    assert model_fingerprint(copy, 128) != model_fingerprint(tiny_bert_dir, 128)

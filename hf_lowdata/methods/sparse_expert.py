@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
-from ..models import load_encoder, load_tokenizer, model_id, resolve_model_path
+from ..models import load_encoder, load_tokenizer, model_content_digest, model_id, resolve_model_path
 from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
 
 BUDGET_NAME = "sparse_expert"
@@ -122,6 +122,7 @@ class MetaTrainingPlan:
         data.pop("exclude_texts")
         data["model"] = model_id(self.model)
         data["model_path"] = str(resolve_model_path(self.model))
+        data["model_content"] = model_content_digest(data["model_path"])  # not only its folder's name
         data["source_files"] = {
             name: _digest((Path(self.source_dir) / name / "train.jsonl").read_bytes())
             if (Path(self.source_dir) / name / "train.jsonl").is_file() else "missing"

@@ -90,6 +90,24 @@ def test_plan_holds_out_test_texts_and_the_evaluated_dataset(tiny_bert_dir, data
     assert late.objective == {"binary_masks_from": 0.8} and late.key() != key and plan.objective == {}
 
 
+def test_the_cache_key_tells_models_of_the_same_folder_name_apart(tiny_bert_dir, data_dir, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    other = tmp_path / "other" / tiny_bert_dir.name  # same name, other weights
+    shutil.copytree(tiny_bert_dir, other)
+    model = AutoModel.from_pretrained(other)
+    torch.nn.init.normal_(model.encoder.layer[0].attention.self.query.weight)
+    model.save_pretrained(other)
+    method = get_method("sparse_expert")
+    key = method.plan(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path)).key()
+    ctx_other = RunContext(model=other, budget=FAST, work_dir=tmp_path, quiet=True,
+                           options={"bench_data_dir": str(data_dir)})
+    assert method.plan(_task(data_dir), ctx_other).key() != key
+
+
 def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
     ctx = RunContext(model=tiny_bert_dir, budget=FAST, work_dir=tmp_path, quiet=True)
