@@ -361,17 +361,23 @@ def train_method(
 
 
 def _check_output_folder(out: Path) -> None:
-    """Refuse an output path that is a file, or a folder holding files of something else (never overwritten).
+    """Refuse an output path that is a file, a finished run's folder, or a folder holding files of something
+    else (never overwritten).
 
     A folder of an earlier run of ours (its checkpoints, or a staging folder from a cut-off save) is fine:
     ``--resume`` continues it, and the checkpoint check says so otherwise.
     """
     if out.exists() and not out.is_dir():
         raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
-    if not out.is_dir() or (out / CHECKPOINTS_DIR).is_dir() or (out / _STAGING_DIR).is_dir():
+    if not out.is_dir():
+        return
+    if finished_output(out):  # retraining over it would mix two runs' files, and a kill would lose the good one
+        raise WorkflowError(f"{out} already holds a trained model. Choose another output folder, or remove it first "
+                            "(nothing was overwritten).")
+    if (out / CHECKPOINTS_DIR).is_dir() or (out / _STAGING_DIR).is_dir():
         return
     entries = sorted(p.name for p in out.iterdir())
-    if entries and not finished_output(out):
+    if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise WorkflowError(f"--out {out} already holds other files ({shown}); training writes README.md, the "
                             "weights and eval_results.json there. Choose a new or empty folder (nothing was overwritten).")

@@ -21,8 +21,24 @@ from hf_lowdata.cli import main
 from hf_lowdata.data import DataWarning, load_file
 from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
-from hf_lowdata.workflow import evaluate, finished_output, load_classifier, output_kind, train_method
-from tests.cli.outputs import LABELS, TINY_CONFIG, tiny_args, tiny_config, toy_files, toy_task, trained
+from hf_lowdata.workflow import (
+    WorkflowError,
+    evaluate,
+    finished_output,
+    load_classifier,
+    output_kind,
+    train_method,
+)
+from tests.cli.outputs import (
+    LABELS,
+    TINY_CONFIG,
+    tiny_args,
+    tiny_config,
+    toy_eval,
+    toy_files,
+    toy_task,
+    trained,
+)
 from tests.helpers import REPO_ROOT, run_python, toy_sentences, write_jsonl
 
 RUNNABLE = [m for m in available_methods() if METHODS[m].unavailable_reason() is None]
@@ -507,3 +523,13 @@ def test_a_resumed_run_selects_on_the_dev_set_as_an_uninterrupted_one(tmp_path):
     ours, theirs = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
     for name, param in theirs.items():
         np.testing.assert_allclose(ours[name].detach().numpy(), param.detach().numpy(), atol=1e-6, err_msg=name)
+
+
+def test_the_library_never_trains_over_a_finished_folder(tmp_path):
+    """Retraining into a finished folder left the old adapter beside the new weights (and loaded it)."""
+    out = tmp_path / "out"
+    train_method("probe", toy_task(), out, config=tiny_config("probe"), evaluation_data=toy_eval())
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(WorkflowError, match="already holds a trained model.*nothing was overwritten"):
+        train_method("lora", toy_task(), out, config=tiny_config("lora"), evaluation_data=toy_eval())
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
