@@ -39,7 +39,14 @@ from safetensors.torch import load_file, save_file
 from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
-from ..models import load_encoder, load_tokenizer, model_content_digest, model_id, resolve_model_path
+from ..models import (
+    load_encoder,
+    load_tokenizer,
+    model_content_digest,
+    model_id,
+    resolve_model_path,
+    safetensors_error,
+)
 from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
 
 BUDGET_NAME = "sparse_expert"
@@ -150,6 +157,10 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
                 f"The cached meta-trained adapter {final} is incomplete (no adapter_model.safetensors or "
                 "adapter_config.json). Delete that folder and run again to meta-train it anew."
             )
+        damaged = safetensors_error(final / "adapter_model.safetensors")
+        if damaged is not None:
+            raise DataError(f"The cached meta-trained adapter {final} is damaged ({damaged}). Delete that folder "
+                            "and run again to meta-train it anew.")
         return final
     from peft import get_peft_model
     from transformers import set_seed

@@ -190,6 +190,10 @@ def test_corrupt_saved_classifier_and_cache_entry_are_refused(tiny_bert_dir, dat
     (entry / META_FILE).write_text("{}")  # as if the adapter files had been deleted
     with pytest.raises(DataError, match="is incomplete .* Delete that folder"):
         method.fit(_task(data_dir), ctx)
+    (entry / "adapter_config.json").write_text("{}")
+    (entry / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")  # cut short
+    with pytest.raises(DataError, match="is damaged .* Delete that folder"):
+        method.fit(_task(data_dir), ctx)
 
 
 def test_bench_runs_sparse_expert_with_its_data_dir(tiny_bert_dir, data_dir, tmp_path):
