@@ -102,7 +102,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         options=parse_options(args.config),
     )
-    records = run_benchmark(config, show_progress=not args.no_progress)
+    try:
+        records = run_benchmark(config, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished runs are in {args.out}/runs.jsonl; run the same command with --resume to do "
+              "the rest (the cut run starts again).", file=sys.stderr)
+        return 130
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")
     for r in failed[:5]:

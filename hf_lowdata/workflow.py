@@ -561,6 +561,10 @@ def check_saved_folder(folder: str | os.PathLike) -> str:
     """The kind of a saved folder (:func:`output_kind`) once its required files are present, its JSON
     settings parse and its weight files open; anything else is an :class:`AdapterLoadError` saying what."""
     path = Path(folder)
+    if (path / _STAGING_DIR).is_dir() and not (path / "README.md").is_file():
+        raise AdapterLoadError(f"{path} holds a save that was cut off (its {_STAGING_DIR} folder is still there and the "
+                               "card, written last, is not): run the same hf-lowdata train command with --resume to "
+                               "finish it.")
     kind = output_kind(path)
     missing = [name for name in _REQUIRED_FILES.get(kind, ()) if not (path / name).is_file()]
     if missing:

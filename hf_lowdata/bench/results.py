@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,20 +20,28 @@ from typing import Any
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete records of a JSONL file (a truncated last line is skipped)."""
+    """All complete records of a JSONL file.
+
+    A truncated last line (a kill mid-write) is skipped silently: its run is redone on ``--resume``.
+    Any other unreadable line is skipped with a warning naming it, since no kill writes one.
+    """
     file = Path(path)
     if not file.exists():
         return []
     records = []
-    for line in file.read_text(encoding="utf-8").splitlines():
+    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill; the run is redone on --resume
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        elif number < len(lines):
+            warnings.warn(f"{file}, line {number} is not a run record (damaged?); it is skipped and its run, if it "
+                          "had one, is done again on --resume.", UserWarning, stacklevel=2)
     return records
 
 

@@ -63,3 +63,34 @@ def test_the_lock_is_released_when_the_body_ends(tmp_path):
         raise KeyError("boom")
     with locked_output(folder):
         pass
+
+
+def test_a_damaged_record_line_is_named_and_a_cut_last_line_is_not(tmp_path):
+    import json
+    import warnings
+
+    from hf_lowdata.bench.results import read_records
+
+    runs = tmp_path / "runs.jsonl"
+    good = [json.dumps({"run_key": str(i)}) for i in range(3)]
+    runs.write_text(good[0] + "\n" + good[1][:-5] + "\n" + good[2] + "\n" + good[0][:9])
+    with pytest.warns(UserWarning, match=r"runs.jsonl, line 2 is not a run record") as caught:
+        records = read_records(runs)
+    assert [r["run_key"] for r in records] == ["0", "2"] and len(caught) == 1  # the cut last line says nothing
+    runs.write_text(good[0] + "\n" + good[1][:9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_records(runs)) == 1
+
+
+def test_ctrl_c_in_bench_is_one_message_not_a_traceback(monkeypatch, tmp_path, capsys):
+    import hf_lowdata.bench as bench
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_benchmark", interrupted)
+    code = main(["bench", "--data-dir", str(tmp_path), "--datasets", "x", "--methods", "probe", "--out",
+                 str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Interrupted. Finished runs are in" in err and "--resume" in err

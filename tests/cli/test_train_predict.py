@@ -533,3 +533,14 @@ def test_the_library_never_trains_over_a_finished_folder(tmp_path):
     with pytest.raises(WorkflowError, match="already holds a trained model.*nothing was overwritten"):
         train_method("lora", toy_task(), out, config=tiny_config("lora"), evaluation_data=toy_eval())
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_predict_on_a_cut_off_save_says_to_resume(tmp_path, capsys):
+    folder = tmp_path / "cut"
+    shutil.copytree(trained("probe").output_dir, folder)
+    (folder / "README.md").unlink()  # the card is published last: a kill before it leaves .saving/ behind
+    (folder / ".saving").mkdir()
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--text", "fine"]) == 2
+    err = capsys.readouterr().err
+    assert "a save that was cut off" in err and "--resume" in err
