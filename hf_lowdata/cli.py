@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -208,6 +209,7 @@ def _run_train(args: argparse.Namespace) -> int:
             raise WorkflowError(f"{out} already holds a trained model. Choose another --out or remove it first "
                                 "(nothing was overwritten).")
         print(f"{out} already holds the finished run; nothing to resume.")
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)  # left only by a kill during the final cleanup
         if (out / EVAL_FILE).is_file():
             _print_evaluation(json.loads((out / EVAL_FILE).read_text()))
         return 0

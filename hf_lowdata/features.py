@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from .leftovers import remove_dead_leftovers
 from .tuners.twin_turbo.layer import MASK_KEY, TOKENS_KEY, token_states
 
 
@@ -62,6 +63,7 @@ class FeatureCache:
         self.dtype = dtype
         self._entries: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.RLock()
+        self._swept: set[Path] = set()
         #: How many inputs went through the backbone (a cache hit adds nothing).
         self.computed = 0
 
@@ -104,6 +106,9 @@ class FeatureCache:
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
+        if folder not in self._swept:  # once per folder: shards staged by killed processes
+            remove_dead_leftovers(folder)
+            self._swept.add(folder)
         final = folder / f"{digest(*sorted(tensors))}.safetensors"
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         save_file(tensors, str(tmp))

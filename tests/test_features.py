@@ -61,6 +61,22 @@ def test_fp16_storage_and_an_unreadable_shard(tiny_bert_dir, tmp_path):
     torch.testing.assert_close(recomputed[0], half[0], atol=0, rtol=0)
 
 
+def test_shards_staged_by_a_killed_process_are_swept(tiny_bert_dir, tmp_path):
+    import subprocess
+    import sys
+
+    encoder, tok = load_encoder(tiny_bert_dir), load_tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(4, 2)]
+    text_token_states(FeatureCache(tmp_path), encoder, tok, texts[:2], 64, "tiny")
+    (folder,) = {p.parent for p in tmp_path.rglob("*.safetensors")}
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    staged = folder / f"abc.safetensors.tmp{proc.pid}"  # a process killed mid-write left it
+    staged.write_bytes(b"half a shard")
+    text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "tiny")  # a later write sweeps the folder
+    assert not staged.exists() and len(list(folder.glob("*.safetensors"))) == 2
+
+
 def test_collate_pads_and_masks():
     a, b = torch.ones(3, 4), 2 * torch.ones(1, 4)
     batch = collate_token_states(list(TokenStateDataset([a, b], [1, 0])))

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
+from ..leftovers import remove_dead_leftovers
 from ..models import (
     load_encoder,
     load_tokenizer,
@@ -151,7 +152,9 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     """The folder of the meta-trained (binarized) adapter for ``plan``; meta-trains it if not cached."""
     root = cache_root(cache_dir)
     final = root / plan.key()
+    remove_dead_leftovers(root, prefix=plan.key())  # staged copies of killed meta-trainings of this plan
     if (final / META_FILE).is_file():
+        shutil.rmtree(root / f"{plan.key()}.work", ignore_errors=True)  # a cleanup a kill cut short
         if not (final / "adapter_model.safetensors").is_file() or not (final / "adapter_config.json").is_file():
             raise DataError(
                 f"The cached meta-trained adapter {final} is incomplete (no adapter_model.safetensors or "

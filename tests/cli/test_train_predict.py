@@ -250,7 +250,9 @@ def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys
     assert main([*args, "--resume"]) == 0
     assert "Resumed from" in capsys.readouterr().out
     assert finished_output(out) and not (out / "checkpoints").exists()
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # as a kill during the final cleanup leaves it
     assert main([*args, "--resume"]) == 0 and "nothing to resume" in capsys.readouterr().out
+    assert not (out / "checkpoints").exists()
 
 
 def test_a_kill_while_publishing_leaves_a_resumable_folder(tmp_path, monkeypatch):

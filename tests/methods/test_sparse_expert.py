@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -69,8 +70,25 @@ def test_fit_predict_save_load_and_meta_training_is_cached(tiny_bert_dir, data_d
         raise AssertionError("meta-training ran again instead of using the cache")
 
     monkeypatch.setattr(LowDataTrainer, "train", no_training)
+    # what killed meta-trainings of this plan leave: a staged copy of a dead process, a cut-short cleanup
+    key = entries[0].name
+    dead = _dead_pid()
+    for leftover in (f"{key}.tmp-{dead}", f"{key}.work"):
+        (entries[0].parent / leftover / "sub").mkdir(parents=True)
+    alive = entries[0].parent / f"{key}.tmp-{os.getpid()}"  # a running process's: never touched
+    alive.mkdir()
     again = get_method("sparse_expert").fit(_task(data_dir, seed=1), _ctx(tiny_bert_dir, data_dir, tmp_path, seed=1))
     assert again.info["meta_trained_adapter"] == fitted.info["meta_trained_adapter"]
+    assert sorted(p.name for p in entries[0].parent.iterdir()) == sorted([key, alive.name])
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_plan_holds_out_test_texts_and_the_evaluated_dataset(tiny_bert_dir, data_dir, tmp_path):

@@ -1,0 +1,32 @@
+"""Leftovers of killed processes: removed when their process has ended, never while it runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from hf_lowdata.leftovers import process_alive, remove_dead_leftovers
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_a_dead_process_s_staged_files_are_removed(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    assert not process_alive(dead) and process_alive(alive)
+    (tmp_path / f"shard.safetensors.tmp{dead}").write_bytes(b"half")
+    (tmp_path / f"key.tmp-{dead}").mkdir()
+    (tmp_path / f"key.tmp-{dead}" / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / f"shard2.safetensors.tmp{alive}").write_bytes(b"being written")
+    (tmp_path / "shard.safetensors").write_bytes(b"final")
+    (tmp_path / "other.tmp").write_bytes(b"no pid: not ours to judge")
+    removed = remove_dead_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f"shard.safetensors.tmp{dead}", f"key.tmp-{dead}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"shard2.safetensors.tmp{alive}", "shard.safetensors", "other.tmp"])
+    (tmp_path / f"key.tmp-{dead}").mkdir()
+    assert remove_dead_leftovers(tmp_path, prefix="another") == []  # a prefix limits the sweep
