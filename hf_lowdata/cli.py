@@ -215,7 +215,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
     dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
-                     names_from=splits.names_from) if args.dev is not None else None)
+                     label_reading=splits.label_reading) if args.dev is not None else None)
     if args.shots is not None:  # the draw never takes a dev text
         task = make_few_shot_task(splits, seed=args.seed, k=args.shots, exclude_texts=dev.texts if dev else ())
     else:
@@ -226,7 +226,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.method in METHODS and not METHODS[args.method].uses_unlabelled:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
-                                 names_from=splits.names_from) if args.eval is not None else splits.test)
+                                 label_reading=splits.label_reading) if args.eval is not None else splits.test)
     if evaluation_data is not None and (args.eval is not None or args.shots is None):  # a --shots draw checks its own
         warn_if_test_in_train(task.labelled, evaluation_data)
     if dev is not None:

@@ -51,6 +51,9 @@ class TextDataset:
     labels: tuple[int, ...] | None
     label_names: tuple[str, ...]
     source: str = ""
+    #: How the file's labels were read against declared names: "names", "ids" or "either" (both
+    #: readings agree); ``None`` when not read from labelled records.
+    label_reading: str | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.texts):
@@ -101,13 +104,16 @@ class DatasetSplits:
     dev: TextDataset | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     #: Whether ``label_names`` were declared (meta.json, a ``ClassLabel``, ``label_names=``), so that
-    #: further files may give labels as ids into them, or only found in the training labels.
+    #: labels may be ids into them, or only found in the training labels.
     declared_label_names: bool = False
 
     @property
-    def names_from(self) -> str:
-        """How further labelled files of this data set are read (see :func:`examples_from_rows`)."""
-        return "declared" if self.declared_label_names else "training"
+    def label_reading(self) -> str:
+        """How further labelled files of this data set are read (see :func:`examples_from_rows`): the way its
+        training split was read, so that a split lacking a class is never read the other way."""
+        if not self.declared_label_names:
+            return "names"
+        return self.train.label_reading or "either"
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,9 @@ def load_folder(
         except json.JSONDecodeError as err:
             raise DataError(f"{meta_path} is not valid JSON ({err}). Fix or delete it.") from err
     names = meta.get("label_names")
-    names_from = "declared" if names else "training"  # without meta.json: the first split's labels
+    declared = bool(names)
+    # the train split is read first; the other splits the same way (by names, or by ids into meta.json's list)
+    reading = "either" if declared else "names"
     splits: dict[str, TextDataset] = {}
     for split in ("train", "dev", "test"):
         found = [folder / f"{split}{suffix}" for suffix in TEXT_FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
@@ -199,8 +207,10 @@ def load_folder(
             raise DataError(f"{folder} has several {split} files ({', '.join(p.name for p in found)}); keep one.")
         if found:
             splits[split] = load_file(found[0], text_column, label_column, label_names=names, empty_text=empty_text,
-                                      names_from=names_from)
+                                      label_reading=reading)
             names = names or list(splits[split].label_names)
+            if split == "train" and declared:
+                reading = splits[split].label_reading or reading
     if "train" not in splits:
         raise DataError(
             f"{folder} has no train file. A dataset folder needs train.jsonl (or .csv/.tsv), and optionally "
@@ -211,7 +221,7 @@ def load_folder(
     for split, data in splits.items():
         if data.label_names != label_names:
             splits[split] = load_file(data.source, text_column, label_column, label_names=label_names,
-                                      empty_text=empty_text, names_from=names_from)
+                                      empty_text=empty_text, label_reading=reading)
     return DatasetSplits(
         name=name or meta.get("name") or folder.name,
         label_names=label_names,
@@ -219,7 +229,7 @@ def load_folder(
         dev=splits.get("dev"),
         test=splits.get("test"),
         meta=meta,
-        declared_label_names=names_from == "declared",
+        declared_label_names=declared,
     )
 
 
@@ -230,17 +240,16 @@ def load_file(
     label_names: Sequence[str] | None = None,
     max_rows: int | None = None,
     empty_text: str = "error",
-    names_from: str = "declared",
+    label_reading: str = "either",
 ) -> TextDataset:
     """Read a CSV, TSV or JSONL file. ``label_column=None`` reads an unlabelled file.
 
-    ``names_from="training"``: ``label_names`` are a trained model's labels, so every label must be one
-    of those names (not an id into them); see :func:`examples_from_rows`.
+    ``label_reading``: how labels are read against ``label_names`` (see :func:`examples_from_rows`).
     """
     file = Path(path).expanduser()
     rows = read_rows(file, max_rows=max_rows)
     return examples_from_rows(rows, str(file), text_column, label_column, label_names, empty_text=empty_text,
-                              names_from=names_from)
+                              label_reading=label_reading)
 
 
 def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -291,6 +300,11 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
                     rows = _read_delimited(file, raw, delimiter, max_rows, csv.QUOTE_NONE)
                 except csv.Error:
                     rows = []
+                if any(isinstance(v, str) and len(v) > 1 and v[0] == v[-1] == '"' for r in rows for v in r.values()):
+                    rows = []  # it does quote fields (one is wholly quoted): the parse error is a real one
+                if rows:
+                    warnings.warn(f"{file}: not a quoted TSV, so quotes are read as part of the text.", DataWarning,
+                                  stacklevel=3)
             if not rows:
                 raise DataError(f"{file}, near line {err.line}: not valid {suffix[1:].upper()} ({err.reason}). Check "
                                 'for an unbalanced quote ("): a field that contains quotes must be quoted and its '
@@ -339,14 +353,15 @@ def examples_from_rows(
     label_column: str | None = "label",
     label_names: Sequence[str] | None = None,
     empty_text: str = "error",
-    names_from: str = "declared",
+    label_reading: str = "either",
 ) -> TextDataset:
     """Validate records and turn them into a :class:`TextDataset`.
 
     ``empty_text``: ``"error"`` (default) raises on empty or non-text rows; ``"drop"`` drops rows
     whose text is an empty string, with a :class:`DataWarning` (non-text values still raise).
-    ``label_names`` given: ``names_from="declared"`` (a dataset's own list: labels may be ids into it
-    or the names) or ``"training"`` (the labels of the training data: every label must be one of them).
+    With ``label_names``, ``label_reading`` says how labels are read: ``"either"`` (declared names: ids
+    into them or the names themselves, decided for the file as a whole), ``"names"`` (the labels of
+    training data: every label must be one of them) or ``"ids"`` (as the training split was read).
     """
     if empty_text not in ("error", "drop"):
         raise ValueError(f"empty_text must be 'error' or 'drop', got {empty_text!r}")
@@ -383,29 +398,32 @@ def examples_from_rows(
     if label_column is None:
         return TextDataset(tuple(t.strip() for t in texts), None, tuple(label_names or ()), source)
     raw_labels = [row.get(label_column) for row in rows]
-    labels, names = _encode_labels(raw_labels, source, label_column, label_names, names_from)
-    stripped = tuple(t.strip() for t in texts)
-    _warn_duplicates(stripped, labels, names, source)
-    return TextDataset(stripped, tuple(labels), tuple(names), source)
+    labels, names, reading = _encode_labels(raw_labels, source, label_column, label_names, label_reading)
+    data = TextDataset(tuple(t.strip() for t in texts), tuple(labels), tuple(names), source, label_reading=reading)
+    for note in duplicate_notes(data):
+        warnings.warn(note, DataWarning, stacklevel=3)
+    return data
 
 
-def _warn_duplicates(texts: Sequence[str], labels: Sequence[int], names: Sequence[str], source: str) -> None:
-    """A :class:`DataWarning` for texts labelled twice differently (with a few labels each, one such pair
-    is a large share of the signal) and for exact duplicate rows (they count twice in training)."""
+def duplicate_notes(data: TextDataset) -> list[str]:
+    """What is suspicious about repeated texts: texts labelled twice differently (with a few labels each,
+    one such pair is a large share of the signal) and exact duplicate rows (they count twice in training)."""
+    texts, labels, names = data.texts, data.labels or (), data.label_names
     seen: dict[str, set[int]] = {}
-    rows = Counter(zip(texts, labels))
     for text, label in zip(texts, labels):
         seen.setdefault(text, set()).add(label)
+    notes = []
     conflicting = [t for t, ls in seen.items() if len(ls) > 1]
     if conflicting:
         example = conflicting[0]
         shown = ", ".join(names[i] for i in sorted(seen[example]))
-        warnings.warn(f"{source}: {len(conflicting)} text(s) carry different labels, e.g. {example[:60]!r}: {shown}. "
-                      "Check these labels: the same text cannot teach two classes.", DataWarning, stacklevel=4)
-    duplicates = sum(n - 1 for n in rows.values() if n > 1)
+        notes.append(f"{data.source}: {len(conflicting)} text(s) carry different labels, e.g. {example[:60]!r}: "
+                     f"{shown}. Check these labels: the same text cannot teach two classes.")
+    duplicates = sum(n - 1 for n in Counter(zip(texts, labels)).values() if n > 1)
     if duplicates:
-        warnings.warn(f"{source}: {duplicates} row(s) repeat an earlier row (same text and label); each copy counts "
-                      "in training. Remove them unless the weighting is meant.", DataWarning, stacklevel=4)
+        notes.append(f"{data.source}: {duplicates} row(s) repeat an earlier row (same text and label); each copy "
+                     "counts in training. Remove them unless the weighting is meant.")
+    return notes
 
 
 def _describe(value: Any) -> str:
@@ -437,16 +455,18 @@ def _label_name(value: Any) -> str:
 
 
 def _encode_labels(
-    raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None, names_from: str = "declared"
-) -> tuple[list[int], list[str]]:
-    """Label ids and names for one file's raw labels.
+    raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None, reading: str = "either"
+) -> tuple[list[int], list[str], str | None]:
+    """Label ids, label names, and how the labels were read (``"names"``, ``"ids"``, ``"either"``).
 
-    ``label_names`` are either *declared* (meta.json's ``label_names``, a ``ClassLabel``, the
-    ``label_names=`` argument: labels may then be ids into them or the names themselves) or come from
-    the *training* data (an evaluation file of a model trained on labels 3/7/12: its labels must be
-    those names). A file is read one way as a whole, never row by row: mixing the two readings merged
-    classes (ids 0 and 1 both became the name "1" of a 1..5 star scale).
+    With declared ``label_names`` (meta.json, a ``ClassLabel``, ``label_names=``) labels may be ids into
+    them or the names themselves (``reading="either"``); training data's names must be used as names
+    (``"names"``); a split of a data set whose train split gave ids is read as ids (``"ids"``). A file is
+    read one way as a whole, never row by row: mixing the two readings merged classes (ids 0 and 1
+    both became the name "1" of a 1..5 star scale).
     """
+    if reading not in ("either", "names", "ids"):
+        raise ValueError(f"label_reading must be 'either', 'names' or 'ids', got {reading!r}")
     missing = [i for i, v in enumerate(raw) if v is None or (isinstance(v, str) and not v.strip())
                or (isinstance(v, float) and math.isnan(v))]
     if missing:
@@ -464,29 +484,30 @@ def _encode_labels(
         if all(_is_int_like(v) for v in raw):
             ids = sorted({int(float(v)) for v in raw})
             if ids[0] == 0 and ids == list(range(len(ids))):
-                return [int(float(v)) for v in raw], [str(i) for i in ids]
+                return [int(float(v)) for v in raw], [str(i) for i in ids], None
             remap = {v: i for i, v in enumerate(ids)}
-            return [remap[int(float(v))] for v in raw], [str(v) for v in ids]
+            return [remap[int(float(v))] for v in raw], [str(v) for v in ids], None
         values = [str(v).strip() for v in raw]
         names = sorted(set(values))
         index = {n: i for i, n in enumerate(names)}
-        return [index[v] for v in values], names
-    if names_from not in ("declared", "training"):
-        raise ValueError(f"names_from must be 'declared' or 'training', got {names_from!r}")
+        return [index[v] for v in values], names, None
     names = [str(n) for n in label_names]
     index = {n: i for i, n in enumerate(names)}
     by_name = [index.get(_label_name(v)) for v in raw]
     by_id = [int(float(v)) if _is_int_like(v) and 0 <= int(float(v)) < len(names) else None for v in raw]
-    names_fit, ids_fit = None not in by_name, names_from == "declared" and None not in by_id
-    if names_fit and ids_fit and by_name != by_id:
+    names_fit = reading != "ids" and None not in by_name
+    ids_fit = reading != "names" and None not in by_id
+    if names_fit and ids_fit:
+        if by_name == by_id:
+            return by_name, names, "either"
         warnings.warn(
             f"{source}: its {column!r} values can be read as label names or as ids into {names}, and the two "
             "readings differ; they are read as ids (index into label_names, the dataset-folder format). Write the "
             "names themselves if that is not what they are.", DataWarning, stacklevel=4)
-        return by_id, names
+        return by_id, names, "ids"
     if names_fit or ids_fit:
-        return (by_name if names_fit else by_id), names
-    if names_from == "declared":
+        return (by_name, names, "names") if names_fit else (by_id, names, "ids")
+    if reading == "either":
         unreadable = [i for i, (n, d) in enumerate(zip(by_name, by_id)) if n is None and d is None]
         if not unreadable:  # every row fits one of the readings, but neither fits every row
             an_id, a_name = by_name.index(None), by_id.index(None)
@@ -496,10 +517,14 @@ def _encode_labels(
             )
         hint = (f"neither one of the label names {names} nor an id 0..{len(names) - 1} into them. Fix the row, or "
                 "add the class to label_names (meta.json for a dataset folder)")
-    else:
+    elif reading == "names":
         unreadable = [i for i, n in enumerate(by_name) if n is None]
         hint = (f"not one of the training labels {names}: every evaluated label must be one the model was trained "
                 "on. Fix or remove the row")
+    else:
+        unreadable = [i for i, d in enumerate(by_id) if d is None]
+        hint = (f"not an id 0..{len(names) - 1} into the label names {names}, as the training split's labels are. "
+                "Write this file's labels the same way")
     bad = unreadable[0]
     raise DataError(f"{source}, row {bad + 1}: label {raw[bad]!r} is {hint} ({len(unreadable)} such row(s)).")
 
@@ -515,38 +540,37 @@ def from_hf_dataset(
     """Wrap a ``datasets.Dataset`` (the training pool) or a ``DatasetDict`` (train/validation/test)."""
     import datasets
 
-    def convert(ds: Any, split: str, names: Sequence[str] | None, names_from: str) -> TextDataset:
+    def convert(ds: Any, split: str, names: Sequence[str] | None, reading: str) -> TextDataset:
         for column in (text_column, label_column):
             if column not in ds.column_names:
                 raise DataError(
                     f"Dataset split {split!r} has no column {column!r}. Columns: {ds.column_names}. "
                     "Pass text_column= / label_column=."
                 )
-        feature = ds.features.get(label_column)
-        if names is None and isinstance(feature, datasets.ClassLabel):
-            names, names_from = feature.names, "declared"
         rows = [{text_column: t, label_column: y} for t, y in zip(ds[text_column], ds[label_column])]
         if not rows:
             raise DataError(f"Dataset split {split!r} is empty.")
         return examples_from_rows(rows, f"datasets.Dataset[{split}]", text_column, label_column, names, empty_text,
-                                  names_from=names_from)
+                                  label_reading=reading)
 
-    declared = label_names is not None
-    if isinstance(dataset, datasets.DatasetDict):
-        if "train" not in dataset:
-            raise DataError(f"DatasetDict has no 'train' split (splits: {list(dataset)}).")
-        train = convert(dataset["train"], "train", label_names, "declared")
-        declared = declared or isinstance(dataset["train"].features.get(label_column), datasets.ClassLabel)
-        # the other splits are read with the training split's names, whatever labels they happen to hold
-        others = {key: convert(dataset[key], key, train.label_names, "declared" if declared else "training")
-                  for key in ("validation", "dev", "test") if key in dataset}
-        dev = others.get("validation", others.get("dev"))
-        return DatasetSplits(name or "dataset", train.label_names, train, test=others.get("test"), dev=dev,
+    def declared_names(ds: Any) -> Sequence[str] | None:
+        feature = ds.features.get(label_column)
+        return label_names or (feature.names if isinstance(feature, datasets.ClassLabel) else None)
+
+    train_ds = dataset["train"] if isinstance(dataset, datasets.DatasetDict) else dataset
+    if isinstance(dataset, datasets.DatasetDict) and "train" not in dataset:
+        raise DataError(f"DatasetDict has no 'train' split (splits: {list(dataset)}).")
+    declared = declared_names(train_ds) is not None
+    train = convert(train_ds, "train", declared_names(train_ds), "either")
+    if not isinstance(dataset, datasets.DatasetDict):
+        return DatasetSplits(name or getattr(dataset, "builder_name", None) or "dataset", train.label_names, train,
                              declared_label_names=declared)
-    train = convert(dataset, "train", label_names, "declared")
-    declared = declared or isinstance(dataset.features.get(label_column), datasets.ClassLabel)
-    return DatasetSplits(name or getattr(dataset, "builder_name", None) or "dataset", train.label_names, train,
-                         declared_label_names=declared)
+    # the other splits are read with the training split's names, the way its labels were read
+    reading = (train.label_reading or "either") if declared else "names"
+    others = {key: convert(dataset[key], key, train.label_names, reading)
+              for key in ("validation", "dev", "test") if key in dataset}
+    return DatasetSplits(name or "dataset", train.label_names, train, test=others.get("test"),
+                         dev=others.get("validation", others.get("dev")), declared_label_names=declared)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -743,19 +767,21 @@ def excluded_pool_indices(pool: TextDataset, texts: Iterable[str]) -> list[int]:
     return [i for i, t in enumerate(pool.texts) if normalize_text(t) in banned]
 
 
-def warn_if_test_in_train(train: TextDataset, test: TextDataset) -> int:
-    """Warn (:class:`DataWarning`) when test texts also occur in the training set; return the count."""
+def test_in_train_note(train: TextDataset, test: TextDataset) -> str | None:
+    """A note when test texts (compared by :func:`normalize_text`) also occur in the training set."""
     seen = {normalize_text(t) for t in train.texts}
     dupes = [t for t in test.texts if normalize_text(t) in seen]
-    if dupes:
-        warnings.warn(
-            f"{len(dupes)} test example(s) also appear in the training set {train.source!r} "
-            f"(e.g. {dupes[0][:60]!r}); accuracy on them does not measure generalisation. "
-            "Remove them from one of the two files.",
-            DataWarning,
-            stacklevel=2,
-        )
-    return len(dupes)
+    if not dupes:
+        return None
+    return (f"{len(dupes)} test example(s) also appear in the training set {train.source!r} (e.g. {dupes[0][:60]!r}); "
+            "accuracy on them does not measure generalisation. Remove them from one of the two files.")
+
+
+def warn_if_test_in_train(train: TextDataset, test: TextDataset) -> None:
+    """Warn (:class:`DataWarning`) when test texts also occur in the training set."""
+    note = test_in_train_note(train, test)
+    if note:
+        warnings.warn(note, DataWarning, stacklevel=2)
 
 
 def check_dev_set(dev: TextDataset, labelled: TextDataset, evaluation: TextDataset | None = None) -> None:

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,15 +37,15 @@ from hf_lowdata.budgets import PRESETS
 from hf_lowdata.cli import hide_upstream_deprecation_noise
 from hf_lowdata.data import (
     DataError,
-    DataWarning,
     FewShotTask,
     TextDataset,
+    duplicate_notes,
     examples_from_rows,
     normalize_text,
     ranked_indices,
     read_rows,
     require_two_classes,
-    warn_if_test_in_train,
+    test_in_train_note,
 )
 from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
 from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, resolve_model_path
@@ -137,9 +136,6 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
 
-_WARNINGS_LOCK = threading.Lock()
-
-
 def held_out_split(data: TextDataset, fraction: float = HELD_OUT_FRACTION) -> tuple[TextDataset, TextDataset]:
     """(train, evaluation): ``fraction`` of every label's distinct texts (at least one) held out, deterministically.
 
@@ -174,23 +170,9 @@ def prepare_data(
 ) -> PreparedData:
     """Read and validate the uploads; hold out part of the labelled file when there is no evaluation file.
 
-    Data warnings (repeated rows, a text with two labels, evaluation texts that are also training
-    texts) go into the page's notes, not only the server's log.
+    What looks wrong in the data (repeated rows, a text with two labels, evaluation texts that are also
+    training texts) goes into the page's notes, not only the server's log.
     """
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:  # the warning filters are process-wide
-        warnings.simplefilter("always", DataWarning)
-        prepared = _prepare_data(labelled_path, text_column, label_column, unlabelled_path, eval_path)
-    prepared.notes.extend(f"Check your data: {w.message}" for w in caught if issubclass(w.category, DataWarning))
-    return prepared
-
-
-def _prepare_data(
-    labelled_path: str | os.PathLike | None,
-    text_column: str | None,
-    label_column: str | None,
-    unlabelled_path: str | os.PathLike | None,
-    eval_path: str | os.PathLike | None,
-) -> PreparedData:
     rows = read_upload(labelled_path, "labelled", MAX_LABELLED_ROWS)
     name = Path(labelled_path).name  # type: ignore[arg-type]
     detected_text, detected_label = detect_columns(rows)
@@ -214,12 +196,13 @@ def _prepare_data(
                                 f"columns as the labelled file (columns found: {', '.join(eval_rows[0])}).")
         try:
             evaluation = examples_from_rows(eval_rows, eval_name, text_column, label_column, labelled.label_names,
-                                            names_from="training")
+                                            label_reading="names")
         except DataError as err:
             raise DemoError(_friendly(err, Path(eval_path))) from err
         train = labelled
-        warn_if_test_in_train(train, evaluation)
         notes.append(f"Evaluating on {eval_name} ({len(evaluation)} examples).")
+        overlap = test_in_train_note(train, evaluation)
+        notes.extend([f"Check your data: {overlap}"] if overlap else [])
     else:
         train, evaluation = held_out_split(labelled)
         notes.append(f"No evaluation file: {HELD_OUT_FRACTION:.0%} of each label ({len(evaluation)} of {len(labelled)} "
@@ -234,6 +217,7 @@ def _prepare_data(
         except DataError as err:
             raise DemoError(_friendly(err, Path(unlabelled_path))) from err
         notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name} (used by semi-supervised methods).")
+    notes.extend(f"Check your data: {note}" for note in duplicate_notes(labelled))
     counts = ", ".join(f"{n} ({c})" for n, c in train.class_counts().items())
     notes.insert(0, f"Training on {len(train)} labelled examples: {counts}.")
     task = FewShotTask(Path(name).stem, labelled.label_names, train, seed=0, unlabelled=unlabelled)

@@ -110,7 +110,7 @@ def test_unseen_label_is_rejected(tmp_path, shared_data):
     write_jsonl(folder / "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
     write_jsonl(folder / "test.jsonl", [{"text": "c", "label": 2}])
     (folder / "meta.json").write_text(json.dumps({"label_names": ["neg", "pos"]}))
-    with pytest.raises(DataError, match="label 2 is neither one of the label names"):
+    with pytest.raises(DataError, match=r"label 2 is not an id 0..1 into the label names \[.neg., .pos.\], as the training"):
         load_data(folder)
 
 
@@ -351,9 +351,9 @@ def test_labels_of_training_data_are_names_only(tmp_path):
     # an evaluation file of a model trained on ratings 3/7/12: label 1 is no class (it was read as id 1 = "7")
     evaluation = write_jsonl(tmp_path / "e.jsonl", [{"text": "a", "label": 3}, {"text": "b", "label": 1}])
     with pytest.raises(DataError, match=r"row 2: label 1 is not one of the training labels \['3', '7', '12'\]"):
-        load_file(evaluation, label_names=["3", "7", "12"], names_from="training")
+        load_file(evaluation, label_names=["3", "7", "12"], label_reading="names")
     same = write_jsonl(tmp_path / "s.jsonl", [{"text": "a", "label": 12}, {"text": "b", "label": "7"}])
-    assert load_file(same, label_names=["3", "7", "12"], names_from="training").labels == (2, 1)
+    assert load_file(same, label_names=["3", "7", "12"], label_reading="names").labels == (2, 1)
     # a folder without meta.json: the test split is read with the train split's labels, as names
     folder = _folder(tmp_path, "ratings", None, {"train": [("a", 3), ("b", 7), ("c", 12)], "test": [("d", 1)]})
     with pytest.raises(DataError, match="label 1 is not one of the training labels"):
@@ -398,7 +398,34 @@ def test_csv_errors_name_the_line_and_unquoted_tsv_is_read(tmp_path):
     with pytest.raises(DataError, match=r"q.csv, near line 3: not valid CSV"):
         load_file(bad)
     tsv = _write(tmp_path / "q.tsv", 'text\tlabel\n"Great" movie\tpos\nok\tneg\n')
-    assert load_file(tsv).texts == ('"Great" movie', "ok")
+    with pytest.warns(DataWarning, match="not a quoted TSV"):
+        assert load_file(tsv).texts == ('"Great" movie', "ok")
+    quoted = _write(tmp_path / "f.tsv", 'text\tlabel\n"a ""quoted"" word"\tpos\n"bad"x\tneg\n')
+    with pytest.raises(DataError, match=r"f.tsv, near line 3: not valid TSV"):  # quotes kept literally: refused
+        load_file(quoted)
     ragged = _write(tmp_path / "r.tsv", 'text\tlabel\n"Great\tmovie\tpos\nok\tneg\n')
     with pytest.raises(DataError, match=r"r.tsv, near line 2: not valid TSV"):
         load_file(ragged)
+
+
+def test_a_split_lacking_a_class_is_read_the_way_its_train_split_was(tmp_path):
+    """Digit names: a test split without class "5" fits both readings; it must follow train's."""
+    import datasets
+
+    stars = [str(i) for i in range(1, 6)]
+    as_names = _folder(tmp_path, "names", stars, {"train": [(f"t{i}", i % 5 + 1) for i in range(10)],
+                                                  "test": [(f"u{i}", i + 1) for i in range(4)]})
+    splits = load_data(as_names)
+    assert splits.train.label_reading == "names" and splits.test.labels == (0, 1, 2, 3)
+    as_ids = _folder(tmp_path, "ids", stars, {"train": [(f"t{i}", i % 5) for i in range(10)],
+                                              "test": [(f"u{i}", i + 1) for i in range(4)]})
+    assert load_data(as_ids).test.labels == (1, 2, 3, 4)  # no class "1" in test: ids, as in train
+    # an --eval file of the first folder follows its train split too, and so does a DatasetDict's test split
+    evaluation = write_jsonl(tmp_path / "e.jsonl", [{"text": "e", "label": 2}])
+    assert load_file(evaluation, label_names=stars, label_reading=splits.label_reading).labels == (1,)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 5]}),
+                               "test": datasets.Dataset.from_dict({"text": ["c"], "label": [2]})})
+    assert load_data(dd, label_names=stars).test.labels == (1,)
+    with pytest.raises(DataError, match=r"label 0 is not one of the training labels"):
+        load_file(write_jsonl(tmp_path / "z.jsonl", [{"text": "z", "label": 0}]), label_names=stars,
+                  label_reading=splits.label_reading)

@@ -14,6 +14,7 @@ from hf_lowdata.features import (
 )
 from hf_lowdata.models import load_encoder, load_tokenizer
 from tests.helpers import toy_sentences
+from tests.test_leftovers import age
 
 
 def _counting_encoder(folder):
@@ -73,6 +74,7 @@ def test_shards_staged_by_a_killed_process_are_swept(tiny_bert_dir, tmp_path):
     proc.wait()
     staged = folder / f"abc.safetensors.tmp{proc.pid}"  # a process killed mid-write left it
     staged.write_bytes(b"half a shard")
+    age(staged)
     text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "tiny")  # a later write sweeps the folder
     assert not staged.exists() and len(list(folder.glob("*.safetensors"))) == 2
 

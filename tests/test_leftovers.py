@@ -9,6 +9,15 @@ import sys
 from hf_lowdata.leftovers import process_alive, remove_dead_leftovers
 
 
+def age(path, seconds=7200):
+    """Make ``path`` (and what is in it) look untouched for ``seconds``."""
+    import time
+
+    old = time.time() - seconds
+    for item in [*path.rglob("*"), path] if path.is_dir() else [path]:
+        os.utime(item, (old, old))
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -24,9 +33,13 @@ def test_only_a_dead_process_s_staged_files_are_removed(tmp_path):
     (tmp_path / f"shard2.safetensors.tmp{alive}").write_bytes(b"being written")
     (tmp_path / "shard.safetensors").write_bytes(b"final")
     (tmp_path / "other.tmp").write_bytes(b"no pid: not ours to judge")
+    for entry in tmp_path.iterdir():
+        age(entry)
+    (tmp_path / f"fresh.safetensors.tmp{dead}").write_bytes(b"another container's process, writing now")
     removed = remove_dead_leftovers(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f"shard.safetensors.tmp{dead}", f"key.tmp-{dead}"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"shard2.safetensors.tmp{alive}", "shard.safetensors", "other.tmp"])
+        [f"shard2.safetensors.tmp{alive}", "shard.safetensors", "other.tmp", f"fresh.safetensors.tmp{dead}"])
     (tmp_path / f"key.tmp-{dead}").mkdir()
+    age(tmp_path / f"key.tmp-{dead}")
     assert remove_dead_leftovers(tmp_path, prefix="another") == []  # a prefix limits the sweep

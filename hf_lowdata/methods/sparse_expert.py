@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
-from ..leftovers import remove_dead_leftovers
+from ..leftovers import remove_dead_leftovers, untouched_for
 from ..models import (
     load_encoder,
     load_tokenizer,
@@ -154,7 +154,9 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     final = root / plan.key()
     remove_dead_leftovers(root, prefix=plan.key())  # staged copies of killed meta-trainings of this plan
     if (final / META_FILE).is_file():
-        shutil.rmtree(root / f"{plan.key()}.work", ignore_errors=True)  # a cleanup a kill cut short
+        work = root / f"{plan.key()}.work"
+        if work.is_dir() and untouched_for(work, 3600.0):  # a cleanup a kill cut short (not a live run's folder)
+            shutil.rmtree(work, ignore_errors=True)
         if not (final / "adapter_model.safetensors").is_file() or not (final / "adapter_config.json").is_file():
             raise DataError(
                 f"The cached meta-trained adapter {final} is incomplete (no adapter_model.safetensors or "

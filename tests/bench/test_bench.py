@@ -271,7 +271,7 @@ def test_every_dataset_is_read_before_the_first_run(toy_data_dir, tiny_bert_dir,
     (data / "toyb" / "test.jsonl").write_text('{"text": "a text", "label": 7}\n')
     out = tmp_path / "out"
     seen = []
-    with pytest.raises(Exception, match=r"toyb.*label 7 is neither one of the label names"):
+    with pytest.raises(Exception, match=r"toyb.*label 7 is not an id 0..1 into the label names"):
         run_benchmark(_config(data, tiny_bert_dir, out, datasets=["toya", "toyb"], methods=["probe"]),
                       show_progress=False, on_record=seen.append)
     assert seen == [] and not (out / "runs.jsonl").exists()

@@ -20,6 +20,7 @@ from hf_lowdata.methods.sparse_expert import (
     cache_root,
 )
 from hf_lowdata.workflow import resolve_budget
+from tests.test_leftovers import age
 
 FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=4,
               options={"sources": "toyb", "meta_steps": 3, "meta_batch": 1, "query_per_class": 2,
@@ -75,6 +76,7 @@ def test_fit_predict_save_load_and_meta_training_is_cached(tiny_bert_dir, data_d
     dead = _dead_pid()
     for leftover in (f"{key}.tmp-{dead}", f"{key}.work"):
         (entries[0].parent / leftover / "sub").mkdir(parents=True)
+        age(entries[0].parent / leftover)
     alive = entries[0].parent / f"{key}.tmp-{os.getpid()}"  # a running process's: never touched
     alive.mkdir()
     again = get_method("sparse_expert").fit(_task(data_dir, seed=1), _ctx(tiny_bert_dir, data_dir, tmp_path, seed=1))

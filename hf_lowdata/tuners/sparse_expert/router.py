@@ -14,6 +14,7 @@ adapter, and ``merge_and_unload`` removes it (it changes no weight by itself).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -54,6 +55,19 @@ class RouterNet(nn.Module):
         self.norm2 = nn.LayerNorm(feature_dim)
         self.fc1 = _maybe_spectral(nn.Linear(feature_dim, hidden), sn)
         self.fc2 = _maybe_spectral(nn.Linear(hidden, feature_dim), sn)
+
+    def __deepcopy__(self, memo: dict) -> RouterNet:
+        """The usual module deep copy (a copied optimizer's memo still maps to the copy's parameters):
+        ``__reduce__`` below is for pickling only."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def __copy__(self) -> RouterNet:
+        new = type(self).__new__(type(self))
+        new.__setstate__(dict(self.__dict__))
+        return new
 
     def __reduce__(self) -> tuple:
         """Pickle (``torch.save(model)``, multiprocessing, hyperparameter-search tools) through the state dict.

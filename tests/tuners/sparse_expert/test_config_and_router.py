@@ -162,3 +162,20 @@ def test_a_model_with_its_spectral_norm_router_pickles_like_lora(inference_mode)
         assert not clone.base_model.router.training
         torch.testing.assert_close(clone.base_model.route(prototypes), weights, atol=0, rtol=0)
         torch.testing.assert_close(clone(x), out, atol=0, rtol=0)
+
+
+def test_deepcopy_of_the_router_is_the_usual_module_copy():
+    """Pickling goes through the state dict; a deep copy must stay the ordinary one: a model copied
+    with its optimizer keeps them paired, and every submodule keeps its train/eval mode."""
+    import copy
+
+    from hf_lowdata.tuners.sparse_expert.router import RouterNet
+
+    net = RouterNet(SparseExpertConfig(num_experts=3), 16)
+    net.fc1.eval()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    net_copy, optimizer_copy = copy.deepcopy((net, optimizer))
+    held = {id(p) for group in optimizer_copy.param_groups for p in group["params"]}
+    assert all(id(p) in held for p in net_copy.parameters())
+    assert not net_copy.fc1.training and net_copy.fc2.training
+    assert all(a is b for a, b in zip(copy.copy(net).parameters(), net.parameters()))  # shallow: shared
