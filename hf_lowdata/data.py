@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import unicodedata
 import warnings
@@ -196,7 +197,7 @@ def load_folder(
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DataError(f"{meta_path} is not valid JSON ({err}). Fix or delete it.") from err
-    names = meta.get("label_names")
+    names = [str(n) for n in meta["label_names"]] if meta.get("label_names") else None
     declared = bool(names)
     # the train split is read first; the other splits the same way (by names, or by ids into meta.json's list)
     reading = "either" if declared else "names"
@@ -437,10 +438,10 @@ def _describe(value: Any) -> str:
 def _is_int_like(value: Any) -> bool:
     if isinstance(value, bool):
         return False
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # int and numpy's integers
         return True
-    if isinstance(value, float):
-        return value.is_integer()
+    if isinstance(value, numbers.Real):
+        return float(value).is_integer()
     if isinstance(value, str):
         s = value.strip()
         return s.lstrip("-").isdigit()
@@ -473,7 +474,7 @@ def _encode_labels(
         rows = ", ".join(str(i + 1) for i in missing[:5])
         raise DataError(f"{source}: {len(missing)} row(s) have no {column!r} value (rows {rows}...). Label every row.")
     odd = [i for i, v in enumerate(raw) if isinstance(v, (list, tuple, dict, set))
-           or (isinstance(v, float) and not v.is_integer())]
+           or (isinstance(v, numbers.Real) and not isinstance(v, bool) and not _is_int_like(v))]
     if odd:
         value = raw[odd[0]]
         raise DataError(

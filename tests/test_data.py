@@ -429,3 +429,18 @@ def test_a_split_lacking_a_class_is_read_the_way_its_train_split_was(tmp_path):
     with pytest.raises(DataError, match=r"label 0 is not one of the training labels"):
         load_file(write_jsonl(tmp_path / "z.jsonl", [{"text": "z", "label": 0}]), label_names=stars,
                   label_reading=splits.label_reading)
+
+
+def test_numpy_labels_and_integer_label_names_in_meta(tmp_path):
+    import numpy as np
+
+    from hf_lowdata.data import examples_from_rows
+
+    rows = [{"text": "a", "label": np.int64(10)}, {"text": "b", "label": np.int64(2)}, {"text": "c", "label": 3.0}]
+    data = examples_from_rows(rows, "numpy")
+    assert data.label_names == ("2", "3", "10") and data.labels == (2, 0, 1)  # numeric order, not text order
+    named = examples_from_rows(rows[1:2], "numpy", label_names=["neg", "pos", "mid"])
+    assert named.labels == (2,)
+    folder = _folder(tmp_path, "intnames", [0, 1], {"train": [("a", 0), ("b", 1)], "test": [("c", 1)]})
+    splits = load_data(folder)
+    assert splits.label_names == ("0", "1") == splits.test.label_names and splits.test.labels == (1,)
