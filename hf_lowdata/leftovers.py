@@ -26,9 +26,7 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except OSError:  # pragma: no cover - platforms without signal 0: keep the file
+    except OSError:  # PermissionError: another user's process; elsewhere: no signal 0, so keep the file
         return True
     return True
 

@@ -155,7 +155,8 @@ def model_content_digest(folder: str | os.PathLike) -> str:
 
     path = Path(folder).resolve()
     files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix != ".md")
-    state = (str(path), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    stats = [f.stat() for f in files]
+    state = (str(path), *((f.name, st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)))
     if state not in _CONTENT_DIGESTS:
         h = hashlib.blake2b(digest_size=16)
         for file in files:

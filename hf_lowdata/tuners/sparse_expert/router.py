@@ -74,7 +74,8 @@ class RouterNet(nn.Module):
 
         torch refuses to pickle spectral-norm parametrized modules directly, so the network is rebuilt
         from its config and loads its state: the same weights, power-iteration vectors, device,
-        dtype, frozen parameters and train/eval mode.
+        dtype and frozen parameters; the whole network gets its own train/eval mode (a submodule set
+        to another mode than the network's is not kept).
         """
         frozen = tuple(name for name, p in self.named_parameters() if not p.requires_grad)
         return _rebuild_router_net, (*self._build_args, self.state_dict(), frozen, self.training)

@@ -63,7 +63,7 @@ class TokenTap:
         self._signatures: dict[type, inspect.Signature] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_signatures": {}}
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()
