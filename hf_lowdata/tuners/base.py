@@ -11,6 +11,39 @@ import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+#: transformers' ``Conv1D`` (GPT-2, GPT, ...): a Linear layer whose weight is stored transposed, (in, out).
+TransposedLinear = Conv1D
+
+
+def linear_weight(layer: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` (default: the layer's own) in ``nn.Linear``'s (out, in) layout: transposed for a Conv1D.
+
+    The tuners keep their own tensors in this layout for every layer kind, so per-output-unit rules
+    (FTP's per-row projection, MixupBLO's output factor) mean the same for a GPT-2 layer as for a BERT one.
+    """
+    weight = layer.weight if weight is None else weight
+    return weight.T if isinstance(layer, TransposedLinear) else weight
+
+
+def to_layer_layout(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """A weight in (out, in) layout back in ``layer``'s own layout (a transposed view for a Conv1D)."""
+    return weight.T if isinstance(layer, TransposedLinear) else weight
+
+
+def layer_features(layer: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a Linear, Conv1D or Conv2d (channels) layer."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels, layer.out_channels
+    out_features, in_features = linear_weight(layer).shape
+    return in_features, out_features
+
+
+def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What a Conv1D computes with ``weight`` (in, out): ``x @ weight + bias``."""
+    out = x @ weight
+    return out if bias is None else out + bias
 
 
 def _caller_stacklevel() -> int:
@@ -20,6 +53,11 @@ def _caller_stacklevel() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("peft", "transformers", "hf_lowdata"):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _kind_name(kind: type[nn.Module]) -> str:
+    """``nn.Linear`` for torch's layers, ``Conv1D`` (transformers') otherwise."""
+    return f"nn.{kind.__name__}" if kind.__module__.startswith("torch.") else f"transformers' {kind.__name__}"
 
 
 class OwnConfigCopy:
@@ -47,7 +85,7 @@ class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
     """
 
     #: The layer types the tuner adapts (for the default-target message).
-    adapted_layer_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+    adapted_layer_types: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
     #: Whether the tuned model's classification head is expected to be trained with it (False for a
     #: tuner that classifies with its own head, as SparseExpert's prototypes).
     trains_with_model_head: bool = True
@@ -92,7 +130,7 @@ class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
 
     def _target_example(self, config_name: str) -> str:
         """How to set ``target_modules`` for this model: its own layer names, or why there are none."""
-        kinds = " / ".join(f"nn.{kind.__name__}" for kind in self.adapted_layer_types)
+        kinds = " / ".join(_kind_name(kind) for kind in self.adapted_layer_types)
         names: list[str] = []
         others: set[str] = set()
         for full_name, module in self.model.named_modules():
@@ -102,12 +140,12 @@ class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
             if isinstance(module, self.adapted_layer_types):
                 if leaf not in names:
                     names.append(leaf)
-            elif not list(module.children()) and type(module).__name__ in ("Conv1D", "Conv1d"):
-                others.add(type(module).__name__)
+            elif not list(module.children()) and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)):
+                others.add(_kind_name(type(module)))
         if names:
             return (f"Pass target_modules= with the names of the layers to adapt; this model's {kinds} layers are "
                     f"named {names[:8]}, e.g. {config_name}(target_modules={names[:2]}).")
-        found = f" (its weight layers are {' / '.join(sorted(others))}, as in GPT-2)" if others else ""
+        found = f" (its weight layers are {' / '.join(sorted(others))})" if others else ""
         return (f"This model has no {kinds} layer outside its head for {config_name} to adapt{found}; "
                 f"{config_name} supports {kinds} layers only. LoRA or TwinTurbo can adapt such a model.")
 

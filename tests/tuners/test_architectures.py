@@ -1,12 +1,14 @@
 """Every tuner on the classification models users bring besides BERT: RoBERTa-style heads
 (a module without a weight), DistilBERT (no ``encoder``), decoder classifiers (Llama, GPT-2:
-a per-token ``score`` head)."""
+a per-token ``score`` head; GPT-2's transformers ``Conv1D`` layers)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 import hf_lowdata
@@ -126,13 +128,113 @@ def test_default_targets_cover_every_block_linear_of_deberta_and_llama(name, kin
 
 
 @pytest.mark.parametrize("name", BLOCK_WEIGHT_TUNERS)
-def test_a_model_type_without_defaults_names_the_ones_that_have_them(name):
+def test_a_model_without_defaults_or_adaptable_layers_says_so(name):
     config = BLOCK_WEIGHT_TUNERS[name]()
-    # GPT-2's weight layers are transformers' Conv1D: the message must not suggest names it lacks
+    # only torch Conv1d layers: the message must not suggest layer names the model lacks
     with pytest.raises(ValueError, match=rf"{type(config).__name__} has no default target_modules for model type "
-                                         r"'gpt2' \(defaults exist for .*'bert'.*\)\. This model has no nn.Linear.* "
-                                         r"layer outside its head .*Conv1D, as in GPT-2.*LoRA or TwinTurbo"):
-        get_peft_model(_decoder("gpt2"), config)
+                                         r"'custom' \(defaults exist for .*'bert'.*'gpt2'.*\)\. This model has no "
+                                         r"nn.Linear / transformers' Conv1D.* layer outside its head .*\(its weight "
+                                         r"layers are nn.Conv1d\).*LoRA or TwinTurbo"):
+        get_peft_model(torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3)), config)
+
+
+CONV1D_TUNERS = {**WEIGHT_TUNERS, "mixup_blo_lora": lambda: hf_lowdata.MixupBLOConfig(task_type="SEQ_CLS",
+                                                                                      task_weight="lora", r=2)}
+
+
+@pytest.mark.parametrize("name", CONV1D_TUNERS)
+def test_gpt2_conv1d_layers_are_adapted_saved_and_merged(name, tmp_path):
+    """GPT-2's weight layers are transformers' Conv1D (weight stored (in, out)): every one in the blocks is
+    a default target, the adapter starts as the identity, reloads exactly, and merges into a plain GPT-2
+    that saves and reloads as one."""
+    from transformers import GPT2ForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    base = _decoder("gpt2")
+    blocks = {n for n, m in base.named_modules() if isinstance(m, Conv1D)}
+    with torch.no_grad():
+        reference = base(input_ids=IDS, attention_mask=MASK).logits
+    model = get_peft_model(base, CONV1D_TUNERS[name]()).eval()
+    adapted = {n.removeprefix("base_model.model.") for n, m in model.named_modules()
+               if type(m).__module__.startswith("hf_lowdata.tuners") and isinstance(getattr(m, "base_layer", None),
+                                                                                   Conv1D)}
+    assert len(blocks) == 8 and adapted == blocks  # 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=IDS, attention_mask=MASK).logits, reference, atol=1e-6, rtol=0)
+    _perturb(model)
+    with torch.no_grad():
+        adapted_logits = model(input_ids=IDS, attention_mask=MASK).logits
+    assert (adapted_logits - reference).abs().max() > 1e-3
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(_decoder("gpt2"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=IDS, attention_mask=MASK).logits, adapted_logits, atol=0, rtol=0)
+    merged = model.merge_and_unload()
+    assert {type(m) for n, m in merged.named_modules() if n in blocks} == {Conv1D}
+    merged.save_pretrained(tmp_path / "merged")  # safetensors refuses non-contiguous tensors
+    reloaded = GPT2ForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=IDS, attention_mask=MASK).logits, adapted_logits,
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(reloaded(input_ids=IDS, attention_mask=MASK).logits, adapted_logits,
+                                   atol=1e-5, rtol=0)
+
+
+class _Twin(torch.nn.Module):
+    """One weight layer, as an nn.Linear or as the transformers Conv1D with the same (transposed) weight."""
+
+    def __init__(self, conv1d: bool) -> None:
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(6, 5)
+        if conv1d:
+            self.proj = Conv1D(5, 6)
+            with torch.no_grad():
+                self.proj.weight.copy_(linear.weight.T)
+                self.proj.bias.copy_(linear.bias)
+        else:
+            self.proj = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("config", [
+    hf_lowdata.FTPConfig(target_modules=["proj"]),
+    hf_lowdata.FTPConfig(target_modules=["proj"], delta="lora", r=2),
+    hf_lowdata.MixupBLOConfig(target_modules=["proj"]),
+    hf_lowdata.MixupBLOConfig(target_modules=["proj"], task_weight="lora", r=2),
+], ids=["ftp", "ftp_lora", "mixup_blo", "mixup_blo_lora"])
+def test_a_conv1d_layer_is_adapted_exactly_as_its_linear_twin(config):
+    """The adapter's tensors are in nn.Linear's (out, in) layout for a Conv1D too, so the same values give the
+    same outputs and gradients, FTP's per-output-row projection (its default norm) moves them identically,
+    and the merged Conv1D weight is the merged Linear weight transposed."""
+    from hf_lowdata.tuners.ftp import FTPOptimizer, ftp_param_groups
+
+    x = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(2))
+    models = [get_peft_model(_Twin(conv1d), copy.deepcopy(config)) for conv1d in (False, True)]
+    params = [{n: p for n, p in m.named_parameters() if p.requires_grad} for m in models]
+    assert {n: p.shape for n, p in params[0].items()} == {n: p.shape for n, p in params[1].items()}
+    _perturb(models[0])
+    with torch.no_grad():
+        for name, p in params[0].items():
+            params[1][name].copy_(p)
+    outputs = [m(x) for m in models]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)
+    for out in outputs:
+        out.pow(2).sum().backward()
+    for name, p in params[0].items():
+        torch.testing.assert_close(params[1][name].grad, p.grad, atol=1e-5, rtol=1e-5)
+    if isinstance(config, hf_lowdata.FTPConfig):
+        for model in models:
+            FTPOptimizer(ftp_param_groups(model), lr=0.05).step()
+        for name, p in params[0].items():
+            torch.testing.assert_close(params[1][name], p, atol=1e-6, rtol=1e-6)
+    merged = [m.merge_and_unload().proj.weight for m in models]
+    torch.testing.assert_close(merged[1], merged[0].T, atol=1e-6, rtol=0)
+    assert merged[1].is_contiguous()
 
 
 ALL_TUNERS = {**WEIGHT_TUNERS, "twin_turbo": lambda: hf_lowdata.TwinTurboConfig(task_type="SEQ_CLS", projector_dim=16,
@@ -153,3 +255,30 @@ def test_one_config_object_configures_models_of_other_architectures(name):
     assert resolved[0] is not None and resolved[1] is not None and resolved[0] != resolved[1]
     with torch.no_grad():
         assert second(input_ids=IDS, attention_mask=MASK).logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["ftp", "mixup_blo"])
+def test_the_trainer_trains_gpt2_conv1d_adapters_with_their_own_objectives(name, tmp_path):
+    """LowDataTrainer runs FTP's projected optimizer and MixupBLO's bi-level objective on GPT-2's Conv1D
+    layers; the trained adapter reloads to the same logits."""
+    from hf_lowdata.budgets import Budget
+    from hf_lowdata.training import LowDataTrainer, few_shot_training_args
+
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(2, 100, (6,), generator=gen), "attention_mask": torch.ones(6, dtype=torch.long),
+             "labels": torch.tensor(i % 3)} for i in range(15)]
+    model = get_peft_model(_decoder("gpt2"), WEIGHT_TUNERS[name]())
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "score" not in n}
+    budget = Budget(learning_rate=1e-2, epochs=1, min_steps=3, max_steps=3, batch_size=4, warmup_ratio=0.0)
+    args = few_shot_training_args(str(tmp_path / "run"), budget, len(data), seed=0, use_cpu=True)
+    trainer = LowDataTrainer(model=model, args=args, train_dataset=data)
+    assert type(trainer.objective).__name__.lower().startswith(name.replace("_", ""))
+    trainer.train()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=IDS, attention_mask=MASK).logits
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(_decoder("gpt2"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=IDS, attention_mask=MASK).logits, trained, atol=0, rtol=0)

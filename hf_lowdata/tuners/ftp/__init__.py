@@ -10,13 +10,14 @@ predecessor method, for comparison.
 from ...registration import register_method
 from ...training.objectives import register_default_objective
 from .config import FTPConfig
-from .layer import FTPConv2d, FTPLayer, FTPLinear
+from .layer import FTPConv1D, FTPConv2d, FTPLayer, FTPLinear
 from .model import FTPModel
 from .objective import FTPObjective, TPGMObjective
 from .optimizer import FTPOptimizer, ftp_param_groups, projection_units
 
 __all__ = [
     "FTPConfig",
+    "FTPConv1D",
     "FTPConv2d",
     "FTPLayer",
     "FTPLinear",

@@ -26,11 +26,11 @@ class FTPConfig(PeftConfig):
     """Configuration of an FTP adapter (:class:`~hf_lowdata.tuners.ftp.FTPModel`).
 
     Args:
-        target_modules: Names of the ``nn.Linear`` / ``nn.Conv2d`` modules that get a delta: a list
+        target_modules: Names of the ``nn.Linear`` / ``nn.Conv2d`` / transformers ``Conv1D`` modules that get a delta: a list
             (exact names or name suffixes) or a regex matched against the full module name. ``None``
             picks the defaults for the model type (BERT-style encoders: query, key, value, attention
             output, intermediate and output dense; MPNet; DistilBERT; Llama-style decoders: the
-            attention and MLP projections; EfficientNet: every convolution).
+            attention and MLP projections; GPT-2: c_attn, c_proj, c_fc; EfficientNet: every convolution).
         exclude_modules: Names (list) or regex of modules never to adapt.
         delta: ``"full"``: a dense trainable delta of the weight's shape, initialised at zero (FTP's
             full fine-tuning, with the pretrained weights frozen); ``"lora"``: delta = (lora_alpha / r) B A
@@ -51,10 +51,11 @@ class FTPConfig(PeftConfig):
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "Names of the nn.Linear / nn.Conv2d modules that get a delta: a list (exact names or name "
+            "help": "Names of the nn.Linear / nn.Conv2d / transformers Conv1D modules that get a delta: a list (exact names or name "
             "suffixes) or a regex matched against the full module name. None picks the defaults for the model "
             "type (BERT-style encoders: query, key, value, attention output, intermediate and output dense; "
-            "MPNet; DistilBERT; Llama-style decoders: the attention and MLP projections; EfficientNet: every "
+            "MPNet; DistilBERT; Llama-style decoders: the attention and MLP projections; GPT-2: c_attn, c_proj, c_fc; "
+            "EfficientNet: every "
             "convolution)."
         },
     )

@@ -1,4 +1,4 @@
-"""FTP adapter layers: a frozen pretrained ``nn.Linear`` / ``nn.Conv2d`` plus a trainable delta.
+"""FTP adapter layers: a frozen pretrained ``nn.Linear`` / ``Conv1D`` / ``nn.Conv2d`` plus a trainable delta.
 
 ``delta="full"`` stores a dense delta of the weight's shape (initialised at zero), so training it is
 full fine-tuning of that weight with the pretrained value kept aside; the forward pass then uses one
@@ -7,6 +7,10 @@ zero) and ``A`` (r x fan_in, Kaiming-uniform) with delta = (lora_alpha / r) B A,
 layers as a low-rank side path (LoRA's cost) and to convolutions as a weight delta (grouped and
 depthwise convolutions work unchanged). Merging adds the delta to the base weight, so a merged or
 unloaded model is the base architecture with zero inference overhead.
+
+transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out); its adapter tensors are kept in
+``nn.Linear``'s (out, in) layout all the same, so FTP's per-row projection constrains each output unit
+as it does for a Linear layer, and the delta is transposed only when it meets the base weight.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..base import linear_weight, to_layer_layout, transposed_linear
 from ..delta_merge import merge_deltas, unmerge_deltas
 from .config import FTPConfig
 
@@ -39,13 +44,13 @@ class FTPLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
-        weight = self.get_base_layer().weight
+        weight = linear_weight(self.get_base_layer())
         self.out_features = weight.shape[0]
         self.in_features = weight.shape[1] if weight.dim() > 1 else 1
 
     def update_layer(self, adapter_name: str, config: FTPConfig) -> None:
         """Create adapter ``adapter_name`` (a zero delta, or B = 0 and a random A for ``delta="lora"``)."""
-        weight = self.get_base_layer().weight
+        weight = linear_weight(self.get_base_layer())
         if config.delta == "full":
             self.ftp_delta[adapter_name] = nn.Parameter(torch.zeros(weight.shape, dtype=torch.float32))
             self.r[adapter_name] = 0
@@ -65,12 +70,13 @@ class FTPLayer(BaseTunerLayer):
         return adapter in self.ftp_delta or adapter in self.ftp_A
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """The adapter's delta, shaped like the base weight, in the adapter's dtype."""
+        """The adapter's delta in the base weight's shape and layout, in the adapter's dtype."""
+        base = self.get_base_layer()
         if adapter in self.ftp_delta:
-            return self.ftp_delta[adapter]
+            return to_layer_layout(base, self.ftp_delta[adapter])
         if adapter in self.ftp_A:
-            shape = self.get_base_layer().weight.shape
-            return (self.scaling[adapter] * (self.ftp_B[adapter] @ self.ftp_A[adapter])).reshape(shape)
+            shape = linear_weight(base).shape
+            return to_layer_layout(base, (self.scaling[adapter] * (self.ftp_B[adapter] @ self.ftp_A[adapter])).reshape(shape))
         raise ValueError(f"Adapter {adapter!r} is not present in this FTP layer.")
 
     # ---- merging ------------------------------------------------------------------------------------
@@ -142,6 +148,13 @@ class FTPLinear(_FTPModule):
 
     def _low_rank_path(self, adapter: str) -> bool:
         return adapter in self.ftp_A
+
+
+class FTPConv1D(FTPLinear):
+    """A transformers ``Conv1D`` (GPT-2's Linear with an (in, out) weight) with FTP adapters."""
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return transposed_linear(x, weight, bias)
 
 
 class FTPConv2d(_FTPModule):

@@ -7,9 +7,9 @@ from typing import Any
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..base import WeightAdapterTuner
+from ..base import TransposedLinear, WeightAdapterTuner
 from .config import FTPConfig
-from .layer import FTPConv2d, FTPLayer, FTPLinear
+from .layer import FTPConv1D, FTPConv2d, FTPLayer, FTPLinear
 
 _BERT_STYLE = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 _DEBERTA = r".*encoder\.layer\.\d+\.(attention\.self\.(query_proj|key_proj|value_proj|in_proj)|attention\.output\.dense|intermediate\.dense|output\.dense)"
@@ -23,6 +23,7 @@ TARGET_MODULES_BY_MODEL_TYPE: dict[str, Any] = {
     **dict.fromkeys(("deberta-v2", "deberta"), _DEBERTA),
     "distilbert": r".*transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.(lin1|lin2))",
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo"), _LLAMA_STYLE),
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # transformers' Conv1D: attention in/out, MLP in/out
     "efficientnet": r".*(embeddings\.convolution|expand_conv|depthwise_conv\.depthwise_conv|"
     r"squeeze_excite\.(reduce|expand)|project_conv|top_conv)",
 }
@@ -39,7 +40,7 @@ class FTPModel(WeightAdapterTuner):
 
     prefix: str = "ftp_"
     tuner_layer_cls = FTPLayer
-    adapted_layer_types = (nn.Linear, nn.Conv2d)
+    adapted_layer_types = (nn.Linear, TransposedLinear, nn.Conv2d)
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
 
     def _create_and_replace(
@@ -65,9 +66,11 @@ class FTPModel(WeightAdapterTuner):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, nn.Linear):
             return FTPLinear(target, adapter_name, config)
+        if isinstance(base, TransposedLinear):
+            return FTPConv1D(target, adapter_name, config)
         if isinstance(base, nn.Conv2d):
             return FTPConv2d(target, adapter_name, config)
         raise TypeError(
-            f"FTP adapts nn.Linear and nn.Conv2d modules, but target module {key or target!r} is a "
+            f"FTP adapts nn.Linear, transformers' Conv1D and nn.Conv2d modules, but target module {key or target!r} is a "
             f"{type(base).__name__}. Remove it from target_modules (or add it to exclude_modules)."
         )

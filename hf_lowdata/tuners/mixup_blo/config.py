@@ -26,11 +26,12 @@ class MixupBLOConfig(PeftConfig):
     ``W_eff = (a b^T) * W + ((1 - a)(1 - b)^T) * W0`` (the authors' code; the paper prints the simpler
     ``1 - a b^T`` for the pretrained coefficient). W and the bias are the inner variables, a and b the
     outer ones of a bi-level problem solved by :class:`~hf_lowdata.training.bilevel.MixupBLOObjective`.
-    After training the layer merges into a plain Linear.
+    After training the layer merges into a plain Linear (or transformers ``Conv1D``, as in GPT-2).
 
     Args:
         target_modules: Module names (or a regex) to mix. Default for BERT-like encoders: query, key,
-            value, the attention output, both FFN Linears and the pooler dense; never the classifier.
+            value, the attention output, both FFN Linears and the pooler dense (GPT-2: c_attn, c_proj,
+            c_fc); never the classifier.
         exclude_modules: Module names (or a regex) never to mix.
         task_weight: "full": W is a trainable copy of W0, as in the paper (the saved adapter holds a full
             copy of every mixed weight, about the size of the model's Linear layers). "lora": W = W0 + B A

@@ -6,6 +6,10 @@ the factors are clamped to [0, 1] in every forward (and in place after every out
 training objective), so perturbed or loaded values outside the range act as their clamped values.
 Because W_eff depends on W0, a merged layer keeps the original weight so that further merges and
 unmerging are exact.
+
+transformers' ``Conv1D`` (GPT-2) is a Linear layer with its weight stored (in, out): the layer works on
+the (out, in) view of it, so ``a`` scales output units and ``b`` input units for both kinds, and only a
+merge writes back in the base layer's own layout.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from ..base import TransposedLinear, layer_features, linear_weight, to_layer_layout
 from .config import MixupBLOConfig
+
+#: The layers MixupBLO mixes: Linear, and transformers' Conv1D (a Linear with a transposed weight).
+MIXED_LAYER_TYPES = (nn.Linear, TransposedLinear)
 
 
 class MixupBLOLayer(BaseTunerLayer):
@@ -54,19 +62,20 @@ class MixupBLOLayer(BaseTunerLayer):
         self.register_buffer("_pretrained_bias", None, persistent=False)
         self.kwargs = kwargs
         base = self.get_base_layer()
-        if not isinstance(base, nn.Linear):
+        if not isinstance(base, MIXED_LAYER_TYPES):
             raise TypeError(
-                f"MixupBLO mixes torch.nn.Linear layers only; got {type(base).__name__}. Choose Linear modules in "
-                "target_modules."
+                f"MixupBLO mixes torch.nn.Linear and transformers' Conv1D layers only; got {type(base).__name__}. "
+                "Choose Linear modules in target_modules."
             )
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = layer_features(base)
 
     def update_layer(self, adapter_name: str, config: MixupBLOConfig, inference_mode: bool = False) -> None:
         """Create adapter ``adapter_name``: task weight, bias offset and mixing factors."""
         base = self.get_base_layer()
         self.mixup_blo_task_weight[adapter_name] = config.task_weight
         if config.task_weight == "full":
-            self.mixup_blo_weight[adapter_name] = nn.Parameter(base.weight.detach().clone())
+            self.mixup_blo_weight[adapter_name] = nn.Parameter(
+                linear_weight(base).detach().clone(memory_format=torch.contiguous_format))
         else:
             self.mixup_blo_scaling[adapter_name] = config.lora_alpha / config.r
             lora_a = torch.empty(config.r, self.in_features)
@@ -84,11 +93,11 @@ class MixupBLOLayer(BaseTunerLayer):
 
     # ---- the mixed weight -----------------------------------------------------------------------
     def _pretrained(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """W0 and the pretrained bias, also while merged."""
-        if self._pretrained_weight is not None:
-            return self._pretrained_weight, self._pretrained_bias
+        """W0 (in (out, in) layout) and the pretrained bias, also while merged."""
         base = self.get_base_layer()
-        return base.weight, base.bias
+        if self._pretrained_weight is not None:
+            return linear_weight(base, self._pretrained_weight), self._pretrained_bias
+        return linear_weight(base), base.bias
 
     def mixing_factors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) of ``adapter`` clamped to [0, 1]."""
@@ -109,9 +118,10 @@ class MixupBLOLayer(BaseTunerLayer):
         return (a * b + (1.0 - a) * (1.0 - b)) * w0 + self.mixup_blo_scaling[adapter] * low_rank
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """``W_eff - W0`` of ``adapter`` in the adapter's dtype (what a merge adds to the pretrained weight)."""
+        """``W_eff - W0`` of ``adapter`` in the base weight's layout and the adapter's dtype (what a merge adds
+        to the pretrained weight)."""
         delta = self.mixed_weight(adapter, torch.float32) - self._pretrained()[0].float()
-        return delta.to(self.mixup_blo_mix_out[adapter].dtype)
+        return to_layer_layout(self.get_base_layer(), delta.to(self.mixup_blo_mix_out[adapter].dtype))
 
     def _combined(self, adapters: list[str], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias with ``adapters`` applied (their deltas add up), computed in ``dtype``."""
@@ -155,7 +165,7 @@ class Linear(nn.Module, MixupBLOLayer):
                     f"NaNs or infinities in the merged weights of adapter(s) {adapter_names}: the adapter is broken "
                     "(check the training loss); nothing was merged."
                 )
-            base.weight.data = weight.to(base.weight.dtype)
+            base.weight.data = to_layer_layout(base, weight.to(base.weight.dtype)).contiguous()
             if bias is not None:
                 base.bias.data = bias.to(base.bias.dtype)
         self.merged_adapters.extend(adapter_names)

@@ -9,7 +9,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..base import WeightAdapterTuner
 from .config import MixupBLOConfig
-from .layer import Linear, MixupBLOLayer
+from .layer import MIXED_LAYER_TYPES, Linear, MixupBLOLayer
 
 _BERT_LIKE = [
     "query",
@@ -35,6 +35,7 @@ TARGET_MODULES: dict[str, list[str]] = {
                                                "pooler.dense"]),
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo"),
                     ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D: fused QKV, attention output, MLP in/out (GPT-2 has no pooler)
 }
 
 
@@ -65,9 +66,9 @@ class MixupBLOModel(WeightAdapterTuner):
             target.update_layer(adapter_name, config, inference_mode=config.inference_mode)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, torch.nn.Linear):
+        if not isinstance(base, MIXED_LAYER_TYPES):
             raise TypeError(
-                f"MixupBLO can mix torch.nn.Linear layers only, but target {current_key!r} is a "
+                f"MixupBLO can mix torch.nn.Linear and transformers' Conv1D layers only, but target {current_key!r} is a "
                 f"{type(base).__name__}. Remove it from target_modules (or use exclude_modules)."
             )
         new_module = Linear(target, adapter_name, config)

@@ -31,8 +31,8 @@ class SparseExpertConfig(PeftConfig):
 
     Args:
         target_modules: names (or a regex) of the modules to adapt. ``None`` (default) takes every
-            ``nn.Linear`` and ``nn.Conv2d`` inside the model's ``encoder`` module (for models without
-            one, such as DistilBERT or Llama: every Linear/Conv2d), never a pooler, a head
+            ``nn.Linear``, ``nn.Conv2d`` and transformers ``Conv1D`` inside the model's ``encoder`` module
+            (for models without one, such as DistilBERT, Llama or GPT-2: every such layer), never a pooler, a head
             (``classifier``, ``pre_classifier``, ``score``, ...) or a ``modules_to_save`` module, so
             embeddings, pooler and head are left alone, as the spec asks. The resolved names go into
             the adapter's own copy of the config (the one it saves), not into this object.
@@ -70,8 +70,9 @@ class SparseExpertConfig(PeftConfig):
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "names (or a regex) of the modules to adapt. None (default) takes every nn.Linear and "
-            "nn.Conv2d inside the model's encoder module (for models without one: every Linear/Conv2d), never a "
+            "help": "names (or a regex) of the modules to adapt. None (default) takes every nn.Linear, "
+            "nn.Conv2d and transformers Conv1D inside the model's encoder module (for models without one: every such "
+            "layer), never a "
             "pooler, a head (classifier, pre_classifier, score, ...) or a modules_to_save module, so embeddings, "
             "pooler and head are left alone, as the spec asks."
         },

@@ -32,10 +32,13 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..base import TransposedLinear, layer_features, transposed_linear
 from ..delta_merge import merge_deltas, unmerge_deltas
 from .config import SparseExpertConfig
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
+#: The layers SparseExpert adapts; a transformers ``Conv1D`` (GPT-2) keeps its delta and masks in its own
+#: (in, out) layout, since masks and delta act entry by entry.
+SUPPORTED_LAYERS = (nn.Linear, TransposedLinear, nn.Conv2d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ class SparseExpertTunerLayer(BaseTunerLayer):
 
 
 class SparseExpertLayer(SparseExpertTunerLayer):
-    """Dense delta + M masks per adapter around an ``nn.Linear`` or ``nn.Conv2d``."""
+    """Dense delta + M masks per adapter around an ``nn.Linear``, a ``Conv1D`` or an ``nn.Conv2d``."""
 
     adapter_layer_names = ("sparse_expert_delta", "sparse_expert_logits")
     other_param_names = ("sparse_expert_bits", "sparse_expert_weights", "sparse_expert_settings")
@@ -172,15 +175,12 @@ class SparseExpertLayer(SparseExpertTunerLayer):
         self._mask_grad_records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
-        if isinstance(base, nn.Linear):
-            self.in_features, self.out_features = base.in_features, base.out_features
-        elif isinstance(base, nn.Conv2d):
-            self.in_features, self.out_features = base.in_channels, base.out_channels
-        else:
+        if not isinstance(base, SUPPORTED_LAYERS):
             raise TypeError(
-                f"SparseExpert adapts nn.Linear and nn.Conv2d layers, not {type(base).__name__}. "
-                "Remove this module from target_modules."
+                f"SparseExpert adapts nn.Linear, transformers' Conv1D and nn.Conv2d layers, not "
+                f"{type(base).__name__}. Remove this module from target_modules."
             )
+        self.in_features, self.out_features = layer_features(base)
 
     def update_layer(self, adapter_name: str, config: SparseExpertConfig, inference_mode: bool = False) -> None:
         """Create the delta, the masks and the expert weights of ``adapter_name`` on this layer."""
@@ -311,7 +311,7 @@ class SparseExpertLayer(SparseExpertTunerLayer):
 
 
 class SparseExpertModule(nn.Module, SparseExpertLayer):
-    """A SparseExpert-adapted ``nn.Linear`` or ``nn.Conv2d``."""
+    """A SparseExpert-adapted ``nn.Linear``, ``Conv1D`` or ``nn.Conv2d``."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: SparseExpertConfig, **kwargs: Any) -> None:
         super().__init__()
@@ -324,6 +324,8 @@ class SparseExpertModule(nn.Module, SparseExpertLayer):
         base = self.get_base_layer()
         if isinstance(base, nn.Conv2d):
             return base._conv_forward(x, weight, bias)
+        if isinstance(base, TransposedLinear):
+            return transposed_linear(x, weight, bias)
         return F.linear(x, weight, bias)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

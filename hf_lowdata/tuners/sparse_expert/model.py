@@ -58,7 +58,7 @@ def _in_head(name: str, saved: tuple[str, ...]) -> bool:
 
 
 def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[str]:
-    """Every Linear/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head.
+    """Every Linear/Conv1D/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head.
 
     A layer another adapter already wraps (LoRA, FTP, an earlier SparseExpert adapter) counts by the
     wrapper's name; the Linear layers inside a wrapper (its base layer, LoRA's A and B) are not targets.
@@ -79,9 +79,9 @@ def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[
     names = [n for n in names if not _in_head(n, saved)]
     if not names:
         raise ValueError(
-            "SparseExpertConfig found no nn.Linear or nn.Conv2d layer to adapt in this model (default targets: the "
-            "layers inside its 'encoder' module, else outside its pooler and head; transformers' Conv1D, as in GPT-2, "
-            "is not supported). Pass target_modules=[...] with the names of the layers to adapt."
+            "SparseExpertConfig found no nn.Linear, transformers' Conv1D or nn.Conv2d layer to adapt in this model "
+            "(default targets: the layers inside its 'encoder' module, else outside its pooler and head). Pass "
+            "target_modules=[...] with the names of the layers to adapt."
         )
     return set(names)
 
@@ -204,8 +204,8 @@ class SparseExpertModel(WeightAdapterTuner):
             if not isinstance(base, SUPPORTED_LAYERS):
                 kind = f"{type(base).__module__}.{type(base).__qualname__}"
                 raise TypeError(
-                    f"Target module {current_key!r} is a {kind}; SparseExpert adapts torch.nn.Linear and "
-                    "torch.nn.Conv2d only. Remove it from target_modules."
+                    f"Target module {current_key!r} is a {kind}; SparseExpert adapts torch.nn.Linear, transformers' "
+                    "Conv1D and torch.nn.Conv2d only. Remove it from target_modules."
                 )
             new_module = SparseExpertModule(target, adapter_name, peft_config)
             if adapter_name not in self.active_adapters:

@@ -214,14 +214,14 @@ def test_bad_config_values_raise_clear_errors(kwargs, message):
 def test_config_that_targets_nothing_or_a_non_linear_is_refused(tiny_bert_dir):
     with pytest.raises(ValueError, match="not found in the base model"):
         get_peft_model(ToyMLP(), MixupBLOConfig(target_modules=["no_such_layer"]))
-    with pytest.raises(TypeError, match="can mix torch.nn.Linear layers only.*LayerNorm"):
+    with pytest.raises(TypeError, match="can mix torch.nn.Linear and transformers' Conv1D layers only.*LayerNorm"):
         get_peft_model(load_for_classification(tiny_bert_dir, 2, seed=0),
                        MixupBLOConfig(task_type=TaskType.SEQ_CLS, target_modules=["attention.output.LayerNorm"]))
 
 
 def test_unknown_architecture_asks_for_target_modules():
     with pytest.raises(ValueError, match=r"MixupBLOConfig has no default target_modules for model type 'custom' "
-                                         r"\(defaults exist for .*Pass target_modules=.*nn.Linear layers are "
+                                         r"\(defaults exist for .*Pass target_modules=.*nn.Linear / transformers' Conv1D layers are "
                                          r"named \['lin0', 'lin1'\], e.g. MixupBLOConfig\(target_modules=\['lin0', 'lin1'\]\)"):
         get_peft_model(ToyMLP(), MixupBLOConfig())
 

@@ -46,14 +46,14 @@ def test_plain_model_without_feature_dim_says_what_to_set():
 
 def test_model_without_linear_layers_says_what_to_set():
     model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
-    with pytest.raises(ValueError, match="found no nn.Linear or nn.Conv2d"):
+    with pytest.raises(ValueError, match="found no nn.Linear, transformers' Conv1D or nn.Conv2d"):
         get_peft_model(model, SparseExpertConfig(feature_dim=4))
 
 
 def test_unsupported_target_type_is_refused():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     with pytest.raises(TypeError, match=r"'1' is a torch\.nn\.modules\.normalization\.LayerNorm; SparseExpert adapts "
-                                        r"torch\.nn\.Linear and torch\.nn\.Conv2d only"):
+                                        r"torch\.nn\.Linear, transformers. Conv1D and torch\.nn\.Conv2d only"):
         get_peft_model(model, SparseExpertConfig(target_modules=["1"], feature_dim=4))
 
 
