@@ -8,9 +8,12 @@ is only accepted when it is already in the local Hugging Face cache, and a missi
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import paths
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -141,6 +144,8 @@ def model_id(name_or_path: str | os.PathLike | None) -> str:
 
 
 _CONTENT_DIGESTS: dict[tuple, str] = {}
+#: Sub-folder of the cache root holding model-folder digests, one small file per file state.
+DIGEST_CACHE = "model_digests"
 
 
 def model_content_digest(folder: str | os.PathLike) -> str:
@@ -148,16 +153,26 @@ def model_content_digest(folder: str | os.PathLike) -> str:
 
     Caches of what a model computes (token states, meta-trained adapters) are keyed by it, so a model
     retrained in place, or another model in a folder of the same name, never reuses them; the same
-    files at another path do. Hashing ~90 MB of MiniLM takes a fraction of a second, once per process
-    and file state (size and modification time).
+    files at another path do. Hashing runs at about 0.7 GB/s (a fraction of a second for MiniLM, tens
+    of seconds for a multi-GB model), so the digest is kept, in memory and under the cache root
+    (``model_digests/``), per file state: path, name, size, inode, modification and change time of
+    every file. Writing a file changes its change time, which no tool can set back, so a file changed
+    in place is hashed again; an unreadable or unwritable cache only means hashing again.
     """
     import hashlib
 
     path = Path(folder).resolve()
     files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix != ".md")
     stats = [f.stat() for f in files]
-    state = (str(path), *((f.name, st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)))
-    if state not in _CONTENT_DIGESTS:
+    state = (str(path), *((f.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for f, st in zip(files, stats)))
+    if state in _CONTENT_DIGESTS:
+        return _CONTENT_DIGESTS[state]
+    stored = paths.cache_root() / DIGEST_CACHE / hashlib.blake2b(repr(state).encode(), digest_size=16).hexdigest()
+    try:
+        digest = stored.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        digest = ""
+    if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):  # absent, or damaged
         h = hashlib.blake2b(digest_size=16)
         for file in files:
             h.update(file.name.encode() + b"\x1e")
@@ -165,8 +180,22 @@ def model_content_digest(folder: str | os.PathLike) -> str:
                 while chunk := stream.read(1 << 22):
                     h.update(chunk)
             h.update(b"\x1e")
-        _CONTENT_DIGESTS[state] = h.hexdigest()
-    return _CONTENT_DIGESTS[state]
+        digest = h.hexdigest()
+        _store_digest(stored, digest)
+    _CONTENT_DIGESTS[state] = digest
+    return digest
+
+
+def _store_digest(stored: Path, digest: str) -> None:
+    """Write ``digest`` to ``stored`` atomically (best effort: a read-only cache is not an error)."""
+    tmp = stored.with_name(f"{stored.name}.{os.getpid()}.tmp")
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(digest, encoding="ascii")
+        os.replace(tmp, stored)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def packaged_hub_id(name_or_path: str | os.PathLike | None) -> str | None:

@@ -92,3 +92,53 @@ def test_model_content_digest_follows_the_files_not_the_folder(tiny_bert_dir, tm
     assert weights.stat().st_size == size
     assert model_content_digest(copy) != model_content_digest(tiny_bert_dir)
     assert model_fingerprint(copy, 128) != model_fingerprint(tiny_bert_dir, 128)
+
+
+def test_model_content_digest_is_kept_on_disk_and_follows_in_place_changes(tiny_bert_dir, tmp_path, monkeypatch):
+    """A later process reads the kept digest instead of hashing the weights again; a file changed in place,
+    even with its size and modification time put back, is hashed again; a damaged or unwritable store only
+    means hashing again."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from hf_lowdata import models
+    from hf_lowdata.models import DIGEST_CACHE, model_content_digest
+
+    monkeypatch.setenv("HF_LOWDATA_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    first = model_content_digest(folder)
+    stored = list((tmp_path / "cache" / DIGEST_CACHE).iterdir())
+    assert [p.read_text() for p in stored] == [first]
+
+    monkeypatch.setattr(models, "_CONTENT_DIGESTS", {})  # a new process
+    real_open = Path.open
+
+    def open_outside_the_model(self, *args, **kwargs):
+        assert self.parent != folder, f"{self.name} was read again"
+        return real_open(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "open", open_outside_the_model)
+        assert model_content_digest(folder) == first
+
+    monkeypatch.setattr(models, "_CONTENT_DIGESTS", {})
+    stored[0].write_text("not a digest")
+    assert model_content_digest(folder) == first and stored[0].read_text() == first
+
+    weights = folder / "model.safetensors"
+    before = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one byte of the last tensor
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_size == before.st_size and weights.stat().st_mtime_ns == before.st_mtime_ns
+    monkeypatch.setattr(models, "_CONTENT_DIGESTS", {})
+    changed = model_content_digest(folder)
+    assert changed != first
+
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("HF_LOWDATA_CACHE", str(tmp_path / "blocked"))
+    monkeypatch.setattr(models, "_CONTENT_DIGESTS", {})
+    assert model_content_digest(folder) == changed

@@ -44,13 +44,9 @@ from ..methods import RunContext, SharedCache
 from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
 from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
+from ..paths import cache_root
 from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
-from ..vision.efficientnet import (
-    VisionAssetError,
-    cache_root,
-    efficientnet_lite0_path,
-    load_efficientnet_lite0,
-)
+from ..vision.efficientnet import VisionAssetError, efficientnet_lite0_path, load_efficientnet_lite0
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
 from .results import (

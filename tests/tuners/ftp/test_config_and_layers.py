@@ -50,7 +50,7 @@ def test_target_modules_matching_nothing_is_a_clear_error():
 
 
 def test_unsupported_module_type_is_a_clear_error():
-    with pytest.raises(TypeError, match=r"FTP adapts nn.Linear and nn.Conv2d modules.*BatchNorm2d"):
+    with pytest.raises(TypeError, match=r"FTP adapts nn.Linear, transformers' Conv1D and nn.Conv2d modules.*BatchNorm2d"):
         get_peft_model(ConvNet(), FTPConfig(target_modules=["norm"]))
 
 
