@@ -188,7 +188,10 @@ class FTPOptimizer(torch.optim.Optimizer):
         momentum, nesterov: SGD's (the paper: 0.9, Nesterov).
         mu: learning rate of the Adam step on each radius gamma (1e-2).
         kappa: damping in [0, 1] of positive hyper-gradients.
-        norm: ``"mars"`` (per-row L1) or ``"l2"`` (per tensor).
+        norm: ``"mars"`` (per-row L1) or ``"l2"`` (per tensor). Rows are a tensor's first dimension: the
+            output units of a Linear or convolution weight, but the *input* units of a transformers
+            ``Conv1D`` (GPT-2) weight trained directly; FTP adapters on Conv1D layers keep their deltas in
+            (out, in) layout, so there the rows are output units as for any Linear.
         projection: default kind of a group: ``"anchor"`` (a copy of the starting value, taken here),
             ``"zero"``, ``"lora"`` (params ``[A, B]`` and ``lora_scale``) or ``"none"``.
     """
