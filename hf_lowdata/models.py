@@ -294,6 +294,18 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
     return model.eval()
 
 
+def classification_skeleton(name_or_path: str | os.PathLike | None = None, num_labels: int = 2):
+    """The ``AutoModelForSequenceClassification`` of a model folder on the meta device: its module tree
+    without loading or allocating weights (to read layer names and types before training)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), num_labels=num_labels,
+                                        local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+
+
 def load_for_classification(
     name_or_path: str | os.PathLike | None = None,
     num_labels: int = 2,

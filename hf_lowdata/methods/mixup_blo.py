@@ -195,6 +195,28 @@ CONFIG_OPTIONS = (
 )
 
 
+#: The method default's name for "the model's normalisation layers" (BERT's are called LayerNorm).
+NORM_LAYERS = "LayerNorm"
+_HEADS = ("classifier", "score", "pre_classifier")
+
+
+def normalisation_layers(model: torch.nn.Module) -> list[str]:
+    """Names (as ``modules_to_save`` suffixes) of the model's LayerNorm / RMSNorm layers outside its head.
+
+    BERT-style encoders give ``["LayerNorm"]``, GPT-2 ``["ln_1", "ln_2", "ln_f"]``, Llama
+    ``["input_layernorm", "post_attention_layernorm", "norm"]``; none found gives ``[]`` (head only).
+    """
+    names: list[str] = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__.lower()
+        if not name or list(module.children()) or not ("layernorm" in kind or "rmsnorm" in kind):
+            continue
+        parts = name.split(".")
+        if parts[-1] not in names and not any(part in _HEADS for part in parts):
+            names.append(parts[-1])
+    return names
+
+
 @register_method
 class MixupBLO(TransformerMethod):
     name = "mixup_blo"
@@ -206,7 +228,9 @@ class MixupBLO(TransformerMethod):
     #: Defaults of this method that differ from MixupBLOConfig's: the paper trains every non-mixing
     #: parameter in the inner problem and in phase 2, so the LayerNorms are trained too (a few thousand
     #: values). The word embeddings stay frozen: 11.7M values on MiniLM, they would double the adapter.
-    method_defaults: ClassVar[dict[str, Any]] = {"modules_to_save": ["LayerNorm"]}
+    #: ``["LayerNorm"]`` stands for the model's own normalisation layers (:func:`normalisation_layers`:
+    #: GPT-2's ``ln_1``/``ln_2``/``ln_f``, Llama's ``input_layernorm``, ...), resolved when the run starts.
+    method_defaults: ClassVar[dict[str, Any]] = {"modules_to_save": [NORM_LAYERS]}
     option_names = frozenset({*CONFIG_OPTIONS, "merge"})
 
     def peft_config(self, ctx: RunContext) -> Any:
@@ -223,11 +247,13 @@ class MixupBLO(TransformerMethod):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from transformers.trainer_callback import PrinterCallback
 
-        from ..models import load_for_classification
+        from ..models import classification_skeleton, load_for_classification
         from ..training import few_shot_training_args
 
         budget = ctx.budget_for(self.name)
         config = self.peft_config(ctx)
+        if list(config.modules_to_save or ()) == [NORM_LAYERS]:
+            config.modules_to_save = normalisation_layers(classification_skeleton(ctx.model, task.num_labels))
         tokenizer = ctx.cache.tokenizer(ctx.model)
         device = default_device(ctx.device)
         train = tokenize(task.labelled, tokenizer, max_length=budget.max_length)

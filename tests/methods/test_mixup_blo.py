@@ -172,6 +172,35 @@ def test_fit_predicts_with_a_merged_plain_model_and_saves_the_adapter(method, fo
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     assert fitted.trainable_parameters > 0 and fitted.train_step_seconds is not None
+    assert set(fitted.peft_model.peft_config["default"].modules_to_save) >= {"LayerNorm"}  # the method default
+
+
+def test_the_default_trained_norms_are_the_models_own_normalisation_layers(tiny_bert_dir):
+    """The method trains the LayerNorms as the paper does: under their own names on every architecture
+    (GPT-2's ln_1/ln_2/ln_f and Llama's RMSNorms were silently left frozen by a literal "LayerNorm")."""
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    from hf_lowdata.methods.mixup_blo import normalisation_layers
+    from hf_lowdata.models import classification_skeleton
+
+    skeleton = classification_skeleton(tiny_bert_dir, 3)
+    assert next(skeleton.parameters()).device.type == "meta" and skeleton.config.num_labels == 3
+    assert normalisation_layers(skeleton) == ["LayerNorm"]
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, num_labels=2))
+    assert normalisation_layers(gpt2) == ["ln_1", "ln_2", "ln_f"]
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                                       num_hidden_layers=2, num_attention_heads=2,
+                                                       num_key_value_heads=2, num_labels=2, pad_token_id=0))
+    assert normalisation_layers(llama) == ["input_layernorm", "post_attention_layernorm", "norm"]
+    trained = {n for n, p in get_peft_model(gpt2, MixupBLOConfig(task_type=TaskType.SEQ_CLS,
+                                                                 modules_to_save=normalisation_layers(gpt2)))
+               .named_parameters() if p.requires_grad and ".ln_" in n}
+    assert len(trained) == 2 * (2 * 2 + 1)  # weight and bias of 2 norms per block and the final one
 
 
 def test_fold_files_are_written_by_one_process_under_ddp(tiny_bert_dir, tmp_path):

@@ -282,3 +282,11 @@ def test_the_trainer_trains_gpt2_conv1d_adapters_with_their_own_objectives(name,
     reloaded = PeftModel.from_pretrained(_decoder("gpt2"), tmp_path / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=IDS, attention_mask=MASK).logits, trained, atol=0, rtol=0)
+
+
+def test_sparse_expert_leaves_the_multiple_choice_head_of_gpt2_double_heads_alone():
+    from transformers import GPT2Config, GPT2DoubleHeadsModel
+
+    model = GPT2DoubleHeadsModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2))
+    targets = get_peft_model(model, hf_lowdata.SparseExpertConfig(num_experts=2)).peft_config["default"].target_modules
+    assert len(targets) == 8 and not any("multiple_choice_head" in t for t in targets)

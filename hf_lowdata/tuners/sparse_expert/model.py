@@ -42,7 +42,8 @@ PROTOTYPE_SCALE = 10.0
 
 #: Modules of a model's head that are never default targets: transformers' poolers and task heads
 #: (DistilBERT's ``pre_classifier``, the ``classifier`` / ``score`` PEFT wraps in ``modules_to_save``).
-HEAD_MODULE_NAMES = frozenset({"pooler", "pre_classifier", "classifier", "score", "qa_outputs", "lm_head"})
+HEAD_MODULE_NAMES = frozenset({"pooler", "pre_classifier", "classifier", "score", "qa_outputs", "lm_head",
+                               "multiple_choice_head"})
 
 
 def _in_head(name: str, saved: tuple[str, ...]) -> bool:

@@ -263,6 +263,14 @@ class SparseExpertObjective(TrainingObjective):
                 "(hf_lowdata.training.episodes) to the trainer, with gradient_accumulation_steps episodes per "
                 f"meta-batch; got {type(trainer.train_dataset).__name__}."
             )
+        inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        if trainer.args.gradient_checkpointing or getattr(inner, "is_activation_checkpointing", False):
+            raise ValueError(
+                "SparseExpert meta-training cannot run with gradient checkpointing: its episodes call the backbone "
+                "with per-task weights (torch.func.functional_call), which a checkpointed layer would recompute "
+                "with the pretrained ones. Pass gradient_checkpointing=False (and call "
+                "model.gradient_checkpointing_disable() if you enabled it on the model)."
+            )
         # Clipping is per parameter group (spec); Trainer's global clip would mix the groups.
         trainer.args.max_grad_norm = 0.0
         if not self.learn_masks:

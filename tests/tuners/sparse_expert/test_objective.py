@@ -109,6 +109,19 @@ def test_non_episodic_data_and_binary_masks_are_refused(tiny_bert_dir, tmp_path)
         SparseExpertObjective(distill_weight=2.0)
 
 
+def test_gradient_checkpointing_is_refused_with_what_to_change(tiny_bert_dir, tmp_path):
+    """Checkpointed layers recompute with the pretrained weights, not the episode's functional ones: torch
+    failed mid-run with "A different number of tensors was saved during the original forward and recomputation"."""
+    with pytest.raises(ValueError, match="cannot run with gradient checkpointing.*gradient_checkpointing=False"):
+        _trainer(tiny_bert_dir, tmp_path / "args", 2, gradient_checkpointing=True)
+    model = smat_encoder(tiny_bert_dir)
+    model.get_base_model().gradient_checkpointing_enable()
+    args = few_shot_training_args(str(tmp_path / "model"), Budget(learning_rate=1e-3, min_steps=1, max_steps=1), 1,
+                                  use_cpu=True)
+    with pytest.raises(ValueError, match="gradient_checkpointing_disable"):
+        LowDataTrainer(model=model, args=args, train_dataset=episodes(tiny_bert_dir, 1))
+
+
 def _reference_step(cls, **kwargs):
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(5))
