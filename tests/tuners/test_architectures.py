@@ -290,3 +290,28 @@ def test_sparse_expert_leaves_the_multiple_choice_head_of_gpt2_double_heads_alon
     model = GPT2DoubleHeadsModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2))
     targets = get_peft_model(model, hf_lowdata.SparseExpertConfig(num_experts=2)).peft_config["default"].target_modules
     assert len(targets) == 8 and not any("multiple_choice_head" in t for t in targets)
+
+
+def test_ftp_as_a_drop_in_optimizer_projects_a_plain_conv1d_weight_per_output_unit():
+    """Without an adapter FTP anchors each trainable weight at its start; a Conv1D weight is (in, out), so its
+    rows (FTP's per-row radii) are its columns: the twins must train to the same (transposed) weights."""
+    from hf_lowdata.tuners.ftp import FTPOptimizer, ftp_param_groups, projection_units
+    from hf_lowdata.tuners.ftp.optimizer import as_rows, row_norms
+
+    models = [_Twin(conv1d) for conv1d in (False, True)]
+    assert [u.row_dim for u in projection_units(models[1]) if u.name == "proj.weight"] == [1]
+    assert [u.row_dim for u in projection_units(models[0]) if u.name == "proj.weight"] == [0]
+    c = torch.randn(5, 6)
+    torch.testing.assert_close(row_norms(c.T, "mars", 1), row_norms(c, "mars"))
+    torch.testing.assert_close(c.T * as_rows(torch.arange(5.0), c.T, 1), (c * as_rows(torch.arange(5.0), c)).T)
+    optimizers = [FTPOptimizer(ftp_param_groups(m), lr=0.05) for m in models]
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        x = torch.randn(4, 6, generator=gen)
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            (model(x) - 1.0).pow(2).sum().backward()
+            optimizer.step()
+    assert (models[0].proj.weight - _Twin(False).proj.weight).abs().max() > 1e-3  # it trained
+    torch.testing.assert_close(models[1].proj.weight, models[0].proj.weight.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(models[1].proj.bias, models[0].proj.bias, atol=1e-5, rtol=1e-5)

@@ -187,10 +187,10 @@ class TPGMObjective(TrainingObjective):
             return b.detach(), row_norms(lora_delta(a, b, unit.lora_scale), self.norm)
         p = unit.params[0].detach()
         c = p if self.anchors[i] is None else p - self.anchors[i]
-        return c, row_norms(c, self.norm)
+        return c, row_norms(c, self.norm, unit.row_dim)
 
     def _projected(self, i: int, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        ratio = as_rows((self.gammas[i] / r).clamp(0, 1), c)
+        ratio = as_rows((self.gammas[i] / r).clamp(0, 1), c, self.units[i].row_dim)
         out = ratio * c
         return out if self.anchors[i] is None else self.anchors[i] + out
 

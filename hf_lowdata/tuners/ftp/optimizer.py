@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw
 
+from ..base import TransposedLinear
 from .config import BASE_OPTIMIZERS, NORMS
 from .layer import FTPLayer
 
@@ -62,22 +63,27 @@ NO_PRETRAINED_VALUE = ("classifier", "score", "pre_classifier", "modules_to_save
 
 
 # ---- the projection's arithmetic (shared with TPGM) --------------------------------------------------
-def row_norms(c: torch.Tensor, norm: str) -> torch.Tensor:
+def row_norms(c: torch.Tensor, norm: str, row_dim: int = 0) -> torch.Tensor:
     """Distances r_i of ``c`` from zero: per output row (MARS, >= 2-D tensors) or one for the tensor.
 
-    One pass over ``c``, accumulated in at least float32 (half-precision weights would make the radius coarse).
+    The output units run along ``row_dim``: 0 for Linear and convolution weights, 1 for a transformers
+    ``Conv1D`` weight, stored (in, out). One pass over ``c``, accumulated in at least float32
+    (half-precision weights would make the radius coarse).
     """
     dtype = torch.promote_types(c.dtype, torch.float32)
     if norm == "mars" and c.dim() >= 2:
-        return torch.linalg.vector_norm(c, ord=1, dim=tuple(range(1, c.dim())), dtype=dtype) + NORM_EPS
+        others = tuple(d for d in range(c.dim()) if d != row_dim)
+        return torch.linalg.vector_norm(c, ord=1, dim=others, dtype=dtype) + NORM_EPS
     return torch.linalg.vector_norm(c, ord=1 if norm == "mars" else 2, dtype=dtype).reshape(1) + NORM_EPS
 
 
-def as_rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-row (or whole-tensor) ``values`` shaped to broadcast against ``like``."""
+def as_rows(values: torch.Tensor, like: torch.Tensor, row_dim: int = 0) -> torch.Tensor:
+    """Per-row (or whole-tensor) ``values`` shaped to broadcast against ``like`` (rows along ``row_dim``)."""
     if like.dim() == 0:
         return values.reshape(())
-    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+    shape = [1] * like.dim()
+    shape[row_dim] = -1
+    return values.reshape(shape)
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -95,6 +101,8 @@ class ProjectionUnit:
     params: tuple[nn.Parameter, ...]
     name: str
     lora_scale: float = 1.0
+    #: The dimension the output units run along: 1 for the (in, out) weight of a transformers ``Conv1D``.
+    row_dim: int = 0
 
 
 def _has_no_pretrained_value(name: str, exclude: Sequence[str]) -> bool:
@@ -136,10 +144,11 @@ def projection_units(
                 )
             units.append(ProjectionUnit("lora", (a, b), f"{module_name}.ftp_lora.{adapter}", module.scaling[adapter]))
             claimed.update((id(a), id(b)))
+    transposed = {id(m.weight) for m in model.modules() if isinstance(m, TransposedLinear)}
     for name, p in model.named_parameters():
         if wanted(p) and id(p) not in claimed:
             kind = "none" if _has_no_pretrained_value(name, exclude) else "anchor"
-            units.append(ProjectionUnit(kind, (p,), name))
+            units.append(ProjectionUnit(kind, (p,), name, row_dim=int(id(p) in transposed and p.dim() == 2)))
     return units
 
 
@@ -162,9 +171,10 @@ def ftp_param_groups(
         members = list(group["params"])
         units = projection_units(model, members, exclude)
         for kind in ("zero", "anchor", "none"):
-            tensors = [u.params[0] for u in units if u.kind == kind]
-            if tensors:
-                result.append({**options, "params": tensors, "projection": kind})
+            for row_dim in (0, 1):
+                tensors = [u.params[0] for u in units if u.kind == kind and u.row_dim == row_dim]
+                if tensors:
+                    result.append({**options, "params": tensors, "projection": kind, **({"row_dim": 1} if row_dim else {})})
         for unit in units:
             if unit.kind == "lora":
                 result.append({**options, "params": list(unit.params), "projection": "lora", "lora_scale": unit.lora_scale})
@@ -188,10 +198,10 @@ class FTPOptimizer(torch.optim.Optimizer):
         momentum, nesterov: SGD's (the paper: 0.9, Nesterov).
         mu: learning rate of the Adam step on each radius gamma (1e-2).
         kappa: damping in [0, 1] of positive hyper-gradients.
-        norm: ``"mars"`` (per-row L1) or ``"l2"`` (per tensor). Rows are a tensor's first dimension: the
-            output units of a Linear or convolution weight, but the *input* units of a transformers
-            ``Conv1D`` (GPT-2) weight trained directly; FTP adapters on Conv1D layers keep their deltas in
-            (out, in) layout, so there the rows are output units as for any Linear.
+        norm: ``"mars"`` (per-row L1) or ``"l2"`` (per tensor). Rows are output units: a tensor's first
+            dimension, or its second in a group with ``row_dim=1`` (:func:`ftp_param_groups` puts the (in, out)
+            weights of transformers' ``Conv1D``, as in GPT-2, there; FTP adapters keep their deltas in (out, in)
+            layout for every layer).
         projection: default kind of a group: ``"anchor"`` (a copy of the starting value, taken here),
             ``"zero"``, ``"lora"`` (params ``[A, B]`` and ``lora_scale``) or ``"none"``.
     """
@@ -214,7 +224,7 @@ class FTPOptimizer(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr, base=base, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
-            nesterov=nesterov, mu=mu, kappa=kappa, norm=norm, projection=projection, lora_scale=1.0,
+            nesterov=nesterov, mu=mu, kappa=kappa, norm=norm, projection=projection, lora_scale=1.0, row_dim=0,
         )
         #: Optimizer steps taken (the spec's global t, shared by all tensors).
         self.global_step = 0
@@ -367,10 +377,10 @@ class FTPOptimizer(torch.optim.Optimizer):
                 torch._foreach_copy_([states[i][key] for i in live], list(values.unbind()))
         return [state["gamma"] for state in states]
 
-    def _shrink(self, p: torch.Tensor, r: torch.Tensor, gamma: torch.Tensor) -> None:
+    def _shrink(self, p: torch.Tensor, r: torch.Tensor, gamma: torch.Tensor, row_dim: int = 0) -> None:
         """p holds c (row norms r): scale each row by clip(gamma / r_i, 0, 1), keeping what the next h needs."""
         state = self.state[p]
-        rows = as_rows(r, p)
+        rows = as_rows(r, p, row_dim)
         if "anchor" in state or p.dtype not in (torch.float32, torch.float64):
             if "c_over_r" not in state:
                 state["c_over_r"] = torch.empty_like(p)
@@ -384,10 +394,10 @@ class FTPOptimizer(torch.optim.Optimizer):
         anchored = [(p, self.state[p]["anchor"]) for p in params if "anchor" in self.state[p]]
         if anchored:  # p now holds c
             torch._foreach_sub_([p for p, _ in anchored], [a for _, a in anchored])
-        rs = [row_norms(p, group["norm"]) for p in params]
+        rs = [row_norms(p, group["norm"], group["row_dim"]) for p in params]
         gammas = self._radii([self.state[p] for p in params], hs, rs, group, t)
         for p, r, gamma in zip(params, rs, gammas):
-            self._shrink(p, r, gamma)
+            self._shrink(p, r, gamma, group["row_dim"])
         if anchored:
             torch._foreach_add_([p for p, _ in anchored], [a for _, a in anchored])
 
@@ -419,6 +429,13 @@ def _check_group(group: dict[str, Any]) -> None:
         raise ValueError(f"FTPOptimizer: betas must lie in [0, 1), got {group['betas']!r}.")
     if group["base"] == "sgd" and group["nesterov"] and not group["momentum"] > 0:
         raise ValueError("FTPOptimizer: Nesterov SGD needs momentum > 0 (or pass nesterov=False).")
+    if group["row_dim"] not in (0, 1) or (group["row_dim"] == 1 and (
+            group["projection"] != "anchor" or any(p.dim() != 2 for p in group["params"]))):
+        raise ValueError(
+            "FTPOptimizer: row_dim is 0, or 1 for the 2-D (in, out) weights of transformers' Conv1D in an 'anchor' "
+            f"group; got row_dim={group['row_dim']!r} in a {group['projection']!r} group. Build groups with "
+            "ftp_param_groups(model)."
+        )
     if group["projection"] == "lora":
         params = group["params"]
         if len(params) != 2 or params[0].dim() != 2 or params[1].dim() != 2 or params[1].shape[1] != params[0].shape[0]:
