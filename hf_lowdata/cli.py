@@ -119,11 +119,12 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _list_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
+    width = max(map(len, METHODS))
     for name in sorted(METHODS):
         cls = METHODS[name]
         reason = cls.unavailable_reason()
         needs = None if reason else cls.missing_requirements({})
-        print(f"{name:16s} {cls.summary}" + (f"  [unavailable: {reason}]" if reason else "")
+        print(f"{name:{width}s}  {cls.summary}" + (f"  [unavailable: {reason}]" if reason else "")
               + (f"  [needs setup: {needs}]" if needs else ""))
     return 0
 

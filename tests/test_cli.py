@@ -29,6 +29,8 @@ def test_methods_command_lists_baselines(capsys):
     out = capsys.readouterr().out
     for name in ("probe", "full", "lora", "setfit"):
         assert name in out
+    starts = {len(line) - len(line.split(None, 1)[1]) for line in out.splitlines()}
+    assert len(starts) == 1  # the summaries line up, also after names longer than 16 characters
 
 
 def test_methods_command_shows_what_a_method_needs(capsys, monkeypatch, tmp_path):

@@ -11,8 +11,8 @@ training-only discriminator / critics. Ablations (same projector, same labels, s
   the conditional cross-entropy and the latent bound only. With ``_nolatent`` this gives the spec's
   "without each bound" (the conditional term is the supervision itself, kept in every variant).
 
-"Without unlabelled data" is ``twin_turbo`` run with no unlabelled pool (the bench's default
-``--unlabelled 0``): the task-space terms then use the labelled batch.
+"Without unlabelled data" is ``twin_turbo`` run with no unlabelled pool (``--unlabelled 0``;
+the bench's default is 2,000): the task-space terms then use the labelled batch.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ class SparseExpertModel(WeightAdapterTuner):
 
     Args:
         model: the model to adapt.
-        config: the :class:`SparseExpertConfig`.
+        peft_config: the :class:`SparseExpertConfig`.
         adapter_name: name of the adapter (``"default"``).
 
     The router is a tuner layer attached to the model root (``model.smat_router``): it is saved and
