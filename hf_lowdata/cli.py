@@ -335,8 +335,8 @@ def _run_push(args: argparse.Namespace) -> int:
     result = push_adapter(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
     head = "Would upload" if result.dry_run else "Uploaded"
     print(f"{head} {len(result.files)} files ({result.total_bytes / 1024:,.1f} KiB) to {result.repo_id}:")
-    for name in result.files:
-        print(f"  {name}  ({(args.folder / name).stat().st_size:,} bytes)")
+    for name, size in zip(result.files, result.file_bytes):
+        print(f"  {name}  ({size:,} bytes)")
     if result.url:
         print(f"Done: {result.url}")
     return 0

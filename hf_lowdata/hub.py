@@ -40,6 +40,8 @@ class PushResult:
     total_bytes: int
     url: str | None = None
     dry_run: bool = False
+    #: Size of each uploaded file, as uploaded (a rewritten adapter config differs from the local file).
+    file_bytes: tuple[int, ...] = ()
 
 
 def files_to_upload(folder: str | os.PathLike) -> list[Path]:
@@ -156,10 +158,11 @@ def push_adapter(
     except HFValidationError as err:
         raise HubError(f"{repo_id!r} is not a valid repository id ({err}). Use 'your-name/your-adapter'.") from err
     contents = hub_file_contents(path)
-    total = sum(len(c) if isinstance(c, bytes) else c.stat().st_size for _, c in contents)
+    sizes = tuple(len(c) if isinstance(c, bytes) else c.stat().st_size for _, c in contents)
+    total = sum(sizes)
     names = tuple(name for name, _ in contents)
     if dry_run:
-        return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True)
+        return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True, file_bytes=sizes)
     if _hub_offline():
         raise HubError("HF_HUB_OFFLINE is set, so hf_lowdata does not contact the Hub. Pushing is the one feature "
                        "that needs a network: unset HF_HUB_OFFLINE (or set it to 0) and run again. Nothing was uploaded.")
@@ -177,4 +180,4 @@ def push_adapter(
                           commit_message=commit_message or f"Upload {output_kind(path)} output of hf_lowdata")
     except Exception as err:  # noqa: BLE001 - every failure is explained, none is a stack trace
         raise _explain(err, hub, path) from err
-    return PushResult(repo_id=repo_id, files=names, total_bytes=total, url=str(url))
+    return PushResult(repo_id=repo_id, files=names, total_bytes=total, url=str(url), file_bytes=sizes)

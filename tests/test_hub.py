@@ -74,6 +74,7 @@ def test_push_uploads_exactly_the_adapter_files_and_card_in_one_commit(hub, adap
     assert hub.repos == [{"repo_id": "me/toy-lora", "private": True, "exist_ok": True, "repo_type": "model"}]
     out = capsys.readouterr().out
     assert "Uploaded 3 files" in out and "https://huggingface.co/me/toy-lora" in out
+    assert f"adapter_config.json  ({len(hub.uploads['adapter_config.json']):,} bytes)" in out  # the uploaded copy's size
 
 
 def test_dry_run_lists_the_files_and_contacts_nothing(adapter, monkeypatch, capsys):
