@@ -381,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .bench import BenchError
     from .bench.results import OutputFolderBusyError
     from .data import DataError
+    from .methods import MethodConfigError
     from .models import ModelNotFoundError
     from .training import NonFiniteLossError
     from .workflow import WorkflowError
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (BenchError, DataError, ModelNotFoundError, WorkflowError, NonFiniteLossError, OutputFolderBusyError,
-            argparse.ArgumentTypeError) as err:
+            MethodConfigError, argparse.ArgumentTypeError) as err:
         print(f"hf-lowdata {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - a one-line message; HF_LOWDATA_DEBUG=1 shows the traceback

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .models import token_budget
+
 TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
@@ -822,7 +824,7 @@ def tokenize(data: TextDataset, tokenizer: Any, max_length: int = 128):
     """
     ds = data.to_hf()
     ds = ds.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=token_budget(tokenizer, max_length)),
         batched=True,
         remove_columns=["text"],
         load_from_cache_file=False,

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .models import token_budget
+
 
 def length_sorted_batches(
     tokenizer: Any, texts: Sequence[str], batch_size: int = 64, max_length: int = 128
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """Yield ``(indices, padded_batch)`` with texts grouped by token length (longest first)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = tokenizer(list(texts), truncation=True, max_length=token_budget(tokenizer, max_length))
     lengths = [len(ids) for ids in encoded["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     keys = [k for k in encoded if k in ("input_ids", "attention_mask", "token_type_ids")]

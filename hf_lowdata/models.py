@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import paths
 
@@ -23,7 +25,8 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 class NotATextModelError(ModelNotFoundError):
-    """The model folder holds no usable text model (an image model, or no tokenizer).
+    """The model folder holds no usable text model (an image model, no tokenizer, pickle-only weights, or no
+    sequence-classification class in transformers for its model type).
 
     A :class:`ModelNotFoundError` (no text model is found there), so every caller that reports a
     missing model as a one-line user error reports this one the same way.
@@ -271,7 +274,46 @@ def require_text_model(name_or_path: str | os.PathLike | None = None) -> Path:
             "needs. Save it next to the weights with tokenizer.save_pretrained(folder), or pass the model's original "
             "folder."
         )
+    require_safetensors(path)
     return path
+
+
+#: Weight files transformers would unpickle (and so could run code from).
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def require_safetensors(folder: str | os.PathLike) -> None:
+    """Refuse a model folder whose weights exist only as pickle files (``pytorch_model.bin``): loading them
+    can run code, so hf_lowdata never does; the message says how to convert them."""
+    path = Path(folder)
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        pickled = [name for name in PICKLE_WEIGHTS if (path / name).is_file()]
+        if pickled:
+            raise NotATextModelError(
+                f"Model folder {path} has its weights only as {pickled[0]} (a pickle file, which can run code when "
+                "loaded), and hf_lowdata loads safetensors only. Convert it once where you trust the file: "
+                "model = AutoModel.from_pretrained(folder); model.save_pretrained(folder) (this writes "
+                "model.safetensors)."
+            )
+
+
+def require_sequence_classifier(folder: str | os.PathLike) -> None:
+    """Refuse a model type for which transformers has no ``...ForSequenceClassification`` class (methods
+    that fine-tune the model need one; the probe reads the bare encoder's embeddings and does not)."""
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    try:
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable config: the loader says what is wrong with it
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise NotATextModelError(
+            f"transformers has no sequence-classification model for model type {model_type!r} ({folder}), which "
+            "every method that fine-tunes the model needs. Use --method probe (a classifier on the model's "
+            "embeddings), or a model whose type has one (bert, roberta, deberta-v2, gpt2, llama, ...)."
+        )
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
@@ -279,18 +321,57 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     folders without a tokenizer (:func:`require_text_model`)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
-        require_text_model(name_or_path), local_files_only=True, trust_remote_code=False
-    )
+    path = require_text_model(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        # GPT-2 and Llama tokenizers ship without one; batches need one (the attention mask hides it)
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise NotATextModelError(
+                f"The tokenizer of {path} has no padding token and no end-of-text or unknown token to pad with. Set "
+                "one and save it: tokenizer.pad_token = '...'; tokenizer.save_pretrained(folder)."
+            )
+        tokenizer.pad_token = fallback
+    limit = position_limit(path)
+    if limit is not None and limit < tokenizer.model_max_length:
+        tokenizer.model_max_length = limit
+    return tokenizer
+
+
+#: Model types whose position ids start after the padding id (RoBERTa's ``create_position_ids_from_input_ids``).
+_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ernie_m")
+
+
+def position_limit(folder: str | os.PathLike) -> int | None:
+    """The most tokens the model in ``folder`` can embed (its position table), or ``None`` if unbounded/unknown."""
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if config.get("model_type") in _POSITIONS_AFTER_PAD:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return positions
+
+
+def token_budget(tokenizer: Any, max_length: int) -> int:
+    """``max_length`` capped at what the tokenizer's model can embed (:func:`load_tokenizer` records it), so
+    a small model is never handed more positions than it has."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
     """The bare encoder (``AutoModel``) in eval mode, for embeddings and frozen features."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(
-        resolve_model_path(name_or_path), local_files_only=True, trust_remote_code=False, **kwargs
-    )
+    path = resolve_model_path(name_or_path)
+    require_safetensors(path)
+    model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kwargs)
     return model.eval()
 
 
@@ -300,8 +381,9 @@ def classification_skeleton(name_or_path: str | os.PathLike | None = None, num_l
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), num_labels=num_labels,
-                                        local_files_only=True, trust_remote_code=False)
+    path = resolve_model_path(name_or_path)
+    require_sequence_classifier(path)
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels, local_files_only=True, trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
 
@@ -316,7 +398,11 @@ def load_for_classification(
     """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` outputs.
 
     ``seed`` fixes the initialisation of the new head, so the same run gives the same model in every
-    process. The "newly initialised" report transformers prints for the head is expected.
+    process. The "newly initialised" report transformers prints for the head is expected. Modules other
+    than the head that the checkpoint lacks (a pooler of a checkpoint saved without one) are listed by
+    :func:`new_modules`, so PEFT methods train and save them with the head: otherwise they would stay
+    random and be drawn again at every load. A model config without a padding id gets the tokenizer's
+    (see :func:`load_tokenizer`), so batches of several texts work in training and after reloading.
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -329,13 +415,40 @@ def load_for_classification(
         extra["id2label"] = dict(enumerate(label_names))
         extra["label2id"] = {name: i for i, name in enumerate(label_names)}
     path = resolve_model_path(name_or_path)
+    require_safetensors(path)
+    require_sequence_classifier(path)
     if seed is not None:
         torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report only lists the new classifier head
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, **extra, **kwargs
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            output_loading_info=True, **extra, **kwargs
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+    fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())
+                    if not any(part.endswith(HEAD_NAMES) for part in key.split("."))})
+    if fresh:
+        warnings.warn(
+            f"{path} has no weights for {fresh[:4]}{' ...' if len(fresh) > 4 else ''} (not saved with its checkpoint): "
+            "they start at random. hf_lowdata's PEFT methods train and save them with the classification head.",
+            UserWarning, stacklevel=2,
+        )
+    setattr(model, NEW_MODULES_ATTRIBUTE, tuple(fresh))
+    if model.config.pad_token_id is None and has_tokenizer(path):
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    return model
+
+
+#: Name parts of a classification head (``pre_classifier`` ends with ``classifier``).
+HEAD_NAMES = ("classifier", "score")
+#: Attribute :func:`load_for_classification` sets on the model it returns (see :func:`new_modules`).
+NEW_MODULES_ATTRIBUTE = "hf_lowdata_new_modules"
+
+
+def new_modules(model: Any) -> list[str]:
+    """Modules of a model from :func:`load_for_classification`, besides its head, that its checkpoint did
+    not hold: PEFT methods add them to ``modules_to_save``."""
+    return list(getattr(model, NEW_MODULES_ATTRIBUTE, ()))

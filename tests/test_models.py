@@ -142,3 +142,123 @@ def test_model_content_digest_is_kept_on_disk_and_follows_in_place_changes(tiny_
     monkeypatch.setenv("HF_LOWDATA_CACHE", str(tmp_path / "blocked"))
     monkeypatch.setattr(models, "_CONTENT_DIGESTS", {})
     assert model_content_digest(folder) == changed
+
+
+def _save_folder(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_module_the_checkpoint_lacks_is_trained_and_saved_by_lora_and_ftp(tiny_bert_dir, tmp_path):
+    """A BERT checkpoint without a pooler (saved from BertForMaskedLM, or add_pooling_layer=False): the new
+    pooler was left random and unsaved, so every reload predicted differently from the trained model."""
+    import torch
+    from peft import PeftModel
+    from transformers import BertConfig, BertModel
+
+    from hf_lowdata.data import DatasetSplits, make_few_shot_task
+    from hf_lowdata.methods import RunContext, get_method
+    from hf_lowdata.models import load_for_classification, load_tokenizer, new_modules
+    from tests.helpers import toy_sentences
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    folder = _save_folder(BertModel(config, add_pooling_layer=False), tokenizer, tmp_path / "no_pooler")
+    with pytest.warns(UserWarning, match=r"no weights for \['bert.pooler.dense'\].*train and save them"):
+        assert new_modules(load_for_classification(folder, 2, seed=0)) == ["bert.pooler.dense"]
+    assert new_modules(load_for_classification(tiny_bert_dir, 2, seed=0)) == []
+
+    from hf_lowdata.data import TextDataset
+
+    rows = toy_sentences(16, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=4)
+    inputs = dict(tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt"))
+    for method in ("lora", "ftp"):
+        model = get_method(method).build_model(task, RunContext(model=folder, seed=0))
+        assert any(n.endswith("pooler.dense.modules_to_save.default.weight") for n, p in model.named_parameters()
+                   if p.requires_grad), method
+        model.save_pretrained(tmp_path / method)
+        reloaded = [PeftModel.from_pretrained(load_for_classification(folder, 2, seed=s), tmp_path / method).eval()
+                    for s in (1, 2)]
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded[0](**inputs).logits, reloaded[1](**inputs).logits, atol=0, rtol=0)
+
+
+def test_a_tokenizer_without_padding_token_pads_with_its_unknown_or_end_token(tiny_bert_dir, tmp_path):
+    """GPT-2 and Llama folders ship without a pad token: every method failed on the first padded batch, and a
+    model config without pad_token_id failed on batches after reloading."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    from hf_lowdata.models import load_for_classification, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    tokenizer.pad_token = None
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    folder = _save_folder(GPT2Model(config), tokenizer, tmp_path / "gpt2_nopad")
+    loaded = load_tokenizer(folder)
+    assert loaded.pad_token == loaded.unk_token == "[UNK]"  # no end-of-text token in this vocabulary
+    model = load_for_classification(folder, 2, seed=0).eval()
+    assert model.config.pad_token_id == loaded.pad_token_id
+    batch = loaded(["a gripping and beautifully shot film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        both = model(**batch).logits
+        alone = model(**loaded(["dull"], return_tensors="pt")).logits
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=0)
+
+
+def test_model_folders_that_cannot_be_used_are_refused_with_what_to_do(tiny_bert_dir, tmp_path):
+    import json
+
+    import torch
+    from transformers import BertModel
+
+    from hf_lowdata.models import (
+        NotATextModelError,
+        load_for_classification,
+        load_tokenizer,
+        require_text_model,
+    )
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "tokenizer.json"):
+        if (tiny_bert_dir / name).is_file():
+            (pickled / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    torch.save(BertModel.from_pretrained(tiny_bert_dir).state_dict(), pickled / "pytorch_model.bin")
+    for load in (require_text_model, load_for_classification):
+        with pytest.raises(NotATextModelError, match=r"only as pytorch_model.bin \(a pickle file.*save_pretrained"):
+            load(pickled)
+    generation = tmp_path / "generation"
+    generation.mkdir()
+    (generation / "config.json").write_text(json.dumps({"model_type": "bert-generation"}))
+    with pytest.raises(NotATextModelError, match=r"no sequence-classification model for model type "
+                                                 r"'bert-generation'.*--method probe"):
+        load_for_classification(generation, 2)
+    assert load_tokenizer(tiny_bert_dir).model_max_length == 128  # the model's position table, not 512
+
+
+def test_texts_longer_than_the_models_positions_are_cut_to_them(tiny_bert_dir, tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from hf_lowdata.data import TextDataset, tokenize
+    from hf_lowdata.inference import length_sorted_batches
+    from hf_lowdata.models import load_for_classification, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=40)
+    folder = _save_folder(BertModel(config), tokenizer, tmp_path / "short")
+    long_text = " ".join(["word"] * 100)
+    short_tokenizer = load_tokenizer(folder)
+    encoded = tokenize(TextDataset((long_text,), (0,), ("a",), "toy"), short_tokenizer, max_length=128)
+    assert len(encoded[0]["input_ids"]) == 40
+    _, batch = next(length_sorted_batches(short_tokenizer, [long_text], max_length=128))
+    with torch.no_grad():
+        assert load_for_classification(folder, 2, seed=0)(**batch).logits.shape == (1, 2)  # failed: 102 > 40

@@ -35,6 +35,11 @@ class RunCancelled(RuntimeError):
     """Raised inside training when the caller asked to stop (the demo's cancel button)."""
 
 
+class MethodConfigError(ValueError):
+    """A method's settings do not fit the model (e.g. no default ``target_modules`` for its type); the message
+    names the option to set."""
+
+
 class SharedCache:
     """Work shared by all runs of one process: tokenizers, frozen encoders, frozen embeddings.
 

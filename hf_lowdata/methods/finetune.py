@@ -5,7 +5,44 @@ from __future__ import annotations
 import torch
 
 from ..data import FewShotTask
-from .base import RunContext, TransformerMethod, register_method
+from .base import MethodConfigError, RunContext, TransformerMethod, register_method
+
+#: LoRA's query/value targets for model types PEFT has no default for (PEFT's own table covers BERT,
+#: RoBERTa, DeBERTa, ELECTRA, GPT-2, Llama, ...).
+LORA_TARGETS: dict[str, list[str]] = {
+    "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],
+    "camembert": ["query", "value"],
+    "ernie": ["query", "value"],
+}
+
+
+def lora_target_modules(model: torch.nn.Module, requested: object = None) -> object:
+    """LoRA's ``target_modules`` for ``model``: ``requested`` if given (a comma-separated string of plain
+    names becomes a list, as a user means it; PEFT would read it as one regex), else ``None`` where PEFT has
+    a default for the model type, else the query/value layers of :data:`LORA_TARGETS`. A model type with
+    neither is an error naming the model's own Linear layers."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    from transformers.pytorch_utils import Conv1D
+
+    from ..tuners.base import layer_names
+
+    if isinstance(requested, str) and "," in requested and all(
+            part.strip().replace("_", "").replace(".", "").isalnum() for part in requested.split(",")):
+        return [part.strip() for part in requested.split(",")]
+    if requested is not None:
+        return requested
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PEFT_DEFAULTS:
+        return None
+    if model_type in LORA_TARGETS:
+        return list(LORA_TARGETS[model_type])
+    names = layer_names(model, (torch.nn.Linear, Conv1D))
+    raise MethodConfigError(
+        f"LoRA has no default target_modules for model type {model_type!r}. Pass them with --config "
+        f"\"target_modules=['{names[0] if names else 'q_proj'}', ...]\" (this model's Linear layers are named "
+        f"{names[:8]})."
+    )
 
 
 @register_method
@@ -24,11 +61,15 @@ class LoRA(TransformerMethod):
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model
 
+        from ..models import new_modules
+
+        base = super().build_model(task, ctx)
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=int(ctx.option(self.name, "r", 8)),
             lora_alpha=int(ctx.option(self.name, "lora_alpha", 8)),
             lora_dropout=float(ctx.option(self.name, "lora_dropout", 0.0)),
-            target_modules=ctx.option(self.name, "target_modules", None),
+            target_modules=lora_target_modules(base, ctx.option(self.name, "target_modules", None)),
+            modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
-        return get_peft_model(super().build_model(task, ctx), config)
+        return get_peft_model(base, config)

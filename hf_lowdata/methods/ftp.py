@@ -30,9 +30,11 @@ class _FTPAdapterMethod(TransformerMethod):
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         from peft import TaskType, get_peft_model
 
+        from ..models import new_modules
         from ..tuners.ftp import FTPConfig
 
         option = lambda name, default: ctx.option(self.name, name, default)  # noqa: E731
+        base = super().build_model(task, ctx)
         config = FTPConfig(
             task_type=TaskType.SEQ_CLS,
             delta=self.delta,
@@ -43,8 +45,9 @@ class _FTPAdapterMethod(TransformerMethod):
             norm=str(option("norm", "mars")),
             base_optimizer=str(option("base_optimizer", "adam")),
             target_modules=option("target_modules", None),
+            modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
-        return get_peft_model(super().build_model(task, ctx), config)
+        return get_peft_model(base, config)
 
 
 @register_method

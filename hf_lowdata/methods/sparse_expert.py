@@ -48,8 +48,10 @@ from ..models import (
     model_id,
     resolve_model_path,
     safetensors_error,
+    token_budget,
 )
 from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
+from .finetune import lora_target_modules
 
 BUDGET_NAME = "sparse_expert"
 DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
@@ -241,7 +243,8 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = tokenizer(list(texts), truncation=True, max_length=token_budget(tokenizer, max_length), padding=True,
+                      return_tensors="pt")
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -310,10 +313,12 @@ class PrototypeClassifier(FittedClassifier):
 
 def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotTask, budget: Budget, mode: str,
                         seed: int, lora_r: int = 8, lora_alpha: int = 8,
-                        dev_selector: DevSelector | None = None) -> tuple[torch.nn.Module, int]:
+                        dev_selector: DevSelector | None = None,
+                        target_modules: Any = None) -> tuple[torch.nn.Module, int]:
     """Test-time fine-tuning with the ProtoNet loss (prototypes from each batch, as the authors recompute them).
 
-    ``mode``: ``"lora"`` (PEFT LoRA on query/value, merged afterwards) or ``"full"``. Steps and batch size
+    ``mode``: ``"lora"`` (PEFT LoRA on query/value, merged afterwards; ``target_modules`` as
+    :func:`~hf_lowdata.methods.finetune.lora_target_modules` gives them) or ``"full"``. Steps and batch size
     follow ``budget`` (the same as the baselines'); batches are stratified and seeded. ``dev_selector``
     (see :func:`prototype_dev_selector`) keeps the step with the best dev accuracy. Returns the (plain)
     encoder and the number of trained parameters.
@@ -323,7 +328,8 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(encoder, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["query", "value"]))
+        targets = lora_target_modules(encoder, target_modules)
+        model = get_peft_model(encoder, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets))
     elif mode == "full":
         model = encoder
         model.requires_grad_(True)
@@ -477,6 +483,9 @@ class SparseExpertMethod(Method):
         tokenizer = ctx.cache.tokenizer(ctx.model)
         encoder = load_encoder(ctx.model)
         info: dict[str, Any] = {"method": self.name}
+        mode = str(self.option(ctx, "finetune", "lora"))
+        if mode == "lora":
+            lora_target_modules(encoder)  # a model type without LoRA targets fails before meta-training
         if self.meta_tune:
             adapter_dir = meta_train(self.plan(task, ctx), self.option(ctx, "cache_dir"), quiet=ctx.quiet,
                                      device=ctx.device)
@@ -486,7 +495,6 @@ class SparseExpertMethod(Method):
                 batch, torch.tensor(task.labelled.labels), float(self.option(ctx, "router_temperature", 0.5)))
             encoder = peft_model.merge_and_unload()
             info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
-        mode = str(self.option(ctx, "finetune", "lora"))
         trained = 0
         selector = None
         if mode != "none":

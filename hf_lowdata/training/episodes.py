@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import DataError, TextDataset, normalize_text
+from ..models import token_budget
 
 
 class EpisodeSource(Protocol):
@@ -74,7 +75,8 @@ class TextSource:
 
     def encode(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         texts = [self.data.texts[i] for i in indices]
-        batch = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        batch = self.tokenizer(texts, truncation=True, max_length=token_budget(self.tokenizer, self.max_length),
+                               padding=True, return_tensors="pt")
         return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 

@@ -55,6 +55,18 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def layer_names(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[str]:
+    """Distinct leaf names of the ``kinds`` layers of ``model`` outside its head (``classifier``, ``score``),
+    in model order: what ``target_modules`` can name."""
+    names: list[str] = []
+    for full_name, module in model.named_modules():
+        leaf = full_name.rsplit(".", 1)[-1]
+        if full_name and isinstance(module, kinds) and leaf not in names and not any(
+                part.endswith(("classifier", "score")) for part in full_name.split(".")):
+            names.append(leaf)
+    return names
+
+
 def _kind_name(kind: type[nn.Module]) -> str:
     """``nn.Linear`` for torch's layers, ``Conv1D`` (transformers') otherwise."""
     return f"nn.{kind.__name__}" if kind.__module__.startswith("torch.") else f"transformers' {kind.__name__}"
@@ -131,17 +143,10 @@ class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
     def _target_example(self, config_name: str) -> str:
         """How to set ``target_modules`` for this model: its own layer names, or why there are none."""
         kinds = " / ".join(_kind_name(kind) for kind in self.adapted_layer_types)
-        names: list[str] = []
-        others: set[str] = set()
-        for full_name, module in self.model.named_modules():
-            leaf = full_name.rsplit(".", 1)[-1]
-            if not full_name or leaf in ("classifier", "score"):
-                continue
-            if isinstance(module, self.adapted_layer_types):
-                if leaf not in names:
-                    names.append(leaf)
-            elif not list(module.children()) and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)):
-                others.add(_kind_name(type(module)))
+        names = layer_names(self.model, self.adapted_layer_types)
+        others = {_kind_name(type(module)) for module in self.model.modules() if not list(module.children())
+                  and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D))
+                  and not isinstance(module, self.adapted_layer_types)}
         if names:
             return (f"Pass target_modules= with the names of the layers to adapt; this model's {kinds} layers are "
                     f"named {names[:8]}, e.g. {config_name}(target_modules={names[:2]}).")
