@@ -13,6 +13,15 @@ from pathlib import Path
 CACHE_ENV = "HF_LOWDATA_CACHE"
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill at any moment leaves the old
+    file or the new one, never a cut-off mix."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
 def cache_root(override: str | os.PathLike | None = None) -> Path:
     """``override``, else ``$HF_LOWDATA_CACHE`` (when set and not empty), else ``~/.cache/hf_lowdata``."""
     base = override or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hf_lowdata"

@@ -38,6 +38,7 @@ from .models import (
     resolve_model_path,
     safetensors_error,
 )
+from .paths import atomic_write_text
 
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
@@ -424,14 +425,8 @@ def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool)
                     "--config, or choose another output folder."
                 )
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(config_file, json.dumps(run_config, indent=2, default=str))
+    atomic_write_text(config_file, json.dumps(run_config, indent=2, default=str))
     return last if resume else None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _publish_order(entry: Path) -> tuple[int, str]:

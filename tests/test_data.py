@@ -172,8 +172,18 @@ print(sample_per_class(load_data({str(shared_data / 'cr')!r}, empty_text="drop")
 
 
 def test_empty_rows_error_by_default_and_drop_on_request(shared_data):
+    from hf_lowdata.data import DataWarning, examples_from_rows
+
     with pytest.raises(DataError, match="empty or non-text 'text': row 308"):
         load_data(shared_data / "cr")
+    rows = [{"text": "fine", "label": "a"}, {"text": " \t ", "label": "b"}, {"text": "good", "label": "b"}]
+    with pytest.raises(DataError, match=r"1 row\(s\) have an empty or non-text 'text': row 2"):
+        examples_from_rows(rows, "toy.csv")  # whitespace only is empty too
+    with pytest.warns(DataWarning, match=r"toy.csv: dropped 1 row\(s\) with empty text \(rows 2\)"):
+        kept = examples_from_rows(rows, "toy.csv", empty_text="drop")
+    assert kept.texts == ("fine", "good")
+    with pytest.raises(DataError, match="non-text"):
+        examples_from_rows([*rows, {"text": 3, "label": "a"}], "toy.csv", empty_text="drop")  # still an error
 
 
 def test_k_shot_known_values_are_stable(shared_data):

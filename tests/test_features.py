@@ -43,6 +43,8 @@ def test_each_input_goes_through_the_backbone_once(tiny_bert_dir, tmp_path):
     torch.testing.assert_close(from_disk[7], first[7], atol=0, rtol=0)
     other_model = text_token_states(reopened, encoder, tok, texts[:3], 64, "another-model")
     assert reopened.computed == 3 and len(other_model) == 3  # keyed by model too
+    shorter = text_token_states(reopened, encoder, tok, texts[:3], 4, "tiny")
+    assert reopened.computed == 6 and all(s.shape[0] <= 4 for s in shorter)  # and by max_length
 
 
 def test_fp16_storage_and_an_unreadable_shard(tiny_bert_dir, tmp_path):

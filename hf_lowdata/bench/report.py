@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import atomic_write_text
+from ..paths import atomic_write_text
 
 #: dataset, method, budget label, label noise, unlabelled pool, setting (model, precision, options)
 GroupKey = tuple[str, str, str, float, int, str]

@@ -69,13 +69,6 @@ def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-
-
 def finished_keys(records: Iterable[dict[str, Any]]) -> set[str]:
     """Keys of runs that completed successfully (failed runs are retried on resume)."""
     return {r["run_key"] for r in records if r.get("status") == "ok" and "run_key" in r}

@@ -38,10 +38,11 @@ def lora_target_modules(model: torch.nn.Module, requested: object = None) -> obj
     if model_type in LORA_TARGETS:
         return list(LORA_TARGETS[model_type])
     names = layer_names(model, (torch.nn.Linear, Conv1D))
+    attention = [n for n in names if n in ("query", "value", "q", "v", "q_proj", "v_proj", "q_lin", "v_lin")]
+    example = ", ".join(repr(n) for n in (attention or names[:2] or ["q_proj", "v_proj"]))
     raise MethodConfigError(
         f"LoRA has no default target_modules for model type {model_type!r}. Pass them with --config "
-        f"\"target_modules=['{names[0] if names else 'q_proj'}', ...]\" (this model's Linear layers are named "
-        f"{names[:8]})."
+        f"\"target_modules=[{example}]\" (this model's Linear layers are named {names[:8]})."
     )
 
 

@@ -104,6 +104,24 @@ def test_darts_hypergradient_matches_exact_second_order_autograd_with_sgd():
         assert not torch.allclose(e, f, rtol=1e-3)  # the implicit (second-order) term is not negligible here
 
 
+def test_finite_differences_step_exactly_the_darts_radius_away_from_the_weights():
+    """eps = R / ||u||: the two perturbed losses are taken at distance R from W (the accuracy check above
+    passes at other step sizes too, so the step itself is pinned here)."""
+    net, objective, trainer, inner, _ = _problem(lambda p: torch.optim.SGD(p, lr=0.3))
+    start = [p.detach().clone() for p in inner]
+    distances = []
+
+    def recording_loss(model, batch, **kwargs):
+        distances.append(float(torch.linalg.vector_norm(torch.cat([(p - w).flatten() for p, w in zip(inner, start)]))))
+        return FakeTrainer.model_loss(model, batch)
+
+    trainer.model_loss = recording_loss
+    objective.darts_hypergradient(trainer, net, _batch(1), _RngState())
+    assert len(distances) == 4 and distances[0] == 0.0 and distances[1] > 1e-3  # at W, then W' (the virtual step)
+    assert distances[2:] == pytest.approx([1e-4, 1e-4], rel=1e-3)  # at W +- eps u
+    assert all(torch.equal(p, w) for p, w in zip(inner, start))  # and back
+
+
 def test_darts_hypergradient_under_gradient_clipping_scales_the_step_by_the_clip_factor():
     """The clip factor c is a constant of the step: W' = W - lr c g, so the implicit term carries c too
     (it was left out, which made the second-order term 1/c times too large whenever clipping was active)."""

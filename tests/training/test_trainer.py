@@ -350,3 +350,23 @@ def test_gradient_accumulation_averages_micro_batches_like_one_big_batch(tiny_be
     for name in whole:
         torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
     assert accumulated_loss == pytest.approx(whole_loss, rel=1e-4)
+
+
+def test_auxiliary_optimizer_state_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A kill while saving a checkpoint's auxiliary optimizer state leaves the previous file whole."""
+    from hf_lowdata.training.trainer import _atomic_torch_save
+
+    target = str(tmp_path / "aux.pt")
+    _atomic_torch_save({"step": torch.tensor(1)}, target)
+    real_save = torch.save
+
+    def cut_short(obj, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PK")  # a few bytes reach the disk, then the process dies
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="killed"):
+        _atomic_torch_save({"step": torch.tensor(2)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert int(torch.load(target, weights_only=True)["step"]) == 1

@@ -65,6 +65,8 @@ def test_mixed_mask_delta_gradients_match_autograd_reference():
     target = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
     params = [layer.sparse_expert_delta["default"], layer.sparse_expert_logits["default"], weights]
 
+    # the values too (the backward pass recomputes the masks, so gradients alone do not pin the forward)
+    torch.testing.assert_close(layer.task_delta("default", weights, beta=2 / 3), _reference_delta(layer, weights, 2 / 3))
     ours = torch.autograd.grad((layer.task_delta("default", weights, beta=2 / 3) * target).sum(), params)
     ref = torch.autograd.grad((_reference_delta(layer, weights, 2 / 3) * target).sum(), params)
     for a, b in zip(ours, ref):
@@ -97,6 +99,8 @@ def test_hard_concrete_is_exactly_zero_and_one_at_the_logit_bound():
     bound = SparseExpertConfig().mask_logit_bound
     z = hard_concrete(torch.tensor([-bound, bound]), 2 / 3, -0.1, 1.1)
     assert z.tolist() == [0.0, 1.0]
+    inside = hard_concrete(torch.tensor([0.5]), 2 / 3, -0.1, 1.1)  # sigmoid(logit / beta) stretched to (gamma, zeta)
+    torch.testing.assert_close(inside, torch.sigmoid(torch.tensor([0.75])) * 1.2 - 0.1)
 
 
 def test_forward_merge_and_functional_weights_agree():
