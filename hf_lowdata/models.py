@@ -9,6 +9,7 @@ is only accepted when it is already in the local Hugging Face cache, and a missi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -286,7 +287,9 @@ def require_safetensors(folder: str | os.PathLike) -> None:
     """Refuse a model folder whose weights exist only as pickle files (``pytorch_model.bin``): loading them
     can run code, so hf_lowdata never does; the message says how to convert them."""
     path = Path(folder)
-    if path.is_dir() and not any(path.glob("*.safetensors")):
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if path.is_dir() and not any((path / name).is_file() for name in weights) and not any(
+            path.glob("model-*-of-*.safetensors")):
         pickled = [name for name in PICKLE_WEIGHTS if (path / name).is_file()]
         if pickled:
             raise NotATextModelError(
@@ -332,9 +335,6 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
                 "one and save it: tokenizer.pad_token = '...'; tokenizer.save_pretrained(folder)."
             )
         tokenizer.pad_token = fallback
-    limit = position_limit(path)
-    if limit is not None and limit < tokenizer.model_max_length:
-        tokenizer.model_max_length = limit
     return tokenizer
 
 
@@ -359,10 +359,16 @@ def position_limit(folder: str | os.PathLike) -> int | None:
 
 
 def token_budget(tokenizer: Any, max_length: int) -> int:
-    """``max_length`` capped at what the tokenizer's model can embed (:func:`load_tokenizer` records it), so
-    a small model is never handed more positions than it has."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
+    """``max_length`` capped at the position table of the tokenizer's model folder (:func:`position_limit`),
+    so a small model is never handed more positions than it has."""
+    folder = getattr(tokenizer, "name_or_path", None)
+    limit = _position_limit_of(str(folder)) if folder else None
+    return min(max_length, limit) if limit is not None else max_length
+
+
+@functools.lru_cache(maxsize=64)
+def _position_limit_of(folder: str) -> int | None:
+    return position_limit(folder) if Path(folder).is_dir() else None
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
@@ -433,7 +439,8 @@ def load_for_classification(
     if fresh:
         warnings.warn(
             f"{path} has no weights for {fresh[:4]}{' ...' if len(fresh) > 4 else ''} (not saved with its checkpoint): "
-            "they start at random. hf_lowdata's PEFT methods train and save them with the classification head.",
+            "they start at random. lora and ftp train and save them with the classification head (methods that do "
+            "not read them, such as twin_turbo, are unaffected).",
             UserWarning, stacklevel=2,
         )
     setattr(model, NEW_MODULES_ATTRIBUTE, tuple(fresh))

@@ -592,10 +592,11 @@ def _labels_from_weights(folder: Path, adapter_config: dict[str, Any]) -> list[s
     """Label count from the saved head's weight shape, when the card does not name the labels."""
     from safetensors import safe_open
 
-    heads = tuple(f".{m}.weight" for m in (adapter_config.get("modules_to_save") or ["classifier", "score"]))
+    # the head's output layer only: other modules_to_save (norms, a pooler the checkpoint lacked) are not heads
+    outputs = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight", ".classification_head.out_proj.weight")
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
         for key in handle.keys():  # noqa: SIM118 - a safetensors handle is not iterable
-            if key.endswith(heads):
+            if key.endswith(outputs):
                 return [f"LABEL_{i}" for i in range(handle.get_slice(key).get_shape()[0])]
     raise AdapterLoadError(
         f"{folder}: cannot tell the number of labels (no label_names in README.md and no classifier head in the "

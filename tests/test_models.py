@@ -240,7 +240,14 @@ def test_model_folders_that_cannot_be_used_are_refused_with_what_to_do(tiny_bert
     with pytest.raises(NotATextModelError, match=r"no sequence-classification model for model type "
                                                  r"'bert-generation'.*--method probe"):
         load_for_classification(generation, 2)
-    assert load_tokenizer(tiny_bert_dir).model_max_length == 128  # the model's position table, not 512
+    from hf_lowdata.models import token_budget
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    assert token_budget(tokenizer, 1000) == 128 and token_budget(tokenizer, 64) == 64  # the position table caps
+    assert tokenizer.model_max_length == 512  # the tokenizer's own setting is left as saved
+    (pickled / "adapter_model.safetensors").write_bytes(b"")  # an unrelated safetensors file does not count
+    with pytest.raises(NotATextModelError, match="only as pytorch_model.bin"):
+        require_text_model(pickled)
 
 
 def test_texts_longer_than_the_models_positions_are_cut_to_them(tiny_bert_dir, tmp_path):

@@ -19,3 +19,19 @@ def test_bootstrap_macro_f1_matches_macro_f1_per_resample():
     acc, f1 = bootstrap_intervals(y, p, 3, resamples=400, seed=0)
     point = macro_f1(y, p, 3)
     assert f1[0] < point < f1[1] and acc[0] < float((y == p).mean()) < acc[1]
+
+
+def test_label_count_is_read_from_the_head_not_from_other_saved_modules(tmp_path):
+    """With a pooler (or LayerNorms) in modules_to_save, the first matching key was the pooler's: 16 labels."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hf_lowdata.workflow import _labels_from_weights
+
+    save_file({"base_model.model.bert.pooler.dense.weight": torch.zeros(16, 16),
+               "base_model.model.bert.embeddings.LayerNorm.weight": torch.zeros(16),
+               "base_model.model.classifier.out_proj.weight": torch.zeros(3, 16),
+               "base_model.model.classifier.dense.weight": torch.zeros(16, 16)},
+              str(tmp_path / "adapter_model.safetensors"))
+    config = {"modules_to_save": ["bert.pooler.dense", "LayerNorm", "classifier", "score"]}
+    assert _labels_from_weights(tmp_path, config) == ["LABEL_0", "LABEL_1", "LABEL_2"]

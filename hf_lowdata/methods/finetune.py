@@ -17,29 +17,43 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 
 
+#: Query/value layer names, for a model type neither PEFT nor :data:`LORA_TARGETS` knows.
+_QUERY_VALUE_PAIRS = (("query", "value"), ("q_proj", "v_proj"), ("q_lin", "v_lin"), ("q", "v"))
+
+
+def module_name_list(requested: object) -> object:
+    """A ``target_modules`` option as the user means it: a string of plain layer names (``query`` or
+    ``query,value``) becomes a list; PEFT would read any string as one regex over full module names, which
+    such names never match. A regex (any other character) and lists pass through unchanged."""
+    if isinstance(requested, str):
+        parts = [part.strip() for part in requested.split(",") if part.strip()]
+        if parts and all(part.replace("_", "").replace(".", "").replace("-", "").isalnum() for part in parts):
+            return parts
+    return requested
+
+
 def lora_target_modules(model: torch.nn.Module, requested: object = None) -> object:
-    """LoRA's ``target_modules`` for ``model``: ``requested`` if given (a comma-separated string of plain
-    names becomes a list, as a user means it; PEFT would read it as one regex), else ``None`` where PEFT has
-    a default for the model type, else the query/value layers of :data:`LORA_TARGETS`. A model type with
-    neither is an error naming the model's own Linear layers."""
+    """LoRA's ``target_modules`` for ``model``: ``requested`` if given (see :func:`module_name_list`), else
+    ``None`` where PEFT has a default for the model type, else :data:`LORA_TARGETS`, else the model's own
+    query/value layers (ALBERT's ``query``/``value``, ...). A model with none of these is an error naming
+    its Linear layers."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
     from transformers.pytorch_utils import Conv1D
 
     from ..tuners.base import layer_names
 
-    if isinstance(requested, str) and "," in requested and all(
-            part.strip().replace("_", "").replace(".", "").isalnum() for part in requested.split(",")):
-        return [part.strip() for part in requested.split(",")]
     if requested is not None:
-        return requested
+        return module_name_list(requested)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in PEFT_DEFAULTS:
         return None
     if model_type in LORA_TARGETS:
         return list(LORA_TARGETS[model_type])
     names = layer_names(model, (torch.nn.Linear, Conv1D))
-    attention = [n for n in names if n in ("query", "value", "q", "v", "q_proj", "v_proj", "q_lin", "v_lin")]
-    example = ", ".join(repr(n) for n in (attention or names[:2] or ["q_proj", "v_proj"]))
+    for pair in _QUERY_VALUE_PAIRS:
+        if all(name in names for name in pair):
+            return list(pair)
+    example = ", ".join(repr(n) for n in (names[:2] or ["q_proj", "v_proj"]))
     raise MethodConfigError(
         f"LoRA has no default target_modules for model type {model_type!r}. Pass them with --config "
         f"\"target_modules=[{example}]\" (this model's Linear layers are named {names[:8]})."

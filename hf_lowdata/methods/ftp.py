@@ -32,6 +32,7 @@ class _FTPAdapterMethod(TransformerMethod):
 
         from ..models import new_modules
         from ..tuners.ftp import FTPConfig
+        from .finetune import module_name_list
 
         option = lambda name, default: ctx.option(self.name, name, default)  # noqa: E731
         base = super().build_model(task, ctx)
@@ -44,7 +45,7 @@ class _FTPAdapterMethod(TransformerMethod):
             kappa=float(option("kappa", 1.0)),
             norm=str(option("norm", "mars")),
             base_optimizer=str(option("base_optimizer", "adam")),
-            target_modules=option("target_modules", None),
+            target_modules=module_name_list(option("target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
         return get_peft_model(base, config)

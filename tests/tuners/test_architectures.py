@@ -315,3 +315,17 @@ def test_ftp_as_a_drop_in_optimizer_projects_a_plain_conv1d_weight_per_output_un
     assert (models[0].proj.weight - _Twin(False).proj.weight).abs().max() > 1e-3  # it trained
     torch.testing.assert_close(models[1].proj.weight, models[0].proj.weight.T, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(models[1].proj.bias, models[0].proj.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_ftp_groups_for_gpt2_with_a_conv1d_in_modules_to_save_are_accepted_by_the_optimizer():
+    """A Conv1D trained as a module to save has no pretrained anchor: its group must not carry row_dim 1 (the
+    optimizer refused the groups ftp_param_groups built, and told the user to use ftp_param_groups)."""
+    from peft import LoraConfig
+
+    from hf_lowdata.tuners.ftp import FTPOptimizer, ftp_param_groups
+
+    model = get_peft_model(_decoder("gpt2"), LoraConfig(task_type="SEQ_CLS", target_modules=["c_attn"],
+                                                        modules_to_save=["mlp.c_proj"]))
+    groups = ftp_param_groups(model)
+    assert all(g.get("row_dim", 0) == 0 for g in groups if g["projection"] != "anchor")
+    FTPOptimizer(groups, lr=1e-3)

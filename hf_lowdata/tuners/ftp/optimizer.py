@@ -148,7 +148,8 @@ def projection_units(
     for name, p in model.named_parameters():
         if wanted(p) and id(p) not in claimed:
             kind = "none" if _has_no_pretrained_value(name, exclude) else "anchor"
-            units.append(ProjectionUnit(kind, (p,), name, row_dim=int(id(p) in transposed and p.dim() == 2)))
+            row_dim = int(kind == "anchor" and id(p) in transposed and p.dim() == 2)  # rows only matter when projected
+            units.append(ProjectionUnit(kind, (p,), name, row_dim=row_dim))
     return units
 
 
@@ -255,6 +256,9 @@ class FTPOptimizer(torch.optim.Optimizer):
         # torch casts state tensors to the parameter's dtype; the radius state keeps its own (>= fp32).
         radius = {i: {k: v for k, v in st.items() if k in _RADIUS_KEYS} for i, st in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # checkpoints written before a group option existed get its default
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):
