@@ -105,10 +105,11 @@ def train_mixup_blo(
     from transformers import set_seed
 
     from ..training import LowDataTrainer, TrainingObjective, last_complete_checkpoint
-    from ..training.bilevel import MixupBLOObjective, _labels_of, _subset, split_indices
+    from ..training.bilevel import MixupBLOObjective, _subset, split_indices
+    from ..training.objectives import dataset_labels
 
     trainer_kwargs = dict(trainer_kwargs or {})
-    labels = _labels_of(train_dataset)
+    labels = dataset_labels(train_dataset)
     n = len(train_dataset)
 
     def run(trainer: Any, phase: str, fold: int) -> None:

@@ -44,14 +44,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .objectives import AuxiliaryOptimizer, TrainingObjective, register_default_objective
+from .objectives import (
+    AuxiliaryOptimizer,
+    TrainingObjective,
+    dataset_labels,
+    model_columns,
+    register_default_objective,
+)
 
 if TYPE_CHECKING:
     from .trainer import LowDataTrainer
 
 HYPERGRADIENTS = ("darts", "first_order", "none")
 _SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-_MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 def split_indices(labels: Sequence[int] | None, n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
@@ -79,19 +84,6 @@ def split_indices(labels: Sequence[int] | None, n: int, ratio: float, seed: int)
             "needs at least 2 (use hypergradient='none' for single-level training)."
         )
     return sorted(first), sorted(second)
-
-
-def _labels_of(dataset: Any) -> list[int] | None:
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None:
-        for name in ("labels", "label"):
-            if name in columns:
-                return [int(y) for y in dataset[name]]
-        return None
-    try:
-        return [int(dataset[i]["labels"]) for i in range(len(dataset))]
-    except (KeyError, TypeError, IndexError):
-        return None
 
 
 def _subset(dataset: Any, indices: list[int]) -> Any:
@@ -223,6 +215,14 @@ class BilevelObjective(TrainingObjective):
                 "takes its outer step on the first micro-batch of each optimizer step only.",
                 stacklevel=3,
             )
+        if not self.outer_parameters(trainer.model):
+            peft_type = getattr(getattr(trainer.model, "active_peft_config", None), "peft_type", None)
+            raise ValueError(
+                f"The {self.name!r} objective found no trainable outer parameters in this model (its adapter: "
+                f"{getattr(peft_type, 'value', peft_type) or 'none'}). It trains the mixing of a MixupBLO adapter: "
+                "wrap the model with get_peft_model(model, MixupBLOConfig()); to train with the mixing frozen, pass "
+                "objective=TrainingObjective()."
+            )
         self._seed = args.seed if self.split_seed is None else self.split_seed
         if self.hypergradient == "none":
             self.validation_dataset = None
@@ -231,14 +231,10 @@ class BilevelObjective(TrainingObjective):
             data = trainer.train_dataset
             if data is None:
                 raise ValueError(f"The {self.name!r} objective needs train_dataset= to split it.")
-            inner, outer = split_indices(_labels_of(data), len(data), self.split_ratio, self._seed)
+            inner, outer = split_indices(dataset_labels(data), len(data), self.split_ratio, self._seed)
             trainer.train_dataset = _subset(data, inner)
             self.validation_dataset = _subset(data, outer)
-        columns = getattr(self.validation_dataset, "column_names", None)
-        if columns is not None:
-            self.validation_dataset = self.validation_dataset.select_columns(
-                [c for c in columns if c in _MODEL_COLUMNS]
-            )
+        self.validation_dataset = model_columns(trainer, self.validation_dataset)
         if len(self.validation_dataset) == 0:
             raise ValueError("validation_dataset is empty; the outer problem needs at least one example.")
 

@@ -138,6 +138,38 @@ class TrainingObjective:
         """Restore what :meth:`state_dict` returned."""
 
 
+#: Columns transformers' collators read labels from (``label`` and ``label_ids`` become ``labels``).
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+
+
+def dataset_labels(dataset: Any) -> list[int] | None:
+    """The integer labels of a training set: a ``labels`` / ``label`` / ``label_ids`` column (or attribute,
+    as :class:`~hf_lowdata.data.TextDataset` has), or items that carry one; ``None`` if it has none."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None and not callable(labels):
+        return [int(y) for y in labels]
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        name = next((c for c in LABEL_COLUMNS if c in columns), None)
+        return None if name is None else [int(y) for y in dataset[name]]
+    try:
+        return [int(next(dataset[i][c] for c in LABEL_COLUMNS if c in dataset[i])) for i in range(len(dataset))]
+    except (KeyError, TypeError, IndexError, StopIteration):
+        return None
+
+
+def model_columns(trainer: Any, dataset: Any) -> Any:
+    """``dataset`` restricted to the columns the model reads and the label columns, as Trainer's
+    ``remove_unused_columns`` restricts the training set. Held-out splits that objectives draw batches from
+    go through the collator outside Trainer's data loader, and a raw ``text`` column would break it."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        return dataset
+    trainer._set_signature_columns_if_needed()
+    keep = {*(trainer._signature_columns or ()), *LABEL_COLUMNS, *(trainer.label_names or ())}
+    return dataset.select_columns([c for c in columns if c in keep])
+
+
 def module_parameter_ids(modules: Iterable[torch.nn.Module]) -> set[int]:
     """``id()`` of every parameter of ``modules``; a helper for :meth:`TrainingObjective.excluded_parameters`."""
     return {id(p) for m in modules for p in m.parameters()}

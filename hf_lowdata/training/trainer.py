@@ -329,7 +329,7 @@ class LowDataTrainer(Trainer):
         if not torch.isfinite(loss).all():
             lr = self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
             raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at step {self.state.global_step} (objective "
+                f"The training loss is {loss.item()} at step {self.state.global_step + 1} (objective "
                 f"{self.objective.name!r}, learning rate {lr:.3g}). Usual causes: a learning rate that is too "
                 "high, fp16 overflow (use bf16 or fp32), or inputs that are empty or corrupted. Lower "
                 "learning_rate, set max_grad_norm, or check the data; completed checkpoints in "
@@ -340,7 +340,21 @@ class LowDataTrainer(Trainer):
             self.objective.complete_gradients(self, model)
             if not self.objective.uses_wrapped_forward and self.accelerator.num_processes > 1:
                 self._average_gradients(model)
+            if not self.args.fp16:  # (fp16's loss scaler skips steps with inf gradients by design)
+                self._refuse_non_finite_gradients(model, loss)
         return loss
+
+    def _refuse_non_finite_gradients(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
+        """Stop before the optimizer step when a finite loss gave NaN/inf gradients, so no checkpoint ever
+        holds weights that such a step would have poisoned."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            raise NonFiniteLossError(
+                f"The gradients are not finite at step {self.state.global_step + 1} although the loss is "
+                f"{loss.item():.4g} (objective {self.objective.name!r}): usually an overflow in the backward pass "
+                "(try bf16 or fp32, a lower learning_rate, or max_grad_norm) or a corrupted input. This step was "
+                f"not applied; completed checkpoints in {self.args.output_dir} are intact."
+            )
 
     def _average_gradients(self, model: torch.nn.Module) -> None:
         """Average the trainable parameters' gradients over processes (what DDP's forward would have arranged).

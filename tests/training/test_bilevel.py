@@ -355,3 +355,39 @@ def test_two_ddp_processes_end_with_the_same_mixing_and_weights(tiny_bert_dir, t
     lines = sorted(re.findall(r"rank (\d) mix=(\S+) weight=(\S+) steps=2 moved=True", stdout))
     assert [line[0] for line in lines] == ["0", "1"], stdout
     assert lines[0][1:] == lines[1][1:]  # outer gradients averaged; inner steps synchronised by DDP
+
+
+def test_a_dataset_with_a_label_column_and_raw_text_trains_as_with_trainer(tiny_bert_dir, tmp_path):
+    """The held-out split kept only a fixed list of columns: 'label' (what most datasets call it) was dropped
+    before the collator could rename it, and the first outer step had no loss."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    tok = load_tokenizer(tiny_bert_dir)
+    rows = toy_sentences(24, 0)
+    data = Dataset.from_dict({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+    data = data.map(lambda b: tok(b["text"], truncation=True), batched=True)  # 'text' stays, as users leave it
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 2, seed=0),
+                           MixupBLOConfig(task_type=TaskType.SEQ_CLS, mixing_lr=0.05))
+    before = _mixing(model)
+    args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True, remove_unused_columns=True)
+    trainer = LowDataTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
+                             processing_class=tok)
+    assert "label" in trainer.objective.validation_dataset.column_names
+    assert "text" not in trainer.objective.validation_dataset.column_names
+    trainer.train()
+    assert any(not torch.equal(p, before[n]) for n, p in _mixing(model).items())
+
+
+def test_the_objective_on_a_model_without_mixing_says_so_at_construction(tiny_bert_dir, tmp_path):
+    from peft import LoraConfig
+
+    from hf_lowdata.training.bilevel import MixupBLOObjective
+
+    tok = load_tokenizer(tiny_bert_dir)
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 2, seed=0), LoraConfig(task_type=TaskType.SEQ_CLS))
+    args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True)
+    with pytest.raises(ValueError, match=r"no trainable outer parameters in this model \(its adapter: LORA\).*"
+                                         r"MixupBLOConfig"):
+        LowDataTrainer(model=model, args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
+                       objective=MixupBLOObjective())

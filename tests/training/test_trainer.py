@@ -218,8 +218,35 @@ def test_nan_loss_raises_clear_error(tiny_bert_dir, tmp_path):
             return loss * float("nan") if trainer.state.global_step == 2 else loss
 
     trainer = _make(tiny_bert_dir, tmp_path, NaNObjective())
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(objective 'nan-test'.*Lower learning_rate"):
+    # the third step (two completed), numbered as Trainer numbers steps
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(objective 'nan-test'.*Lower learning_rate"):
         trainer.train()
+
+
+def test_non_finite_gradients_of_a_finite_loss_stop_before_the_step_and_its_checkpoint(tiny_bert_dir, tmp_path):
+    """The loss check alone let such a step through: its poisoned weights were saved as a complete checkpoint,
+    the last good one was rotated away, and --resume picked the poisoned one."""
+    from hf_lowdata.training import last_complete_checkpoint
+
+    class NaNGradient(TrainingObjective):
+        name = "nan-gradient"
+
+        def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+            loss = trainer.model_loss(model, inputs, False, num_items_in_batch)
+            if trainer.state.global_step == 3:
+                weight = next(p for p in model.parameters() if p.requires_grad)
+                loss = loss + torch.sqrt(((weight - weight.detach()) ** 2).sum())  # value 0, gradient NaN
+            return loss
+
+    trainer = _make(tiny_bert_dir, tmp_path, NaNGradient(), save_strategy="steps", save_steps=2, save_total_limit=1)
+    with pytest.raises(NonFiniteLossError, match=r"gradients are not finite at step 4 although the loss is .*not applied"):
+        trainer.train()
+    last = last_complete_checkpoint(str(tmp_path))
+    assert last is not None and last.endswith("checkpoint-2")
+    from safetensors.torch import load_file
+
+    weights = load_file(f"{last}/model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 class EpisodeData(Dataset):

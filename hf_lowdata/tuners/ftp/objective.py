@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...training.objectives import AuxiliaryOptimizer, TrainingObjective
+from ...training.objectives import AuxiliaryOptimizer, TrainingObjective, dataset_labels, model_columns
 from .config import FTPConfig
 from .optimizer import (
     GAMMA_FLOOR,
@@ -143,12 +143,14 @@ class TPGMObjective(TrainingObjective):
     def setup(self, trainer: LowDataTrainer) -> None:
         if self.validation is None:
             data = trainer.train_dataset
-            if data is None or "labels" not in getattr(data, "column_names", ()):
+            labels = dataset_labels(data) if hasattr(data, "select") else None
+            if labels is None:
                 raise ValueError(
                     "TPGM holds out part of the training set, which must be a tokenised datasets.Dataset with a "
-                    "'labels' column; otherwise pass validation= (held-out examples with labels) to TPGMObjective."
+                    "'labels' or 'label' column; otherwise pass validation= (held-out examples with labels) to "
+                    "TPGMObjective."
                 )
-            train_idx, held_idx = heldout_split(list(data["labels"]), self.heldout_fraction, trainer.args.seed)
+            train_idx, held_idx = heldout_split(labels, self.heldout_fraction, trainer.args.seed)
             if not held_idx:
                 raise ValueError(
                     "TPGM could not hold out any example: every class has a single labelled example. Pass "
@@ -156,6 +158,7 @@ class TPGMObjective(TrainingObjective):
                 )
             trainer.train_dataset = data.select(train_idx)
             self.validation = data.select(held_idx)
+        self.validation = model_columns(trainer, self.validation)  # its batches are collated outside the loader
         if len(self.validation) == 0:
             raise ValueError("TPGM: the validation set is empty.")
         model = trainer.model

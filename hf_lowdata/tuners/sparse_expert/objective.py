@@ -53,6 +53,7 @@ gradient again):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from typing import TYPE_CHECKING, Any
@@ -272,6 +273,8 @@ class SparseExpertObjective(TrainingObjective):
                 "model.gradient_checkpointing_disable() if you enabled it on the model)."
             )
         # Clipping is per parameter group (spec); Trainer's global clip would mix the groups.
+        # (on the trainer's own copy of the arguments: the caller's object may configure another Trainer later)
+        trainer.args = copy.copy(trainer.args)
         trainer.args.max_grad_norm = 0.0
         if not self.learn_masks:
             with torch.no_grad():

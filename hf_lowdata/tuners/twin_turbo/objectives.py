@@ -26,14 +26,15 @@ cross-entropy on the same projector (the baseline of the paper's comparison).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ...training.objectives import AuxiliaryOptimizer, TrainingObjective
+from ...training.objectives import AuxiliaryOptimizer, TrainingObjective, dataset_labels
 from .config import TwinTurboConfig
 from .layer import MASK_KEY, TOKENS_KEY, masked_mean
 from .model import backbone_token_states, twin_turbo_layer
@@ -121,13 +122,6 @@ def label_prior(kind: str, labels: list[int] | None, num_labels: int) -> torch.T
     return counts / counts.sum()
 
 
-def _dataset_labels(dataset: Any) -> list[int] | None:
-    labels = getattr(dataset, "labels", None)
-    if labels is None and "labels" in (getattr(dataset, "column_names", None) or ()):
-        labels = dataset["labels"]
-    return None if labels is None else [int(y) for y in labels]
-
-
 # ---- the objective ----------------------------------------------------------------------------------
 class TwinTurboObjective(TrainingObjective):
     """Trains a TwinTurbo adapter with the task- and latent-space bounds (or CE only, all weights 0).
@@ -161,7 +155,12 @@ class TwinTurboObjective(TrainingObjective):
         projector = layer.twin_turbo_projector[layer.active_adapters[0]]
         num_labels = layer.adapter_head().num_labels
         self.has_unlabelled = trainer.unlabeled_dataset is not None
-        self.prior = label_prior(config.label_prior, _dataset_labels(trainer.train_dataset), num_labels)
+        labels = [y for y in dataset_labels(trainer.train_dataset) or () if y >= 0]  # -100: no label
+        if config.label_prior == "labelled" and not labels:
+            warnings.warn(
+                "TwinTurbo's label_prior='labelled' found no labels in train_dataset (no 'labels' / 'label' column): "
+                "the marginal and adversarial terms use a uniform prior.", UserWarning, stacklevel=2)
+        self.prior = label_prior(config.label_prior, labels, num_labels)
         with torch.random.fork_rng(devices=[]):  # seeded, without shifting the run's random stream
             torch.manual_seed(trainer.args.seed + 7919)
             if config.adversarial_weight > 0:
@@ -222,7 +221,12 @@ class TwinTurboObjective(TrainingObjective):
         tokens, mask = self.token_states(model, inputs)
         z = layer.encode(tokens, mask)
         logits = layer.classify(z)
-        labels = inputs["labels"]
+        labels = inputs.get("labels")
+        if labels is None:
+            raise ValueError(
+                f"TwinTurbo's training batches need labels, but this batch has only {sorted(inputs)}: name the label "
+                "column 'labels' or 'label' (transformers' collators pass 'label' on as 'labels')."
+            )
         loss = conditional_loss(head.kind, logits, labels, float(trainer.args.label_smoothing_factor or 0.0))
         terms = {"cond": loss.detach()}
         if model.training and config.uses_unlabelled_terms:

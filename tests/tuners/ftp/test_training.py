@@ -160,3 +160,22 @@ def test_tpgm_without_constrainable_tensors_is_a_clear_error(tiny_bert_dir, tmp_
         for n, p in trainer.model.named_parameters():
             p.requires_grad_(n.startswith("classifier"))
         trainer.objective.setup(trainer)
+
+
+def test_tpgm_holds_out_from_a_dataset_with_a_label_column_and_raw_text(tiny_bert_dir, tmp_path):
+    """TPGM required a 'labels' column and collated the held-out rows with their raw 'text'."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    tok = load_tokenizer(tiny_bert_dir)
+    rows = toy_sentences(24, 0)
+    data = Dataset.from_dict({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+    data = data.map(lambda b: tok(b["text"], truncation=True), batched=True)
+    model = get_peft_model(load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0),
+                           FTPConfig(task_type=TaskType.SEQ_CLS))
+    args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True, remove_unused_columns=True)
+    trainer = LowDataTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
+                             processing_class=tok, objective=TPGMObjective(lr=5e-2))
+    assert len(trainer.objective.validation) == 4 and "text" not in trainer.objective.validation.column_names
+    trainer.train()
+    assert trainer.objective.initialised

@@ -218,3 +218,13 @@ def test_held_out_episodes_of_other_texts_get_their_own_features(tiny_bert_dir, 
             features = pooled_features(backbone.eval(), episode["support"])
         expected = class_prototypes(features, episode["support_labels"], int(episode["support_labels"].max()) + 1)
         torch.testing.assert_close(prototypes, expected, rtol=0, atol=1e-5)
+
+
+def test_the_callers_training_arguments_are_left_as_they_were(tiny_bert_dir, tmp_path):
+    """Meta-training clips per parameter group; turning the global clip off on the caller's own object turned it
+    off for every later Trainer built from the same arguments."""
+    args = few_shot_training_args(str(tmp_path), Budget(learning_rate=1e-3, min_steps=1, max_steps=1), 1,
+                                  use_cpu=True)
+    assert args.max_grad_norm == 1.0
+    trainer = LowDataTrainer(model=smat_encoder(tiny_bert_dir), args=args, train_dataset=episodes(tiny_bert_dir, 1))
+    assert trainer.args.max_grad_norm == 0.0 and args.max_grad_norm == 1.0

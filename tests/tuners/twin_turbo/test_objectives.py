@@ -21,6 +21,7 @@ from hf_lowdata.tuners.twin_turbo.objectives import (
     label_prior,
     marginal_cross_entropy,
 )
+from tests.helpers import toy_sentences
 from tests.tuners.twin_turbo.helpers import tiny_model, tokenizer, toy_text
 
 BUDGET = Budget(learning_rate=1e-3, epochs=1, min_steps=8, max_steps=8, batch_size=8, warmup_ratio=0.0)
@@ -221,3 +222,26 @@ def test_objective_tensors_and_modules_follow_the_model_device(tiny_bert_dir, tm
     probs = torch.full((4, 2), 0.5, device="meta")
     assert marginal_cross_entropy(probs, torch.tensor([0.25, 0.75])).device.type == "meta"  # a CPU prior follows too
     assert objective.discriminator.generator_loss(probs).device.type == "meta"
+
+
+def test_the_labelled_prior_reads_a_label_column_skips_unlabelled_marks_and_warns_without_labels(tiny_bert_dir,
+                                                                                                  tmp_path):
+    """A 'label' column gave a silent uniform prior; -100 (the usual 'no label') crashed the constructor."""
+    from datasets import Dataset
+
+    tok = tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(15, 0)]
+    encoded = dict(tok(texts, truncation=True))
+    args = few_shot_training_args(str(tmp_path), BUDGET, 15, seed=0, use_cpu=True)
+
+    def prior(labels: dict) -> torch.Tensor:
+        data = Dataset.from_dict({**encoded, **labels})
+        trainer = LowDataTrainer(model=tiny_model(tiny_bert_dir), args=args, train_dataset=data,
+                                 data_collator=collator(tok), processing_class=tok,
+                                 unlabeled_dataset=toy_text(8, 5, labelled=False))
+        return trainer.objective.prior
+
+    torch.testing.assert_close(prior({"label": [0] * 12 + [1] * 3}), torch.tensor([0.8, 0.2]))
+    torch.testing.assert_close(prior({"labels": [0] * 9 + [1] * 3 + [-100] * 3}), torch.tensor([0.75, 0.25]))
+    with pytest.warns(UserWarning, match="found no labels in train_dataset.*uniform prior"):
+        torch.testing.assert_close(prior({"target": [0] * 15}), torch.tensor([0.5, 0.5]))
