@@ -234,20 +234,27 @@ def has_tokenizer(folder: str | os.PathLike) -> bool:
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
+def _model_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """``folder``'s config.json as a dict; ``{}`` when it is missing or unreadable (the loader then says
+    what is wrong with it)."""
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def image_model_type(folder: str | os.PathLike) -> str | None:
     """The ``model_type`` of ``folder``'s config.json when it names an image model (``"efficientnet"``,
     ``"vit"``, ...), else ``None``: transformers has an image classifier for it and no text classifier."""
-    import json
-
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    try:
-        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None  # no readable config: the loader says what is wrong with it
+    model_type = _model_config(folder).get("model_type")
     if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and (
             model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
         return str(model_type)
@@ -303,15 +310,10 @@ def require_safetensors(folder: str | os.PathLike) -> None:
 def require_sequence_classifier(folder: str | os.PathLike) -> None:
     """Refuse a model type for which transformers has no ``...ForSequenceClassification`` class (methods
     that fine-tune the model need one; the probe reads the bare encoder's embeddings and does not)."""
-    import json
-
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    try:
-        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return  # no readable config: the loader says what is wrong with it
-    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+    model_type = _model_config(folder).get("model_type")
+    if model_type is not None and model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise NotATextModelError(
             f"transformers has no sequence-classification model for model type {model_type!r} ({folder}), which "
             "every method that fine-tunes the model needs. Use --method probe (a classifier on the model's "
@@ -344,12 +346,7 @@ _POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert", "longformer", "da
 
 def position_limit(folder: str | os.PathLike) -> int | None:
     """The most tokens the model in ``folder`` can embed (its position table), or ``None`` if unbounded/unknown."""
-    import json
-
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+    config = _model_config(folder)
     positions = config.get("max_position_embeddings") or config.get("n_positions")
     if not isinstance(positions, int) or positions <= 0:
         return None
@@ -434,8 +431,7 @@ def load_for_classification(
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())
-                    if not any(part.endswith(HEAD_NAMES) for part in key.split("."))})
+    fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ()) if not in_head(key)})
     if fresh:
         warnings.warn(
             f"{path} has no weights for {fresh[:4]}{' ...' if len(fresh) > 4 else ''} (not saved with its checkpoint): "
@@ -451,6 +447,11 @@ def load_for_classification(
 
 #: Name parts of a classification head (``pre_classifier`` ends with ``classifier``).
 HEAD_NAMES = ("classifier", "score")
+
+
+def in_head(name: str) -> bool:
+    """Whether the module or parameter ``name`` lies in a classification head (see :data:`HEAD_NAMES`)."""
+    return any(part.endswith(HEAD_NAMES) for part in name.split("."))
 #: Attribute :func:`load_for_classification` sets on the model it returns (see :func:`new_modules`).
 NEW_MODULES_ATTRIBUTE = "hf_lowdata_new_modules"
 

@@ -240,6 +240,10 @@ def test_model_folders_that_cannot_be_used_are_refused_with_what_to_do(tiny_bert
     with pytest.raises(NotATextModelError, match=r"no sequence-classification model for model type "
                                                  r"'bert-generation'.*--method probe"):
         load_for_classification(generation, 2)
+    from hf_lowdata.models import require_sequence_classifier
+
+    (generation / "config.json").write_text("{}")  # no model_type: transformers decides, nothing is refused here
+    require_sequence_classifier(generation)
     from hf_lowdata.models import token_budget
 
     tokenizer = load_tokenizer(tiny_bert_dir)

@@ -198,7 +198,6 @@ CONFIG_OPTIONS = (
 
 #: The method default's name for "the model's normalisation layers" (BERT's are called LayerNorm).
 NORM_LAYERS = "LayerNorm"
-_HEADS = ("classifier", "score", "pre_classifier")
 
 
 def normalisation_layers(model: torch.nn.Module) -> list[str]:
@@ -207,14 +206,16 @@ def normalisation_layers(model: torch.nn.Module) -> list[str]:
     BERT-style encoders give ``["LayerNorm"]``, GPT-2 ``["ln_1", "ln_2", "ln_f"]``, Llama
     ``["input_layernorm", "post_attention_layernorm", "norm"]``; none found gives ``[]`` (head only).
     """
+    from ..models import in_head
+
     names: list[str] = []
     for name, module in model.named_modules():
         kind = type(module).__name__.lower()
         if not name or list(module.children()) or not ("layernorm" in kind or "rmsnorm" in kind):
             continue
-        parts = name.split(".")
-        if parts[-1] not in names and not any(part in _HEADS for part in parts):
-            names.append(parts[-1])
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in names and not in_head(name):
+            names.append(leaf)
     return names
 
 

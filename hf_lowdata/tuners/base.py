@@ -13,6 +13,8 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..models import in_head
+
 #: transformers' ``Conv1D`` (GPT-2, GPT, ...): a Linear layer whose weight is stored transposed, (in, out).
 TransposedLinear = Conv1D
 
@@ -61,8 +63,7 @@ def layer_names(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[st
     names: list[str] = []
     for full_name, module in model.named_modules():
         leaf = full_name.rsplit(".", 1)[-1]
-        if full_name and isinstance(module, kinds) and leaf not in names and not any(
-                part.endswith(("classifier", "score")) for part in full_name.split(".")):
+        if full_name and isinstance(module, kinds) and leaf not in names and not in_head(full_name):
             names.append(leaf)
     return names
 
