@@ -401,10 +401,11 @@ def load_for_classification(
     """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` outputs.
 
     ``seed`` fixes the initialisation of the new head, so the same run gives the same model in every
-    process. The "newly initialised" report transformers prints for the head is expected. Modules other
-    than the head that the checkpoint lacks (a pooler of a checkpoint saved without one) are listed by
-    :func:`new_modules`, so PEFT methods train and save them with the head: otherwise they would stay
-    random and be drawn again at every load. A model config without a padding id gets the tokenizer's
+    process. The "newly initialised" report transformers prints for the head is expected. Modules the
+    checkpoint lacks besides a ``classifier`` / ``score`` (a pooler of a checkpoint saved without one, BART's
+    ``classification_head``) are listed by :func:`new_modules`, so PEFT methods train and save them with the
+    head: otherwise they would stay random and be drawn again at every load. Those outside the model's head
+    (:func:`head_modules`) are also warned about. A model config without a padding id gets the tokenizer's
     (see :func:`load_tokenizer`), so batches of several texts work in training and after reloading.
     """
     import torch
@@ -432,9 +433,12 @@ def load_for_classification(
     finally:
         hf_logging.set_verbosity(verbosity)
     fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ()) if not in_head(key)})
-    if fresh:
+    heads = head_modules(model)
+    outside_head = [name for name in fresh if name.split(".")[0] not in heads]
+    if outside_head:
         warnings.warn(
-            f"{path} has no weights for {fresh[:4]}{' ...' if len(fresh) > 4 else ''} (not saved with its checkpoint): "
+            f"{path} has no weights for {outside_head[:4]}{' ...' if len(outside_head) > 4 else ''} (not saved with "
+            "its checkpoint): "
             "they start at random. lora and ftp train and save them with the classification head (methods that do "
             "not read them, such as twin_turbo, are unaffected).",
             UserWarning, stacklevel=2,
@@ -454,6 +458,15 @@ def in_head(name: str) -> bool:
     return any(part.endswith(HEAD_NAMES) for part in name.split("."))
 #: Attribute :func:`load_for_classification` sets on the model it returns (see :func:`new_modules`).
 NEW_MODULES_ATTRIBUTE = "hf_lowdata_new_modules"
+
+
+def head_modules(model: Any) -> list[str]:
+    """Top-level modules of a transformers task model besides its base model, e.g. ``classifier`` (BERT),
+    ``pre_classifier`` and ``classifier`` (DistilBERT), ``classification_head`` (BART, T5), ``score`` (GPT-2),
+    ``pooler`` and ``classifier`` (DeBERTa): the task head, which a checkpoint of the base model lacks."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return [name for name, child in model.named_children()
+            if child is not base and any(True for _ in child.parameters())]
 
 
 def new_modules(model: Any) -> list[str]:

@@ -189,6 +189,41 @@ def test_a_module_the_checkpoint_lacks_is_trained_and_saved_by_lora_and_ftp(tiny
             torch.testing.assert_close(reloaded[0](**inputs).logits, reloaded[1](**inputs).logits, atol=0, rtol=0)
 
 
+def test_a_head_the_checkpoint_lacks_is_not_warned_about_but_trained_and_saved(tiny_bert_dir, tmp_path):
+    """BART/T5 name their head classification_head: a base-model checkpoint lacks it as BERT's lacks its
+    classifier. It was reported as "no weights ... not saved with its checkpoint" like a missing pooler."""
+    import warnings
+
+    import torch
+    from transformers import BartConfig, BartModel
+
+    from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
+    from hf_lowdata.methods import RunContext, get_method
+    from hf_lowdata.models import head_modules, load_for_classification, load_tokenizer, new_modules
+    from tests.helpers import toy_sentences
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                        decoder_start_token_id=tokenizer.cls_token_id)
+    folder = _save_folder(BartModel(config), tokenizer, tmp_path / "bart")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = load_for_classification(folder, 2, seed=0)
+    assert head_modules(model) == ["classification_head"]
+    assert new_modules(model) == ["classification_head.dense", "classification_head.out_proj"]
+
+    rows = toy_sentences(16, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=4)
+    lora = get_method("lora").build_model(task, RunContext(model=folder, seed=0))
+    trained = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any(n.endswith("classification_head.out_proj.modules_to_save.default.weight") for n in trained)
+
+
 def test_a_tokenizer_without_padding_token_pads_with_its_unknown_or_end_token(tiny_bert_dir, tmp_path):
     """GPT-2 and Llama folders ship without a pad token: every method failed on the first padded batch, and a
     model config without pad_token_id failed on batches after reloading."""
