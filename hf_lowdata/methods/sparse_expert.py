@@ -21,13 +21,15 @@ pretrained encoder). ``lora`` is the project's no-meta-tuning baseline with its 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import paths
 from ..budgets import Budget, get_budget
-from ..data import DataError, FewShotTask, load_data, normalize_text
+from ..data import DataError, FewShotTask, TextDataset, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
 from ..leftovers import remove_dead_leftovers, untouched_for
 from ..models import (
@@ -65,6 +67,30 @@ META_FILE = "meta_training.json"
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where meta-trained adapters are cached: ``cache_dir``, ``$HF_LOWDATA_CACHE`` or ``~/.cache/hf_lowdata``."""
     return paths.cache_root(cache_dir) / "sparse_expert"
+
+
+def dataset_texts(folder: Path) -> list[str]:
+    """Every text of every split (train, dev, test) of the dataset in ``folder``."""
+    splits = load_data(folder, empty_text="drop")
+    return [t for part in (splits.train, splits.dev, splits.test) if part is not None for t in part.texts]
+
+
+def evaluated_texts(task: FewShotTask, ctx: RunContext) -> list[str]:
+    """The texts of the evaluated dataset, never meta-trained on: the whole dataset when the benchmark
+    names its folder (``<--data-dir>/<task name>``), else the task's labelled, dev and test texts.
+
+    Datasets overlap: SST-2 is SST-5 without its neutral class, and 4,370 of its training sentences are
+    in MR's. Holding out only the test split let meta-training see the very support examples a
+    meta-test task is then given, with their labels.
+    """
+    bench_dir = ctx.options.get(BENCH_DATA_DIR_OPTION)
+    if bench_dir and (Path(bench_dir) / task.name).is_dir():
+        try:
+            return dataset_texts(Path(bench_dir) / task.name)
+        except DataError as err:
+            raise DataError(f"SparseExpert never meta-trains on a text of the evaluated dataset, and {task.name} "
+                            f"cannot be read: {err}") from err
+    return [t for part in (task.labelled, task.dev, task.test) if part is not None for t in part.texts]
 
 
 def held_out_texts(source_dir: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -107,7 +133,8 @@ class MetaTrainingPlan:
         seed: meta-training seed (episodes, initialisation).
         way / shot / query_per_class: episode shapes.
         max_length: tokens per text.
-        exclude_texts: texts never to draw (held-out test sets); enters the key as a digest.
+        exclude_texts: texts never to draw (test sets, the evaluated dataset); the source examples they remove
+            enter the key as a digest.
     """
 
     model: str | None
@@ -125,11 +152,11 @@ class MetaTrainingPlan:
     query_per_class: int = 8
     max_length: int = 128
     exclude_texts: tuple[str, ...] = ()
+    _pools: dict[str, TextDataset] | None = field(default=None, init=False, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data, with the model and source files identified by content."""
-        data = asdict(self)
-        data.pop("exclude_texts")
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.init and f.name != "exclude_texts"}
         data["model"] = model_id(self.model)
         data["model_path"] = str(resolve_model_path(self.model))
         data["model_content"] = model_content_digest(data["model_path"])  # not only its folder's name
@@ -139,8 +166,22 @@ class MetaTrainingPlan:
             for name in self.sources
         }
         data["source_dir"] = str(Path(self.source_dir).resolve())
-        data["excluded_texts"] = _digest(*sorted({normalize_text(t).encode() for t in self.exclude_texts}))
+        # the source examples the held-out texts remove (not the texts themselves): held-out texts that occur in
+        # no source leave the adapter, and so the key, unchanged
+        excluded = {normalize_text(t) for t in self.exclude_texts}
+        data["excluded_source_texts"] = _digest(*(
+            f"{name}\x1f{key}".encode()
+            for name, pool in sorted(self.source_pools().items())
+            for key in sorted({normalize_text(t) for t in pool.texts} & excluded)
+        ))
         return data
+
+    def source_pools(self) -> dict[str, TextDataset]:
+        """The training pool of each source found in ``source_dir`` (held-out texts not yet removed); read once."""
+        if self._pools is None:
+            self._pools = {name: load_data(Path(self.source_dir) / name, empty_text="drop").train
+                           for name in self.sources if (Path(self.source_dir) / name).is_dir()}
+        return self._pools
 
     def key(self) -> str:
         described = self.describe()
@@ -173,21 +214,33 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     from transformers import set_seed
 
     from ..training import LowDataTrainer, few_shot_training_args, last_complete_checkpoint
-    from ..training.episodes import EpisodeDataset, TextSource
+    from ..training.episodes import EpisodeDataset, TextSource, usable_classes
     from ..tuners.sparse_expert import SparseExpertConfig, SparseExpertObjective
 
     root.mkdir(parents=True, exist_ok=True)
     work = root / f"{plan.key()}.work"
     tokenizer = load_tokenizer(plan.model)
-    sources = []
-    for name in plan.sources:
-        folder = Path(plan.source_dir) / name
-        if not folder.is_dir():
-            raise DataError(f"Source dataset {name!r} not found in {plan.source_dir}; set sources= or source_dir=.")
-        sources.append(TextSource(load_data(folder, empty_text="drop").train, tokenizer, plan.max_length, name,
-                                  exclude_texts=plan.exclude_texts))
-    episodes = EpisodeDataset(sources, plan.steps * plan.meta_batch, seed=plan.seed, way=plan.way, shot=plan.shot,
-                              query_per_class=plan.query_per_class)
+    pools = plan.source_pools()
+    missing = [name for name in plan.sources if name not in pools]
+    if missing:
+        raise DataError(f"Source dataset {missing[0]!r} not found in {plan.source_dir}; set sources= or source_dir=.")
+    sources = [TextSource(pools[name], tokenizer, plan.max_length, name, exclude_texts=plan.exclude_texts)
+               for name in plan.sources]
+    need = plan.shot[0] + plan.query_per_class
+    unused = [s.name for s in sources if len(usable_classes(s.labels, need)) < 2]
+    if unused:
+        if len(unused) == len(sources):
+            raise DataError(
+                f"No source dataset keeps two classes of {need} examples once the held-out texts are removed "
+                f"({', '.join(f'{s.name}: {s.excluded} removed' for s in sources)}). Choose other sources with "
+                "--config sources=a,b,c."
+            )
+        warnings.warn(
+            f"Meta-training skips {', '.join(unused)}: once the texts of the evaluated dataset and of every test split "
+            f"are removed, fewer than two of its classes keep {need} examples (SST-5 keeps only its neutral class "
+            "when SST-2 is evaluated).", UserWarning, stacklevel=2)
+    episodes = EpisodeDataset([s for s in sources if s.name not in unused], plan.steps * plan.meta_batch,
+                              seed=plan.seed, way=plan.way, shot=plan.shot, query_per_class=plan.query_per_class)
     set_seed(plan.seed)
     model = get_peft_model(load_encoder(plan.model).train(), SparseExpertConfig(**plan.adapter))
     budget = Budget(learning_rate=plan.learning_rate, epochs=1, min_steps=plan.steps, max_steps=plan.steps,
@@ -222,6 +275,7 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
         "seconds": round(seconds, 1),
         "resumed_from": resume,
         "excluded_source_examples": {s.name: s.excluded for s in sources},
+        "unused_sources": unused,
         "mask_sparsity": [round(float(v), 4) for v in sparsity],
         "mask_entries_per_expert": mask_entries,
         "mask_bytes": mask_bytes,
@@ -456,7 +510,7 @@ class SparseExpertMethod(Method):
             names = tuple(n for n in names if n != task.name)  # the evaluated dataset stays held out
         if not names:
             raise DataError(f"No source dataset left to meta-train on (sources={sources!r}, task {task and task.name!r}).")
-        extra = task.test.texts if task is not None and task.test is not None else ()
+        extra = evaluated_texts(task, ctx) if task is not None else ()
         adapter = {"num_experts": int(self.option(ctx, "num_experts", 8)),
                    "target_sparsity": float(self.option(ctx, "target_sparsity", 0.9)), **self.adapter_overrides}
         objective = dict(self.objective_overrides)

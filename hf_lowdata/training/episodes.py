@@ -97,6 +97,14 @@ class Episode:
         return len(self.classes)
 
 
+def usable_classes(labels: Sequence[int], need: int) -> dict[int, list[int]]:
+    """The example indices of each class that has at least ``need`` examples (episodes draw from these)."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    return {c: idx for c, idx in by_class.items() if len(idx) >= need}
+
+
 def _episode_rng(seed: int, index: int) -> random.Random:
     digest = hashlib.blake2b(f"episode\x1f{seed}\x1f{index}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
@@ -142,10 +150,7 @@ class EpisodeDataset(Dataset):
         need = shot[0] + query_per_class
         self._by_class: list[dict[int, list[int]]] = []
         for source in self.sources:
-            by_class: dict[int, list[int]] = {}
-            for i, y in enumerate(source.labels):
-                by_class.setdefault(int(y), []).append(i)
-            usable = {c: idx for c, idx in by_class.items() if len(idx) >= need}
+            usable = usable_classes(source.labels, need)
             if len(usable) < 2:
                 raise DataError(
                     f"Source {source.name!r} has fewer than two classes with {need} examples (shot {shot[0]} + "

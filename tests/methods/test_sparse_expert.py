@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,7 +184,7 @@ def test_a_benchmark_of_other_datasets_finds_the_sources_in_the_data_dir_env(tin
     broken = tmp_path / "sources"
     shutil.copytree(data_dir, broken)
     (broken / "toya" / "test.jsonl").write_text('{"sentence": "no text column", "label": 0}\n')
-    with pytest.raises(DataError, match=r"never meta-trains on a text of any test split .* toya cannot be read"):
+    with pytest.raises(DataError, match=r"never meta-trains on a text of (any test split|the evaluated dataset).* toya cannot be read"):
         get_method("sparse_expert").plan(_task(data_dir, "toya"), _ctx(tiny_bert_dir, broken, tmp_path, sources="toyb"))
 
 
@@ -226,3 +227,44 @@ def test_bench_runs_sparse_expert_with_its_data_dir(tiny_bert_dir, data_dir, tmp
     records = run_benchmark(config, show_progress=False)
     assert [r["status"] for r in records] == ["ok"], records[0].get("error")
     assert 0.0 <= records[0]["accuracy"] <= 1.0 and records[0]["adapter_bytes"] > 0
+
+
+def _write_dataset(root, name, train, test, label_names):
+    from tests.helpers import write_jsonl
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "test.jsonl", test)
+    (folder / "meta.json").write_text(json.dumps({"name": name, "label_names": label_names}))
+
+
+def test_the_evaluated_dataset_is_held_out_whole_as_sst2_is_inside_sst5(tiny_bert_dir, tmp_path):
+    """SST-2 is SST-5 without its neutral class: only SST-2's test split was held out, so meta-training drew
+    the very sentences (with their labels) that the sst2 meta-test tasks then got as support examples."""
+    from tests.helpers import toy_sentences
+
+    root = tmp_path / "data"
+    polar = toy_sentences(60, 5)
+    neutral = [{"text": f"a plain remark number {i}", "label": 1} for i in range(30)]
+    _write_dataset(root, "fine", [{**r, "label": 2 * r["label"]} for r in polar] + neutral,
+                   [{**r, "label": 2 * r["label"]} for r in toy_sentences(20, 6)], ["negative", "neutral", "positive"])
+    _write_dataset(root, "coarse", polar, toy_sentences(20, 9), ["negative", "positive"])
+    _write_dataset(root, "other", toy_sentences(80, 3), toy_sentences(20, 4), ["negative", "positive"])
+    _write_dataset(root, "apart", [{**r, "text": f"unrelated {r['text']}"} for r in toy_sentences(40, 7)],
+                   [{**r, "text": f"unrelated {r['text']}"} for r in toy_sentences(20, 8)], ["negative", "positive"])
+
+    method = get_method("sparse_expert")
+    ctx = _ctx(tiny_bert_dir, root, tmp_path, sources="fine,other")
+    plan = method.plan(_task(root, "coarse"), ctx)
+    assert {r["text"] for r in polar} <= set(plan.exclude_texts)  # the training pool, not only the test split
+    # held-out texts no source holds change nothing, so they do not change the cache key either
+    assert method.plan(_task(root, "apart"), ctx).key() == method.plan(None, ctx).key() != plan.key()
+
+    with pytest.warns(UserWarning, match="skips fine"):
+        fitted = method.fit(_task(root, "coarse"), ctx)
+    meta = json.loads((Path(fitted.info["meta_trained_adapter"]) / META_FILE).read_text())
+    assert meta["unused_sources"] == ["fine"] and meta["excluded_source_examples"]["fine"] == len(polar)
+
+    with pytest.raises(DataError, match="No source dataset keeps two classes"):
+        method.fit(_task(root, "coarse"), _ctx(tiny_bert_dir, root, tmp_path, sources="fine"))
