@@ -261,6 +261,7 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     resume = last_complete_checkpoint(work)
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
+    meta_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     tuner = trainer.model.base_model
     tuner.binarize_masks()
     sparsity = tuner.mask_sparsity()
@@ -276,6 +277,7 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
         "resumed_from": resume,
         "excluded_source_examples": {s.name: s.excluded for s in sources},
         "unused_sources": unused,
+        "trainable_parameters": meta_trained,
         "mask_sparsity": [round(float(v), 4) for v in sparsity],
         "mask_entries_per_expert": mask_entries,
         "mask_bytes": mask_bytes,
@@ -549,6 +551,7 @@ class SparseExpertMethod(Method):
                 batch, torch.tensor(task.labelled.labels), float(self.option(ctx, "router_temperature", 0.5)))
             encoder = peft_model.merge_and_unload()
             info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
+            meta = json.loads((adapter_dir / META_FILE).read_text())
         trained = 0
         selector = None
         if mode != "none":
@@ -561,6 +564,9 @@ class SparseExpertMethod(Method):
         prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)
         fitted = PrototypeClassifier(encoder, tokenizer, prototypes, task.label_names, budget.max_length, info=info,
                                      trainable_parameters=trained)
+        if self.meta_tune:  # shared by every task of the plan; trainable_parameters counts this task's training
+            fitted.notes.update(meta_trained_parameters=meta.get("trainable_parameters"),
+                                meta_trained_adapter_bytes=meta.get("adapter_bytes"))
         if selector is not None:
             fitted.notes.update(dev_accuracy=selector.best_accuracy, selected_step=selector.best_step)
         elif task.dev is not None:

@@ -57,6 +57,9 @@ def test_fit_predict_save_load_and_meta_training_is_cached(tiny_bert_dir, data_d
     assert len(entries) == 1 and (entries[0] / META_FILE).is_file()  # no .tmp / .work folder left
     meta = json.loads((entries[0] / META_FILE).read_text())
     assert meta["mask_bits_per_entry"] <= 1.0 and len(meta["history"]) == 3
+    # the record counts this task's LoRA as trainable; the shared meta-trained adapter is reported beside it
+    assert fitted.notes["meta_trained_parameters"] == meta["trainable_parameters"] > 10 * fitted.trainable_parameters
+    assert fitted.notes["meta_trained_adapter_bytes"] == meta["adapter_bytes"] > 0
     assert meta["plan"]["sources"] == ["toyb"]
 
     saved = fitted.save(tmp_path / "saved")
