@@ -30,6 +30,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+
+def _dev_k(value: str) -> int | str:
+    """``--dev-k``: a number of examples per class, or ``same`` (the labelled set's k per class)."""
+    from .data import DEV_K_SAME
+
+    if value.strip().lower() == DEV_K_SAME:
+        return DEV_K_SAME
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of examples per class or '{DEV_K_SAME}', "
+                                         f"got {value!r}") from None
+
+
 def _float_list(text: str) -> list[float]:
     return [float(p) for p in text.split(",") if p.strip()]
 
@@ -72,7 +86,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-noise", type=_float_list, default=[0.0], help="fractions of wrong labels, e.g. 0.1,0.3")
     p.add_argument("--unlabelled", type=int, default=2000,
                    help="unlabelled pool size for the methods that use one (default 2000; 0 = none)")
-    p.add_argument("--dev-k", type=int, default=None, help="a disjoint dev set of this many examples per class")
+    p.add_argument("--dev-k", type=_dev_k, default=None,
+                   help="a disjoint dev set of this many examples per class; 'same': as many as the labelled set")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (GPUs with bf16 support)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="method options, e.g. r=16")

@@ -680,19 +680,24 @@ def inject_label_noise(data: TextDataset, fraction: float, seed: int) -> tuple[T
     return replace(data, labels=tuple(labels), source=f"{data.source} (+{fraction:.0%} label noise)"), tuple(flipped)
 
 
+#: ``dev_k`` value for a dev set as large per class as the labelled set (the benchmark protocol's rule).
+DEV_K_SAME = "same"
+
+
 def make_few_shot_task(
     splits: DatasetSplits,
     seed: int,
     k: int | None = None,
     n: int | None = None,
-    dev_k: int | None = None,
+    dev_k: int | str | None = None,
     unlabelled: int = 0,
     label_noise: float = 0.0,
     warn_on_overlap: bool = True,
     exclude_texts: Iterable[str] = (),
 ) -> FewShotTask:
     """Draw the labelled set (``k`` per class, or ``n`` in total), and optionally a disjoint dev set
-    (``dev_k`` per class), an unlabelled pool of up to ``unlabelled`` texts, and label noise.
+    (``dev_k`` per class; :data:`DEV_K_SAME` for ``k``, or ``n`` / classes rounded up, per class), an
+    unlabelled pool of up to ``unlabelled`` texts, and label noise.
 
     ``exclude_texts``: pool examples whose text (compared by :func:`normalize_text`) is among these
     are never drawn, for labelled, dev or unlabelled data. The benchmark passes every test text it
@@ -701,6 +706,10 @@ def make_few_shot_task(
     """
     if (k is None) == (n is None):
         raise DataError("Give exactly one of k (examples per class) or n (examples in total).")
+    if dev_k == DEV_K_SAME:
+        dev_k = k if k is not None else -(-n // splits.train.num_labels)
+    elif isinstance(dev_k, str) or (dev_k is not None and dev_k < 0):
+        raise DataError(f"dev_k must be a number of examples per class or {DEV_K_SAME!r}, got {dev_k!r}.")
     pool = splits.train
     excluded = set(excluded_pool_indices(pool, exclude_texts))
     labelled_idx = (sample_per_class(pool, k, seed, exclude=excluded) if k is not None

@@ -101,3 +101,14 @@ def test_the_cli_hides_only_peft_s_gradient_checkpointing_deprecation(tiny_bert_
     assert any("is_gradient_checkpointing" in m for m in future_warnings(hide=False))  # the noise exists upstream
     shown = future_warnings(hide=True)
     assert shown == ["another deprecation"], shown
+
+
+def test_bench_dev_k_takes_a_number_or_same(capsys):
+    from hf_lowdata.cli import build_parser
+
+    base = ["bench", "--data-dir", ".", "--datasets", "a", "--methods", "probe", "--out", "o"]
+    assert build_parser().parse_args([*base, "--dev-k", "same"]).dev_k == "same"
+    assert build_parser().parse_args([*base, "--dev-k", "8"]).dev_k == 8
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--dev-k", "half"])
+    assert "expected a number of examples per class or 'same'" in capsys.readouterr().err

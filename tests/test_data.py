@@ -211,6 +211,19 @@ def test_task_dev_unlabelled_disjoint_and_unlabelled_has_no_labels():
     assert task.unlabelled.labels is None
 
 
+def test_a_dev_set_as_large_as_the_labelled_set_per_class():
+    """The protocol's dev set has k per class: dev_k='same' follows each cell's k (a total n: n / classes)."""
+    from hf_lowdata.data import DEV_K_SAME, DatasetSplits
+
+    splits = DatasetSplits("toy", _pool(300).label_names, _pool(300))
+    for k in (4, 8):
+        task = make_few_shot_task(splits, seed=1, k=k, dev_k=DEV_K_SAME)
+        assert len(task.dev) == 2 * k and not set(task.dev.texts) & set(task.labelled.texts)
+    assert len(make_few_shot_task(splits, seed=1, n=15, dev_k=DEV_K_SAME).dev) == 2 * 8
+    with pytest.raises(DataError, match="dev_k must be a number of examples per class or 'same'"):
+        make_few_shot_task(splits, seed=1, k=4, dev_k="half")
+
+
 def test_sample_total_is_stratified():
     pool = TextDataset(tuple(f"x{i}" for i in range(100)), tuple([0] * 70 + [1] * 30), ("a", "b"), "p")
     chosen = sample_total(pool, 10, seed=0)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..budgets import Budget
 from ..data import (
+    DEV_K_SAME,
     DatasetSplits,
     DataWarning,
     check_label_space,
@@ -62,7 +63,8 @@ class BenchConfig:
         label_noise: fractions of labelled examples that get a wrong label (0.0 = clean).
         unlabelled: size of the unlabelled pool (protocol default 2,000), drawn only for methods that use
             unlabelled data; other methods' runs are planned and recorded with 0.
-        dev_k: a disjoint dev set of this many examples per class (off by default).
+        dev_k: a disjoint dev set of this many examples per class (off by default); ``"same"``: as many as the
+            labelled set (k per class; a total N gives N / classes per class, rounded up).
         resume: continue an earlier invocation in ``out``, skipping its finished runs.
         device: torch device (default: CUDA if available, else CPU).
         bf16: train under bf16 autocast (see :class:`~hf_lowdata.methods.RunContext`).
@@ -81,7 +83,7 @@ class BenchConfig:
     ood_datasets: list[str] = field(default_factory=list)
     label_noise: list[float] = field(default_factory=lambda: [0.0])
     unlabelled: int = 2000
-    dev_k: int | None = None
+    dev_k: int | str | None = None
     resume: bool = False
     device: str | None = None
     bf16: bool = False
@@ -143,11 +145,12 @@ def validate(config: BenchConfig) -> None:
     bad_budgets = [f"--shots {k}" for k in config.shots if k < 1] + [f"--totals {n}" for n in config.totals if n < 2]
     bad_budgets += [f"--label-noise {p}" for p in config.label_noise if not 0.0 <= p < 1.0]
     bad_budgets += [f"--unlabelled {config.unlabelled}"] if config.unlabelled < 0 else []
-    bad_budgets += [f"--dev-k {config.dev_k}"] if config.dev_k is not None and config.dev_k < 1 else []
+    bad_budgets += [f"--dev-k {config.dev_k}"] if config.dev_k is not None and config.dev_k != DEV_K_SAME and (
+        isinstance(config.dev_k, str) or config.dev_k < 1) else []
     if bad_budgets:
         raise BenchError(f"{', '.join(bad_budgets)}: shots must be at least 1, totals at least 2, label-noise "
                          "fractions from 0 up to (not including) 1, the unlabelled pool 0 or more, and dev-k at "
-                         "least 1 (leave it out for no dev set).")
+                         f"least 1 or '{DEV_K_SAME}' (leave it out for no dev set).")
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
         raise BenchError(f"--data-dir {data_dir} is not a folder.")

@@ -137,7 +137,7 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"shots": [0]}, "--shots 0"), ({"label_noise": [1.5]}, "--label-noise 1.5"), ({"totals": [1], "shots": []}, "--totals 1"),
-    ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"),
+    ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"), ({"dev_k": "half"}, "--dev-k half"),
 ])
 def test_bad_label_budgets_fail_before_any_output(toy_data_dir, tiny_bert_dir, tmp_path, change, message):
     with pytest.raises(BenchError, match=message):
