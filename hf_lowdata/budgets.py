@@ -1,9 +1,15 @@
 """Training budgets and optimiser settings of every method, in one place.
 
 These are fixed by principle and by the official dev split of SST-2 (never a test set); see
-BENCHMARKS.md for how they were chosen. Every method trains for the same number of optimizer steps
-on the same labelled set: ``steps = clamp(ceil(epochs * n / batch_size), min_steps, max_steps)``,
-so budgets are matched across methods, grow with the labelled set, and stay bounded on CPU.
+BENCHMARKS.md for how they were chosen. Steps follow one rule,
+``steps = clamp(ceil(epochs * n / batch_size), min_steps, max_steps)``, so budgets grow with the
+labelled set and stay bounded on CPU. The backbone-training methods (full, LoRA, FTP, TPGM, MixupBLO's
+phase 2, SparseExpert's test-time LoRA) share one step count and batch size, so they are matched.
+Two are not, by design: TwinTurbo trains only a small projector on cached features, with its own
+budget (80-120 steps of up to 64 labelled + 128 unlabelled examples; at k = 8 on a binary task about
+4x the labelled-example passes of the backbone methods' 40 steps of 8, for a fraction of their
+compute), and MixupBLO adds its bi-level search (5 folds) before phase 2; its cost is reported
+beside full fine-tuning's.
 Per-method values (learning rates, adapter sizes) are the ones the papers or PEFT use unless a note
 says otherwise.
 """
