@@ -87,15 +87,34 @@ class OwnConfigCopy:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
 
 
-class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
-    """``BaseTuner`` with a module replacement that works for every module PEFT hands back.
+class ModuleReplacement:
+    """Mixin for a ``BaseTuner``: a module replacement that works for every module PEFT hands back.
 
     PEFT's default ``_replace_module`` copies ``child.weight`` onto a replacement without a
-    ``base_layer``; when ``merge_and_unload``/``unload`` put back a ``modules_to_save`` head that has
-    no weight of its own (RoBERTa's, XLM-R's and Electra's ``classifier`` is a small module), that
-    raises AttributeError. LoRA overrides it in the same way: set the module, then move the
-    adapter's own parameters to the device of the layer they adapt.
+    ``base_layer``; when ``merge_and_unload``/``unload`` put back a ``modules_to_save`` head or a
+    replaced head that has no weight of its own (RoBERTa's, XLM-R's and Electra's ``classifier`` is a
+    small module), that raises AttributeError. LoRA overrides it in the same way: set the module, then
+    move the adapter's own parameters to the device of the layer they adapt.
     """
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        setattr(parent, child_name, new_module)
+        if hasattr(child, "base_layer"):
+            child = child.base_layer
+        weight = getattr(child, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            weight = next(child.parameters(), None)
+        if weight is None:
+            return
+        meta = torch.device("meta")
+        for name, module in new_module.named_modules():
+            if self.prefix in name and not any(p.device == meta for p in module.parameters()):
+                module.to(weight.device)
+
+
+class WeightAdapterTuner(OwnConfigCopy, ModuleReplacement, BaseTuner):
+    """``BaseTuner`` of the tuners that adapt weight layers (FTP, MixupBLO, SparseExpert): default targets
+    by model type, a warning when a classifier's head would be neither trained nor saved."""
 
     #: The layer types the tuner adapts (for the default-target message).
     adapted_layer_types: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
@@ -154,17 +173,3 @@ class WeightAdapterTuner(OwnConfigCopy, BaseTuner):
         found = f" (its weight layers are {' / '.join(sorted(others))})" if others else ""
         return (f"This model has no {kinds} layer outside its head for {config_name} to adapt{found}; "
                 f"{config_name} supports {kinds} layers only. LoRA or TwinTurbo can adapt such a model.")
-
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        setattr(parent, child_name, new_module)
-        if hasattr(child, "base_layer"):
-            child = child.base_layer
-        weight = getattr(child, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            weight = next(child.parameters(), None)
-        if weight is None:
-            return
-        meta = torch.device("meta")
-        for name, module in new_module.named_modules():
-            if self.prefix in name and not any(p.device == meta for p in module.parameters()):
-                module.to(weight.device)

@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from ..base import OwnConfigCopy
+from ..base import ModuleReplacement, OwnConfigCopy
 from .config import TwinTurboConfig
 from .layer import MERGE_ERROR, TokenTap, TwinTurboLayer
 
@@ -61,7 +61,7 @@ def remove_token_taps(model: nn.Module) -> None:
 PER_TOKEN_MODEL_KINDS = ("ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM", "ForCausalLM")
 
 
-class TwinTurboModel(OwnConfigCopy, BaseTuner):
+class TwinTurboModel(OwnConfigCopy, ModuleReplacement, BaseTuner):
     """Replaces a model's classification head with a TwinTurbo projector + head over its frozen backbone.
 
     ``get_peft_model(AutoModelForSequenceClassification.from_pretrained(...), TwinTurboConfig())``

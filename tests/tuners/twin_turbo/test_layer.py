@@ -204,6 +204,23 @@ def test_unload_restores_the_base_model_and_removes_the_hook(tiny_bert_dir):
     assert not any(isinstance(h, TokenTap) for m in restored.modules() for h in m._forward_hooks.values())
 
 
+def test_unload_gives_back_a_head_without_a_weight_of_its_own():
+    """RoBERTa's / ELECTRA's classifier is a small module with no .weight: PEFT's default module replacement
+    failed on it, so unload(), the route the merge refusal points to, raised AttributeError."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    base = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        pad_token_id=1, max_position_embeddings=40)).eval()
+    inputs = {"input_ids": torch.tensor([[0, 5, 6, 7, 2]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    expected = base(**inputs).logits
+    head = base.classifier
+    restored = get_peft_model(base, small_config()).unload()
+    assert restored.classifier is head
+    torch.testing.assert_close(restored(**inputs).logits, expected, atol=0, rtol=0)
+
+
 def test_merge_is_refused_clearly(tiny_bert_dir):
     model = tiny_model(tiny_bert_dir)
     for merge in (model.merge_and_unload, model.base_model.merge_adapter):
