@@ -79,7 +79,8 @@ class LabelDiscriminator(nn.Module):
         self.net = nn.Sequential(nn.Linear(num_labels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
 
     def forward(self, simplex: torch.Tensor) -> torch.Tensor:
-        return self.net(simplex).squeeze(-1)
+        # its own dtype (fp32) whatever the adapter's: a bf16/fp16 adapter's predictions reach it too
+        return self.net(simplex.to(self.net[0].weight.dtype)).squeeze(-1)
 
     def loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Its own loss: one-hot labels are real (1), predictions are fake (0)."""
@@ -103,7 +104,8 @@ class LatentCritics(nn.Module):
 
     def loss(self, z: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """L_nce + L_align between the projector outputs ``z`` and the frozen pooled states."""
-        u, v = self.u(z), self.v(pooled.to(z.dtype))
+        dtype = self.v.weight.dtype  # the critics' own (fp32), whatever the adapter's and the backbone's
+        u, v = self.u(z.to(dtype)), self.v(pooled.to(dtype))
         return info_nce(u, v, self.temperature) + alignment(u, v)
 
 

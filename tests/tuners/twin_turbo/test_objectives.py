@@ -95,8 +95,8 @@ def _cached(folder, data):
     return TokenStateDataset(states, data.labels)
 
 
-def _trainer(folder, out, cached=True, unlabelled=True, seed=0, **args):
-    model = tiny_model(folder)
+def _trainer(folder, out, cached=True, unlabelled=True, seed=0, dtype=None, **args):
+    model = tiny_model(folder) if dtype is None else tiny_model(folder).to(dtype)
     labelled, pool = toy_text(16, 0), toy_text(24, 5, labelled=False)
     train_args = few_shot_training_args(str(out), BUDGET, 16, seed=seed, use_cpu=True, **args)
     if cached:
@@ -120,6 +120,17 @@ def test_training_updates_only_the_adapter_with_every_term_finite(tiny_bert_dir,
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("twin_turbo_" in n for n in changed)
     assert set(trainer.auxiliary_optimizers) == {"discriminator", "critics"}
+
+
+def test_a_bfloat16_adapter_trains_with_every_term(tiny_bert_dir, tmp_path):
+    """model.to(bfloat16) (or autocast_adapter_dtype=False on a bf16 base) gives bf16 adapter weights, as
+    with LoRA: the discriminator and critics (fp32, training only) failed on their bf16 inputs."""
+    trainer = _trainer(tiny_bert_dir, tmp_path, cached=False, dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "twin_turbo_" in n}
+    assert all(p.dtype == torch.bfloat16 for p in before.values())
+    trainer.train()
+    assert all(math.isfinite(v) for v in trainer.objective.last_terms.values())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
 
 
 def test_discriminator_step_touches_only_the_discriminator(tiny_bert_dir, tmp_path):
