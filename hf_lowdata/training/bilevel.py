@@ -215,7 +215,18 @@ class BilevelObjective(TrainingObjective):
                 "takes its outer step on the first micro-batch of each optimizer step only.",
                 stacklevel=3,
             )
-        if not self.outer_parameters(trainer.model):
+        outer = self.outer_parameters(trainer.model)
+        half = [p for p in outer if p.dtype in (torch.float16, torch.bfloat16)]
+        if half:  # before accelerate wraps the model: DDP then sees the final dtypes
+            warnings.warn(
+                f"The {self.name!r} objective keeps its outer parameters in float32 ({len(half)} tensors were "
+                f"{half[0].dtype}, e.g. a model cast with .to(torch.bfloat16)): near 1, half precision cannot "
+                f"represent outer steps of lr {self.outer_lr:g}, so they would never move.",
+                stacklevel=3,
+            )
+            for p in half:
+                p.data = p.data.float()
+        if not outer:
             peft_type = getattr(getattr(trainer.model, "active_peft_config", None), "peft_type", None)
             raise ValueError(
                 f"The {self.name!r} objective found no trainable outer parameters in this model (its adapter: "

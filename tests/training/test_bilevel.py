@@ -227,10 +227,11 @@ def _data(n: int = 24) -> TextDataset:
     return TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
 
 
-def _trainer(tiny_bert_dir, out, config=None, **overrides) -> LowDataTrainer:
+def _trainer(tiny_bert_dir, out, config=None, dtype=None, **overrides) -> LowDataTrainer:
     tok = load_tokenizer(tiny_bert_dir)
     config = config or MixupBLOConfig(task_type=TaskType.SEQ_CLS, mixing_lr=0.05)
     model = get_peft_model(load_for_classification(tiny_bert_dir, 2, seed=0), config)
+    model = model if dtype is None else model.to(dtype)
     args = few_shot_training_args(str(out), BUDGET, 24, seed=0, use_cpu=True, **overrides)
     return LowDataTrainer(model=model, args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
                           processing_class=tok)
@@ -391,3 +392,16 @@ def test_the_objective_on_a_model_without_mixing_says_so_at_construction(tiny_be
                                          r"MixupBLOConfig"):
         LowDataTrainer(model=model, args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
                        objective=MixupBLOObjective())
+
+
+def test_half_precision_mixing_factors_are_kept_in_float32_so_that_they_move(tiny_bert_dir, tmp_path):
+    """model.to(bfloat16): the factors start at 1, where bf16's spacing (2^-8) exceeds an outer step of lr 2e-3,
+    so the outer problem silently never moved."""
+    config = MixupBLOConfig(task_type=TaskType.SEQ_CLS, task_weight="lora")  # the default mixing_lr 2e-3
+    with pytest.warns(UserWarning, match="keeps its outer parameters in float32"):
+        trainer = _trainer(tiny_bert_dir, tmp_path, config, dtype=torch.bfloat16)
+    before = _mixing(trainer.model)
+    assert all(v.dtype == torch.float32 for v in before.values())
+    trainer.train()
+    after = _mixing(trainer.model)
+    assert all(not torch.equal(before[n], after[n]) for n in before)

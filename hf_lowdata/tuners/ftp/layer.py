@@ -105,8 +105,10 @@ class FTPLayer(BaseTunerLayer):
         active = [a for a in self.active_adapters if self._has_adapter(a)]
         if self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
-        dense = [a for a in active if not self._low_rank_path(a)]
-        side = [a for a in active if self._low_rank_path(a)]
+        # Another adapter (LoRA, ...) adapting the same layer below this one must run: the fused path would read
+        # the innermost weight and skip it, so then every delta is a side path added to its output.
+        stacked = isinstance(self.base_layer, BaseTunerLayer)
+        dense = [] if stacked else [a for a in active if not self._low_rank_path(a)]
         if dense:
             # One matmul/convolution with W0 + sum of deltas, in the adapters' dtype (fp32 under autocast).
             dtype = self.get_delta_weight(dense[0]).dtype
@@ -118,9 +120,13 @@ class FTPLayer(BaseTunerLayer):
             result = self._apply_weight(self._cast_input_dtype(x, dtype), weight, bias)
         else:
             result = self.base_layer(x, *args, **kwargs)
-        for adapter in side:
-            a, b = self.ftp_A[adapter], self.ftp_B[adapter]
-            low = F.linear(F.linear(self._cast_input_dtype(x, a.dtype), a), b) * self.scaling[adapter]
+        for adapter in (a for a in active if a not in dense):
+            if self._low_rank_path(adapter):
+                a, b = self.ftp_A[adapter], self.ftp_B[adapter]
+                low = F.linear(F.linear(self._cast_input_dtype(x, a.dtype), a), b) * self.scaling[adapter]
+            else:
+                delta = self.get_delta_weight(adapter)
+                low = self._apply_weight(self._cast_input_dtype(x, delta.dtype), delta, None)
             result = result + low.to(result.dtype)
         return result.to(previous_dtype)
 

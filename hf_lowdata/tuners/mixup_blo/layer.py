@@ -158,6 +158,9 @@ class Linear(nn.Module, MixupBLOLayer):
         merged = [*self.merged_adapters, *adapter_names]
         with torch.no_grad():
             weight, bias = self._combined(merged, torch.float32)
+            # checked in the base layer's dtype: a finite fp32 weight can overflow fp16
+            weight = weight.to(base.weight.dtype)
+            bias = None if bias is None else bias.to(base.bias.dtype)
             if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
                 if not self.merged:
                     self._pretrained_weight = self._pretrained_bias = None
@@ -165,9 +168,9 @@ class Linear(nn.Module, MixupBLOLayer):
                     f"NaNs or infinities in the merged weights of adapter(s) {adapter_names}: the adapter is broken "
                     "(check the training loss); nothing was merged."
                 )
-            base.weight.data = to_layer_layout(base, weight.to(base.weight.dtype)).contiguous()
+            base.weight.data = to_layer_layout(base, weight).contiguous()
             if bias is not None:
-                base.bias.data = bias.to(base.bias.dtype)
+                base.bias.data = bias
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
@@ -195,6 +198,14 @@ class Linear(nn.Module, MixupBLOLayer):
             return self.base_layer(x, *args, **kwargs)
         dtype = self.mixup_blo_mix_out[active[0]].dtype
         weight, bias = self._combined(active, dtype)
+        if isinstance(self.base_layer, BaseTunerLayer):
+            # Another adapter adapts the same layer below this one: it must run, and W_eff - W0 (and the bias
+            # offsets) are added to its output, as a merge adds them to the weight.
+            w0, b0 = self._pretrained()
+            delta_bias = None if bias is None else bias - b0.to(dtype)
+            result = self.base_layer(x, *args, **kwargs)
+            delta = nn.functional.linear(self._cast_input_dtype(x, dtype), weight - w0.to(dtype), delta_bias)
+            return (result + delta.to(result.dtype)).to(previous_dtype)
         result = nn.functional.linear(self._cast_input_dtype(x, dtype), weight, bias)
         return result.to(previous_dtype)
 

@@ -158,6 +158,17 @@ def test_safe_merge_refuses_a_broken_adapter():
     assert layer._pretrained_weight is None  # no stale copy of W0 is left behind to be used later
 
 
+def test_safe_merge_checks_the_weight_in_the_base_layers_dtype():
+    """A weight finite in fp32 that overflows fp16 was merged as inf (LoRA refuses it)."""
+    model = get_peft_model(ToyMLP().half(), MixupBLOConfig(target_modules=["lin0"]))
+    layer = model.base_model.model.lin0
+    with torch.no_grad():
+        layer.mixup_blo_weight["default"][0, 0] = 1e6  # beyond fp16's 65504, finite in the fp32 adapter
+    with pytest.raises(ValueError, match="NaNs or infinities in the merged weights"):
+        model.base_model.merge_adapter(safe_merge=True)
+    assert not layer.merged and torch.isfinite(layer.base_layer.weight).all()
+
+
 def test_a_dtype_change_while_merged_carries_the_kept_pretrained_weight_along():
     """merge, then .to(bf16): unmerge, disable_adapter and merge_and_unload stay in bf16 (the copy of W0 was fp32)."""
     model = get_peft_model(ToyMLP(), MixupBLOConfig(target_modules=["lin0", "lin1"]))
