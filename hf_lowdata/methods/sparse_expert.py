@@ -251,6 +251,12 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
         save_strategy="steps", save_steps=max(1, plan.steps // 10), save_total_limit=1, use_cpu=use_cpu,
         logging_steps=max(1, plan.steps // 20),
     )
+    if args.world_size > 1:  # the plan's meta-batch is global: each process accumulates its share of distinct episodes
+        if plan.meta_batch % args.world_size:
+            raise ValueError(f"meta_batch {plan.meta_batch} does not split over {args.world_size} processes: the "
+                             "adapter would differ from the one-process adapter cached under the same key. Use a "
+                             "process count that divides it, or one process.")
+        args.gradient_accumulation_steps = plan.meta_batch // args.world_size
     trainer = LowDataTrainer(model=model, args=args, train_dataset=episodes,
                              objective=SparseExpertObjective(**plan.objective))
     if quiet:
@@ -265,6 +271,9 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     tuner = trainer.model.base_model
     tuner.binarize_masks()
     sparsity = tuner.mask_sparsity()
+    if not trainer.is_world_process_zero():  # the main process publishes the (identical) adapter
+        trainer.accelerator.wait_for_everyone()
+        return final
     tmp = root / f"{plan.key()}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
@@ -291,6 +300,7 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     except OSError:  # another process finished the same plan first: keep its result
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 

@@ -49,6 +49,7 @@ from .objectives import (
     TrainingObjective,
     dataset_labels,
     model_columns,
+    process_share,
     register_default_objective,
 )
 
@@ -380,7 +381,8 @@ class BilevelObjective(TrainingObjective):
         pass_index, position = divmod(trainer.state.global_step, blocks_per_pass)
         generator = torch.Generator().manual_seed(self._seed * 1_000_003 + pass_index)
         order = torch.randperm(n, generator=generator)
-        chosen = order[position * block : (position + 1) * block][trainer.args.process_index :: world]
+        chosen = process_share(order[position * block : (position + 1) * block].tolist(), trainer.args.process_index,
+                               world)
         return trainer._prepare_inputs(dict(trainer.data_collator([data[int(i)] for i in chosen])))
 
     # ---- helpers --------------------------------------------------------------------------------

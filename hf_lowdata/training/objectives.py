@@ -170,6 +170,16 @@ def model_columns(trainer: Any, dataset: Any) -> Any:
     return dataset.select_columns([c for c in columns if c in keep])
 
 
+def process_share(indices: list[int], process_index: int, world: int) -> list[int]:
+    """This process's slice of a block of example indices: every process gets the same number (at least one),
+    wrapping around the block as a DistributedSampler pads, so none gets an empty batch when the block is
+    smaller than the process count and per-process means weigh alike."""
+    if world <= 1 or not indices:
+        return list(indices)
+    per_process = -(-len(indices) // world)
+    return [indices[(process_index + j * world) % len(indices)] for j in range(per_process)]
+
+
 def module_parameter_ids(modules: Iterable[torch.nn.Module]) -> set[int]:
     """``id()`` of every parameter of ``modules``; a helper for :meth:`TrainingObjective.excluded_parameters`."""
     return {id(p) for m in modules for p in m.parameters()}

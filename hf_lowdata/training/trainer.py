@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 
 from .batchnorm import frozen_batchnorm_in_eval
-from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for
+from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for, process_share
 
 AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
 OBJECTIVE_STATE_FILE = "objective_state.safetensors"
@@ -207,8 +207,8 @@ class LowDataTrainer(Trainer):
         # (the last optimizer step of an epoch may have fewer micro-batches: indices are skipped, never reused)
         generator = torch.Generator().manual_seed(self.args.seed + 1_000_003 * epoch)
         perm = torch.randperm(n, generator=generator)
-        block = perm[offset * per_step : (offset + 1) * per_step]
-        mine = block[self.args.process_index :: world].tolist()
+        block = perm[offset * per_step : (offset + 1) * per_step].tolist()
+        mine = process_share(block, self.args.process_index, world)
         features = [self.unlabeled_dataset[i] for i in mine]
         batch = self.data_collator(features)
         return self._prepare_inputs(dict(batch))
@@ -299,8 +299,15 @@ class LowDataTrainer(Trainer):
                                     num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:  # a training log line: add the objective's own terms
-            logs = {**logs, **self.objective.log_terms()}
+        if "loss" in logs:  # a training log line: add the objective's own terms, averaged over processes
+            terms = self.objective.log_terms()
+            if terms and self.accelerator.num_processes > 1:  # (every process logs the same keys here)
+                names = sorted(terms)
+                values = torch.tensor([float(terms[n]) for n in names], device=self.accelerator.device)
+                values = self.accelerator.reduce(values, reduction="mean")
+                terms = {n: round(float(v), 6) if isinstance(terms[n], float) else float(v)
+                         for n, v in zip(names, values.tolist())}
+            logs = {**logs, **terms}
         super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -319,6 +326,7 @@ class LowDataTrainer(Trainer):
         self._step_start = self._micro_in_step == 0
         self._objective_ran = False
         loss = super().training_step(model, inputs, num_items_in_batch)
+        local_finite = bool(torch.isfinite(loss).all())
         if not self._objective_ran and type(self.objective).compute_loss is not TrainingObjective.compute_loss:
             raise RuntimeError(
                 f"{type(self).__name__}.compute_loss does not call LowDataTrainer.compute_loss, so the "
@@ -326,10 +334,12 @@ class LowDataTrainer(Trainer):
                 "super().compute_loss(model, inputs, ...) from your override (and change the loss it returns), or "
                 "use transformers.Trainer if plain fine-tuning is what you want."
             )
-        if not torch.isfinite(loss).all():
+        if not self._on_every_process(local_finite):  # every process stops at the same micro-step, none waits
             lr = self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
+            where = "" if local_finite else f"{loss.item()} "
             raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at step {self.state.global_step + 1} (objective "
+                f"The training loss is {where or 'not finite on another process '}at step "
+                f"{self.state.global_step + 1} (objective "
                 f"{self.objective.name!r}, learning rate {lr:.3g}). Usual causes: a learning rate that is too "
                 "high, fp16 overflow (use bf16 or fp32), or inputs that are empty or corrupted. Lower "
                 "learning_rate, set max_grad_norm, or check the data; completed checkpoints in "
@@ -348,13 +358,20 @@ class LowDataTrainer(Trainer):
         """Stop before the optimizer step when a finite loss gave NaN/inf gradients, so no checkpoint ever
         holds weights that such a step would have poisoned."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+        if not self._on_every_process(not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())):
             raise NonFiniteLossError(
                 f"The gradients are not finite at step {self.state.global_step + 1} although the loss is "
                 f"{loss.item():.4g} (objective {self.objective.name!r}): usually an overflow in the backward pass "
                 "(try bf16 or fp32, a lower learning_rate, or max_grad_norm) or a corrupted input. This step was "
                 f"not applied; completed checkpoints in {self.args.output_dir} are intact."
             )
+
+    def _on_every_process(self, holds: bool) -> bool:
+        """Whether ``holds`` is true on every process (each one must call this at the same point)."""
+        if self.accelerator.num_processes == 1:
+            return holds
+        flag = torch.tensor([0.0 if holds else 1.0], device=self.accelerator.device)
+        return not bool(self.accelerator.reduce(flag, reduction="sum").item())
 
     def _average_gradients(self, model: torch.nn.Module) -> None:
         """Average the trainable parameters' gradients over processes (what DDP's forward would have arranged).

@@ -55,3 +55,43 @@ def test_sparse_expert_meta_training_keeps_every_process_on_the_same_experts(tin
     assert seen["0"] != seen["1"], stdout  # the processes did see different episodes
     sparsity = dict(re.findall(r"rank (\d) episodes=\[[\d, ]*\] sparsity=(\[[^\]]*\])", stdout))
     assert sparsity["0"] == sparsity["1"], stdout
+
+
+def _edge(tiny_bert_dir, tmp_path, mode: str, *extra: str) -> dict[str, str]:
+    """Each rank's ``result=...`` line of ddp_edge_worker.py in ``mode``."""
+    stdout = run_torchrun(Path(__file__).with_name("ddp_edge_worker.py"), str(tiny_bert_dir), str(tmp_path / "out"),
+                          mode, *extra, timeout=300)
+    results = dict(re.findall(r"rank (\d) result=([^\n]*?)(?=rank \d result=|\n|$)", stdout))
+    assert sorted(results) == ["0", "1"], stdout
+    return results
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_at_the_same_step(tiny_bert_dir, tmp_path):
+    """Only the process with the NaN raised; the others waited in the next collective (a hang, or gloo's
+    'Connection closed by peer')."""
+    assert _edge(tiny_bert_dir, tmp_path, "nonfinite") == {"0": "stopped step=2", "1": "stopped step=2"}
+
+
+def test_an_unlabelled_pool_smaller_than_the_process_count_still_trains(tiny_bert_dir, tmp_path):
+    """A process whose slice of the pool was empty crashed in the collator."""
+    assert _edge(tiny_bert_dir, tmp_path, "tiny_pool") == {"0": "trained steps=4", "1": "trained steps=4"}
+
+
+def test_logged_objective_terms_are_averaged_over_processes(tiny_bert_dir, tmp_path):
+    results = _edge(tiny_bert_dir, tmp_path, "log_terms")
+    assert results["0"] == results["1"] and results["0"].startswith("terms [")  # rank 0's own values before
+
+
+def test_meta_training_on_two_processes_keeps_the_global_meta_batch_of_distinct_episodes(
+        tiny_bert_dir, toy_data_dir, tmp_path):
+    """Each process accumulated the whole meta-batch: steps saw every episode twice over, and the adapter (cached
+    under the one-process key) was another."""
+    results = _edge(tiny_bert_dir, tmp_path, "meta_train", str(toy_data_dir))
+    seen = [eval(results[r].split("episodes ")[1].split(" published")[0]) for r in ("0", "1")]  # noqa: S307
+    assert sorted(seen[0] + seen[1]) == [0, 1, 2, 3]  # 2 steps x meta-batch 2, each episode once
+    assert all(results[r].endswith("published=True") for r in ("0", "1"))
+
+
+def test_evaluating_episodes_that_do_not_split_over_the_processes_is_refused(tiny_bert_dir, tmp_path):
+    """accelerate trimmed the last gathered batch by rows, not episodes: query rows went missing from the metrics."""
+    assert _edge(tiny_bert_dir, tmp_path, "sparse_eval") == {"0": "refused True", "1": "refused True"}

@@ -292,7 +292,18 @@ class SparseExpertObjective(TrainingObjective):
         return DataLoader(trainer.train_dataset, batch_size=None, shuffle=False)
 
     def eval_dataloader(self, trainer: LowDataTrainer, dataset: Any) -> DataLoader:
-        """Held-out episodes, one per batch (``evaluate(EpisodeDataset(...))``)."""
+        """Held-out episodes, one per batch (``evaluate(EpisodeDataset(...))``).
+
+        With several processes the episodes must split evenly: accelerate trims the last gathered batch
+        by a count of rows, not of episodes, and would drop query rows of the last episodes.
+        """
+        world = trainer.accelerator.num_processes
+        if world > 1 and len(dataset) % world:
+            raise ValueError(
+                f"Evaluating {len(dataset)} episodes on {world} processes: the episodes must split evenly, or the "
+                f"last episodes' query rows are dropped from the metrics. Use a multiple of {world} episodes "
+                "(EpisodeDataset(..., num_episodes=...)) or evaluate in one process."
+            )
         return DataLoader(dataset, batch_size=None, shuffle=False)
 
     def prediction_step(self, trainer, model, inputs, prediction_loss_only):
