@@ -80,7 +80,10 @@ BUDGETS: dict[str, Budget] = {
     # (sklearn's default, no search: a dev search would need data a few-shot user does not have).
     "probe": Budget(learning_rate=0.0, epochs=0, min_steps=0, max_steps=0, options={"C": 1.0}),
     # SetFit: contrastive pairs then a logistic head, with SetFit's own defaults.
-    "setfit": Budget(learning_rate=2e-5, epochs=1, batch_size=16, options={"num_iterations": 20}),
+    # SetFit's published recipe decides its steps (2 x num_iterations pairs per example, one epoch), so the
+    # step bounds do not cut it; max_steps=N in a config caps it, a preset scales it through epochs.
+    "setfit": Budget(learning_rate=2e-5, epochs=1, batch_size=16, min_steps=1, max_steps=1_000_000,
+                     options={"num_iterations": 20}),
     # --- hf_lowdata methods: each method's entries go below its marker line. ---
     # [ftp]
     # FTP is a drop-in for the fine-tuning optimizer, so its learning rate is full fine-tuning's

@@ -163,19 +163,26 @@ def _unpad(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> list[to
 @torch.inference_mode()
 def text_token_states(
     cache: FeatureCache, backbone: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
-    model_key: str, batch_size: int = 64,
+    model_key: str, batch_size: int = 64, on_batch: Callable[[int, int], None] | None = None,
 ) -> list[torch.Tensor]:
-    """Last-layer token states (T_i, d) of each text (real tokens only), through ``cache``."""
+    """Last-layer token states (T_i, d) of each text (real tokens only), through ``cache``.
+
+    ``on_batch(done, total)`` is called after each backbone batch of the texts not yet cached (progress; it may
+    raise to stop, as the demo's Cancel does)."""
     from .inference import length_sorted_batches
 
     def compute(indices: list[int]) -> list[torch.Tensor]:
         backbone.eval()
         device = next(backbone.parameters()).device
         out: list[torch.Tensor | None] = [None] * len(indices)
+        done = 0
         for idx, batch in length_sorted_batches(tokenizer, [texts[i] for i in indices], batch_size, max_length):
             batch = {k: v.to(device) for k, v in batch.items()}
             for j, states in zip(idx, _unpad(backbone(**batch)[0], batch["attention_mask"])):
                 out[j] = states
+            done += len(idx)
+            if on_batch is not None:
+                on_batch(done, len(indices))
         return out  # type: ignore[return-value]
 
     namespace = digest("text", model_key, str(max_length))

@@ -7,6 +7,7 @@ head; we save the body with safetensors and the head's coefficients as safetenso
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 
 from ..data import FewShotTask
 from ..models import resolve_model_path
-from .base import FittedClassifier, Method, RunContext, count_trainable, register_method
+from .base import FittedClassifier, Method, RunContext, _run_callback, count_trainable, register_method
 
 
 class SetFitClassifier(FittedClassifier):
@@ -74,11 +75,17 @@ class SetFit(Method):
         model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
         if ctx.device:
             model.to(ctx.device)
+        iterations = int(ctx.option(self.name, "num_iterations", 20))
+        # The recipe's steps: 2 x num_iterations pairs per labelled example per epoch, in batches. A preset
+        # scales them through ``epochs``; ``max_steps`` (a setting, e.g. the demo's) caps them.
+        recipe = math.ceil(2 * iterations * len(task.labelled) / budget.batch_size)
+        steps = min(budget.max_steps, max(1, round(recipe * budget.epochs)))
         args = TrainingArguments(
             output_dir=str(Path(ctx.work_dir) / f"setfit-seed{ctx.seed}"),
             batch_size=budget.batch_size,
-            num_epochs=int(max(1, budget.epochs)),
-            num_iterations=int(ctx.option(self.name, "num_iterations", 20)),
+            num_epochs=max(1, math.ceil(budget.epochs)),
+            max_steps=steps,
+            num_iterations=iterations,
             body_learning_rate=budget.learning_rate,
             max_length=budget.max_length,
             seed=ctx.seed,
@@ -86,7 +93,9 @@ class SetFit(Method):
             save_strategy="no",
             report_to="none",
         )
-        trainer = Trainer(model=model, args=args, train_dataset=task.labelled.to_hf())
+        # progress and the demo's cancel button, as for the methods trained by LowDataTrainer
+        trainer = Trainer(model=model, args=args, train_dataset=task.labelled.to_hf(),
+                          callbacks=[_run_callback(ctx, self.name)])
         trainer.train()
         fitted = SetFitClassifier(model, task.label_names)
         if task.dev is not None:  # said in the record rather than silently: SetFit runs its published recipe

@@ -40,6 +40,7 @@ from ..tuners.twin_turbo import TwinTurboConfig, TwinTurboObjective, twin_turbo_
 from .base import (
     FittedClassifier,
     Method,
+    RunCancelled,
     RunContext,
     SharedCache,
     TransformerClassifier,
@@ -164,22 +165,37 @@ class TwinTurbo(Method):
         budget = ctx.budget_for(BUDGET_NAME)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
-        cache = feature_cache(ctx)
+        # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
+        # afterwards (the demo's, for pushing) must not keep every unlabelled text's token states in memory.
+        shared, own = weakref.ref(feature_cache(ctx)), []
 
-        def states(texts: Sequence[str]) -> list[torch.Tensor]:
-            return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key)
+        def caching_progress(done: int, total: int) -> None:
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                raise RunCancelled(f"{self.name}: cancelled while caching token states ({done}/{total})")
+            if ctx.progress is not None:
+                ctx.progress(f"{self.name}: caching token states {done}/{total}", 0.0)
+
+        def states(texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+            cache = shared()
+            if cache is None:  # the run's SharedCache is gone: a cache of this model's own, filled on demand
+                own[:] = own or [FeatureCache()]
+                cache = own[0]
+            return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key, on_batch=on_batch)
+
+        def training_states(texts: Sequence[str]) -> list[torch.Tensor]:
+            return states(texts, on_batch=caching_progress)
 
         assert task.labelled.labels is not None
-        labelled = TokenStateDataset(states(task.labelled.texts), task.labelled.labels)
+        labelled = TokenStateDataset(training_states(task.labelled.texts), task.labelled.labels)
         unlabelled = None
         if self.uses_unlabelled and task.unlabelled is not None:
-            unlabelled = TokenStateDataset(states(task.unlabelled.texts))
+            unlabelled = TokenStateDataset(training_states(task.unlabelled.texts))
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
         model = get_peft_model(base, config).to(default_device(ctx.device))
         dev_selection = None
         if task.dev is not None:  # the same dev-set step selection as every method that trains in steps
-            dev_states = states(task.dev.texts)
+            dev_states = training_states(task.dev.texts)
             dev_selection = dev_selection_callback(task.dev.labels, lambda m: predict_from_states(m, dev_states),
                                                    budget.steps(len(labelled)))
         trainer, callback = train_projector(model, labelled, unlabelled, budget, ctx, self.name, config,

@@ -140,6 +140,26 @@ def test_setfit_baseline_runs_on_minilm(tmp_path):
     assert "setfit_head.safetensors" in files and not any(f.endswith(".pkl") for f in files)
 
 
+@pytest.mark.slow
+def test_setfit_reports_progress_honours_cancel_and_its_step_cap(tmp_path):
+    """SetFit trained through the demo's Cancel (42 s on) with no progress, and ignored max_steps."""
+    import threading
+
+    from hf_lowdata.methods.base import RunCancelled
+
+    task = _task(k=4)
+    budget = replace(get_budget("setfit"), max_steps=3, options={"num_iterations": 4})  # recipe: 2*4*8/16 = 4 steps
+    seen = []
+    ctx = RunContext(seed=0, budget=budget, work_dir=tmp_path, progress=lambda message, done: seen.append(message))
+    get_method("setfit").fit(task, ctx)
+    assert seen == ["setfit: step 1/3", "setfit: step 2/3", "setfit: step 3/3"]
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RunCancelled, match="setfit: cancelled at step 1"):
+        get_method("setfit").fit(task, RunContext(seed=0, budget=budget, work_dir=tmp_path, cancel=cancel))
+
+
 @pytest.mark.parametrize("method", ["lora", "twin_turbo", "sparse_expert_pretrained"])
 def test_dev_set_selects_a_step_and_restores_it(tiny_bert_dir, tmp_path, method, monkeypatch):
     """With a dev set, every method that trains in steps keeps the parameters of its best dev step (the
