@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import re
 import unicodedata
 import warnings
 from collections import Counter
@@ -278,7 +279,9 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
                 raise DataError(f"{file}: invalid JSON ({err}).") from err
             rows = list(data)
         else:
-            for line_no, line in enumerate(raw.splitlines(), start=1):
+            # line breaks only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings
+            # may hold unescaped (json.dumps(ensure_ascii=False) and pandas write them so); a raw CR cannot be in one
+            for line_no, line in enumerate(re.split(r"\r\n|\r|\n", raw), start=1):
                 if not line.strip():
                     continue
                 try:

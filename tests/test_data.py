@@ -467,3 +467,20 @@ def test_numpy_labels_and_integer_label_names_in_meta(tmp_path):
     folder = _folder(tmp_path, "intnames", [0, 1], {"train": [("a", 0), ("b", 1)], "test": [("c", 1)]})
     splits = load_data(folder)
     assert splits.label_names == ("0", "1") == splits.test.label_names and splits.test.labels == (1,)
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
+    # json.dumps(ensure_ascii=False) and pandas write U+2028, U+2029 and U+0085 unescaped inside strings;
+    # only a line feed (or CR LF, or CR) ends a record (str.splitlines() broke the record there)
+    texts = ["great film\u2028loved it", "nice\u2029one", "bad\u0085awful", "dull"]
+    rows = [{"text": t, "label": y} for t, y in zip(texts, ["pos", "pos", "neg", "neg"])]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    for name, newline in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes((newline.join(lines) + newline).encode("utf-8"))
+        data = load_file(path)
+        assert data.texts == tuple(texts) and data.labels == (1, 1, 0, 0), name
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes((lines[0] + "\r\n\r\n" + "not json\r\n").encode("utf-8"))
+    with pytest.raises(DataError, match=r"broken.jsonl, line 3: not valid JSON"):
+        load_file(broken)
