@@ -342,6 +342,10 @@ def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, 
         for row in reader:
             if quoting == csv.QUOTE_NONE and (None in row or None in row.values()):
                 raise _CsvError(reader.line_num, "a row with another number of fields than the header")
+            extra = row.pop(None, None)  # DictReader's restkey: the fields past the header's, else dropped unseen
+            if extra and any(isinstance(v, str) and v.strip() for v in extra):
+                raise DataError(_extra_fields_message(file, len(rows) + 1, reader.line_num, reader.fieldnames,
+                                                      [*row.values(), *extra], delimiter))
             rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
             if max_rows is not None and len(rows) > max_rows:
                 break
@@ -350,6 +354,17 @@ def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, 
     except csv.Error as err:  # the reader has not counted the line it failed on yet
         raise _CsvError(reader.line_num + 1, str(err)) from err
     return rows
+
+
+def _extra_fields_message(file: Path, row: int, line: int, header: Sequence[str], fields: Sequence[Any],
+                           delimiter: str) -> str:
+    """A row with more fields than the header: a text holding an unquoted delimiter, cut at it."""
+    shown = delimiter.join(str(f) for f in fields)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    name, example = ("comma", ' ("I loved it, the cast is great")') if delimiter == "," else ("tab", "")
+    return (f"{file}, row {row} (line {line}): {len(fields)} fields but the header {delimiter.join(header)!r} has "
+            f"{len(header)}: a field holds an unquoted {name}, so the row would be cut there ({shown!r}). Put a field "
+            f"that contains a {name} in double quotes{example}; spreadsheets and csv.writer do so.")
 
 
 def examples_from_rows(

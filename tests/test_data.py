@@ -14,6 +14,7 @@ from hf_lowdata.data import (
     load_data,
     load_file,
     make_few_shot_task,
+    read_rows,
     sample_per_class,
     sample_total,
     tokenize,
@@ -484,3 +485,22 @@ def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
     broken.write_bytes((lines[0] + "\r\n\r\n" + "not json\r\n").encode("utf-8"))
     with pytest.raises(DataError, match=r"broken.jsonl, line 3: not valid JSON"):
         load_file(broken)
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    # an unquoted comma in a text: DictReader put the rest of the row under a None key and it was lost
+    # (label first: the text was cut short; text first: the label became a piece of the text)
+    label_first = _write(tmp_path / "l.csv", 'label,text\nneg,dull\npos,"two\nlines"\npos,I loved it, the cast is great\n')
+    with pytest.raises(DataError, match=r"l.csv, row 3 \(line 5\): 3 fields but the header 'label,text' has 2: a "
+                                        r"field holds an unquoted comma.*'pos,I loved it, the cast is great'.*double quotes"):
+        load_file(label_first)
+    text_first = _write(tmp_path / "t.csv", "text,label\ndull,neg\nWonderful, moving and funny,pos\n")
+    with pytest.raises(DataError, match=r"t.csv, row 2 \(line 3\): 3 fields.*unquoted comma"):
+        load_file(text_first)
+    tsv = _write(tmp_path / "t.tsv", "text\tlabel\ndull\tneg\nfunny\tand moving\tpos\n")
+    with pytest.raises(DataError, match=r"t.tsv, row 2 \(line 3\): 3 fields.*unquoted tab.*double quotes"):
+        load_file(tsv)
+    # empty trailing fields (a spreadsheet's trailing commas) lose nothing: read, with no extra column
+    trailing = _write(tmp_path / "e.csv", "text,label\ndull,neg,\nfunny,pos,,\n")
+    assert load_file(trailing).texts == ("dull", "funny")
+    assert [list(r) for r in read_rows(trailing)] == [["text", "label"]] * 2
