@@ -23,10 +23,12 @@ import math
 import numbers
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -301,6 +303,9 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
         try:
             rows = _read_delimited(file, raw, delimiter, max_rows, csv.QUOTE_MINIMAL)
         except csv.Error as err:
+            if "field larger than field limit" in str(err):  # not a quoting problem, and no reading fixes it
+                raise DataError(f"{file}, near line {err.line}: a text is too long to read ({err.reason}). Shorten it, "
+                                "or save the file as JSONL, which has no such limit.") from err
             if delimiter == "\t":  # many TSV exports do not quote: a text may start with a quote
                 try:
                     rows = _read_delimited(file, raw, delimiter, max_rows, csv.QUOTE_NONE)
@@ -328,31 +333,49 @@ class _CsvError(csv.Error):
         self.line, self.reason = line, reason
 
 
+#: ``csv.field_size_limit`` is process-wide: it is changed only under this lock, and put back.
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """Let Python's csv read fields of up to ``limit`` characters (its default, 131,072, guards streamed input:
+    a file with one longer text was refused as if it had an unbalanced quote), then restore the limit."""
+    with _CSV_LIMIT_LOCK:
+        previous = csv.field_size_limit()
+        csv.field_size_limit(max(previous, min(limit, 2**31 - 1)))  # a C long: 32 bits on Windows
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)
+
+
 def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, quoting: int) -> list[dict[str, Any]]:
     """Rows of a CSV/TSV text; a parse error becomes a ``csv.Error`` with the 1-based line it is on."""
     # newline="": quoted fields may span lines; strict: an unbalanced quote is an error, not a swallowed file
     reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
     rows: list[dict[str, Any]] = []
-    try:
-        if not reader.fieldnames:
-            raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
-        if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
-            raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
-                            f"{file.suffix}: rename it to .tsv, or save it with commas.")
-        for row in reader:
-            if quoting == csv.QUOTE_NONE and (None in row or None in row.values()):
-                raise _CsvError(reader.line_num, "a row with another number of fields than the header")
-            extra = row.pop(None, None)  # DictReader's restkey: the fields past the header's, else dropped unseen
-            if extra and any(isinstance(v, str) and v.strip() for v in extra):
-                raise DataError(_extra_fields_message(file, len(rows) + 1, reader.line_num, reader.fieldnames,
-                                                      [*row.values(), *extra], delimiter))
-            rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
-            if max_rows is not None and len(rows) > max_rows:
-                break
-    except _CsvError:
-        raise
-    except csv.Error as err:  # the reader has not counted the line it failed on yet
-        raise _CsvError(reader.line_num + 1, str(err)) from err
+    with _csv_field_limit(len(raw) + 1):  # no field is longer than the whole text
+        try:
+            if not reader.fieldnames:
+                raise DataError(f"{file} has no header row. The first line must name the columns, e.g. text,label.")
+            if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
+                raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
+                                f"{file.suffix}: rename it to .tsv, or save it with commas.")
+            for row in reader:
+                if quoting == csv.QUOTE_NONE and (None in row or None in row.values()):
+                    raise _CsvError(reader.line_num, "a row with another number of fields than the header")
+                extra = row.pop(None, None)  # DictReader's restkey: the fields past the header's, else dropped unseen
+                if extra and any(isinstance(v, str) and v.strip() for v in extra):
+                    raise DataError(_extra_fields_message(file, len(rows) + 1, reader.line_num, reader.fieldnames,
+                                                          [*row.values(), *extra], delimiter))
+                rows.append({k.strip() if isinstance(k, str) else k: v for k, v in row.items()})
+                if max_rows is not None and len(rows) > max_rows:
+                    break
+        except _CsvError:
+            raise
+        except csv.Error as err:  # the reader has not counted the line it failed on yet
+            raise _CsvError(reader.line_num + 1, str(err)) from err
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -504,3 +505,27 @@ def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
     trailing = _write(tmp_path / "e.csv", "text,label\ndull,neg,\nfunny,pos,,\n")
     assert load_file(trailing).texts == ("dull", "funny")
     assert [list(r) for r in read_rows(trailing)] == [["text", "label"]] * 2
+
+
+def test_a_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path, monkeypatch):
+    # Python's csv refuses fields over 131,072 characters by default: such a file was refused as if it
+    # had an unbalanced quote, while the same rows loaded as JSONL
+    import contextlib
+    import csv
+
+    long_text = "word " * 30000 + "end"
+    before = csv.field_size_limit()
+    for name, delimiter in (("long.csv", ","), ("long.tsv", "\t")):
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=delimiter).writerows([["text", "label"], [long_text, "pos"], ["bad", "neg"]])
+        data = load_file(_write(tmp_path / name, buffer.getvalue()))
+        assert data.texts == (long_text, "bad") and data.labels == (1, 0)
+    assert csv.field_size_limit() == before  # the process-wide limit is put back
+    # should a field still be over the limit, the message says so (not "unbalanced quote")
+    monkeypatch.setattr("hf_lowdata.data._csv_field_limit", lambda limit: contextlib.nullcontext())
+    csv.field_size_limit(1000)
+    try:
+        with pytest.raises(DataError, match=r"long.csv, near line 2: a text is too long to read .*save the file as JSONL"):
+            load_file(tmp_path / "long.csv")
+    finally:
+        csv.field_size_limit(before)
