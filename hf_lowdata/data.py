@@ -478,24 +478,50 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _is_int_like(value: Any) -> bool:
+#: An integer as text, also as a CSV writes an integral float (pandas writes a float column 1.0, 0.0).
+_INTEGER_TEXT = re.compile(r"-?[0-9]+(?:\.0*)?")
+
+
+def _as_int(value: Any) -> int | None:
+    """The integer a label is: an int, an integral float (JSON ``1.0``) or the text of one (``"1"``,
+    ``"1.0"``: CSV cannot tell them apart); ``None`` for anything else (``0.5`` and ``"0.5"`` included)."""
     if isinstance(value, bool):
-        return False
+        return None
     if isinstance(value, numbers.Integral):  # int and numpy's integers
-        return True
+        return int(value)
     if isinstance(value, numbers.Real):
-        return float(value).is_integer()
-    if isinstance(value, str):
-        s = value.strip()
-        return s.lstrip("-").isdigit()
-    return False
+        number = float(value)
+        return int(number) if number.is_integer() else None
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value.strip().split(".")[0])
+    return None
+
+
+def _is_int_like(value: Any) -> bool:
+    return _as_int(value) is not None
 
 
 def _label_name(value: Any) -> str:
-    """A raw label as a class name: strings stripped, integral numbers without a decimal point."""
-    if isinstance(value, str):
-        return value.strip()
-    return str(int(float(value))) if _is_int_like(value) else str(value)
+    """A raw label as a class name: integers without a decimal point (``1``, ``1.0`` and ``"1.0"`` are ``"1"``),
+    strings stripped."""
+    number = _as_int(value)
+    if number is not None:
+        return str(number)
+    return value.strip() if isinstance(value, str) else str(value)
+
+
+def _name_index(names: Sequence[str]) -> dict[str, int]:
+    """Label name -> id, also under each name's :func:`_label_name` (a label ``1`` finds a declared name ``"1.0"``)."""
+    index = {n: i for i, n in enumerate(names)}
+    for i, n in enumerate(names):
+        index.setdefault(_label_name(n), i)
+    return index
+
+
+def _find_name(value: Any, index: dict[str, int]) -> int | None:
+    """The id of the name a raw label is: written as it is (``"01"``, ``"1.0"``), else as :func:`_label_name`."""
+    text = value.strip() if isinstance(value, str) else str(value)
+    return index[text] if text in index else index.get(_label_name(value))
 
 
 def _encode_labels(
@@ -526,19 +552,20 @@ def _encode_labels(
         )
     if label_names is None:
         if all(_is_int_like(v) for v in raw):
-            ids = sorted({int(float(v)) for v in raw})
+            as_ints = [n for v in raw if (n := _as_int(v)) is not None]  # every one is
+            ids = sorted(set(as_ints))
             if ids[0] == 0 and ids == list(range(len(ids))):
-                return [int(float(v)) for v in raw], [str(i) for i in ids], None
+                return as_ints, [str(i) for i in ids], None
             remap = {v: i for i, v in enumerate(ids)}
-            return [remap[int(float(v))] for v in raw], [str(v) for v in ids], None
-        values = [str(v).strip() for v in raw]
+            return [remap[v] for v in as_ints], [str(v) for v in ids], None
+        values = [_label_name(v) for v in raw]
         names = sorted(set(values))
         index = {n: i for i, n in enumerate(names)}
         return [index[v] for v in values], names, None
     names = [str(n) for n in label_names]
-    index = {n: i for i, n in enumerate(names)}
-    by_name = [index.get(_label_name(v)) for v in raw]
-    by_id = [int(float(v)) if _is_int_like(v) and 0 <= int(float(v)) < len(names) else None for v in raw]
+    index = _name_index(names)
+    by_name = [_find_name(v, index) for v in raw]
+    by_id = [d if (d := _as_int(v)) is not None and 0 <= d < len(names) else None for v in raw]
     names_fit = reading != "ids" and None not in by_name
     ids_fit = reading != "names" and None not in by_id
     if names_fit and ids_fit:

@@ -529,3 +529,28 @@ def test_a_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path, monk
             load_file(tmp_path / "long.csv")
     finally:
         csv.field_size_limit(before)
+
+
+def test_integral_float_labels_in_a_csv_are_the_integers(tmp_path):
+    # pandas writes a float label column as 1.0/0.0: JSON's 1.0 was already the integer 1, CSV's "1.0" was
+    # the name "1.0" (a file mixing 1 and 1.0 got three classes; an evaluation file written 0/1 was refused)
+    def csv_file(name, labels):
+        return _write(tmp_path / name, "text,label\n" + "".join(f"t{i},{y}\n" for i, y in enumerate(labels)))
+
+    floats = load_file(csv_file("f.csv", ["1.0", "0.0", "1.00", "0."]))
+    assert floats.label_names == ("0", "1") and floats.labels == (1, 0, 1, 0)
+    mixed = load_file(csv_file("m.csv", ["1", "1.0", "0", "2.0"]))
+    assert mixed.label_names == ("0", "1", "2") and mixed.labels == (1, 1, 0, 2)
+    # an evaluation file written the other way is read against the training labels, both ways round
+    assert load_file(csv_file("e.csv", ["0", "1"]), label_names=floats.label_names, label_reading="names").labels == (0, 1)
+    assert load_file(csv_file("g.csv", ["0.0", "1.0"]), label_names=("0", "1"), label_reading="names").labels == (0, 1)
+    assert load_file(csv_file("n.csv", ["1.0", "0"]), label_names=["neg", "pos"]).labels == (1, 0)  # ids
+    # names written as they are still match declared names that are not integers' canonical text
+    assert load_file(csv_file("d.csv", ["01", "1.0"]), label_names=["01", "1.0"], label_reading="names").labels == (0, 1)
+    assert load_file(csv_file("h.csv", [1, 2]), label_names=["1.0", "2.0"], label_reading="names").labels == (0, 1)
+    # a non-integral number stays a name in a CSV (half-star ratings), as a JSON string does; JSON 0.5 is refused
+    halves = load_file(csv_file("s.csv", ["0.5", "1.0", "1.5", "1"]))
+    assert halves.label_names == ("0.5", "1", "1.5") and halves.labels == (0, 1, 2, 1)
+    with pytest.raises(DataError, match="is not a class"):
+        load_file(write_jsonl(tmp_path / "j.jsonl", [{"text": "a", "label": 1.0}, {"text": "b", "label": 0.5}]))
+    assert load_file(csv_file("u.csv", ["\u00b2", "1"])).label_names == ("1", "\u00b2")  # a digit to isdigit(), not to int()
