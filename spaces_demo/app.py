@@ -241,7 +241,11 @@ class MethodRun:
 
 
 class Session:
-    """One browser session: its temporary folder, its runs, and its cancel switch."""
+    """One browser session: its temporary folder, its runs, and its cancel switch.
+
+    ``running`` holds from :meth:`begin_run` to :meth:`end_run`, i.e. until the comparison's worker has
+    stopped writing into the folder; a session closed meanwhile keeps its folder until then.
+    """
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -250,16 +254,37 @@ class Session:
         self.runs: dict[str, MethodRun] = {}
         self.last_used = time.monotonic()
         self.running = False
+        self.closed = False
+        self._lock = threading.Lock()
 
-    def reset(self) -> None:
-        """Forget the previous comparison and delete its files."""
+    def begin_run(self) -> threading.Event:
+        """Start a comparison: forget the previous one and delete its files; returns the new cancel switch."""
+        with self._lock:
+            if self.running:
+                raise DemoError("A comparison is already running in this session; wait for it or cancel it.")
+            if self.closed:
+                raise DemoError("This session has ended; reload the page.")
+            self.running, self.cancel = True, threading.Event()
         self.runs = {}
-        self.cancel = threading.Event()
         for child in self.dir.iterdir():
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        return self.cancel
+
+    def end_run(self) -> None:
+        """The comparison's worker has stopped: remove the folder if the session was closed meanwhile."""
+        with self._lock:
+            self.running = False
+            closed = self.closed
+        if closed:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def cleanup(self) -> None:
-        self.cancel.set()
+        """Close the session: cancel its comparison; remove the folder now, or in :meth:`end_run` if one runs."""
+        with self._lock:
+            self.closed = True
+            self.cancel.set()
+            if self.running:  # its worker may still write there (train_method re-creates missing folders)
+                return
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def finished(self) -> dict[str, TrainResult]:
@@ -313,10 +338,9 @@ def compare(
     Training runs off the request thread, so the page keeps answering other events; setting
     ``session.cancel`` stops the method in training at its next step and skips the rest.
     """
-    session.reset()
-    session.running = True
+    cancel = session.begin_run()
     runs = session.runs = {m: MethodRun(m) for m in methods}
-    cancel, cache = session.cancel, SharedCache()
+    cache = SharedCache()
 
     def progress_of(run: MethodRun):
         def report(message: str, fraction: float) -> None:
@@ -355,7 +379,7 @@ def compare(
         if worker.is_alive():  # the page went away mid-run: stop training
             cancel.set()
             worker.join()
-        session.running = False
+        session.end_run()
     yield list(runs.values())
 
 

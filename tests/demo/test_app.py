@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from huggingface_hub import HfApi, RepoUrl
 
 from hf_lowdata.budgets import BUDGETS, Budget
 from hf_lowdata.data import FewShotTask
-from hf_lowdata.methods import METHODS, FittedClassifier, Method
+from hf_lowdata.methods import METHODS, FittedClassifier, Method, RunCancelled
 from tests.demo.app_module import load_app
 from tests.helpers import write_jsonl
 
@@ -289,6 +290,34 @@ def test_sessions_clean_up_their_files(tmp_path):
     assert not second.dir.exists()
     store.close()
     assert not (tmp_path / "root").exists()
+
+
+def test_closing_the_page_mid_run_removes_the_folder_once_the_worker_stopped(tmp_path, monkeypatch):
+    store = app.SessionStore(tmp_path / "root")
+    session = store.get("tab")
+    started, release = threading.Event(), threading.Event()
+
+    def late_writer(method, task, output_dir, **kwargs):
+        """A method that saves into its output folder after the page went away, as train_method does."""
+        started.set()
+        release.wait(30)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "adapter_model.safetensors").write_bytes(b"late")
+        raise RunCancelled("stopped")
+
+    monkeypatch.setattr(app, "train_method", late_writer)
+    stream = app.compare(session, app.prepare_data(str(app.EXAMPLE_FILE)), ["probe", "lora"], None, "quick",
+                         poll_seconds=0.02)
+    consumer = threading.Thread(target=lambda: list(stream))
+    consumer.start()
+    assert started.wait(30)
+    store.drop("tab")  # the tab was closed (demo.unload): the run is cancelled, its folder stays while it writes
+    assert session.cancel.is_set() and session.dir.is_dir()
+    release.set()
+    consumer.join(30)
+    assert not session.running and not session.dir.exists()
+    assert list((tmp_path / "root").iterdir()) == []  # nothing orphaned until the server exits
+    store.close()
 
 
 def test_every_runnable_registered_method_is_offered(monkeypatch, tmp_path):
