@@ -10,8 +10,9 @@ The page is a thin layer over the library: data files are read and validated by
 :mod:`hf_lowdata.data`, every method is trained, evaluated, saved and given its model card by
 :func:`hf_lowdata.workflow.train_method`, and uploads go through :func:`hf_lowdata.hub.push_adapter`.
 This file adds what only a page needs: column detection, a held-out split when no evaluation file
-is given, upload limits, a worker thread with live progress and a cancel switch, tables and plots,
-and per-session temporary folders that are removed when the session ends.
+is given, upload limits, a line where comparisons wait for their turn, a worker thread with live
+progress and a cancel switch, tables and plots, and per-session temporary folders that are removed
+when the session ends.
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ class Session:
         self.runs: dict[str, MethodRun] = {}
         self.last_used = time.monotonic()
         self.running = False
+        self.ahead = 0  # comparisons before this session's in the training queue (0: training, or none)
         self.closed = False
         self._lock = threading.Lock()
 
@@ -323,6 +325,37 @@ class SessionStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class TrainingQueue:
+    """Comparisons train one at a time, in arrival order; the others wait here, where Cancel reaches them.
+
+    (Waiting in Gradio's queue instead, a comparison would be out of reach of the Cancel button: the
+    session does not know about it until it starts.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tickets: list[object] = []
+
+    def join(self) -> object:
+        """A ticket at the end of the line."""
+        ticket = object()
+        with self._lock:
+            self._tickets.append(ticket)
+        return ticket
+
+    def ahead(self, ticket: object) -> int:
+        """How many comparisons train or wait before ``ticket`` (0: its turn)."""
+        with self._lock:
+            return self._tickets.index(ticket)
+
+    def leave(self, ticket: object) -> None:
+        with self._lock:
+            self._tickets.remove(ticket)
+
+
+TRAINING_QUEUE = TrainingQueue()
+
+
 def compare(
     session: Session,
     prepared: PreparedData,
@@ -335,8 +368,10 @@ def compare(
 ) -> Iterator[list[MethodRun]]:
     """Train ``methods`` one after the other in a worker thread; yield their states while they run.
 
-    Training runs off the request thread, so the page keeps answering other events; setting
-    ``session.cancel`` stops the method in training at its next step and skips the rest.
+    The comparison first waits for its turn in :data:`TRAINING_QUEUE` (``session.ahead`` says how many
+    are before it). Training runs off the request thread, so the page keeps answering other events;
+    setting ``session.cancel`` while waiting skips every method, and while training stops the method in
+    training at its next step and skips the rest.
     """
     cancel = session.begin_run()
     runs = session.runs = {m: MethodRun(m) for m in methods}
@@ -352,7 +387,7 @@ def compare(
         for method in methods:
             run = runs[method]
             if cancel.is_set():
-                run.status = "cancelled"
+                run.status, run.message = "cancelled", "not started"
                 continue
             run.status, run.message = "running", "starting"
             try:
@@ -370,8 +405,14 @@ def compare(
                 run.message = run.error
 
     worker = threading.Thread(target=work, name="hf_lowdata-demo-run", daemon=True)
-    worker.start()
+    ticket = TRAINING_QUEUE.join()
     try:
+        while (ahead := TRAINING_QUEUE.ahead(ticket)) and not cancel.is_set():
+            session.ahead = ahead
+            yield list(runs.values())
+            cancel.wait(poll_seconds)
+        session.ahead = 0
+        worker.start()  # when cancelled while waiting, it marks every method cancelled and trains none
         while worker.is_alive():
             worker.join(poll_seconds)
             yield list(runs.values())
@@ -379,6 +420,8 @@ def compare(
         if worker.is_alive():  # the page went away mid-run: stop training
             cancel.set()
             worker.join()
+        session.ahead = 0
+        TRAINING_QUEUE.leave(ticket)
         session.end_run()
     yield list(runs.values())
 
@@ -615,8 +658,13 @@ def run_comparison(
     ordered = [m for m in runnable_methods() if m in chosen]
     shown: list[str] | None = None  # None: the previous comparison's results are still on the page
     for runs in compare(session, prepared, ordered, model, preset, config, int(seed or 0)):
-        busy = any(r.status in ("waiting", "running") for r in runs)
-        status = "Training..." if busy else "Finished: " + ", ".join(f"{r.method} {r.status}" for r in runs) + "."
+        if session.ahead:
+            status = (f"Waiting for its turn: {session.ahead} comparison(s) ahead, one trains at a time. "
+                      "Cancel takes this one out of the line.")
+        elif any(r.status in ("waiting", "running") for r in runs):
+            status = "Training..."
+        else:
+            status = "Finished: " + ", ".join(f"{r.method} {r.status}" for r in runs) + "."
         results = session.finished()
         outputs: list[Any] = [status, progress_rows(runs)]
         if shown is None and not results:  # a new comparison replaced the old outputs: clear their results
@@ -635,6 +683,8 @@ def cancel_run(session: Session) -> str:
     if not session.running:
         return "Nothing is running."
     session.cancel.set()
+    if session.ahead:
+        return "Cancelled: this comparison was waiting for its turn and will not start."
     return "Cancelling: the method in training stops after its current step; the rest are skipped."
 
 
@@ -762,7 +812,9 @@ def build_app(store: SessionStore) -> gr.Blocks:
             component.change(describe_upload, upload_inputs, summary)
         run_button.click(
             run, [labelled, text_column, label_column, unlabelled, evaluation, model, chosen, preset, config, seed],
-            [status, progress, results, chart, confusion, trained], concurrency_limit=1, concurrency_id="training",
+            # one comparison trains at a time, but the others wait in TRAINING_QUEUE, where Cancel reaches them
+            [status, progress, results, chart, confusion, trained], concurrency_limit=MAX_SESSIONS,
+            concurrency_id="training",
         )
         cancel_button.click(cancel, None, status)
         predict_button.click(try_it, [trained, sentence], [prediction, try_message])

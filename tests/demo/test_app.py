@@ -278,6 +278,32 @@ def test_cancel_stops_the_run_and_a_failing_method_is_a_row(session, monkeypatch
     assert not session.running and app.cancel_run(session) == "Nothing is running."
 
 
+def test_cancel_reaches_a_comparison_waiting_for_its_turn(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, _SlowMethod.name, _SlowMethod)
+    monkeypatch.setitem(METHODS, _BrokenMethod.name, _BrokenMethod)
+    for name in (_SlowMethod.name, _BrokenMethod.name):
+        monkeypatch.setitem(BUDGETS, name, Budget(learning_rate=0.0))
+    store = app.SessionStore(tmp_path / "sessions")
+    first, second, third = store.get("a"), store.get("b"), store.get("c")
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE))
+    training = app.compare(first, prepared, [_SlowMethod.name], None, "quick", poll_seconds=0.02)
+    while next(training)[0].status != "running":
+        pass
+    # the second visitor's comparison waits for its turn, and the page says so
+    waiting = app.run_comparison(second, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"], "quick",
+                                 "", 0)
+    assert next(waiting)[0].startswith("Waiting for its turn: 1 comparison(s) ahead") and second.ahead == 1
+    behind = app.compare(third, prepared, [_BrokenMethod.name], None, "quick", poll_seconds=0.02)
+    assert [r.status for r in next(behind)] == ["waiting"] and third.ahead == 2
+    assert app.cancel_run(second) == "Cancelled: this comparison was waiting for its turn and will not start."
+    assert list(waiting)[-1][0] == "Finished: probe cancelled." and not second.finished() and not second.running
+    assert [r.status for r in next(behind)] == ["waiting"] and third.ahead == 1  # the line moved up
+    assert "Cancelling" in app.cancel_run(first)
+    assert [r.status for r in list(training)[-1]] == ["cancelled"]
+    assert [r.status for r in list(behind)[-1]] == ["failed"]  # its turn came: it ran
+    store.close()
+
+
 def test_sessions_clean_up_their_files(tmp_path):
     store = app.SessionStore(tmp_path / "root", limit=2)
     first = store.get("a")
