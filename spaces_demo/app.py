@@ -137,29 +137,50 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
 
+def distinct_examples(data: TextDataset) -> TextDataset:
+    """``data`` with each (text, label) once, texts compared by :func:`~hf_lowdata.data.normalize_text`."""
+    assert data.labels is not None
+    first: dict[tuple[str, int], int] = {}
+    for i, (text, label) in enumerate(zip(data.texts, data.labels)):
+        first.setdefault((normalize_text(text), label), i)
+    return data.subset(first.values())
+
+
 def held_out_split(data: TextDataset, fraction: float = HELD_OUT_FRACTION) -> tuple[TextDataset, TextDataset]:
     """(train, evaluation): ``fraction`` of every label's distinct texts (at least one) held out, deterministically.
 
-    Texts are compared by :func:`~hf_lowdata.data.normalize_text` and every copy of a held-out text is
-    held out, so an upload with repeated rows never scores a text it was trained on.
+    Texts are compared by :func:`~hf_lowdata.data.normalize_text`. Every copy of a held-out text is
+    held out, so an upload with repeated rows never scores a text it was trained on, and each held-out
+    text is evaluated once, so repeated rows do not count as more evaluation examples than there are.
+    A text that carries two labels is never held out (it would leave the other label's training part,
+    possibly emptying it, and could only be scored right under one of them), so every label keeps
+    training examples.
     """
     assert data.labels is not None
     keys = [normalize_text(t) for t in data.texts]
+    labels_of: dict[str, set[int]] = {}
+    for key, label in zip(keys, data.labels):
+        labels_of.setdefault(key, set()).add(label)
     held_out: set[str] = set()
     for label in range(data.num_labels):
+        name = data.label_names[label]
         members = [i for i, y in enumerate(data.labels) if y == label]
         distinct = list(dict.fromkeys(keys[i] for i in ranked_indices(data, f"demo-held-out:{label}", 0, members)))
         if len(distinct) < 2:
             raise DemoError(
-                f"Label {data.label_names[label]!r} has only one distinct text, so none is left to evaluate on "
+                f"Label {name!r} has only one distinct text, so none is left to evaluate on "
                 "after training (or to train on after holding one out). Add different examples of it, or upload an "
                 "evaluation file."
             )
-        held_out.update(distinct[: max(1, round(fraction * len(distinct)))])
+        single = [key for key in distinct if len(labels_of[key]) == 1]
+        if not single:
+            raise DemoError(f"Every text of label {name!r} also carries another label, so none can be held out to "
+                            "evaluate it. Fix these labels, or upload an evaluation file.")
+        held_out.update(single[: max(1, round(fraction * len(distinct)))])
     train = [i for i, key in enumerate(keys) if key not in held_out]
     evaluation = [i for i, key in enumerate(keys) if key in held_out]
     return (data.subset(train, source=f"{data.source} (training part)"),
-            data.subset(evaluation, source=f"{data.source} (held-out part)"))
+            distinct_examples(data.subset(evaluation, source=f"{data.source} (held-out part)")))
 
 
 def prepare_data(
@@ -200,14 +221,19 @@ def prepare_data(
                                             label_reading="names")
         except DataError as err:
             raise DemoError(_friendly(err, Path(eval_path))) from err
-        train = labelled
-        notes.append(f"Evaluating on {eval_name} ({len(evaluation)} examples).")
+        train, distinct = labelled, distinct_examples(evaluation)
+        repeats = len(evaluation) - len(distinct)
+        notes.append(f"Evaluating on {eval_name} ({len(distinct)} examples"
+                     + (f"; {repeats} repeated row(s) are evaluated once)." if repeats else ")."))
+        evaluation = distinct
         overlap = test_in_train_note(train, evaluation)
         notes.extend([f"Check your data: {overlap}"] if overlap else [])
     else:
         train, evaluation = held_out_split(labelled)
-        notes.append(f"No evaluation file: {HELD_OUT_FRACTION:.0%} of each label ({len(evaluation)} of {len(labelled)} "
-                     f"examples) is held out for evaluation and not trained on (every copy of a held-out text).")
+        held = len(labelled) - len(train)
+        notes.append(f"No evaluation file: {held} of the {len(labelled)} rows ({held / len(labelled):.0%}) are held out "
+                     f"and not trained on; their {len(evaluation)} distinct texts (about {HELD_OUT_FRACTION:.0%} of "
+                     "each label's, at least one) are evaluated once each.")
     unlabelled = None
     if unlabelled_path is not None:
         unl_rows = read_upload(unlabelled_path, "unlabelled", MAX_UNLABELLED_ROWS)
@@ -218,7 +244,7 @@ def prepare_data(
         except DataError as err:
             raise DemoError(_friendly(err, Path(unlabelled_path))) from err
         notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name} (used by semi-supervised methods).")
-    notes.extend(f"Check your data: {note}" for note in duplicate_notes(labelled))
+    notes.extend(f"Check your data: {note}" for note in duplicate_notes(train))  # copies held out are not trained on
     counts = ", ".join(f"{n} ({c})" for n, c in train.class_counts().items())
     notes.insert(0, f"Training on {len(train)} labelled examples: {counts}.")
     task = FewShotTask(Path(name).stem, labelled.label_names, train, seed=0, unlabelled=unlabelled)

@@ -49,7 +49,7 @@ def test_example_file_is_valid_and_held_out_split_is_stated():
     assert len(prepared.task.labelled) == 27 and len(prepared.evaluation) == 9
     assert prepared.evaluation.class_counts() == {"billing": 3, "delivery": 3, "technical": 3}
     assert not set(prepared.task.labelled.texts) & set(prepared.evaluation.texts)
-    assert "25% of each label (9 of 36 examples) is held out" in " ".join(prepared.notes)
+    assert "9 of the 36 rows (25%) are held out and not trained on; their 9 distinct texts" in " ".join(prepared.notes)
     again = app.prepare_data(str(app.EXAMPLE_FILE))
     assert again.evaluation.texts == prepared.evaluation.texts  # deterministic
 
@@ -61,9 +61,46 @@ def test_repeated_rows_never_reach_both_sides_of_the_held_out_split(tmp_path):
     norm = app.normalize_text
     trained = {norm(t) for t in prepared.task.labelled.texts}
     assert prepared.evaluation.texts and not trained & {norm(t) for t in prepared.evaluation.texts}
-    assert set(prepared.evaluation.class_counts().values()) == {4}  # 2 distinct texts per label, each twice
+    assert set(prepared.evaluation.class_counts().values()) == {2}  # 2 distinct texts per label, evaluated once
     notes = " ".join(prepared.notes)
     assert "Check your data:" in notes and "repeat an earlier row" in notes  # the warning reaches the page
+
+
+def test_repeated_rows_are_evaluated_once_and_the_note_gives_the_real_held_out_share(tmp_path):
+    pos = ["good film", "great movie", "lovely acting", "superb plot", "fine work", "nice one", "brilliant cast",
+           "strong story"]
+    neg = ["bad film", "awful movie", "poor acting", "weak plot", "dull work", "boring one", "terrible cast",
+           "flat story"]
+    rows = [(t, "pos") for t in pos] + [(t, "neg") for t in neg] + [("great movie", "pos")] * 30 + [("bad film", "neg")] * 30
+    prepared = app.prepare_data(_csv(tmp_path / "dups.csv", rows))
+    evaluated = prepared.evaluation
+    assert len(evaluated) == len({app.normalize_text(t) for t in evaluated.texts}) == 4  # not 64 rows
+    assert evaluated.class_counts() == {"neg": 2, "pos": 2}
+    held = len(rows) - len(prepared.task.labelled)
+    notes = " ".join(prepared.notes)
+    assert f"{held} of the {len(rows)} rows ({held / len(rows):.0%}) are held out" in notes and held > len(rows) / 2
+    assert "their 4 distinct texts" in notes
+    assert "counts in training" not in notes  # every repeated row was held out, none is trained on
+
+    labelled = _csv(tmp_path / "l.csv", [("good", "pos"), ("fine", "pos"), ("bad", "neg"), ("awful", "neg")])
+    evaluation = _csv(tmp_path / "e.csv", [("great", "pos"), ("great", "pos"), ("Great!", "pos"), ("poor", "neg")])
+    prepared = app.prepare_data(labelled, None, None, None, evaluation)
+    assert prepared.evaluation.texts == ("great", "poor")
+    assert "Evaluating on e.csv (2 examples; 2 repeated row(s) are evaluated once)." in prepared.notes
+
+
+def test_a_text_with_two_labels_is_never_held_out(tmp_path):
+    for i in range(50):  # many draws of the split: none leaves a label without training examples
+        rows = [(f"good {i}", "pos"), (f"great {i}", "pos"), (f"fine {i}", "pos"), ("it was okay", "pos"),
+                (f"bad {i}", "neg"), ("it was okay", "neg")]
+        prepared = app.prepare_data(_csv(tmp_path / "conflict.csv", rows))
+        assert all(prepared.task.labelled.class_counts().values()), i
+        assert "it was okay" not in prepared.evaluation.texts
+        assert "carry different labels" in " ".join(prepared.notes)
+    rows = [("good", "pos"), ("great", "pos"), ("fine", "pos"), ("so so", "pos"), ("so so", "neg"), ("meh", "pos"),
+            ("meh", "neg")]
+    with pytest.raises(app.DemoError, match="Every text of label 'neg' also carries another label"):
+        app.prepare_data(_csv(tmp_path / "all_conflicting.csv", rows))
 
 
 def test_a_label_with_one_distinct_text_cannot_be_held_out(tmp_path):
