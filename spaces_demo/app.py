@@ -42,6 +42,7 @@ from hf_lowdata.data import (
     TextDataset,
     duplicate_notes,
     examples_from_rows,
+    excluded_pool_indices,
     normalize_text,
     ranked_indices,
     read_rows,
@@ -243,7 +244,13 @@ def prepare_data(
             unlabelled = examples_from_rows(unl_rows, unl_name, unl_text or "text", None, labelled.label_names)
         except DataError as err:
             raise DemoError(_friendly(err, Path(unlabelled_path))) from err
-        notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name} (used by semi-supervised methods).")
+        # a semi-supervised method must not learn from the texts it is scored on (e.g. a whole corpus uploaded)
+        left_out = set(excluded_pool_indices(unlabelled, evaluation.texts))
+        unlabelled = unlabelled.subset(i for i in range(len(unlabelled)) if i not in left_out)
+        notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name} (used by semi-supervised methods)"
+                     + (f"; {len(left_out)} more are evaluation texts and were left out, so that no method learns "
+                        "from the texts it is scored on." if left_out else "."))
+        unlabelled = unlabelled if len(unlabelled) else None
     notes.extend(f"Check your data: {note}" for note in duplicate_notes(train))  # copies held out are not trained on
     counts = ", ".join(f"{n} ({c})" for n, c in train.class_counts().items())
     notes.insert(0, f"Training on {len(train)} labelled examples: {counts}.")

@@ -137,6 +137,25 @@ def test_evaluation_and_unlabelled_files_are_used(tmp_path):
         app.prepare_data(labelled, None, None, None, bad_eval)
 
 
+def test_evaluation_texts_are_removed_from_the_unlabelled_texts(tmp_path):
+    corpus = [t.upper() for t in app.prepare_data(str(app.EXAMPLE_FILE)).task.labelled.texts]  # another case
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE), None, None, None, None)
+    corpus += list(prepared.evaluation.texts) + ["an unrelated sentence"]  # the whole corpus uploaded as unlabelled
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [{"text": t} for t in corpus])
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE), None, None, str(unlabelled), None)
+    norm = app.normalize_text
+    assert not {norm(t) for t in prepared.task.unlabelled.texts} & {norm(t) for t in prepared.evaluation.texts}
+    assert len(prepared.task.unlabelled) == 28  # the training texts and the unrelated one stay
+    assert "28 unlabelled texts from u.jsonl (used by semi-supervised methods); 9 more are evaluation texts and " \
+           "were left out" in " ".join(prepared.notes)
+
+    labelled = _csv(tmp_path / "l.csv", [("good", "pos"), ("fine", "pos"), ("bad", "neg"), ("awful", "neg")])
+    evaluation = _csv(tmp_path / "e.csv", [("great", "pos"), ("poor", "neg")])
+    only_evaluation = write_jsonl(tmp_path / "o.jsonl", [{"text": "Great."}, {"text": "poor"}])
+    prepared = app.prepare_data(labelled, None, None, str(only_evaluation), evaluation)
+    assert prepared.task.unlabelled is None and "0 unlabelled texts from o.jsonl" in " ".join(prepared.notes)
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
