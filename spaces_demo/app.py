@@ -68,6 +68,8 @@ MAX_SESSIONS = 20
 DEFAULT_METHODS = ("probe", "lora")
 TEXT_NAMES = ("text", "sentence", "review", "content", "message", "body", "comment", "tweet", "utterance", "document")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent", "topic", "y")
+#: Settings whose names end in one of these name a folder or file on the server; the page refuses them.
+PATH_SETTING_SUFFIXES = ("dir", "path", "file", "folder")
 ERROR_BAR_NOTE = ("Error bars: 95% bootstrap interval over the evaluation examples (the examples are resampled "
                   "1000 times), i.e. how much a figure could move with another evaluation set of the same size.")
 
@@ -629,12 +631,27 @@ def _message(err: Exception) -> str:
 
 
 def parse_config(text: str) -> dict[str, Any]:
+    """The Settings box's key=value pairs, without the settings a visitor may not give.
+
+    Settings naming a folder or file (``feature_cache_dir``, ``source_dir``, ``cache_dir``, ...) would let
+    a visitor make the server read or write anywhere; a learning rate of 0 or less trains nothing, and
+    the untrained model would be scored as if it were trained.
+    """
     from hf_lowdata.cli import parse_options
 
     try:
-        return parse_options(text.split()) if text and text.strip() else {}
+        config = parse_options(text.split()) if text and text.strip() else {}
     except argparse.ArgumentTypeError as err:
         raise DemoError(f"Settings: {err} (write key=value pairs separated by spaces, e.g. max_steps=10 r=4).") from err
+    for key in config:
+        if key.lower().endswith(PATH_SETTING_SUFFIXES):
+            raise DemoError(f"Settings: {key} names a folder or file on the server, which this page does not accept "
+                            f"(it keeps every file in the session's own temporary folder). Remove {key}=.")
+    rate = config.get("learning_rate")
+    if isinstance(rate, (int, float)) and not rate > 0:
+        raise DemoError(f"Settings: learning_rate={rate} trains nothing, and the untrained model would be scored as "
+                        "if it were trained; give a learning rate above 0.")
+    return config
 
 
 def describe_upload(

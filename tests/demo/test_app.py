@@ -271,6 +271,30 @@ def test_bad_settings_fail_before_any_training(session, settings, seed, message)
     assert len(outputs) == 1 and message in outputs[0][0] and not session.runs
 
 
+@pytest.mark.parametrize("setting", ["feature_cache_dir", "source_dir", "cache_dir", "bench_data_dir",
+                                     "base_model_name_or_path"])
+def test_settings_naming_server_paths_are_refused(setting, tmp_path):
+    target = tmp_path / "anywhere" / "nested"
+    with pytest.raises(app.DemoError, match=f"Settings: {setting} names a folder or file on the server"):
+        app.parse_config(f"max_steps=2 {setting}={target}")
+    store = app.SessionStore(tmp_path / "sessions")
+    session = store.get("visitor")
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
+                                      app.runnable_methods(), "quick", f"{setting}={target} max_steps=2", 0))
+    store.close()
+    assert len(outputs) == 1 and f"{setting} names a folder or file" in outputs[0][0] and not session.runs
+    assert not (tmp_path / "anywhere").exists()
+
+
+@pytest.mark.parametrize("rate", ["0", "0.0", "-1e-3"])
+def test_a_learning_rate_that_trains_nothing_is_refused(rate, session):
+    with pytest.raises(app.DemoError, match="trains nothing, and the untrained model would be scored"):
+        app.parse_config(f"learning_rate={rate}")
+    shown = _first_message(session, str(app.EXAMPLE_FILE), chosen=["lora"], config_text=f"learning_rate={rate}")
+    assert shown.startswith("**Error:**") and "give a learning rate above 0" in shown and not session.runs
+    assert app.parse_config("learning_rate=1e-4") == {"learning_rate": 1e-4}
+
+
 def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch):
     list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"], "quick", "", 0))
     assert "Paste a Hugging Face token" in app.push_message(session, "probe", "me/x", "", True)
