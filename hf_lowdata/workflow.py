@@ -302,7 +302,7 @@ def train_method(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR
-    steps = budget.steps(len(task.labelled))
+    steps = runner.planned_steps(len(task.labelled), budget, options)
     if save_steps is None:
         save_steps = max(1, -(-steps // 4))
     run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),

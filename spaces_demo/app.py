@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import itertools
 import logging
 import os
 import shutil
@@ -707,7 +708,13 @@ def run_comparison(
         return
     ordered = [m for m in runnable_methods() if m in chosen]
     shown: list[str] | None = None  # None: the previous comparison's results are still on the page
-    for runs in compare(session, prepared, ordered, model, preset, config, int(seed or 0)):
+    stream = compare(session, prepared, ordered, model, preset, config, int(seed or 0))
+    try:
+        first = next(stream)
+    except DemoError as err:  # a second click of the same session got past the check above meanwhile
+        yield _message(err), skip, skip, skip, skip, skip
+        return
+    for runs in itertools.chain([first], stream):
         if session.ahead:
             status = (f"Waiting for its turn: {session.ahead} comparison(s) ahead, one trains at a time. "
                       "Cancel takes this one out of the line.")

@@ -212,6 +212,11 @@ class Method(ABC):
         """Why the method cannot run here (a missing optional package), or ``None``."""
         return None
 
+    def planned_steps(self, num_examples: int, budget: Budget, options: Mapping[str, Any]) -> int:
+        """Optimizer steps a run on ``num_examples`` labelled examples trains (model card, checkpoint spacing);
+        ``options`` are the run's method options."""
+        return budget.steps(num_examples)
+
     @classmethod
     def missing_requirements(cls, options: Mapping[str, Any] | None = None) -> str | None:
         """Why the method cannot run with these ``options`` (``--config``) and environment, or ``None``.

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..budgets import Budget
 from ..data import FewShotTask
 from ..models import resolve_model_path
 from .base import FittedClassifier, Method, RunContext, _run_callback, count_trainable, register_method
@@ -67,6 +69,13 @@ class SetFit(Method):
             return f"the optional package 'setfit' does not import ({err}); install it with pip install 'hf-lowdata[setfit]'"
         return None
 
+    def planned_steps(self, num_examples: int, budget: Budget, options: Mapping[str, Any]) -> int:
+        """The recipe's steps: 2 x num_iterations pairs per labelled example per epoch, in batches. A preset
+        scales them through ``epochs``; ``max_steps`` (a setting, e.g. the demo's) caps them."""
+        iterations = int(options.get("num_iterations", budget.options.get("num_iterations", 20)))
+        recipe = math.ceil(2 * iterations * num_examples / budget.batch_size)
+        return min(budget.max_steps, max(1, round(recipe * budget.epochs)))
+
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -76,10 +85,7 @@ class SetFit(Method):
         if ctx.device:
             model.to(ctx.device)
         iterations = int(ctx.option(self.name, "num_iterations", 20))
-        # The recipe's steps: 2 x num_iterations pairs per labelled example per epoch, in batches. A preset
-        # scales them through ``epochs``; ``max_steps`` (a setting, e.g. the demo's) caps them.
-        recipe = math.ceil(2 * iterations * len(task.labelled) / budget.batch_size)
-        steps = min(budget.max_steps, max(1, round(recipe * budget.epochs)))
+        steps = self.planned_steps(len(task.labelled), budget, {"num_iterations": iterations})
         args = TrainingArguments(
             output_dir=str(Path(ctx.work_dir) / f"setfit-seed{ctx.seed}"),
             batch_size=budget.batch_size,

@@ -517,6 +517,10 @@ class SparseExpertMethod(Method):
         """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
         names = tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
+        paths = [n for n in names if n in (".", "..") or any(sep in n for sep in ("/", "\\")) or Path(n).is_absolute()]
+        if paths:  # (the demo refuses folder settings; a source name must not reach outside source_dir either)
+            raise DataError(f"sources names dataset folders inside the source folder, but {paths[0]!r} is a path. Give "
+                            "folder names, e.g. --config sources=sst5,mr,mpqa, and the folder with source_dir=.")
         source_dir = self._source_dir(ctx, names)
         if task is not None:
             names = tuple(n for n in names if n != task.name)  # the evaluated dataset stays held out

@@ -300,13 +300,12 @@ class LowDataTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log line: add the objective's own terms, averaged over processes
-            terms = self.objective.log_terms()
-            if terms and self.accelerator.num_processes > 1:  # (every process logs the same keys here)
-                names = sorted(terms)
+            terms = dict(self.objective.log_terms())
+            # (log_terms gives the same keys on every process: the objectives' loss terms of the step)
+            names = sorted(n for n, v in terms.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            if names and self.accelerator.num_processes > 1:  # numbers only; anything else is logged as it is
                 values = torch.tensor([float(terms[n]) for n in names], device=self.accelerator.device)
-                values = self.accelerator.reduce(values, reduction="mean")
-                terms = {n: round(float(v), 6) if isinstance(terms[n], float) else float(v)
-                         for n, v in zip(names, values.tolist())}
+                terms.update(zip(names, self.accelerator.reduce(values, reduction="mean").tolist()))
             logs = {**logs, **terms}
         super().log(logs, *args, **kwargs)
 

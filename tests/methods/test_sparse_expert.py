@@ -271,3 +271,11 @@ def test_the_evaluated_dataset_is_held_out_whole_as_sst2_is_inside_sst5(tiny_ber
 
     with pytest.raises(DataError, match="No source dataset keeps two classes"):
         method.fit(_task(root, "coarse"), _ctx(tiny_bert_dir, root, tmp_path, sources="fine"))
+
+
+@pytest.mark.parametrize("sources", ["../outside", "/etc", "toyb,sub/dir", ".."])
+def test_a_source_name_that_is_a_path_is_refused(tiny_bert_dir, data_dir, tmp_path, sources):
+    """sources= entries were joined onto the source folder: a path read any folder of the server (a way around
+    the demo's refusal of folder settings)."""
+    with pytest.raises(DataError, match="sources names dataset folders inside the source folder"):
+        get_method("sparse_expert").plan(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources=sources))

@@ -397,3 +397,27 @@ def test_auxiliary_optimizer_state_is_written_whole_or_not_at_all(tmp_path, monk
         _atomic_torch_save({"step": torch.tensor(2)}, target)
     monkeypatch.setattr(torch, "save", real_save)
     assert int(torch.load(target, weights_only=True)["step"]) == 1
+
+
+def test_logged_terms_are_averaged_over_processes_and_non_numbers_pass_through(tiny_bert_dir, tmp_path, monkeypatch):
+    """A custom objective's non-numeric log term crashed the averaging under several processes."""
+    from types import SimpleNamespace
+
+    class Terms(TrainingObjective):
+        def log_terms(self):
+            return {"mine/loss": 0.5, "mine/count": 3, "mine/classes": ["a", "b"]}
+
+    trainer = _make(tiny_bert_dir, tmp_path, objective=Terms())
+    reduced = []
+
+    def mean_over_two(values, reduction):
+        reduced.append(values.tolist())
+        return (values + torch.tensor([1.0, 0.5])) / 2  # the other process logged count 1 and loss 0.5
+
+    monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(num_processes=2, device="cpu", reduce=mean_over_two,
+                                                                 is_main_process=True))
+    monkeypatch.setattr(Trainer, "log", lambda self, logs, *a, **k: seen.append(logs))
+    seen: list = []
+    trainer.log({"loss": 1.0})
+    assert reduced == [[3.0, 0.5]]  # mine/count, mine/loss
+    assert seen == [{"loss": 1.0, "mine/loss": 0.5, "mine/count": 2.0, "mine/classes": ["a", "b"]}]

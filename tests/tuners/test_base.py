@@ -90,3 +90,12 @@ def test_an_adapter_stacked_on_another_adds_to_it(outer):
     x = torch.randn(3, 6)
     expected = torch.nn.functional.linear(x, w0 + inner_delta + outer_delta, bias)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    if outer.startswith("ftp"):  # additive deltas merge in any order
+        outer_layer.merge()
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    else:  # MixupBLO mixes with the innermost weight, which a merge below or its own would change: refused
+        with pytest.raises(ValueError, match="MixupBLO cannot merge on a layer another adapter"):
+            outer_layer.merge()
+        inner_layer.merge()
+        with pytest.raises(ValueError, match="MixupBLO cannot run on a layer another adapter .* has merged"):
+            model(x)

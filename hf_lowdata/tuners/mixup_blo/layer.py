@@ -151,6 +151,7 @@ class Linear(nn.Module, MixupBLOLayer):
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.mixup_blo_mix_out]
         if not adapter_names:
             return
+        self._refuse_a_changed_pretrained_weight("merge")
         base = self.get_base_layer()
         if self._pretrained_weight is None:
             self._pretrained_weight = base.weight.detach().clone()
@@ -172,6 +173,20 @@ class Linear(nn.Module, MixupBLOLayer):
             if bias is not None:
                 base.bias.data = bias
         self.merged_adapters.extend(adapter_names)
+
+    def _refuse_a_changed_pretrained_weight(self, action: str) -> None:
+        """Stacked on another adapter, MixupBLO mixes with the innermost weight as its W0: it cannot merge (its
+        merge replaces that weight, the other adapter's merge adds to it) nor run while the other is merged."""
+        inner = self.base_layer
+        if not isinstance(inner, BaseTunerLayer):
+            return
+        if action == "merge" or inner.merged:
+            raise ValueError(
+                f"MixupBLO cannot {action} on a layer another adapter ({type(inner).__name__}) also adapts"
+                f"{' and has merged' if inner.merged else ''}: it mixes with the pretrained weight, which that "
+                "adapter's merge changes. Keep both unmerged (their outputs add up), or merge_and_unload the other "
+                "adapter before adding MixupBLO."
+            )
 
     def unmerge(self) -> None:
         """Restore the pretrained weight and bias exactly."""
@@ -200,7 +215,8 @@ class Linear(nn.Module, MixupBLOLayer):
         weight, bias = self._combined(active, dtype)
         if isinstance(self.base_layer, BaseTunerLayer):
             # Another adapter adapts the same layer below this one: it must run, and W_eff - W0 (and the bias
-            # offsets) are added to its output, as a merge adds them to the weight.
+            # offsets) are added to its output.
+            self._refuse_a_changed_pretrained_weight("run")
             w0, b0 = self._pretrained()
             delta_bias = None if bias is None else bias - b0.to(dtype)
             result = self.base_layer(x, *args, **kwargs)

@@ -58,8 +58,8 @@ class TwinTurboConfig(PeftConfig):
             projector output and the frozen pooled backbone state); 0 turns it off. The default
             0.03 is below the spec's reconstructed range 0.1..1 [recon]: it was chosen on dev
             splits (text: sst2/sst5 dev, k = 8; images: 2,000 held-out Fashion-MNIST training
-            images, k = 1/4/10), where 0.1 was the worst in both; 0.03 was best on text and within
-            a standard deviation of 0 (best there) on images (BENCHMARKS.md, TwinTurbo).
+            images, k = 1/4/10): 0.03 was best on text (0 the worst there) and within a standard
+            deviation of 0 (best there; 0.1 the worst) on images (BENCHMARKS.md, TwinTurbo).
         label_prior: p(y) of the task-space bound: "labelled" (class frequencies of the labelled
             training set) or "uniform".
         contrastive_temperature: temperature tau_c of the latent InfoNCE.
