@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..budgets import get_budget
+from ..budgets import BUDGETS, get_budget
 from ..cli import _int_list, _name_list, parse_options
 from ..data import DataError
 from ..features import (
@@ -112,7 +112,9 @@ class _Probe:
     def __init__(self, seed: int, label_names: Sequence[str], image_size: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        self.head = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+        options = BUDGETS["probe"].options  # the text probe's settings
+        self.head = LogisticRegression(C=float(options["C"]), max_iter=2000, random_state=seed,
+                                       class_weight=None if options["class_weight"] == "none" else "balanced")
         self.label_names = list(label_names)
         self.image_size = image_size
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..data import FewShotTask
-from .base import FittedClassifier, Method, RunContext, SharedCache, register_method
+from .base import FittedClassifier, Method, MethodConfigError, RunContext, SharedCache, register_method
 
 
 class ProbeClassifier(FittedClassifier):
@@ -71,7 +71,7 @@ def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, A
 class Probe(Method):
     name = "probe"
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
-    option_names = frozenset({"C"})
+    option_names = frozenset({"C", "class_weight"})
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression
@@ -79,13 +79,18 @@ class Probe(Method):
         budget = ctx.budget_for(self.name)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
+        weighting = str(ctx.option(self.name, "class_weight", "balanced"))
+        if weighting not in ("balanced", "none"):
+            raise MethodConfigError(f"probe: class_weight must be 'balanced' or 'none', got {weighting!r}.")
+        class_weight = None if weighting == "none" else "balanced"
         candidates = [float(ctx.option(self.name, "C", 1.0))]
         if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
             candidates = [0.01, 0.1, 1.0, 10.0, 100.0]
             dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length, device=ctx.device)
         best: tuple[float, Any] | None = None
         for c in candidates:
-            head = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed).fit(features, labels)
+            head = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed, class_weight=class_weight).fit(
+                features, labels)
             score = float((head.predict(dev_features) == np.asarray(task.dev.labels)).mean()) if task.dev else 0.0
             if best is None or score > best[0]:
                 best = (score, head)
