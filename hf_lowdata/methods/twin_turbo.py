@@ -167,7 +167,7 @@ class TwinTurbo(Method):
         key = model_fingerprint(resolve_model_path(ctx.model))
         # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
         # afterwards (the demo's, for pushing) must not keep every unlabelled text's token states in memory.
-        shared, own = weakref.ref(feature_cache(ctx)), []
+        shared, own = weakref.ref(feature_cache(ctx)), FeatureCache()  # own: empty until the shared one is gone
 
         def caching_progress(done: int, total: int) -> None:
             if ctx.cancel is not None and ctx.cancel.is_set():
@@ -178,8 +178,7 @@ class TwinTurbo(Method):
         def states(texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
             cache = shared()
             if cache is None:  # the run's SharedCache is gone: a cache of this model's own, filled on demand
-                own[:] = own or [FeatureCache()]
-                cache = own[0]
+                cache = own
             return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key, on_batch=on_batch)
 
         def training_states(texts: Sequence[str]) -> list[torch.Tensor]:
