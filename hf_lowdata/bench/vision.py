@@ -1,17 +1,20 @@
-"""Image benchmark: TwinTurbo (and ablations) vs a linear probe on EfficientNet-Lite0, Fashion-MNIST / digits.
+"""Image benchmark on EfficientNet-Lite0, Fashion-MNIST / digits: the probe, full fine-tuning, LoRA, FTP and TwinTurbo.
 
 ``python -m hf_lowdata.bench.vision --datasets fashion-mnist --shots 1,4,10 --seeds 0-4
---methods probe,twin_turbo,twin_turbo_ce --unlabelled 2000 --out runs/vision``
+--methods probe,full,lora,twin_turbo,twin_turbo_ce --unlabelled 2000 --out runs/vision``
 
 Same protocol and outputs as ``hf-lowdata bench`` (``runs.jsonl`` appended run by run, ``--resume``,
 ``summary.md``, plots): k labelled images per class per seed (nested in k), an unlabelled pool of
 ``--unlabelled`` further training images, the whole official test split (Fashion-MNIST: 10,000).
 The frozen backbone's feature maps are computed once per image and cached on disk (fp16), so the
-images of a dataset pass through the backbone once for all runs. Images are resized to
+images of a dataset pass through the backbone once for all runs of the probe and TwinTurbo; ``full``,
+``lora`` and ``ftp`` train the backbone with the text methods' budgets and trainer
+(:mod:`hf_lowdata.vision.finetune`), so each of their runs passes the scored images through its own model. Images are resized to
 ``--image-size`` (a multiple of 32; 128 px gives a 4x4 map = 16 tokens of width 1280).
 
 ``--dev N`` scores on N held-out *training* images instead of the test split (the datasets have no
-official dev split): the way to choose settings (``--config``) without looking at test results.
+official dev split): the way to choose settings (``--config``) without looking at test results. Budget
+fields (``--config learning_rate=1e-3``) are accepted only there: test runs use the fixed budgets.
 Those records name the dataset ``"<name> (dev N)"`` so they never mix with test results.
 """
 
@@ -23,14 +26,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..budgets import BUDGETS, get_budget
+from ..budgets import BUDGETS, Budget, get_budget
 from ..cli import _int_list, _name_list, parse_options
 from ..data import DataError
 from ..features import (
@@ -41,12 +44,19 @@ from ..features import (
     model_fingerprint,
 )
 from ..methods import RunContext, SharedCache
-from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
+from ..methods.base import count_trainable, directory_bytes, unknown_options, unlabelled_pool_size
 from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
 from ..paths import cache_root
 from ..vision import ImageSet, load_digits, load_fashion_mnist, make_image_few_shot_task, split_off_dev
 from ..vision.efficientnet import VisionAssetError, efficientnet_lite0_path, load_efficientnet_lite0
+from ..vision.finetune import (
+    BATCHNORM_MODES,
+    BATCHNORM_OPTION,
+    IMAGE_BACKBONE_METHODS,
+    fit_image_classifier,
+    predict_images,
+)
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
 from .results import (
@@ -59,7 +69,9 @@ from .results import (
 )
 
 DATASETS = {"fashion-mnist": load_fashion_mnist, "digits": load_digits}
-METHODS = ("probe", *METHOD_VARIANTS)
+METHODS = ("probe", *IMAGE_BACKBONE_METHODS, *METHOD_VARIANTS)
+#: Budget fields a ``--config`` may set, on a ``--dev`` split only.
+BUDGET_FIELDS = frozenset(f.name for f in fields(Budget)) - {"options"}
 #: Images timed end to end (backbone + head, no cache) for the inference figure.
 TIMING_SAMPLE = 128
 
@@ -97,8 +109,17 @@ def _validate(config: VisionBenchConfig) -> None:
             raise SystemExit(f"{flag} must be at least {least}, got {value}.")
     if not config.budget_scale > 0:
         raise SystemExit(f"--budget-scale must be positive, got {config.budget_scale}.")
-    # options reach TwinTurboConfig only (the image probe has none; budgets come from --budget-scale)
-    message = unknown_options([m for m in config.methods if m != "probe"], list(config.options))
+    # options reach the methods' configs (the image probe has none; budgets come from --budget-scale)
+    budget_fields = sorted(BUDGET_FIELDS & set(config.options))
+    if budget_fields and not config.dev:
+        raise SystemExit(f"--config {', '.join(budget_fields)}: budget fields may be changed only on a dev split "
+                         "(--dev N), to choose them; test runs use the fixed budgets of hf_lowdata/budgets.py.")
+    batchnorm = config.options.get(BATCHNORM_OPTION, "frozen")
+    if batchnorm not in BATCHNORM_MODES:
+        raise SystemExit(f"--config batchnorm={batchnorm}: choose one of {list(BATCHNORM_MODES)}.")
+    also_known = [BATCHNORM_OPTION] if set(IMAGE_BACKBONE_METHODS) & set(config.methods) else []
+    message = unknown_options([m for m in config.methods if m != "probe"], list(config.options),
+                              also_known=[*also_known, *(sorted(BUDGET_FIELDS) if config.dev else ())])
     if message:
         raise SystemExit(message)
     runs = Path(config.out) / "runs.jsonl"
@@ -221,25 +242,36 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_vision_") as work, PeakMemory() as memory:
             labelled_states = states(task.labelled)
             unlabelled_states = states(task.unlabelled) if task.unlabelled is not None and spec["unlabelled"] else None
-            ctx = RunContext(seed=spec["seed"], work_dir=Path(work), cache=SharedCache(), options=config.options,
-                             budget=get_budget("twin_turbo").scaled(config.budget_scale), quiet=True)
+            method = spec["method"]
+            ctx = RunContext(seed=spec["seed"], work_dir=Path(work), cache=SharedCache(), quiet=True,
+                             options={k: v for k, v in config.options.items() if k not in BUDGET_FIELDS},
+                             budget=_budget(config, "twin_turbo" if method in METHOD_VARIANTS else method))
             torch.manual_seed(spec["seed"])
             with Timer() as train_timer:
-                if spec["method"] == "probe":
+                if method == "probe":
                     fitted: Any = _Probe(spec["seed"], task.label_names, config.image_size).fit(
                         labelled_states, task.labelled.labels)
                     predict, trainable = fitted.predict, fitted.head.coef_.size + fitted.head.intercept_.size
                     saved = directory_bytes(fitted.save(Path(work) / "probe"))
+                elif method in IMAGE_BACKBONE_METHODS:
+                    model = fit_image_classifier(method, task, ctx, config.image_size)
+                    trainable = count_trainable(model)
+                    model.save_pretrained(Path(work) / "model")
+                    saved = directory_bytes(Path(work) / "model")
                 else:
-                    model, saved_dir = _fit_twin_turbo(spec["method"], task, labelled_states, unlabelled_states,
-                                                       ctx, Path(work))
+                    model, saved_dir = _fit_twin_turbo(method, task, labelled_states, unlabelled_states, ctx, Path(work))
                     predict = lambda s: predict_from_states(model, s).argmax(1)  # noqa: E731
-                    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                    trainable = count_trainable(model)
                     saved = directory_bytes(saved_dir)
-            predictions = predict(test_states)
             sample = task.test.images[:TIMING_SAMPLE]
-            with Timer() as infer_timer:  # backbone + head on raw images, no cache
-                predict(image_token_states(FeatureCache(), backbone, sample, config.image_size, model_key))
+            if method in IMAGE_BACKBONE_METHODS:  # its own backbone: every scored image passes it
+                predictions = predict_images(model, task.test.images, config.image_size)
+                with Timer() as infer_timer:
+                    predict_images(model, sample, config.image_size)
+            else:
+                predictions = predict(test_states)
+                with Timer() as infer_timer:  # backbone + head on raw images, no cache
+                    predict(image_token_states(FeatureCache(), backbone, sample, config.image_size, model_key))
         labels = task.test.labels
         record.update(
             status="ok", accuracy=accuracy(labels, predictions),
@@ -253,6 +285,13 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return record
+
+
+def _budget(config: VisionBenchConfig, name: str) -> Budget:
+    """``name``'s budget, scaled by ``--budget-scale``, with the budget fields a ``--dev`` run's ``--config`` sets."""
+    budget = get_budget(name).scaled(config.budget_scale)
+    changed = {k: type(getattr(budget, k))(v) for k, v in config.options.items() if k in BUDGET_FIELDS}
+    return replace(budget, **changed) if changed else budget
 
 
 def _fit_twin_turbo(method, task, labelled_states, unlabelled_states, ctx, work: Path):
@@ -282,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dev", type=int, default=0, metavar="N",
                    help="score on N held-out training images instead of the test split (for choosing settings)")
     p.add_argument("--feature-cache-dir", type=Path, default=None, help="default: ~/.cache/hf_lowdata/features")
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TwinTurboConfig options")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="method options (TwinTurboConfig's, LoRA's r, ...); budget fields with --dev only")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the training steps (smoke runs)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)

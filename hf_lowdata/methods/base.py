@@ -458,6 +458,20 @@ def _median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def load_base_classifier(task: Any, ctx: RunContext) -> torch.nn.Module:
+    """A pretrained model with a new head for ``task``'s labels, seeded by the run: ``ctx.model`` for a text
+    task, the packaged EfficientNet-Lite0 for an image task (:class:`~hf_lowdata.vision.ImageFewShotTask`)."""
+    from ..vision.data import ImageFewShotTask
+
+    if isinstance(task, ImageFewShotTask):
+        from ..vision.efficientnet import load_efficientnet_lite0
+
+        return load_efficientnet_lite0(task.num_labels, list(task.label_names), seed=ctx.seed)
+    from ..models import load_for_classification
+
+    return load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+
+
 class TransformerMethod(Method):
     """Fine-tune a sequence-classification model with the LowDataTrainer.
 
@@ -468,9 +482,8 @@ class TransformerMethod(Method):
     checkpoints = True
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
-        from ..models import load_for_classification
-
-        return load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+        """The model to train: the base classifier, which subclasses wrap (PEFT config)."""
+        return load_base_classifier(task, ctx)
 
     def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module):
         """The training objective; ``None`` is plain supervised training."""
@@ -479,30 +492,27 @@ class TransformerMethod(Method):
     def training_overrides(self, task: FewShotTask, ctx: RunContext) -> dict[str, Any]:
         return {}
 
-    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
-        from ..data import collator
-        from ..training import LowDataTrainer, few_shot_training_args, last_complete_checkpoint
+    def make_trainer(self, task: Any, ctx: RunContext, model: torch.nn.Module, train: Any, data_collator: Any,
+                     processing_class: Any = None, unlabelled: Any = None, output_dir: Path | None = None):
+        """The LowDataTrainer for ``model`` on the prepared ``train`` dataset, under this method's budget,
+        objective and overrides; returns ``(trainer, run_callback)``. Shared by text (:meth:`fit`) and
+        image tasks (:func:`hf_lowdata.vision.finetune.fit_image_classifier`)."""
+        from ..training import LowDataTrainer, few_shot_training_args
 
         budget = ctx.budget_for(self.name)
-        tokenizer = ctx.cache.tokenizer(ctx.model)
-        model = self.build_model(task, ctx)
         device = default_device(ctx.device)
-        train = tokenize(task.labelled, tokenizer, max_length=budget.max_length)
-        unlabelled = None
-        if self.uses_unlabelled and task.unlabelled is not None:
-            unlabelled = tokenize(task.unlabelled, tokenizer, max_length=budget.max_length)
         overrides = {"use_cpu": device.type == "cpu", "bf16": ctx.bf16, **self.training_overrides(task, ctx)}
         if ctx.save_steps > 0:
             overrides.update(save_strategy="steps", save_steps=ctx.save_steps, save_total_limit=2)
-        output_dir = ctx.checkpoint_dir or Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
+        output_dir = output_dir or Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
         args = few_shot_training_args(str(output_dir), budget, len(task.labelled), ctx.seed, **overrides)
         run_callback = _run_callback(ctx, self.name)
         trainer = LowDataTrainer(
             model=model,
             args=args,
             train_dataset=train,
-            data_collator=collator(tokenizer),
-            processing_class=tokenizer,
+            data_collator=data_collator,
+            processing_class=processing_class,
             objective=self.objective(task, ctx, model),
             unlabeled_dataset=unlabelled,
             callbacks=[run_callback],
@@ -511,6 +521,22 @@ class TransformerMethod(Method):
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
+        return trainer, run_callback
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from ..data import collator
+        from ..training import last_complete_checkpoint
+
+        budget = ctx.budget_for(self.name)
+        tokenizer = ctx.cache.tokenizer(ctx.model)
+        model = self.build_model(task, ctx)
+        train = tokenize(task.labelled, tokenizer, max_length=budget.max_length)
+        unlabelled = None
+        if self.uses_unlabelled and task.unlabelled is not None:
+            unlabelled = tokenize(task.unlabelled, tokenizer, max_length=budget.max_length)
+        output_dir = ctx.checkpoint_dir or Path(ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
+        trainer, run_callback = self.make_trainer(task, ctx, model, train, collator(tokenizer), tokenizer,
+                                                  unlabelled, output_dir)
         dev_selection = None
         if task.dev is not None:
             dev_selection = dev_selection_callback(task.dev.labels, text_dev_logits(tokenizer, task.dev.texts, budget.max_length),

@@ -14,6 +14,9 @@ LORA_TARGETS: dict[str, list[str]] = {
     "mpnet": ["q", "v"],
     "camembert": ["query", "value"],
     "ernie": ["query", "value"],
+    # EfficientNet (the image benchmark): each MBConv block's 1x1 convolutions, expansion and projection,
+    # which are its Linear maps over channels (PEFT's LoRA adapts Conv2d layers).
+    "efficientnet": ["expand_conv", "project_conv"],
 }
 
 

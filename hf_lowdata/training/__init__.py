@@ -1,7 +1,7 @@
 """Training: the LowDataTrainer, the per-method objective interface, and few-shot TrainingArguments."""
 
 from .arguments import few_shot_training_args
-from .batchnorm import frozen_batchnorm_in_eval
+from .batchnorm import batchnorm_statistics_frozen, frozen_batchnorm_in_eval
 from .objectives import (
     AuxiliaryOptimizer,
     TrainingObjective,
@@ -18,6 +18,7 @@ __all__ = [
     "TrainingObjective",
     "default_objective_for",
     "few_shot_training_args",
+    "batchnorm_statistics_frozen",
     "frozen_batchnorm_in_eval",
     "last_complete_checkpoint",
     "module_parameter_ids",

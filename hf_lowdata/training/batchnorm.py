@@ -36,18 +36,39 @@ def _eval_if_frozen(module: nn.Module, args: Any) -> None:
         module.eval()
 
 
-@contextmanager
-def frozen_batchnorm_in_eval(model: nn.Module) -> Iterator[None]:
-    """While active, every frozen BatchNorm layer of ``model`` runs in eval mode when it is called.
+def _eval_always(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook: the BatchNorm layer normalises with its stored statistics, trainable or not."""
+    if module.training:
+        module.eval()
 
-    A forward pre-hook rather than one ``eval()`` call: later ``model.train()`` calls (Trainer's per
-    step, an objective restoring the mode after a pass in eval mode) cannot switch the layer back, and
-    ``requires_grad`` is read at each call. The hooks are removed on exit.
-    """
-    handles = [m.register_forward_pre_hook(_eval_if_frozen) for m in model.modules()
+
+@contextmanager
+def _batchnorm_hook(model: nn.Module, hook: Any) -> Iterator[None]:
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def frozen_batchnorm_in_eval(model: nn.Module):
+    """While active, every frozen BatchNorm layer of ``model`` runs in eval mode when it is called.
+
+    A forward pre-hook rather than one ``eval()`` call: later ``model.train()`` calls (Trainer's per
+    step, an objective restoring the mode after a pass in eval mode) cannot switch the layer back, and
+    ``requires_grad`` is read at each call. The hooks are removed on exit.
+    """
+    return _batchnorm_hook(model, _eval_if_frozen)
+
+
+def batchnorm_statistics_frozen(model: nn.Module):
+    """While active, *every* BatchNorm layer of ``model`` runs in eval mode: trainable affine parameters still
+    train, but each layer normalises with its stored statistics and never updates them.
+
+    For fine-tuning a whole network on a few images: the statistics of a batch of 8 are no estimate of the
+    population's, so a network trained under them predicts poorly once it normalises with running statistics
+    (the image benchmark's full fine-tuning uses it; see :mod:`hf_lowdata.vision.finetune`).
+    """
+    return _batchnorm_hook(model, _eval_always)

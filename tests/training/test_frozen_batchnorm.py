@@ -14,7 +14,7 @@ from torch import nn
 from hf_lowdata import FTPConfig
 from hf_lowdata.budgets import Budget
 from hf_lowdata.training import LowDataTrainer, few_shot_training_args
-from hf_lowdata.training.batchnorm import frozen_batchnorm_in_eval, is_frozen_batchnorm
+from hf_lowdata.training.batchnorm import batchnorm_statistics_frozen, frozen_batchnorm_in_eval, is_frozen_batchnorm
 
 BUDGET = Budget(learning_rate=1e-2, epochs=1, min_steps=3, max_steps=3, batch_size=4, warmup_ratio=0.0)
 TOP_BN = "efficientnet.encoder.top_bn"
@@ -129,6 +129,22 @@ def test_only_batchnorm_with_all_affine_parameters_frozen_runs_in_eval_mode():
     torch.testing.assert_close(frozen.running_mean, torch.zeros(4), atol=0, rtol=0)
     model.train()(x)  # outside the context the hooks are gone: plain PyTorch behaviour again
     assert [int(m.num_batches_tracked) for m in model] == [1, 3, 3]
+
+
+def test_frozen_statistics_keep_every_batchnorm_in_eval_mode_while_its_affine_parameters_train():
+    """Full fine-tuning on a few images: trainable layers normalise with their stored statistics too."""
+    trainable, frozen = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+    frozen.requires_grad_(False)
+    model = nn.Sequential(trainable, frozen)
+    x = torch.randn(8, 4) + 3.0
+    with batchnorm_statistics_frozen(model):
+        model.train()
+        model(x).sum().backward()
+    assert [int(m.num_batches_tracked) for m in model] == [0, 0]
+    torch.testing.assert_close(trainable.running_mean, torch.zeros(4), atol=0, rtol=0)
+    assert trainable.weight.grad is not None and trainable.bias.grad.abs().sum() > 0  # the affine part trains
+    model.train()(x)  # the hooks are gone on exit
+    assert [int(m.num_batches_tracked) for m in model] == [1, 1]
 
 class _ImageSource:
     """An episode source of random images (what SparseExpert meta-trains an image backbone on)."""

@@ -246,7 +246,8 @@ def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
     (dict(image_size=0), "--image-size must be a positive multiple of 32"),
     (dict(budget_scale=0.0), "--budget-scale must be positive"),  # recorded 'ok' with accuracy 0
     (dict(shots=[0, 1]), "--shots must be at least 1"),
-    (dict(options={"max_steps": 1}), "Unknown setting 'max_steps'"),  # was silently ignored
+    (dict(options={"max_steps": 1}), "budget fields may be changed only on a dev split"),  # was silently ignored
+    (dict(options={"max_step": 1}, dev=50), "Unknown setting 'max_step' .did you mean 'max_steps'"),
     (dict(options={"C": 1.0}, methods=["probe"]), "Unknown setting 'C'"),
 ])
 def test_vision_benchmark_refuses_bad_settings_before_any_run(tmp_path, setting, message):
