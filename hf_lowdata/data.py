@@ -451,16 +451,23 @@ def examples_from_rows(
 
 def duplicate_notes(data: TextDataset) -> list[str]:
     """What is suspicious about repeated texts: texts labelled twice differently (with a few labels each,
-    one such pair is a large share of the signal) and exact duplicate rows (they count twice in training)."""
+    one such pair is a large share of the signal) and exact duplicate rows (they count twice in training).
+
+    Conflicts compare texts by :func:`normalize_text`, the key the splits use (``Great!`` and ``great``
+    labelled differently are one conflict, as the demo's held-out split treats them).
+    """
     texts, labels, names = data.texts, data.labels or (), data.label_names
     seen: dict[str, set[int]] = {}
+    first: dict[str, str] = {}
     for text, label in zip(texts, labels):
-        seen.setdefault(text, set()).add(label)
+        key = normalize_text(text)
+        seen.setdefault(key, set()).add(label)
+        first.setdefault(key, text)
     notes = []
-    conflicting = [t for t, ls in seen.items() if len(ls) > 1]
+    conflicting = [key for key, ls in seen.items() if len(ls) > 1]
     if conflicting:
-        example = conflicting[0]
-        shown = ", ".join(names[i] for i in sorted(seen[example]))
+        example = first[conflicting[0]]
+        shown = ", ".join(names[i] for i in sorted(seen[conflicting[0]]))
         notes.append(f"{data.source}: {len(conflicting)} text(s) carry different labels, e.g. {example[:60]!r}: "
                      f"{shown}. Check these labels: the same text cannot teach two classes.")
     duplicates = sum(n - 1 for n in Counter(zip(texts, labels)).values() if n > 1)

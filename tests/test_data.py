@@ -322,6 +322,10 @@ def test_conflicting_and_duplicate_rows_are_warned_about(tmp_path):
         data = load_file(path)
     messages = [str(w.message) for w in caught]
     assert any("1 text(s) carry different labels, e.g. 'great': neg, pos" in m for m in messages)
+    path = write_jsonl(tmp_path / "n.jsonl", [{"text": "Great!", "label": "pos"}, {"text": "great", "label": "neg"},
+                                               {"text": "bad", "label": "neg"}])
+    with pytest.warns(DataWarning, match="1 text.s. carry different labels, e.g. 'Great!': neg, pos"):
+        load_file(path)  # compared as the splits compare them (normalize_text), not character by character
     assert any("1 row(s) repeat an earlier row" in m for m in messages)
     assert len(data) == 5  # nothing is dropped: the user decides
 
