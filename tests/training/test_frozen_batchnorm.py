@@ -14,7 +14,11 @@ from torch import nn
 from hf_lowdata import FTPConfig
 from hf_lowdata.budgets import Budget
 from hf_lowdata.training import LowDataTrainer, few_shot_training_args
-from hf_lowdata.training.batchnorm import batchnorm_statistics_frozen, frozen_batchnorm_in_eval, is_frozen_batchnorm
+from hf_lowdata.training.batchnorm import (
+    batchnorm_statistics_frozen,
+    frozen_batchnorm_in_eval,
+    is_frozen_batchnorm,
+)
 
 BUDGET = Budget(learning_rate=1e-2, epochs=1, min_steps=3, max_steps=3, batch_size=4, warmup_ratio=0.0)
 TOP_BN = "efficientnet.encoder.top_bn"
