@@ -42,6 +42,13 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def _lifetime_peak_rss_bytes() -> int:
+    """This process's lifetime peak RSS from ``getrusage``, in bytes: ``ru_maxrss`` is in bytes on macOS
+    and in kilobytes on Linux and the BSDs (getrusage(2) differs between them)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
 class PeakMemory:
     """Peak resident memory (and peak CUDA memory) of this process while the block runs.
 
@@ -81,7 +88,7 @@ class PeakMemory:
             self._thread.join()
         rss = _rss_bytes()
         if rss is None:
-            self.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak_rss = _lifetime_peak_rss_bytes()
         else:
             self.peak_rss = max(self.peak_rss, rss)
         try:

@@ -16,3 +16,22 @@ def test_macro_f1_averages_the_classes_that_occur():
     assert accuracy([0, 1, 2], [0, 1, 1]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="outside 0..1"):
         macro_f1([0, 2], [0, 1], 2)
+
+
+@pytest.mark.parametrize(("platform", "ru_maxrss"), [("darwin", 300 * 2**20), ("linux", 300 * 2**10)],
+                         ids=["macos-bytes", "linux-kilobytes"])
+def test_peak_memory_without_proc_reads_ru_maxrss_in_the_platform_unit(monkeypatch, platform, ru_maxrss):
+    """Where /proc is missing, ``ru_maxrss`` is the peak: bytes on macOS, kilobytes on Linux (getrusage(2))."""
+    import sys
+    import types
+
+    pytest.importorskip("torch")  # imported by PeakMemory; imported here, before sys.platform is changed
+    from hf_lowdata.bench import measure
+
+    usage = types.SimpleNamespace(ru_maxrss=ru_maxrss)
+    monkeypatch.setattr(measure, "_rss_bytes", lambda: None)  # no /proc/self/statm
+    monkeypatch.setattr(measure, "resource", types.SimpleNamespace(getrusage=lambda who: usage, RUSAGE_SELF=0))
+    monkeypatch.setattr(sys, "platform", platform)
+    with measure.PeakMemory() as memory:
+        pass
+    assert memory.peak_rss == 300 * 2**20  # a 300 MiB process on either platform
