@@ -21,6 +21,13 @@ from ..paths import atomic_write_text
 GroupKey = tuple[str, str, str, float, int, str]
 
 
+def _cell(value: Any) -> str:
+    """``value`` as the text of one Markdown table cell: a ``|`` (a LoRA ``target_modules`` regex such as
+    ``.*(query|value)``) would end the cell and shift the row, and a newline would end the row. Backslashes
+    are doubled, since Markdown reads a backslash as an escape (a regex's ``\\.`` would render as ``.``)."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def budget_label(record: dict[str, Any]) -> str:
     return f"k={record['k']}" if record.get("k") is not None else f"N={record['n']}"
 
@@ -123,7 +130,8 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         seeds = len({r["seed"] for r in rs})
         cuda = [r["peak_cuda_mb"] for r in rs if r.get("peak_cuda_mb") is not None]
         lines.append(
-            f"| {dataset} | {method} | {label} | {noise:g} | {unl} | " + (f"{setting} | " if len(settings) > 1 else "")
+            f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
+            + (f"{_cell(setting)} | " if len(settings) > 1 else "")
             + f"{seeds}{' †' if seeds < most_seeds else ''} | {_pm([r['accuracy'] for r in rs])} | "
             f"{_pm([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
             f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
@@ -144,16 +152,16 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                                                         kv[0][1], kv[0][5])):
             dataset, method, label, noise, unl, setting = key
             targets = sorted({t for r in rs for t in r.get("ood_accuracy", {})})
-            cells = "; ".join(f"{t}: {_pm([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
+            cells = "; ".join(f"{_cell(t)}: {_pm([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
                               for t in targets)
-            lines.append(f"| {dataset} | {method} | {label} | {noise:g} | {unl} | "
-                         + (f"{setting} | " if len(settings) > 1 else "")
+            lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
+                         + (f"{_cell(setting)} | " if len(settings) > 1 else "")
                          + f"{len({r['seed'] for r in rs})} | {_pm([r['accuracy'] for r in rs])} | {cells} |")
     if failed:
         lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
         for r in failed:
-            error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {r['dataset']} | {r['method']} | {budget_label(r)} | {r['seed']} | {error} |")
+            error = _cell(str(r.get("error", ""))[:300])
+            lines.append(f"| {_cell(r['dataset'])} | {_cell(r['method'])} | {budget_label(r)} | {r['seed']} | {error} |")
     recorded = {r["run_key"] for r in latest if "run_key" in r}
     missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
     if missing:
@@ -166,7 +174,8 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
             by_row[(m["dataset"], m["method"], budget_label(m), float(m.get("label_noise", 0.0)),
                     int(m.get("unlabelled", 0)))].append(m["seed"])
         for (dataset, method, label, noise, unl), seeds in by_row.items():
-            lines.append(f"| {dataset} | {method} | {label} | {noise:g} | {unl} | {', '.join(map(str, sorted(seeds)))} |")
+            lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
+                         f"{', '.join(map(str, sorted(seeds)))} |")
     return "\n".join(lines) + "\n"
 
 

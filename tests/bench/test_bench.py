@@ -275,3 +275,16 @@ def test_every_dataset_is_read_before_the_first_run(toy_data_dir, tiny_bert_dir,
         run_benchmark(_config(data, tiny_bert_dir, out, datasets=["toya", "toyb"], methods=["probe"]),
                       show_progress=False, on_record=seen.append)
     assert seen == [] and not (out / "runs.jsonl").exists()
+
+
+def test_table_cells_escape_pipes_backslashes_and_newlines():
+    """A supported LoRA regex (``target_modules=.*(query|value)``) in a setting cell added a cell and broke the
+    table; every text cell (dataset, method, setting, error) is escaped, and a backslash renders as typed."""
+    records = [_ok_record(seed=0, run_key="a"),
+               _ok_record(seed=0, run_key="b", options={"target_modules": r".*(query|value)", "note": "a\\.b"},
+                          ood_accuracy={"o|x": 0.5}),
+               _ok_record(seed=0, run_key="c", dataset="d|e", status="failed", error="boom|x\ny")]
+    text = summary_markdown(records)
+    _assert_tables_well_formed(text)
+    assert r"| model=x precision=fp32 note=a\\.b target_modules=.*(query\|value) | 1 | 60.0 |" in text
+    assert r"| o\|x: 50.0 |" in text and r"| d\|e | m | k=8 | 0 | boom\|x y |" in text
