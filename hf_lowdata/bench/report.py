@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,29 @@ def _machine(record: dict[str, Any]) -> str:
     return f"{m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch threads" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
 
 
+#: The libraries whose versions the summary names (a ``--resume`` under other versions is reported).
+LIBRARIES = ("torch", "transformers", "peft")
+
+
+def _versions(record: dict[str, Any]) -> str:
+    v = record.get("versions", {})
+    return ", ".join(f"{lib} {v.get(lib)}" for lib in LIBRARIES)
+
+
+def _tally(records: Sequence[dict[str, Any]], describe: Callable[[dict[str, Any]], str], preposition: str) -> str:
+    """The one value ``describe`` gives the runs, or each value with how many runs had it: a ``--resume`` on
+    another machine or under other library versions adds runs that differ from the first ones."""
+    values = sorted({describe(r) for r in records})
+    if len(values) == 1:
+        return values[0]
+    return "; ".join(f"{sum(describe(r) == v for r in records)} runs {preposition} {v}" for v in values)
+
+
+def _mixed_versions(rs: Sequence[dict[str, Any]]) -> bool:
+    """Whether a row averages runs made under different library versions (flagged ‡)."""
+    return len({_versions(r) for r in rs}) > 1
+
+
 def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] = ()) -> str:
     """Mean ± std over seeds per dataset x method x budget x setting, plus OOD and failures.
 
@@ -111,11 +134,7 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                  "includes one-off costs a run paid (a meta-training, a feature cache); peak RSS is the whole "
                  "process's, shared caches included.")
     if ok:
-        v = ok[0].get("versions", {})
-        machines = sorted({_machine(r) for r in ok})
-        lines.append(f"torch {v.get('torch')}, transformers {v.get('transformers')}, peft {v.get('peft')}; "
-                     + ("; ".join(f"{sum(_machine(r) == m for r in ok)} runs on {m}" for m in machines)
-                        if len(machines) > 1 else machines[0]) + ".")
+        lines.append(f"{_tally(ok, _versions, 'under')}; {_tally(ok, _machine, 'on')}.")
     settings = sorted({k[5] for k in groups})
     most_seeds = max((len({r["seed"] for r in rs}) for rs in groups.values()), default=0)
     lines.append("")
@@ -132,7 +151,7 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(
             f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
             + (f"{_cell(setting)} | " if len(settings) > 1 else "")
-            + f"{seeds}{' †' if seeds < most_seeds else ''} | {_pm([r['accuracy'] for r in rs])} | "
+            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | {_pm([r['accuracy'] for r in rs])} | "
             f"{_pm([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
             f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
             f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | " + (f"{np.mean(cuda):.0f} | " if gpu and cuda else
@@ -143,6 +162,9 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(f"\nEvery row: {settings[0]}.")
     if any(len({r["seed"] for r in rs}) < most_seeds for rs in groups.values()):
         lines.append(f"\n† fewer seeds than the {most_seeds} of the fullest rows (runs missing or failed).")
+    if any(_mixed_versions(rs) for rs in groups.values()):
+        lines.append(f"\n‡ runs made under different {', '.join(LIBRARIES)} versions (listed above): the row's means "
+                     "mix them. Re-run the row under one set of versions (in another --out) to compare like with like.")
     ood_rows = [(k, rs) for k, rs in groups.items() if any(r.get("ood_accuracy") for r in rs)]
     if ood_rows:
         ood_header = ("| trained on | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
@@ -156,7 +178,8 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                               for t in targets)
             lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
                          + (f"{_cell(setting)} | " if len(settings) > 1 else "")
-                         + f"{len({r['seed'] for r in rs})} | {_pm([r['accuracy'] for r in rs])} | {cells} |")
+                         + f"{len({r['seed'] for r in rs})}{' ‡' if _mixed_versions(rs) else ''} | "
+                         f"{_pm([r['accuracy'] for r in rs])} | {cells} |")
     if failed:
         lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
         for r in failed:

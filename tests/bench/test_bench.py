@@ -288,3 +288,23 @@ def test_table_cells_escape_pipes_backslashes_and_newlines():
     _assert_tables_well_formed(text)
     assert r"| model=x precision=fp32 note=a\\.b target_modules=.*(query\|value) | 1 | 60.0 |" in text
     assert r"| o\|x: 50.0 |" in text and r"| d\|e | m | k=8 | 0 | boom\|x y |" in text
+
+
+def test_summary_names_every_version_set_and_flags_rows_that_mix_them():
+    """A --resume under other library versions: the header named the first run's versions only, and a row
+    averaging runs of both sets was not marked."""
+    old = {"torch": "2.4.0", "transformers": "4.44.0", "peft": "0.12.0"}
+    new = {"torch": "2.6.0", "transformers": "4.50.0", "peft": "0.15.0"}
+    machine = {"cpu_count": 2, "torch_threads": 1, "cuda": None}
+    records = [_ok_record(seed=s, run_key=f"a{s}", versions=old, machine=machine) for s in range(2)]
+    records += [_ok_record(seed=s, run_key=f"b{s}", versions=new, machine=machine) for s in (2, 3)]
+    records += [_ok_record(seed=s, run_key=f"c{s}", versions=old, machine=machine, method="n") for s in range(4)]
+    text = summary_markdown(records)
+    assert ("6 runs under torch 2.4.0, transformers 4.44.0, peft 0.12.0; "
+            "2 runs under torch 2.6.0, transformers 4.50.0, peft 0.15.0; 2 CPUs, 1 torch threads.") in text
+    assert "| d | m | k=8 | 0 | 0 | 4 ‡ | 60.0 ± 0.0 |" in text and "| d | n | k=8 | 0 | 0 | 4 | 60.0 ± 0.0 |" in text
+    assert "‡ runs made under different torch, transformers, peft versions" in text
+    _assert_tables_well_formed(text)
+    one_set = summary_markdown(records[:2])  # one version set: named alone, as before, and no mark
+    assert "\ntorch 2.4.0, transformers 4.44.0, peft 0.12.0; 2 CPUs, 1 torch threads.\n" in one_set
+    assert "‡" not in one_set
