@@ -32,9 +32,14 @@ def budget_label(record: dict[str, Any]) -> str:
     return f"k={record['k']}" if record.get("k") is not None else f"N={record['n']}"
 
 
-def setting_of(record: dict[str, Any]) -> str:
-    """What else a run was trained under: model, precision, method options, dev split (one string)."""
-    parts = [f"model={record.get('model')}", f"precision={record.get('precision', 'fp32')}"]
+def setting_of(record: dict[str, Any], name_shared: bool = False) -> str:
+    """What else a run was trained under: model, precision, method options, dev split (one string).
+
+    ``name_shared``: other runs' models have the same name (folder name) but other files; the model is then
+    also named by the start of its files' digest (``model_content``), so that its runs get rows of their own.
+    """
+    model = f"{record.get('model')}" + (f"@{(record.get('model_content') or 'unknown')[:8]}" if name_shared else "")
+    parts = [f"model={model}", f"precision={record.get('precision', 'fp32')}"]
     parts += [f"{k}={v}" for k, v in sorted((record.get("options") or {}).items())]
     for key in ("dev_k", "budget_scale", "test_limit"):  # set only where they differ from the protocol's
         if record.get(key):
@@ -58,13 +63,19 @@ def latest_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
     """Latest successful runs grouped by (dataset, method, budget, label noise, unlabelled pool, setting):
-    runs of another model, precision or option setting never share a row."""
+    runs of another model (also one in a folder of the same name), precision or option setting never share
+    a row."""
     groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
-    for r in latest_records(records):
+    latest = latest_records(records)
+    contents: dict[str, set[str]] = defaultdict(set)  # model name -> digests of its files (older records have none)
+    for r in latest:
+        if r.get("status") == "ok" and r.get("model_content"):
+            contents[str(r.get("model"))].add(r["model_content"])
+    for r in latest:
         if r.get("status") != "ok":
             continue
         key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise", 0.0)),
-               int(r.get("unlabelled", 0)), setting_of(r))
+               int(r.get("unlabelled", 0)), setting_of(r, len(contents[str(r.get("model"))]) > 1))
         groups[key].append(r)
     return dict(groups)
 

@@ -32,7 +32,13 @@ from ..data import (
 )
 from ..methods import RunContext, SharedCache, get_method
 from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
-from ..models import model_id, require_text_model
+from ..models import (
+    ModelNotFoundError,
+    model_content_digest,
+    model_id,
+    require_text_model,
+    resolve_model_path,
+)
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
 from .results import append_record, finished_keys, locked_output, read_records, repair_tail
@@ -163,21 +169,49 @@ def validate(config: BenchConfig) -> None:
 
 #: Settings that change results but are not part of a run's key: a resumed benchmark must keep them.
 # --ood-datasets belongs here too: their test texts are kept out of the labelled sets and pools, so they
-# change what every run draws.
+# change what every run draws. The model is in the run key by name only; its files are compared as well
+# (model_identity), so another model in a folder of the same name is refused too.
 RESUME_SETTINGS = ("options", "dev_k", "bf16", "ood_datasets")
 
 
-def _check_resumed_settings(config: BenchConfig, saved_file: Path) -> None:
-    """Refuse to resume with other ``--config`` / ``--dev-k`` / ``--bf16`` / ``--ood-datasets`` than the runs recorded
-    (one summary row would otherwise average runs trained under different settings)."""
+def model_identity(model: str | None) -> dict[str, str]:
+    """The benchmark's model as ``config.json`` records it: its name (the one in run keys and the report), its
+    resolved folder, and a digest of its files. Run keys hold only the folder name, so two models in folders
+    of the same name are told apart by ``content`` (the same files at another path are the same model)."""
+    path = resolve_model_path(model)
+    return {"name": model_id(model), "path": str(path), "content": model_content_digest(path)}
+
+
+def _recorded_model(saved: dict[str, Any]) -> dict[str, str] | None:
+    """The model a settings file was written for; for a file written before the model was recorded, the one its
+    ``--model`` resolves to now (``None`` if it no longer resolves: nothing to compare with)."""
+    if isinstance(saved.get("model"), dict):
+        return saved["model"]
+    config = saved.get("config", {})
+    if "model" not in config:
+        return None
+    try:
+        return model_identity(config["model"])
+    except (ModelNotFoundError, OSError):
+        return None
+
+
+def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[str, str]) -> None:
+    """Refuse to resume with another model (``model``: :func:`model_identity`) or other ``--config`` / ``--dev-k`` /
+    ``--bf16`` / ``--ood-datasets`` than the runs recorded (one summary row would otherwise average runs trained
+    under different settings, and runs of another model in a folder of the same name would count as done)."""
     if not config.resume or not saved_file.is_file():
         return
     try:
-        saved = json.loads(saved_file.read_text()).get("config", {})
+        saved_file_data = json.loads(saved_file.read_text())
     except ValueError:
         return  # an unreadable settings file says nothing; the run keys still guard the rest
+    saved = saved_file_data.get("config", {})
     now = json.loads(json.dumps({k: getattr(config, k) for k in RESUME_SETTINGS}, default=str))
     changed = {k: (saved.get(k), now[k]) for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]}
+    recorded = _recorded_model(saved_file_data)
+    if recorded is not None and recorded.get("content") not in (None, model["content"]):
+        changed["model"] = tuple(f"{m.get('path')} (files {str(m.get('content'))[:12]})" for m in (recorded, model))
     if changed:
         shown = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in changed.items())
         raise BenchError(f"--resume: {config.out} was run with other settings ({shown}). Resuming would mix them "
@@ -208,10 +242,11 @@ def _run_benchmark_locked(
             f"{runs_path} already holds results. Pass --resume to continue that benchmark (finished runs are "
             "skipped), or choose another --out; nothing was overwritten."
         )
-    _check_resumed_settings(config, out / "config.json")
+    model = model_identity(config.model)
+    _check_resumed_settings(config, out / "config.json", model)
     repair_tail(runs_path)
     done = finished_keys(read_records(runs_path))
-    model_name = model_id(config.model)
+    model_name = model["name"]
     specs = plan_runs(config)
     planned = [s.key(model_name) for s in specs]
     todo = [s for s, key in zip(specs, planned) if key not in done]
@@ -225,7 +260,7 @@ def _run_benchmark_locked(
     env = environment()
     saved = out / "config.json.tmp"
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
-                                 "environment": env}, indent=2, default=str))
+                                 "model": model, "environment": env}, indent=2, default=str))
     os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
     _quiet_libraries()
     cache = SharedCache()
@@ -235,7 +270,7 @@ def _run_benchmark_locked(
             splits = loaded[spec.dataset]
             ood = {name: loaded[name] for name in config.ood_datasets if name != spec.dataset}
             bar.set_description(f"{spec.dataset} {spec.method} k={spec.k or '-'} n={spec.n or '-'} seed={spec.seed}")
-            record = execute_run(spec, splits, ood, config, cache, env, model_name)
+            record = execute_run(spec, splits, ood, config, cache, env, model_name, model["content"])
             append_record(runs_path, record)
             if on_record is not None:
                 on_record(record)
@@ -272,15 +307,18 @@ def execute_run(
     cache: SharedCache,
     env: dict[str, Any],
     model_name: str,
+    model_content: str | None = None,
 ) -> dict[str, Any]:
     """One run: draw the task, train, test in- and out-of-domain, measure; never raises for a
-    failing method (the record says ``status: failed`` with the error)."""
+    failing method (the record says ``status: failed`` with the error). ``model_content``: the digest of
+    the model's files, recorded so that the report keeps apart two models whose folders share a name."""
     from transformers import set_seed
 
     record: dict[str, Any] = {
         "run_key": spec.key(model_name),
         **asdict(spec),
         "model": model_name,
+        "model_content": model_content,
         "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft", "accelerate", "python")},
         "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
         "precision": "bf16" if config.bf16 else "fp32",

@@ -308,3 +308,44 @@ def test_summary_names_every_version_set_and_flags_rows_that_mix_them():
     one_set = summary_markdown(records[:2])  # one version set: named alone, as before, and no mark
     assert "\ntorch 2.4.0, transformers 4.44.0, peft 0.12.0; 2 CPUs, 1 torch threads.\n" in one_set
     assert "‡" not in one_set
+
+
+def test_resume_refuses_another_model_in_a_folder_of_the_same_name(toy_data_dir, tiny_bert_dir, tmp_path):
+    """Run keys name the model by its folder name only: a resume with another model of that name skipped every
+    run as done. The model's files are compared instead; the same files at another path resume as before."""
+    import re
+    import shutil
+
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0])
+    first = run_benchmark(config, show_progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    same = shutil.copytree(tiny_bert_dir, tmp_path / "copy" / tiny_bert_dir.name)  # same files, another path
+    other = shutil.copytree(tiny_bert_dir, tmp_path / "other" / tiny_bert_dir.name)
+    (other / "config.json").write_text(json.dumps({**json.loads((other / "config.json").read_text()), "v": 2}))
+    config.resume = True
+    for legacy in (False, True):  # a config.json written before the model was recorded: its --model is resolved
+        if legacy:
+            (out / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "model"}))
+        config.model = str(other)
+        files = r" \(files [0-9a-f]{12}\)'"
+        with pytest.raises(BenchError, match=rf"other settings \(model: recorded '{re.escape(str(tiny_bert_dir))}{files}, "
+                                             rf"now '{re.escape(str(other))}{files}\)"):
+            run_benchmark(config, show_progress=False)
+        config.model = str(same)
+        seen = []
+        assert len(run_benchmark(config, show_progress=False, on_record=seen.append)) == 1 and seen == []
+        config.model = str(tiny_bert_dir)
+    assert first[0]["run_key"] == plan_runs(config)[0].key(tiny_bert_dir.name)  # run keys unchanged
+    assert saved["model"]["name"] == tiny_bert_dir.name and first[0]["model_content"] == saved["model"]["content"]
+
+
+def test_summary_keeps_apart_models_whose_folders_share_a_name():
+    records = [_ok_record(seed=s, run_key=f"a{s}", model_content="a" * 32) for s in range(2)]
+    records += [_ok_record(seed=s, run_key=f"b{s}", model_content="b" * 32, accuracy=0.9) for s in range(2)]
+    text = summary_markdown(records)
+    assert "| model=x@aaaaaaaa precision=fp32 | 2 | 60.0 ± 0.0 |" in text
+    assert "| model=x@bbbbbbbb precision=fp32 | 2 | 90.0 ± 0.0 |" in text
+    # one model's records with and without the digest (written before it was recorded): one row, named as before
+    same = summary_markdown([records[0], _ok_record(seed=1, run_key="c1")])
+    assert "| d | m | k=8 | 0 | 0 | 2 | 60.0 ± 0.0 |" in same and "Every row: model=x precision=fp32." in same
