@@ -99,8 +99,14 @@ def build_model_card(
     return "\n".join(p for p in parts if p) + "\n"
 
 
+def _cell(value: Any) -> str:
+    """``value`` as one Markdown table cell: GitHub splits a row at every unescaped ``|``, even inside
+    backticks (a ``target_modules`` regex such as ``.*(query|value)``), and ends it at a line break."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return "| | |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in rows)
 
 
 def _data_section(summary: Mapping[str, Any] | None) -> str:

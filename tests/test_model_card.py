@@ -83,6 +83,22 @@ def test_card_without_evaluation_and_for_other_kinds():
     assert 'pipeline("text-classification"' in full
 
 
+def test_table_cells_escape_pipes_so_every_row_keeps_two_cells():
+    """A LoRA target_modules regex ``.*(query|value)`` split its row in three (GitHub splits at ``|`` even
+    inside backticks); label names and file names may hold a ``|`` too."""
+    evaluation = Evaluation(0.5, 0.4, 10, "x/dev|v2.csv", ("a|b", "c"), ((3, 2), (3, 2)), (0.2, 0.8), (0.1, 0.7))
+    text = build_model_card(method="lora", kind="peft", base_model=None, label_names=["a|b", "c"],
+                            budget=get_budget("lora"), options={"target_modules": ".*(query|value)"},
+                            data_summary={"labelled_examples": 4, "examples_per_class": {"a|b": 2, "c": 2}},
+                            evaluation=evaluation)
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(rows) > 10
+    for row in rows:
+        assert len(re.split(r"(?<!\\)\|", row)) == 4, row  # | key | value |: three unescaped pipes
+    assert "| option `target_modules` | `.*(query\\|value)` |" in text
+    assert "a\\|b: 2, c: 2" in text and "10 (dev\\|v2.csv)" in text
+
+
 def test_hub_ids_of_base_models():
     assert hub_base_model(None) == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_base_model("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
