@@ -113,8 +113,11 @@ def _data_section(summary: Mapping[str, Any] | None) -> str:
     if not summary:
         return ""
     per_class = ", ".join(f"{name}: {count}" for name, count in summary.get("examples_per_class", {}).items())
+    unlabelled: Any = summary.get("unlabelled_examples", 0)
+    if summary.get("unlabelled_not_used"):  # given, but the method trains on labelled examples only
+        unlabelled = f"0 ({summary['unlabelled_not_used']} given, not used by this method)"
     rows = [("labelled examples", summary.get("labelled_examples")), ("per class", per_class),
-            ("unlabelled examples", summary.get("unlabelled_examples", 0))]
+            ("unlabelled examples", unlabelled)]
     if summary.get("evaluation_examples"):
         rows.append(("evaluation examples", f"{summary['evaluation_examples']} ({summary.get('evaluation_source')})"))
     if summary.get("dev_examples"):

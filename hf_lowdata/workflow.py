@@ -219,19 +219,29 @@ def _fingerprint(data: TextDataset) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None) -> dict[str, Any]:
-    """Sizes and labels of the training data, for the model card and the results JSON."""
-    return {
+def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None, *,
+                   uses_unlabelled: bool = True) -> dict[str, Any]:
+    """Sizes and labels of the training data, for the model card and the results JSON.
+
+    ``uses_unlabelled``: whether the method read ``task.unlabelled``; when it did not, the pool counts as 0
+    unlabelled examples (``unlabelled_not_used`` says how many were given), so no record claims data the
+    model never saw.
+    """
+    given = len(task.unlabelled) if task.unlabelled is not None else 0
+    summary: dict[str, Any] = {
         "name": task.name,
         "label_names": list(task.label_names),
         "labelled_examples": len(task.labelled),
         "examples_per_class": task.labelled.class_counts(),
-        "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None else 0,
+        "unlabelled_examples": given if uses_unlabelled else 0,
         "evaluation_examples": len(evaluation_data) if evaluation_data is not None else 0,
         "evaluation_source": Path(evaluation_data.source).name if evaluation_data is not None else None,
         "dev_examples": len(task.dev) if task.dev is not None else 0,
         "dev_source": Path(task.dev.source).name if task.dev is not None and task.dev.source else None,
     }
+    if given and not uses_unlabelled:
+        summary["unlabelled_not_used"] = given
+    return summary
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +343,7 @@ def train_method(
         _drop_unresumable(out, checkpoints, created)
         raise
     evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
-    summary = summarize_data(task, evaluation_data)
+    summary = summarize_data(task, evaluation_data, uses_unlabelled=runner.uses_unlabelled)
     selection = {k: classifier.notes[k] for k in ("selected_step", "C", "dev_accuracy", "dev_set") if k in classifier.notes}
     if selection:
         summary["model_selection"] = selection

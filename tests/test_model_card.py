@@ -38,6 +38,21 @@ def test_card_of_a_trained_adapter_has_metadata_and_every_section():
     assert f'"peft_type": "{config["peft_type"]}"' in text
 
 
+@pytest.mark.parametrize(("method", "uses"), [("probe", False), ("twin_turbo", True)])
+def test_unlabelled_examples_are_counted_only_for_methods_that_use_them(method, uses):
+    """The probe's card and eval_results.json claimed the 16 unlabelled examples it was given and never read."""
+    assert METHODS[method].uses_unlabelled is uses
+    folder = trained(method).output_dir  # the toy task holds 16 unlabelled examples
+    text = (folder / "README.md").read_text()
+    record = json.loads((folder / "eval_results.json").read_text())["data"]
+    if uses:
+        assert "| unlabelled examples | 16 |" in text
+        assert record["unlabelled_examples"] == 16 and "unlabelled_not_used" not in record
+    else:
+        assert "| unlabelled examples | 0 (16 given, not used by this method) |" in text
+        assert record["unlabelled_examples"] == 0 and record["unlabelled_not_used"] == 16
+
+
 def test_usage_snippet_imports_hf_lowdata_before_loading():
     text = (trained("lora").output_dir / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
