@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_card import hub_cache_repo_id
 from .models import packaged_hub_id
 from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_saved_folder, output_kind
 
@@ -112,9 +113,10 @@ def _explain(err: Exception, endpoint: str, folder: Path) -> HubError:
 def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes]]:
     """``(name in the repo, file or bytes)`` for every file of :func:`files_to_upload`.
 
-    Locally a PEFT adapter of a packaged model records the model's install folder as its base (so
-    ``AutoPeftModel`` loads it offline on this machine); a path is no use anywhere else, so the copy
-    that leaves the machine (Hub upload, the demo's download) names the model's Hub id instead.
+    Locally a PEFT adapter records its base model's folder (a packaged model's install folder, or for an
+    ``org/name`` id its snapshot in the Hugging Face cache), so ``AutoPeftModel`` loads it offline on this
+    machine; a path is no use anywhere else, so the copy that leaves the machine (Hub upload, the demo's
+    download) names the model's Hub id instead.
     """
     path = Path(folder)
     contents: list[tuple[str, Path | bytes]] = []
@@ -123,7 +125,7 @@ def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes
         if name == "adapter_config.json":
             config = json.loads(file.read_text())
             recorded = config.get("base_model_name_or_path")
-            hub_id = packaged_hub_id(recorded) if recorded else None
+            hub_id = (packaged_hub_id(recorded) or hub_cache_repo_id(recorded)) if recorded else None
             if hub_id:
                 config["base_model_name_or_path"] = hub_id
                 contents.append((name, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()))

@@ -28,9 +28,23 @@ _ADAPTER_FIELDS_SKIPPED = {"base_model_name_or_path", "revision", "peft_version"
 _LIBRARY = {"peft": "peft", "full": "transformers", "setfit": "setfit", "probe": "hf_lowdata", "prototype": "hf_lowdata"}
 
 
+def hub_cache_repo_id(path: str | os.PathLike | None) -> str | None:
+    """The Hub id of a model folder in the Hugging Face cache (``.../models--org--name/snapshots/REVISION``,
+    where an ``org/name`` id resolves to); else ``None``. Hub ids hold no ``--``, so the name splits unambiguously."""
+    if path is None:
+        return None
+    folder = Path(path)
+    parts = folder.parent.parent.name.split("--")
+    if folder.parent.name != "snapshots" or parts[0] != "models" or len(parts) not in (2, 3) or not all(parts):
+        return None
+    return "/".join(parts[1:])
+
+
 def hub_base_model(base_model: str | os.PathLike | None) -> str | None:
-    """The Hub id of a base model when it has one (packaged models, ``org/name`` ids); else ``None``."""
-    packaged = packaged_hub_id(base_model)  # a local install path is no use to someone reading the card
+    """The Hub id of a base model when it has one (packaged models, ``org/name`` ids, Hugging Face cache
+    folders); else ``None``."""
+    # a local install or cache path is no use to someone reading the card
+    packaged = packaged_hub_id(base_model) or hub_cache_repo_id(base_model)
     if packaged:
         return packaged
     text = str(base_model)

@@ -14,8 +14,9 @@ import pytest
 from huggingface_hub import HfApi, RepoUrl
 
 from hf_lowdata.cli import main
-from hf_lowdata.hub import HubError, files_to_upload, push_adapter
-from tests.cli.outputs import trained
+from hf_lowdata.hub import HubError, files_to_upload, hub_file_contents, push_adapter
+from hf_lowdata.workflow import load_classifier, train_method
+from tests.cli.outputs import tiny_config, toy_task, trained
 
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 
@@ -115,6 +116,41 @@ def test_full_model_and_probe_uploads_skip_local_records(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in files_to_upload(trained("full").output_dir)}
     assert {p.name for p in files_to_upload(trained("probe").output_dir)} == {
         "probe_head.safetensors", "probe_config.json", "README.md"}
+
+
+def _hub_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
+    """A Hugging Face cache at ``root`` holding ``model_dir`` as ``repo_id``, laid out as a download leaves it."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root
+
+
+def test_an_adapter_of_a_cached_hub_model_leaves_naming_the_hub_id_and_loads_elsewhere(tiny_bert_dir, tmp_path,
+                                                                                       monkeypatch):
+    """A base model given as org/name resolves from the local Hugging Face cache, and the adapter records that
+    snapshot's path: the upload kept it (the card said base_model: org/name), so the adapter loaded nowhere else."""
+    from huggingface_hub.repocard import metadata_load
+
+    here = _hub_cache(tmp_path / "cache-here", "acme/tiny-bert", tiny_bert_dir)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(here))
+    out = train_method("lora", toy_task(), tmp_path / "out", model="acme/tiny-bert", config=tiny_config("lora")).output_dir
+    local = json.loads((out / "adapter_config.json").read_text())
+    assert "models--acme--tiny-bert/snapshots/" in local["base_model_name_or_path"]  # loads offline here
+    assert metadata_load(out / "README.md")["base_model"] == "acme/tiny-bert"
+    uploaded = {name: c if isinstance(c, bytes) else c.read_bytes() for name, c in hub_file_contents(out)}
+    assert json.loads(uploaded["adapter_config.json"]) == {**local, "base_model_name_or_path": "acme/tiny-bert"}
+    # another machine: the same model in another cache, this machine's cache gone
+    there = _hub_cache(tmp_path / "cache-there", "acme/tiny-bert", tiny_bert_dir)
+    shutil.rmtree(here)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(there))
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, data in uploaded.items():
+        (downloaded / name).write_bytes(data)
+    assert load_classifier(downloaded).predict_proba(["a fine film"]).shape == (1, 2)
 
 
 def test_no_token_is_a_clear_message(adapter, monkeypatch, capsys):

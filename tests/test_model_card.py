@@ -119,6 +119,10 @@ def test_hub_ids_of_base_models():
     assert hub_base_model("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_base_model("org/name") == "org/name"
     assert hub_base_model("/some/local/folder") is None
+    # an org/name id resolved from the Hugging Face cache: the card names the id, not this machine's cache path
+    assert hub_base_model("/home/me/.cache/huggingface/hub/models--org--name/snapshots/0123abc") == "org/name"
+    assert hub_base_model("/cache/models--gpt2/snapshots/0123abc") == "gpt2"
+    assert hub_base_model("/cache/datasets--org--name/snapshots/0123abc") is None
 
 
 def metadata_load_text(text: str) -> dict:
