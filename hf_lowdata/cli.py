@@ -334,13 +334,16 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
         "push",
         help="upload a saved adapter and its model card to the Hugging Face Hub",
         description="Upload exactly the Hub files of a saved folder (PEFT adapters: adapter_config.json, "
-        "adapter_model.safetensors, README.md) to REPO_ID in one commit. Uses the token of `hf auth login` "
-        "or HF_TOKEN. The only hf_lowdata command that needs a network.",
+        "adapter_model.safetensors, README.md) to REPO_ID in one commit, which also deletes the files an earlier "
+        "push left there (except .gitattributes). Uses the token of `hf auth login` or HF_TOKEN. The only "
+        "hf_lowdata command that needs a network.",
     )
     p.add_argument("folder", type=Path, help="the saved folder")
     p.add_argument("repo_id", help="Hub repository, e.g. your-name/sst2-lora")
     p.add_argument("--private", action="store_true", help="create the repository as private")
-    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be uploaded and deleted (reading the repository's file list when online); "
+                   "change nothing")
     p.set_defaults(func=_run_push)
 
 
@@ -352,6 +355,15 @@ def _run_push(args: argparse.Namespace) -> int:
     print(f"{head} {len(result.files)} files ({result.total_bytes / 1024:,.1f} KiB) to {result.repo_id}:")
     for name, size in zip(result.files, result.file_bytes):
         print(f"  {name}  ({size:,} bytes)")
+    if result.deleted:
+        print(f"{'Would delete' if result.dry_run else 'Deleted'} {len(result.deleted)} files of an earlier push "
+              "that the folder does not hold:")
+        for name in result.deleted:
+            print(f"  {name}")
+    elif result.deleted is None:
+        print(f"note: could not read {result.repo_id} (offline or unreachable), so the files an earlier push left "
+              "there are not listed; a push deletes every file the folder does not hold (except .gitattributes).",
+              file=sys.stderr)
     if result.url:
         print(f"Done: {result.url}")
     return 0

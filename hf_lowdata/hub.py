@@ -3,7 +3,10 @@
 This is the one feature of hf_lowdata that needs a network. Everything that can be checked offline
 is checked first (the folder, the weight files, the token, ``HF_HUB_OFFLINE``), and every failure
 is a :class:`HubError` that says what went wrong and what to do; nothing is half-uploaded, because
-all files go up in one commit. ``dry_run=True`` lists the files and touches nothing.
+all files go up in one commit. That commit also deletes the repository's files that the folder does not
+hold (left by an earlier push: an old adapter beside a new probe would load instead of it), so the
+repository holds exactly the folder's files. ``dry_run=True`` lists the files it would upload and delete
+(reading the repository's file list when online) and changes nothing.
 
 ``PeftModel.push_to_hub`` works on hf_lowdata adapters as on LoRA's (it uploads the adapter files
 and transformers' card, or keeps the card already in the repository); this module uploads the
@@ -14,16 +17,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .model_card import hub_cache_repo_id
 from .models import packaged_hub_id
 from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_saved_folder, output_kind
 
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
 #: Files of a PEFT adapter folder that go to the Hub (``README.md`` when present).
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 _NOT_UPLOADED = {EVAL_FILE}
+#: Files of a Hub repository that a push keeps although the folder has none: git's own settings.
+_KEPT_IN_REPO = {".gitattributes"}
 _NETWORK_ERROR_NAMES = {"TransportError", "RequestError", "ConnectError", "TimeoutException", "NetworkError",
                         "ConnectionError", "ConnectTimeout", "ProxyError"}
 
@@ -43,6 +53,9 @@ class PushResult:
     dry_run: bool = False
     #: Size of each uploaded file, as uploaded (a rewritten adapter config differs from the local file).
     file_bytes: tuple[int, ...] = ()
+    #: Files of the repository deleted (dry run: to delete) because the folder does not hold them;
+    #: ``None``: a dry run that could not read the repository (offline or unreachable).
+    deleted: tuple[str, ...] | None = ()
 
 
 def files_to_upload(folder: str | os.PathLike) -> list[Path]:
@@ -134,6 +147,29 @@ def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes
     return contents
 
 
+def _stale_files(api: HfApi, repo_id: str, names: Sequence[str]) -> tuple[str, ...]:
+    """The repository's files that the upload ``names`` does not hold (left by an earlier push), to delete."""
+    keep = set(names) | _KEPT_IN_REPO
+    return tuple(sorted(f for f in api.list_repo_files(repo_id, repo_type="model") if f not in keep))
+
+
+def _dry_run_stale_files(repo_id: str, names: Sequence[str], token: str | None,
+                         endpoint: str | None) -> tuple[str, ...] | None:
+    """What a push would delete (:func:`_stale_files`); ``()`` for a repository that does not exist yet,
+    ``None`` when offline or the repository cannot be read. Reads only; a dry run needs no token."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if _hub_offline():
+        return None
+    try:
+        return _stale_files(HfApi(endpoint=endpoint, token=token), repo_id, names)
+    except RepositoryNotFoundError:
+        return ()
+    except Exception:  # noqa: BLE001 - unreachable or unreadable: the dry run says it cannot tell
+        return None
+
+
 def push_adapter(
     folder: str | os.PathLike,
     repo_id: str,
@@ -144,12 +180,13 @@ def push_adapter(
     endpoint: str | None = None,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Upload the saved folder's Hub files (see :func:`files_to_upload`) to ``repo_id`` in one commit.
+    """Upload the saved folder's Hub files (see :func:`files_to_upload`) to ``repo_id`` in one commit,
+    which also deletes the repository's other files (except ``.gitattributes``).
 
     Creates the model repository if needed (``private`` applies then). ``token`` defaults to the
     logged-in token (``hf auth login`` or ``HF_TOKEN``).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     path = Path(folder)
@@ -164,7 +201,8 @@ def push_adapter(
     total = sum(sizes)
     names = tuple(name for name, _ in contents)
     if dry_run:
-        return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True, file_bytes=sizes)
+        return PushResult(repo_id=repo_id, files=names, total_bytes=total, dry_run=True, file_bytes=sizes,
+                          deleted=_dry_run_stale_files(repo_id, names, token, endpoint))
     if _hub_offline():
         raise HubError("HF_HUB_OFFLINE is set, so hf_lowdata does not contact the Hub. Pushing is the one feature "
                        "that needs a network: unset HF_HUB_OFFLINE (or set it to 0) and run again. Nothing was uploaded.")
@@ -176,10 +214,14 @@ def push_adapter(
     hub = api.endpoint
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=c if isinstance(c, bytes) else str(c))
-                      for name, c in contents]
+        deleted = _stale_files(api, repo_id, names)
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=c if isinstance(c, bytes) else str(c))
+            for name, c in contents]
+        operations += [CommitOperationDelete(path_in_repo=name, is_folder=False) for name in deleted]
         api.create_commit(repo_id, operations=operations, repo_type="model",
                           commit_message=commit_message or f"Upload {output_kind(path)} output of hf_lowdata")
     except Exception as err:  # noqa: BLE001 - every failure is explained, none is a stack trace
         raise _explain(err, hub, path) from err
-    return PushResult(repo_id=repo_id, files=names, total_bytes=total, url=str(url), file_bytes=sizes)
+    return PushResult(repo_id=repo_id, files=names, total_bytes=total, url=str(url), file_bytes=sizes,
+                      deleted=deleted)

@@ -22,22 +22,40 @@ ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"
 
 
 class Recorder:
-    """Stands in for the Hub: records create_repo / create_commit calls and the uploaded bytes."""
+    """Stands in for the Hub: records create_repo / create_commit calls and the uploaded bytes, and keeps
+    each repository's files (a new one holds .gitattributes, as on the Hub) for list_repo_files."""
 
     def __init__(self) -> None:
         self.repos: list[dict] = []
         self.uploads: dict[str, bytes] = {}
         self.commits = 0
+        self.files: dict[str, dict[str, bytes]] = {}
 
     def create_repo(self, api, repo_id, **kwargs):
         self.repos.append({"repo_id": repo_id, **kwargs})
+        self.files.setdefault(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
+    def list_repo_files(self, api, repo_id, **kwargs):
+        if repo_id not in self.files:
+            import httpx
+            from huggingface_hub.errors import RepositoryNotFoundError
+
+            request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise RepositoryNotFoundError("404 Repository Not Found", response=httpx.Response(404, request=request))
+        return sorted(self.files[repo_id])
+
     def create_commit(self, api, repo_id, operations, **kwargs):
+        from huggingface_hub import CommitOperationDelete
+
         self.commits += 1
         for op in operations:
+            if isinstance(op, CommitOperationDelete):
+                del self.files[repo_id][op.path_in_repo]  # the Hub refuses to delete a missing file
+                continue
             source = op.path_or_fileobj
-            self.uploads[op.path_in_repo] = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
+            data = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
+            self.uploads[op.path_in_repo] = self.files[repo_id][op.path_in_repo] = data
         return {"repo_id": repo_id}
 
 
@@ -51,6 +69,7 @@ def hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: recorder.create_repo(self, repo_id, **kw))
     monkeypatch.setattr(HfApi, "create_commit",
                         lambda self, repo_id, operations, **kw: recorder.create_commit(self, repo_id, operations, **kw))
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: recorder.list_repo_files(self, repo_id, **kw))
     return recorder
 
 
@@ -84,12 +103,43 @@ def test_dry_run_lists_the_files_and_contacts_nothing(adapter, monkeypatch, caps
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
     monkeypatch.setattr(HfApi, "create_commit", refuse)
+    monkeypatch.setattr(HfApi, "list_repo_files", refuse)  # offline: not even read
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert main(["push", str(adapter), "me/toy-lora", "--dry-run"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "Would upload 3 files" in out
     listed = {line.split()[0] for line in out.splitlines()[1:]}
     assert listed == ADAPTER_FILES
+    # offline, it cannot see what an earlier push left in the repository, and says so
+    assert "could not read me/toy-lora (offline or unreachable)" in err
+    assert push_adapter(adapter, "me/toy-lora", dry_run=True).deleted is None
+
+
+def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled(hub, adapter, tmp_path, capsys):
+    """A push only added files: a probe pushed where a LoRA adapter was left the adapter's files in the repo,
+    which then loaded as the old adapter under the probe's card."""
+    from hf_lowdata.workflow import card_metadata, output_kind
+
+    probe = trained("probe").output_dir
+    push_adapter(adapter, "me/sst2")
+    assert set(hub.files["me/sst2"]) == ADAPTER_FILES | {".gitattributes"}
+    adapter_only = ("adapter_config.json", "adapter_model.safetensors")
+    # a dry run lists what the push would delete, and changes nothing
+    assert main(["push", str(probe), "me/sst2", "--dry-run"]) == 0
+    assert "Would delete 2 files of an earlier push that the folder does not hold:\n  adapter_config.json\n" \
+           "  adapter_model.safetensors\n" in capsys.readouterr().out
+    assert hub.commits == 1
+    result = push_adapter(probe, "me/sst2")
+    assert hub.commits == 2 and result.deleted == adapter_only
+    assert set(hub.files["me/sst2"]) == {".gitattributes", "README.md", "probe_config.json", "probe_head.safetensors"}
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, data in hub.files["me/sst2"].items():
+        (downloaded / name).write_bytes(data)
+    assert output_kind(downloaded) == "probe" and card_metadata(downloaded)["method"] == "probe"
+    # a new repository: nothing to delete
+    assert push_adapter(probe, "me/new-probe", dry_run=True).deleted == ()
+    assert push_adapter(probe, "me/new-probe").deleted == ()
 
 
 def test_inherited_peft_push_to_hub_uploads_the_adapter_files_and_a_card(hub, adapter, monkeypatch):
