@@ -68,8 +68,15 @@ def build_model_card(
     adapter_bytes: int | None = None,
     train_seconds: float | None = None,
     adapter_config: Mapping[str, Any] | None = None,
+    resumed_from: str | None = None,
+    earlier_seconds: float | None = 0.0,
 ) -> str:
-    """The card's Markdown text, front matter included."""
+    """The card's Markdown text, front matter included.
+
+    ``train_seconds`` of a run resumed from checkpoint ``resumed_from`` include ``earlier_seconds``, the
+    earlier sessions' time up to that checkpoint (``None``: not recorded, so ``train_seconds`` are this
+    session's alone, and the card says so).
+    """
     from huggingface_hub import ModelCardData
 
     from .methods import METHODS
@@ -107,7 +114,7 @@ def build_model_card(
     parts.append(f"\n**Labels ({len(label_names)}):** " + ", ".join(f"`{n}`" for n in label_names))
     parts.append(_data_section(data_summary))
     parts.append(_config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes,
-                                 train_seconds))
+                                 _training_time(train_seconds, resumed_from, earlier_seconds)))
     parts.append(_evaluation_section(evaluation))
     parts.append(_usage_section(kind, base_ref, label_names))
     return "\n".join(p for p in parts if p) + "\n"
@@ -121,6 +128,20 @@ def _cell(value: Any) -> str:
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in rows)
+
+
+def _training_time(seconds: float | None, resumed_from: str | None, earlier: float | None) -> str | None:
+    """The card's training time: for a resumed run the total over its sessions, or this session's, labelled."""
+    if seconds is None:
+        return None
+    if resumed_from is None:
+        return f"{seconds:.1f} s"
+    checkpoint = Path(resumed_from).name
+    if earlier is None:
+        return (f"{seconds:.1f} s in this session, resumed from {checkpoint} (the earlier sessions' time "
+                "was not recorded)")
+    return (f"{seconds:.1f} s in total: {earlier:.1f} s up to {checkpoint}, {seconds - earlier:.1f} s after "
+            "resuming from it")
 
 
 def _data_section(summary: Mapping[str, Any] | None) -> str:
@@ -151,7 +172,8 @@ def describe_model_selection(selection: Mapping[str, Any]) -> str | None:
     return f"dev set {selection['dev_set']}" if "dev_set" in selection else None
 
 
-def _config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes, train_seconds) -> str:
+def _config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes,
+                    training_time: str | None) -> str:
     rows: list[tuple[str, Any]] = []
     if budget is not None:
         if steps is not None:
@@ -165,8 +187,8 @@ def _config_section(budget, options, steps, adapter_config, trainable_parameters
         rows.append(("trainable parameters", f"{trainable_parameters:,}"))
     if adapter_bytes is not None:
         rows.append(("saved size", f"{adapter_bytes / 1024:,.1f} KiB"))
-    if train_seconds is not None:
-        rows.append(("training time", f"{train_seconds:.1f} s"))
+    if training_time is not None:
+        rows.append(("training time", training_time))
     text = "\n## Configuration\n\n" + _table(rows) if rows else ""
     if adapter_config:
         text += "\n\nAdapter config (`adapter_config.json`; fields left at PEFT's defaults omitted):\n\n```json\n"
@@ -260,6 +282,7 @@ def write_model_card(folder: str | os.PathLike, result: TrainResult, base_model:
         budget=result.budget, options=result.options, steps=steps, data_summary=result.data_summary,
         evaluation=result.evaluation, trainable_parameters=result.trainable_parameters,
         adapter_bytes=result.adapter_bytes, train_seconds=result.train_seconds, adapter_config=adapter_config,
+        resumed_from=result.resumed_from, earlier_seconds=result.earlier_seconds,
     )
     readme = path / "README.md"
     readme.write_text(text, encoding="utf-8")

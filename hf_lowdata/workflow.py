@@ -43,6 +43,8 @@ from .paths import atomic_write_text
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
 RUN_CONFIG_FILE = "run_config.json"
+#: Beside the checkpoints: when this session started and the training seconds carried into it.
+TRAIN_TIME_FILE = "train_time.json"
 _STAGING_DIR = ".saving"
 #: Budget fields that ``--config key=value`` may set (the rest of the keys are method options).
 BUDGET_FIELDS: dict[str, type] = {f.name: type(getattr(Budget(learning_rate=0.0), f.name))
@@ -255,6 +257,7 @@ class TrainResult:
     method: str
     output_dir: Path
     classifier: FittedClassifier
+    #: Training time; for a resumed run, over every session (up to the checkpoint resumed from, then this one).
     train_seconds: float
     trainable_parameters: int
     adapter_bytes: int
@@ -265,6 +268,9 @@ class TrainResult:
     #: Why ``--resume`` did not resume (a method without checkpoints), if it did not.
     resume_note: str | None = None
     data_summary: dict[str, Any] = field(default_factory=dict)
+    #: The part of ``train_seconds`` spent before resuming (0 for a run that did not resume); ``None``: not
+    #: recorded (checkpoints of an older hf_lowdata), and ``train_seconds`` are this session's alone.
+    earlier_seconds: float | None = 0.0
 
 
 def train_method(
@@ -326,6 +332,7 @@ def train_method(
         if resume:
             resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
         save_steps, resumed_from = 0, None
+    earlier = _earlier_seconds(checkpoints, resumed_from)
     try:
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
             ctx = RunContext(
@@ -336,9 +343,12 @@ def train_method(
                 resume=resumed_from is not None, bf16=bf16,  # the method finds its own checkpoints
             )
             set_seed(seed)
+            if save_steps:  # a later --resume carries this session's time up to its checkpoint
+                atomic_write_text(checkpoints / TRAIN_TIME_FILE,
+                                  json.dumps({"carried_seconds": earlier, "started": time.time()}))
             start = time.perf_counter()
             classifier = runner.fit(task, ctx)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + (earlier or 0.0)  # over every session of a resumed run
     except BaseException:
         _drop_unresumable(out, checkpoints, created)
         raise
@@ -351,7 +361,7 @@ def train_method(
         method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
         trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
         options=options, evaluation=evaluation, resumed_from=resumed_from, data_summary=summary,
-        resume_note=resume_note,
+        resume_note=resume_note, earlier_seconds=earlier,
     )
     staging = out / _STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
@@ -361,9 +371,13 @@ def train_method(
         tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
     result.adapter_bytes = directory_bytes(staging)
     model_card.write_model_card(staging, result, base_model=model, steps=steps)
+    timing: dict[str, Any] = {"train_seconds": round(seconds, 3)}
+    if resumed_from is not None:
+        timing.update(resumed_from=Path(resumed_from).name,
+                      train_seconds_before_resume=None if earlier is None else round(earlier, 3))
     if evaluation is not None:
         (staging / EVAL_FILE).write_text(json.dumps(
-            {"method": method, **evaluation.to_dict(), "train_seconds": round(seconds, 3),
+            {"method": method, **evaluation.to_dict(), **timing,
              "trainable_parameters": result.trainable_parameters, "adapter_bytes": result.adapter_bytes,
              "data": summary}, indent=2))
     _publish(staging, out)
@@ -413,6 +427,27 @@ def _resume_point(folder: Path) -> str | None:
     found = [Path(c) for c in {last_complete_checkpoint(p.parent) for p in folder.rglob("checkpoint-*")} if c]
     found += list(folder.rglob("fold*.safetensors"))
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def _earlier_seconds(checkpoints: Path, resumed_from: str | None) -> float | None:
+    """Training seconds of the earlier sessions up to the checkpoint ``resumed_from`` (0 when not resuming;
+    ``None`` when not recorded: checkpoints written by an older hf_lowdata).
+
+    Each session records in ``OUT/checkpoints/train_time.json`` (atomically) the wall-clock time it started and
+    the seconds carried into it; the checkpoint's newest file says how far the session that wrote it had got,
+    so a session that wrote no checkpoint adds nothing. A kill at any moment leaves the record whole.
+    """
+    if resumed_from is None:
+        return 0.0
+    try:
+        record = json.loads((checkpoints / TRAIN_TIME_FILE).read_text())
+        carried, started = float(record["carried_seconds"]), float(record["started"])
+        point = Path(resumed_from)
+        files = [p for p in point.rglob("*") if p.is_file()] if point.is_dir() else [point]
+        written = max(p.stat().st_mtime for p in files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return carried + max(0.0, written - started)
 
 
 def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:

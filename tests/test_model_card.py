@@ -114,6 +114,20 @@ def test_table_cells_escape_pipes_so_every_row_keeps_two_cells():
     assert "a\\|b: 2, c: 2" in text and "10 (dev\\|v2.csv)" in text
 
 
+def test_training_time_of_a_resumed_run_says_what_it_covers():
+    def time_row(**kwargs) -> str:
+        text = build_model_card(method="lora", kind="peft", base_model=None, label_names=["a", "b"],
+                                budget=get_budget("lora"), train_seconds=20.04, **kwargs)
+        return next(line for line in text.splitlines() if line.startswith("| training time |"))
+
+    assert time_row() == "| training time | 20.0 s |"
+    assert time_row(resumed_from="/out/checkpoints/checkpoint-4", earlier_seconds=7.9) == (
+        "| training time | 20.0 s in total: 7.9 s up to checkpoint-4, 12.1 s after resuming from it |")
+    assert time_row(resumed_from="/out/checkpoints/checkpoint-4", earlier_seconds=None) == (
+        "| training time | 20.0 s in this session, resumed from checkpoint-4 (the earlier sessions' time was not "
+        "recorded) |")
+
+
 def test_hub_ids_of_base_models():
     assert hub_base_model(None) == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_base_model("minilm") == "sentence-transformers/all-MiniLM-L6-v2"

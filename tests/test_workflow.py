@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from hf_lowdata.bench.measure import macro_f1
@@ -35,3 +38,28 @@ def test_label_count_is_read_from_the_head_not_from_other_saved_modules(tmp_path
               str(tmp_path / "adapter_model.safetensors"))
     config = {"modules_to_save": ["bert.pooler.dense", "LayerNorm", "classifier", "score"]}
     assert _labels_from_weights(tmp_path, config) == ["LABEL_0", "LABEL_1", "LABEL_2"]
+
+
+def test_training_time_carried_across_resumes_counts_each_session_up_to_its_checkpoint(tmp_path):
+    """Training time of earlier sessions (resumed from): each session's start and carried seconds are recorded
+    beside the checkpoints; a checkpoint's files say how far the session that wrote it got."""
+    from hf_lowdata.workflow import TRAIN_TIME_FILE, _earlier_seconds
+
+    checkpoints = tmp_path / "checkpoints"
+    point = checkpoints / "checkpoint-4"
+    point.mkdir(parents=True)
+    for name, written in (("adapter_model.safetensors", 1020.0), ("trainer_state.json", 1030.0)):
+        (point / name).write_text("{}")
+        os.utime(point / name, (written, written))
+    record = checkpoints / TRAIN_TIME_FILE
+    assert _earlier_seconds(checkpoints, None) == 0.0  # not resuming
+    record.write_text(json.dumps({"carried_seconds": 5.0, "started": 1000.0}))
+    assert _earlier_seconds(checkpoints, str(point)) == 35.0  # 5 s carried + 30 s up to the checkpoint's last file
+    # the session that resumed from it (35 s carried) was killed before its first checkpoint: it adds nothing
+    record.write_text(json.dumps({"carried_seconds": 35.0, "started": 2000.0}))
+    assert _earlier_seconds(checkpoints, str(point)) == 35.0
+    # not recorded (checkpoints of an older version, or a session after one that was not): unknown, not 0
+    record.write_text(json.dumps({"carried_seconds": None, "started": 2000.0}))
+    assert _earlier_seconds(checkpoints, str(point)) is None
+    record.unlink()
+    assert _earlier_seconds(checkpoints, str(point)) is None

@@ -186,6 +186,34 @@ def test_resume_continues_from_the_last_complete_checkpoint(tmp_path):
         np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), atol=1e-6, err_msg=key)
 
 
+def test_a_resumed_run_reports_the_training_time_of_every_session(tmp_path):
+    """The card and eval_results.json gave a resumed run's training time as the last session's alone."""
+    task, config = toy_task(), {**TINY_CONFIG, "max_steps": 6}
+    cancel = threading.Event()
+
+    def slow_then_stop(message: str, fraction: float) -> None:
+        time.sleep(0.5)  # slow steps: checkpoint-4 is written at least 2 s into the first session
+        if fraction >= 5 / 6:
+            cancel.set()
+
+    run = tmp_path / "run"
+    with pytest.raises(RunCancelled):
+        train_method("lora", task, run, config=config, evaluation_data=toy_eval(), save_steps=2, cancel=cancel,
+                     progress=slow_then_stop)
+    start = time.perf_counter()
+    resumed = train_method("lora", task, run, config=config, evaluation_data=toy_eval(), save_steps=2, resume=True)
+    second_session = time.perf_counter() - start
+    assert resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.train_seconds >= second_session + 1.9  # the first session's 2 s up to checkpoint-4 count
+    assert resumed.earlier_seconds >= 1.9 and resumed.train_seconds - resumed.earlier_seconds <= second_session
+    card = (run / "README.md").read_text()
+    assert (f"| training time | {resumed.train_seconds:.1f} s in total: {resumed.earlier_seconds:.1f} s up to "
+            "checkpoint-4, ") in card
+    record = json.loads((run / "eval_results.json").read_text())
+    assert record["train_seconds"] == round(resumed.train_seconds, 3) and record["resumed_from"] == "checkpoint-4"
+    assert record["train_seconds_before_resume"] == round(resumed.earlier_seconds, 3)
+
+
 def test_mixup_blo_resumes_its_finished_fold_and_phase_checkpoint(tmp_path, monkeypatch):
     """MixupBLO keeps fold files and one checkpoint folder per phase below OUT/checkpoints: --resume ignored them
     (it looked one level deep) and an interrupted run's cleanup deleted them."""
