@@ -3,9 +3,10 @@
 This is the one feature of hf_lowdata that needs a network. Everything that can be checked offline
 is checked first (the folder, the weight files, the token, ``HF_HUB_OFFLINE``), and every failure
 is a :class:`HubError` that says what went wrong and what to do; nothing is half-uploaded, because
-all files go up in one commit. That commit also deletes the repository's files that the folder does not
-hold (left by an earlier push: an old adapter beside a new probe would load instead of it), so the
-repository holds exactly the folder's files. ``dry_run=True`` lists the files it would upload and delete
+all files go up in one commit. That commit also deletes the repository's model files (weights, configs,
+tokenizer files) that the folder does not hold (left by an earlier push: an old adapter beside a new probe
+would load instead of it), so the repository holds exactly the folder's model files; other files a user
+added by hand (images, notes) stay. ``dry_run=True`` lists the files it would upload and delete
 (reading the repository's file list when online) and changes nothing.
 
 ``PeftModel.push_to_hub`` works on hf_lowdata adapters as on LoRA's (it uploads the adapter files
@@ -147,10 +148,16 @@ def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes
     return contents
 
 
+#: Suffixes of the files a saved model or adapter consists of (weights, configs, tokenizer files): stale ones
+#: are what a loader would read instead of the new upload's. Other files (images, notes added by hand) stay.
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", *PICKLE_SUFFIXES)
+
+
 def _stale_files(api: HfApi, repo_id: str, names: Sequence[str]) -> tuple[str, ...]:
-    """The repository's files that the upload ``names`` does not hold (left by an earlier push), to delete."""
+    """The repository's model files that the upload ``names`` does not hold (left by an earlier push), to delete."""
     keep = set(names) | _KEPT_IN_REPO
-    return tuple(sorted(f for f in api.list_repo_files(repo_id, repo_type="model") if f not in keep))
+    return tuple(sorted(f for f in api.list_repo_files(repo_id, repo_type="model")
+                        if f not in keep and f.endswith(_MODEL_FILE_SUFFIXES)))
 
 
 def _dry_run_stale_files(repo_id: str, names: Sequence[str], token: str | None,

@@ -123,6 +123,7 @@ def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled
     probe = trained("probe").output_dir
     push_adapter(adapter, "me/sst2")
     assert set(hub.files["me/sst2"]) == ADAPTER_FILES | {".gitattributes"}
+    hub.files["me/sst2"]["confusion.png"] = b"an image the user added by hand"  # not a model file: it stays
     adapter_only = ("adapter_config.json", "adapter_model.safetensors")
     # a dry run lists what the push would delete, and changes nothing
     assert main(["push", str(probe), "me/sst2", "--dry-run"]) == 0
@@ -131,7 +132,8 @@ def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled
     assert hub.commits == 1
     result = push_adapter(probe, "me/sst2")
     assert hub.commits == 2 and result.deleted == adapter_only
-    assert set(hub.files["me/sst2"]) == {".gitattributes", "README.md", "probe_config.json", "probe_head.safetensors"}
+    assert set(hub.files["me/sst2"]) == {".gitattributes", "README.md", "probe_config.json", "probe_head.safetensors",
+                                         "confusion.png"}
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()
     for name, data in hub.files["me/sst2"].items():

@@ -307,6 +307,7 @@ def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch
     uploaded: dict = {}
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: (uploaded.update(token=self.token, **kw),
                                                                           RepoUrl(f"https://huggingface.co/{repo_id}"))[1])
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: [])  # a new repository
     monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: uploaded.update(
         files=sorted(op.path_in_repo for op in operations)))
     shown = app.push_message(session, "probe", "me/x", "hf_visitor", True)
