@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..budgets import BUDGETS, Budget, get_budget
+from ..budgets import BUDGETS, Budget, image_budget
 from ..cli import _int_list, _name_list, parse_options
 from ..data import DataError
 from ..features import (
@@ -288,8 +288,9 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
 
 
 def _budget(config: VisionBenchConfig, name: str) -> Budget:
-    """``name``'s budget, scaled by ``--budget-scale``, with the budget fields a ``--dev`` run's ``--config`` sets."""
-    budget = get_budget(name).scaled(config.budget_scale)
+    """``name``'s image budget (:func:`~hf_lowdata.budgets.image_budget`), scaled by ``--budget-scale``, with the
+    budget fields a ``--dev`` run's ``--config`` sets."""
+    budget = image_budget(name).scaled(config.budget_scale)
     changed = {k: type(getattr(budget, k))(v) for k, v in config.options.items() if k in BUDGET_FIELDS}
     return replace(budget, **changed) if changed else budget
 

@@ -15,10 +15,13 @@ FTP's layers are frozen, so the two settings are the same for them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..budgets import image_budget
 from ..methods import RunContext, TransformerMethod, get_method
 from .data import ImageFewShotTask, images_to_pixel_values
 
@@ -45,7 +48,8 @@ class PixelDataset(Dataset):
 
 def fit_image_classifier(method_name: str, task: ImageFewShotTask, ctx: RunContext, image_size: int) -> torch.nn.Module:
     """Train method ``method_name`` (one of :data:`IMAGE_BACKBONE_METHODS`) on ``task``'s labelled images at
-    ``image_size`` px; returns the trained model in eval mode. ``ctx.options["batchnorm"]``: "frozen"
+    ``image_size`` px; returns the trained model in eval mode. ``ctx.budget`` ``None`` takes the method's
+    image budget (:func:`~hf_lowdata.budgets.image_budget`). ``ctx.options["batchnorm"]``: "frozen"
     (default) or "batch" (see the module docstring)."""
     from contextlib import nullcontext
 
@@ -58,6 +62,8 @@ def fit_image_classifier(method_name: str, task: ImageFewShotTask, ctx: RunConte
     batchnorm = ctx.options.get(BATCHNORM_OPTION, "frozen")
     if batchnorm not in BATCHNORM_MODES:
         raise ValueError(f"batchnorm={batchnorm!r}: choose one of {list(BATCHNORM_MODES)}.")
+    if ctx.budget is None:  # the image learning rates (hf_lowdata/budgets.py)
+        ctx = dataclasses.replace(ctx, budget=image_budget(method_name))
     method = get_method(method_name)
     if not isinstance(method, TransformerMethod):  # pragma: no cover - every name above is one
         raise TypeError(f"{method_name!r} is not a backbone-training method")

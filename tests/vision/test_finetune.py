@@ -129,3 +129,21 @@ def test_vision_benchmark_runs_the_backbone_methods_and_changes_budgets_on_dev_o
     assert all(r["status"] == "ok" and r["dataset"] == "digits (dev 50)" for r in records)
     assert _budget(dev[1], "lora").learning_rate == 5e-2 and _budget(dev[1], "twin_turbo").learning_rate == 5e-2
     assert _budget(dev[1], "lora").steps(10) == get_budget("lora").scaled(0.1).steps(10)  # the rest as fixed
+
+
+def test_image_tasks_take_the_image_learning_rates_and_the_text_budget_otherwise(tmp_path, task, monkeypatch):
+    from hf_lowdata.bench.vision import VisionBenchConfig, _budget
+    from hf_lowdata.budgets import IMAGE_LEARNING_RATES, image_budget
+    from hf_lowdata.methods import TransformerMethod
+
+    assert image_budget("full").learning_rate == IMAGE_LEARNING_RATES["full"] != get_budget("full").learning_rate
+    assert replace(image_budget("full"), learning_rate=0.0) == replace(get_budget("full"), learning_rate=0.0)
+    assert image_budget("probe") == get_budget("probe")
+    config = VisionBenchConfig(datasets=["digits"], methods=["full"], out=tmp_path)
+    assert _budget(config, "ftp").learning_rate == IMAGE_LEARNING_RATES["ftp"]
+    seen = []  # what fit_image_classifier trains with when the context names no budget
+    monkeypatch.setattr(TransformerMethod, "make_trainer", lambda self, task, ctx, *a, **k: seen.append(
+        ctx.budget_for(self.name)) or (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        fit_image_classifier("full", task, RunContext(work_dir=tmp_path), SIZE)
+    assert seen == [image_budget("full")]
