@@ -81,7 +81,12 @@ class FeatureCache:
         return self._entries[namespace]
 
     def _folder(self, namespace: str) -> Path | None:
-        return None if self.directory is None else self.directory / namespace
+        """The namespace's shard folder; a storage dtype other than fp16 has folders of its own (a float32 cache
+        must not serve the fp16-rounded states of a default cache in the same directory)."""
+        if self.directory is None:
+            return None
+        suffix = "" if self.dtype == torch.float16 else "-" + str(self.dtype).removeprefix("torch.")
+        return self.directory / f"{namespace}{suffix}"
 
     def lookup(
         self, namespace: str, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]]

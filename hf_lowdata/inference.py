@@ -18,15 +18,27 @@ from .models import token_budget
 def length_sorted_batches(
     tokenizer: Any, texts: Sequence[str], batch_size: int = 64, max_length: int = 128
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Yield ``(indices, padded_batch)`` with texts grouped by token length (longest first)."""
+    """Yield ``(indices, padded_batch)`` with texts grouped by token length (longest first).
+
+    Batches are padded on the right whatever side the tokenizer was saved with: with left padding the real
+    tokens of a short text move to later positions (GPT-2's and BERT's position ids count from the first
+    column), so a text's logits and token states would depend on the other texts of its batch. A text that
+    tokenises to nothing (a tokenizer without special tokens, given "") is an error, not a zero vector.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts is one string; pass a list of texts ([text]), or each character is read as a text.")
     encoded = tokenizer(list(texts), truncation=True, max_length=token_budget(tokenizer, max_length))
     lengths = [len(ids) for ids in encoded["input_ids"]]
+    empty = [i for i, n in enumerate(lengths) if n == 0]
+    if empty:
+        raise ValueError(f"{len(empty)} text(s) give no token at all (positions {empty[:5]}, e.g. {texts[empty[0]]!r}): "
+                         "remove empty texts, or use a tokenizer that adds special tokens.")
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     keys = [k for k in encoded if k in ("input_ids", "attention_mask", "token_type_ids")]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         features = [{k: encoded[k][i] for k in keys} for i in idx]
-        yield idx, tokenizer.pad(features, return_tensors="pt")
+        yield idx, tokenizer.pad(features, return_tensors="pt", padding_side="right")
 
 
 @torch.inference_mode()

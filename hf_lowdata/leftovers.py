@@ -24,7 +24,7 @@ def process_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a number no process id can be (a foreign file)
         return False
     except OSError:  # PermissionError: another user's process; elsewhere: no signal 0, so keep the file
         return True

@@ -337,6 +337,10 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
                 "one and save it: tokenizer.pad_token = '...'; tokenizer.save_pretrained(folder)."
             )
         tokenizer.pad_token = fallback
+    # Classification pads on the right (transformers' *ForSequenceClassification find the last real token of
+    # right-padded rows): a tokenizer saved for left-padded generation would shift short texts' positions in
+    # training batches, which inference (padded on the right, hf_lowdata.inference) would not reproduce.
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

@@ -15,11 +15,19 @@ CACHE_ENV = "HF_LOWDATA_CACHE"
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: a kill at any moment leaves the old
-    file or the new one, never a cut-off mix."""
+    file or the new one, never a cut-off mix. Each call stages in a file of its own (``<name>.<random>.tmp<pid>``,
+    which :mod:`hf_lowdata.leftovers` sweeps after a kill), so concurrent writers never share one."""
+    import tempfile
+
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    handle, staged = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=f".tmp{os.getpid()}")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:

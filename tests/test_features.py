@@ -116,3 +116,23 @@ def test_training_from_the_cache_equals_training_without_it(tiny_bert_dir, tmp_p
     cached.model.eval()
     uncached.model.eval()
     torch.testing.assert_close(cached.model(**inputs).logits, uncached.model(**inputs).logits, atol=1e-4, rtol=0)
+
+
+def test_a_float32_cache_never_serves_the_fp16_states_of_a_default_cache(tiny_bert_dir, tmp_path):
+    """Both stored their shards in one folder per namespace, so a float32 cache opened on a directory a default
+    cache had filled returned the fp16-rounded states as hits (0.0009 from exact)."""
+    from hf_lowdata.features import FeatureCache, model_fingerprint, text_token_states
+    from hf_lowdata.models import load_encoder, load_tokenizer
+
+    encoder, tokenizer = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    key, texts = model_fingerprint(tiny_bert_dir, "text"), ["a good film", "a dull plot that drags on"]
+    exact = text_token_states(FeatureCache(dtype=torch.float32), encoder, tokenizer, texts, 32, key)
+    text_token_states(FeatureCache(tmp_path), encoder, tokenizer, texts, 32, key)  # fp16 shards on disk
+    fp32 = FeatureCache(tmp_path, dtype=torch.float32)
+    got = text_token_states(fp32, encoder, tokenizer, texts, 32, key)
+    assert fp32.computed == 2
+    for g, e in zip(got, exact):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+    again = FeatureCache(tmp_path, dtype=torch.float32)  # and it is cached on disk in its own dtype
+    text_token_states(again, encoder, tokenizer, texts, 32, key)
+    assert again.computed == 0

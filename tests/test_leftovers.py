@@ -43,3 +43,9 @@ def test_only_a_dead_process_s_staged_files_are_removed(tmp_path):
     (tmp_path / f"key.tmp-{dead}").mkdir()
     age(tmp_path / f"key.tmp-{dead}")
     assert remove_dead_leftovers(tmp_path, prefix="another") == []  # a prefix limits the sweep
+
+
+def test_a_number_no_process_id_can_be_is_not_a_live_process():
+    """os.kill raised OverflowError (not an OSError) for a foreign file named '*.tmp4000000000', and the sweep,
+    and the feature cache's shard write with it, crashed."""
+    assert process_alive(4_000_000_000) is False and process_alive(10**30) is False

@@ -308,3 +308,64 @@ def test_texts_longer_than_the_models_positions_are_cut_to_them(tiny_bert_dir, t
     _, batch = next(length_sorted_batches(short_tokenizer, [long_text], max_length=128))
     with torch.no_grad():
         assert load_for_classification(folder, 2, seed=0)(**batch).logits.shape == (1, 2)  # failed: 102 > 40
+
+
+def _left_padding_gpt2(folder):
+    """A tiny GPT-2 classifier whose word-level tokenizer was saved for left padding (as generation models are)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for word in ["the", "film", "was", "great", "bad", "fine", "a", "plot", "cast", "awful", "movie", "good", "very"]:
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>",
+                                        pad_token="<|endoftext|>", padding_side="left")
+    config = GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=2,
+                        pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    return _save_folder(GPT2ForSequenceClassification(config), tokenizer, folder)
+
+
+def test_a_texts_prediction_and_token_states_do_not_depend_on_its_batch(tmp_path):
+    """A tokenizer saved with padding_side='left' padded inference batches on the left: GPT-2's position ids count
+    from the first column, so a short text's logits changed with the longest text of its batch (0.13-0.25), and
+    the feature cache stored such batch-dependent states for good."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lowdata.features import FeatureCache, text_token_states
+    from hf_lowdata.inference import predict_logits
+
+    folder = _left_padding_gpt2(tmp_path / "gpt2")
+    tokenizer = load_tokenizer(folder)
+    assert tokenizer.padding_side == "right"  # training batches (DataCollatorWithPadding) pad the same way
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    texts = ["good", "the film was very very bad", "a fine cast", "awful plot"]
+    together = predict_logits(model, tokenizer, texts, batch_size=4)
+    alone = [predict_logits(model, tokenizer, [text]) for text in texts]
+    torch.testing.assert_close(torch.from_numpy(together), torch.from_numpy(torch.cat(
+        [torch.from_numpy(a) for a in alone]).numpy()), atol=1e-5, rtol=0)
+    left = load_tokenizer(folder)
+    left.padding_side = "left"  # a tokenizer the caller passes as it was saved: batches are still padded right
+    torch.testing.assert_close(torch.from_numpy(predict_logits(model, left, texts, batch_size=4)),
+                               torch.from_numpy(together), atol=1e-5, rtol=0)
+    states = text_token_states(FeatureCache(), model.transformer, left, texts, 32, "gpt2")
+    for text, batched in zip(texts, states):
+        [single] = text_token_states(FeatureCache(), model.transformer, left, [text], 32, "gpt2")
+        torch.testing.assert_close(batched, single, atol=2e-3, rtol=0)  # fp16 storage
+
+
+def test_texts_that_give_no_token_and_a_bare_string_are_refused(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lowdata.inference import predict_logits
+
+    folder = _left_padding_gpt2(tmp_path / "gpt2")
+    tokenizer, model = load_tokenizer(folder), AutoModelForSequenceClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"1 text\(s\) give no token at all \(positions \[1\], e.g. ' '\)"):
+        predict_logits(model, tokenizer, ["good", " "])  # gave the empty text logits silently
+    with pytest.raises(TypeError, match=r"texts is one string; pass a list of texts \(\[text\]\)"):
+        predict_logits(model, tokenizer, "good film")  # was read as 9 one-character texts

@@ -18,18 +18,48 @@ def test_cache_root_follows_override_then_environment_then_home(monkeypatch, tmp
 
 
 def test_a_write_cut_short_leaves_the_previous_file_whole(monkeypatch, tmp_path):
+    import os
+
     target = tmp_path / "summary.md"
     atomic_write_text(target, "old")
-    real_write = Path.write_text
+    real_fdopen = os.fdopen
 
-    def cut_short(self, text, *args, **kwargs):
-        real_write(self, text[:2], *args, **kwargs)  # part of the bytes reach the disk, then the process dies
-        raise OSError("disk full")
+    class CutShort:
+        def __init__(self, *args, **kwargs):
+            self.file = real_fdopen(*args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", cut_short)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            self.file.write(text[:2])  # part of the bytes reach the disk, then the write fails
+            raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fdopen", CutShort)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(target, "new contents")
     monkeypatch.undo()
-    assert target.read_text() == "old"
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
     atomic_write_text(target, "new contents")
-    assert target.read_text() == "new contents" and not list(tmp_path.glob("*.tmp"))
+    assert target.read_text() == "new contents" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_concurrent_writers_stage_in_files_of_their_own(monkeypatch, tmp_path):
+    """Two writers of one path shared '<name>.tmp': one renamed the other's half-written file into place and the
+    other's rename failed. Each call now stages in its own file, named so that the leftover sweep knows it."""
+    import os
+    import re
+
+    from hf_lowdata.leftovers import _PID
+
+    staged: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (staged.append(os.path.basename(src)), real_replace(src, dst)))
+    for text in ("first", "second", "third"):
+        atomic_write_text(tmp_path / "config.json", text)
+    assert len(set(staged)) == 3 and all(re.match(r"config\.json\..+\.tmp\d+$", name) for name in staged)
+    assert all(int(_PID.search(name).group(1)) == os.getpid() for name in staged)
+    assert (tmp_path / "config.json").read_text() == "third" and len(list(tmp_path.iterdir())) == 1
