@@ -334,8 +334,8 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
         "push",
         help="upload a saved adapter and its model card to the Hugging Face Hub",
         description="Upload exactly the Hub files of a saved folder (PEFT adapters: adapter_config.json, "
-        "adapter_model.safetensors, README.md) to REPO_ID in one commit, which also deletes the files an earlier "
-        "push left there (except .gitattributes). Uses the token of `hf auth login` or HF_TOKEN. The only "
+        "adapter_model.safetensors, README.md) to REPO_ID in one commit, which also deletes the model files (weights, "
+        "configs and tokenizer files) an earlier push left there; other files stay. Uses the token of `hf auth login` or HF_TOKEN. The only "
         "hf_lowdata command that needs a network.",
     )
     p.add_argument("folder", type=Path, help="the saved folder")
@@ -362,7 +362,8 @@ def _run_push(args: argparse.Namespace) -> int:
             print(f"  {name}")
     elif result.deleted is None:
         print(f"note: could not read {result.repo_id} (offline or unreachable), so the files an earlier push left "
-              "there are not listed; a push deletes every file the folder does not hold (except .gitattributes).",
+              "there are not listed; a push deletes the model files (weights, configs, tokenizer files) the folder "
+              "does not hold.",
               file=sys.stderr)
     if result.url:
         print(f"Done: {result.url}")

@@ -190,7 +190,8 @@ def text_token_states(
                 on_batch(done, len(indices))
         return out  # type: ignore[return-value]
 
-    namespace = digest("text", model_key, str(max_length))
+    # "right-padded": states cached before batches were always padded on the right may depend on their batch
+    namespace = digest("text", model_key, str(max_length), "right-padded")
     return cache.lookup(namespace, [digest(t) for t in texts], compute)
 
 

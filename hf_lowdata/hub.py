@@ -3,8 +3,8 @@
 This is the one feature of hf_lowdata that needs a network. Everything that can be checked offline
 is checked first (the folder, the weight files, the token, ``HF_HUB_OFFLINE``), and every failure
 is a :class:`HubError` that says what went wrong and what to do; nothing is half-uploaded, because
-all files go up in one commit. That commit also deletes the repository's model files (weights, configs,
-tokenizer files) that the folder does not hold (left by an earlier push: an old adapter beside a new probe
+all files go up in one commit. That commit also deletes the repository's model files (weights, the configs
+and tokenizer files loaders read) that the folder does not hold (left by an earlier push: an old adapter beside a new probe
 would load instead of it), so the repository holds exactly the folder's model files; other files a user
 added by hand (images, notes) stay. ``dry_run=True`` lists the files it would upload and delete
 (reading the repository's file list when online) and changes nothing.
@@ -148,16 +148,35 @@ def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes
     return contents
 
 
-#: Suffixes of the files a saved model or adapter consists of (weights, configs, tokenizer files): stale ones
-#: are what a loader would read instead of the new upload's. Other files (images, notes added by hand) stay.
-_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", *PICKLE_SUFFIXES)
+#: Top-level files that loaders read to decide what a repository holds and how to load it (PEFT, transformers,
+#: tokenizers, sentence-transformers, hf_lowdata's own outputs): a stale one from an earlier push would be read
+#: instead of, or beside, the new upload's.
+_LOADER_FILES = frozenset({
+    "adapter_config.json", "config.json", "generation_config.json", "model.safetensors.index.json",
+    "probe_config.json", "setfit_config.json", "classifier.json", "preprocessor_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+    "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "config_setfit.json",
+})
+
+
+def _is_model_file(name: str) -> bool:
+    """Whether a repository file belongs to a saved model (so a push deletes it when stale): a loader's file or a
+    weights file at the top level, or anything in SetFit's ``body/`` or a sentence-transformers module folder
+    (``1_Pooling/``). Anything else (a LICENSE, notes, images, results added by hand) is the user's."""
+    import re
+
+    if "/" in name:
+        return name.startswith("body/") or re.match(r"\d+_[A-Za-z]+/", name) is not None
+    return name in _LOADER_FILES or name.endswith((".safetensors", *PICKLE_SUFFIXES))
 
 
 def _stale_files(api: HfApi, repo_id: str, names: Sequence[str]) -> tuple[str, ...]:
-    """The repository's model files that the upload ``names`` does not hold (left by an earlier push), to delete."""
+    """The repository's model files (:func:`_is_model_file`) that the upload ``names`` does not hold (left by an
+    earlier push), to delete."""
     keep = set(names) | _KEPT_IN_REPO
     return tuple(sorted(f for f in api.list_repo_files(repo_id, repo_type="model")
-                        if f not in keep and f.endswith(_MODEL_FILE_SUFFIXES)))
+                        if f not in keep and _is_model_file(f)))
 
 
 def _dry_run_stale_files(repo_id: str, names: Sequence[str], token: str | None,

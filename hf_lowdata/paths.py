@@ -15,19 +15,24 @@ CACHE_ENV = "HF_LOWDATA_CACHE"
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: a kill at any moment leaves the old
-    file or the new one, never a cut-off mix. Each call stages in a file of its own (``<name>.<random>.tmp<pid>``,
-    which :mod:`hf_lowdata.leftovers` sweeps after a kill), so concurrent writers never share one."""
-    import tempfile
+    file or the new one, never a cut-off mix. Each call stages in a file of its own (``<name>.<random>.tmp<pid>``),
+    so concurrent writers never share one; the file gets the permissions a plain write would (``0o666`` less the
+    umask), and copies staged by killed writers are swept (:mod:`hf_lowdata.leftovers`)."""
+    import secrets
+
+    from .leftovers import remove_dead_leftovers
 
     target = Path(path)
-    handle, staged = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=f".tmp{os.getpid()}")
+    staged = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp{os.getpid()}")
+    handle = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
         os.replace(staged, target)
     except BaseException:
-        Path(staged).unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
+    remove_dead_leftovers(target.parent, prefix=target.name + ".")
 
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:

@@ -593,7 +593,8 @@ def push_output(session: Session, method: str | None, repo_id: str, token: str, 
         # Never fall back to a token stored on the server: on a shared Space it is not the visitor's.
         raise DemoError("Paste a Hugging Face token with write access (huggingface.co/settings/tokens).")
     result = push_adapter(results[method].output_dir, repo_id.strip(), private=private, token=token.strip())
-    return f"Uploaded {', '.join(result.files)} to {result.url or result.repo_id}."
+    deleted = f" Deleted the model files an earlier push left there: {', '.join(result.deleted)}." if result.deleted else ""
+    return f"Uploaded {', '.join(result.files)} to {result.url or result.repo_id}.{deleted}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -136,3 +136,21 @@ def test_a_float32_cache_never_serves_the_fp16_states_of_a_default_cache(tiny_be
     again = FeatureCache(tmp_path, dtype=torch.float32)  # and it is cached on disk in its own dtype
     text_token_states(again, encoder, tokenizer, texts, 32, key)
     assert again.computed == 0
+
+
+def test_states_cached_before_batches_were_padded_on_the_right_are_not_served(tiny_bert_dir, tmp_path):
+    """A cache filled with a left-padding tokenizer held batch-dependent states; the text namespace changed with
+    the padding fix, so shards under the earlier namespace are never read."""
+    from safetensors.torch import save_file
+
+    from hf_lowdata.features import FeatureCache, digest, model_fingerprint, text_token_states
+    from hf_lowdata.models import load_encoder, load_tokenizer
+
+    encoder, tokenizer = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    key, texts = model_fingerprint(tiny_bert_dir, "text"), ["a good film", "a dull plot"]
+    earlier = tmp_path / digest("text", key, "32")  # the namespace before the fix
+    earlier.mkdir()
+    save_file({digest(t): torch.zeros(3, 32, dtype=torch.float16) for t in texts}, str(earlier / "old.safetensors"))
+    cache = FeatureCache(tmp_path)
+    states = text_token_states(cache, encoder, tokenizer, texts, 32, key)
+    assert cache.computed == 2 and all(s.abs().sum() > 0 for s in states)

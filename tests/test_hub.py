@@ -98,7 +98,10 @@ def test_push_uploads_exactly_the_adapter_files_and_card_in_one_commit(hub, adap
 
 
 def test_dry_run_lists_the_files_and_contacts_nothing(adapter, monkeypatch, capsys):
+    contacted = []  # recorded, not raised: the dry run catches errors of the file listing
+
     def refuse(*args, **kwargs):
+        contacted.append(args)
         raise AssertionError("a dry run must not contact the Hub")
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
@@ -113,6 +116,7 @@ def test_dry_run_lists_the_files_and_contacts_nothing(adapter, monkeypatch, caps
     # offline, it cannot see what an earlier push left in the repository, and says so
     assert "could not read me/toy-lora (offline or unreachable)" in err
     assert push_adapter(adapter, "me/toy-lora", dry_run=True).deleted is None
+    assert contacted == []
 
 
 def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled(hub, adapter, tmp_path, capsys):
@@ -123,7 +127,9 @@ def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled
     probe = trained("probe").output_dir
     push_adapter(adapter, "me/sst2")
     assert set(hub.files["me/sst2"]) == ADAPTER_FILES | {".gitattributes"}
-    hub.files["me/sst2"]["confusion.png"] = b"an image the user added by hand"  # not a model file: it stays
+    by_hand = ("confusion.png", "LICENSE.txt", "notes.txt", "results/metrics.json", "examples/inputs.json")
+    for name in by_hand:  # not model files: they stay (a suffix rule deleted every .json and .txt)
+        hub.files["me/sst2"][name] = b"added by hand"
     adapter_only = ("adapter_config.json", "adapter_model.safetensors")
     # a dry run lists what the push would delete, and changes nothing
     assert main(["push", str(probe), "me/sst2", "--dry-run"]) == 0
@@ -133,10 +139,11 @@ def test_a_push_leaves_exactly_the_folder_files_in_a_repo_an_earlier_push_filled
     result = push_adapter(probe, "me/sst2")
     assert hub.commits == 2 and result.deleted == adapter_only
     assert set(hub.files["me/sst2"]) == {".gitattributes", "README.md", "probe_config.json", "probe_head.safetensors",
-                                         "confusion.png"}
+                                         *by_hand}
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()
     for name, data in hub.files["me/sst2"].items():
+        (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
         (downloaded / name).write_bytes(data)
     assert output_kind(downloaded) == "probe" and card_metadata(downloaded)["method"] == "probe"
     # a new repository: nothing to delete
@@ -281,3 +288,14 @@ def test_bad_repo_ids_and_damaged_folders_are_refused(adapter, tmp_path):
     (headless / "probe_head.safetensors").unlink()
     with pytest.raises(HubError, match="without probe_head.safetensors"):
         push_adapter(headless, "me/toy-probe", dry_run=True)
+
+
+def test_only_files_of_a_saved_model_count_as_stale():
+    from hf_lowdata.hub import _is_model_file
+
+    model_files = ["adapter_config.json", "adapter_model.safetensors", "model-00001-of-00002.safetensors",
+                   "tokenizer.json", "vocab.txt", "probe_config.json", "pytorch_model.bin", "body/config.json",
+                   "body/1_Pooling/config.json", "1_Pooling/config.json", "modules.json"]
+    users = ["LICENSE.txt", "requirements.txt", "notes.txt", "results/metrics.json", "eval_results.json",
+             "examples/sample_inputs.json", "confusion.png", "README_de.md"]
+    assert [n for n in model_files if not _is_model_file(n)] == [] and [n for n in users if _is_model_file(n)] == []

@@ -63,3 +63,34 @@ def test_concurrent_writers_stage_in_files_of_their_own(monkeypatch, tmp_path):
     assert len(set(staged)) == 3 and all(re.match(r"config\.json\..+\.tmp\d+$", name) for name in staged)
     assert all(int(_PID.search(name).group(1)) == os.getpid() for name in staged)
     assert (tmp_path / "config.json").read_text() == "third" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_written_file_has_the_permissions_of_a_plain_write(tmp_path):
+    """Staging through tempfile.mkstemp made every summary.md and config owner-only (0600)."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "summary.md", "x")
+        (tmp_path / "plain.md").write_text("x")
+    finally:
+        os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "summary.md").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.md").stat().st_mode) == 0o644
+
+
+def test_copies_staged_by_killed_writers_are_swept(tmp_path):
+    """Each write stages in its own file, so a killed writer's copy is never reused: the next write removes it."""
+    from tests.test_leftovers import _dead_pid, age
+
+    dead = tmp_path / f"summary.md.0a1b2c3d.tmp{_dead_pid()}"
+    dead.write_text("half")
+    age(dead)
+    recent = tmp_path / f"summary.md.4e5f6a7b.tmp{_dead_pid()}"  # touched within the hour: may be in use
+    recent.write_text("half")
+    other = tmp_path / "runs.jsonl.tmp1"  # another file's staging: not this write's to judge
+    other.write_text("x")
+    age(other)
+    atomic_write_text(tmp_path / "summary.md", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["summary.md", recent.name, other.name])

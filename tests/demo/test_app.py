@@ -313,6 +313,11 @@ def test_push_from_the_page_needs_a_token_and_uses_hub_code(session, monkeypatch
     shown = app.push_message(session, "probe", "me/x", "hf_visitor", True)
     assert shown.startswith("Uploaded") and uploaded["token"] == "hf_visitor" and uploaded["private"] is True
     assert uploaded["files"] == ["README.md", "probe_config.json", "probe_head.safetensors"]
+    # a repository an earlier push filled: the page says which of its model files the push deleted
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: ["adapter_config.json", "notes.txt"])
+    shown = app.push_message(session, "probe", "me/x", "hf_visitor", True)
+    assert shown.endswith("Deleted the model files an earlier push left there: adapter_config.json.")
+    assert uploaded["files"] == ["README.md", "adapter_config.json", "probe_config.json", "probe_head.safetensors"]
 
 
 class _SlowMethod(Method):
