@@ -25,7 +25,8 @@ def test_peak_memory_without_proc_reads_ru_maxrss_in_the_platform_unit(monkeypat
     import sys
     import types
 
-    pytest.importorskip("torch")  # imported by PeakMemory; imported here, before sys.platform is changed
+    import torch  # noqa: F401 - imported by PeakMemory; imported here, before sys.platform is changed
+
     from hf_lowdata.bench import measure
 
     usage = types.SimpleNamespace(ru_maxrss=ru_maxrss)
