@@ -42,6 +42,7 @@ from .base import (
     count_trainable,
     default_device,
     dev_selection_callback,
+    load_base_classifier,
     register_method,
     text_dev_logits,
 )
@@ -249,7 +250,7 @@ class MixupBLO(TransformerMethod):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from transformers.trainer_callback import PrinterCallback
 
-        from ..models import classification_skeleton, load_for_classification
+        from ..models import classification_skeleton
         from ..training import few_shot_training_args
 
         budget = ctx.budget_for(self.name)
@@ -267,7 +268,7 @@ class MixupBLO(TransformerMethod):
                                                    budget.steps(len(task.labelled)))
 
         def base_model() -> torch.nn.Module:
-            return load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+            return load_base_classifier(task, ctx)
 
         root = Path(ctx.checkpoint_dir or ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
         save_steps = ctx.save_steps

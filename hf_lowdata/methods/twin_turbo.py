@@ -48,6 +48,7 @@ from .base import (
     _run_callback,
     default_device,
     dev_selection_callback,
+    load_base_classifier,
     register_method,
 )
 
@@ -160,8 +161,6 @@ class TwinTurbo(Method):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft import TaskType, get_peft_model
 
-        from ..models import load_for_classification
-
         budget = ctx.budget_for(BUDGET_NAME)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
@@ -190,7 +189,7 @@ class TwinTurbo(Method):
         if self.uses_unlabelled and task.unlabelled is not None:
             unlabelled = TokenStateDataset(training_states(task.unlabelled.texts))
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
-        base = load_for_classification(ctx.model, task.num_labels, list(task.label_names), seed=ctx.seed)
+        base = load_base_classifier(task, ctx)
         model = get_peft_model(base, config).to(default_device(ctx.device))
         dev_selection = None
         if task.dev is not None:  # the same dev-set step selection as every method that trains in steps
