@@ -9,8 +9,10 @@ Entries are keyed by a backbone fingerprint (a digest of its files' contents, pl
 settings such as ``max_length`` or image size) and by a digest of each input (text or image
 bytes), so overlapping sets (the unlabelled pools of different seeds, one test set used by many
 runs) share entries. They are kept in memory and, with ``directory=``, on disk as safetensors shards
-written atomically (a kill leaves the previous shards readable; an unreadable shard is skipped and
-its entries are recomputed). Storage is fp16 by default (half the memory, within fp16 rounding of
+written atomically (a kill leaves the previous shards readable). Each shard records a checksum of
+its tensors' bytes; a shard that cannot be read, or whose contents no longer match their checksum
+(a flipped byte on disk), is skipped with a warning and its entries are recomputed. Every lookup
+returns fresh tensors, so a caller editing them in place never changes a later hit. Storage is fp16 by default (half the memory, within fp16 rounding of
 the fp32 states); ``dtype=torch.float32`` caches exactly what the backbone returned.
 """
 
@@ -26,7 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .leftovers import remove_dead_leftovers
@@ -40,6 +43,31 @@ def digest(*parts: bytes | str) -> str:
         h.update(part.encode() if isinstance(part, str) else part)
         h.update(b"\x1e")
     return h.hexdigest()
+
+
+CHECKSUM_KEY = "hf_lowdata_checksum"
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of a shard's names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_checked_shard(path: Path) -> dict[str, torch.Tensor]:
+    """A shard's tensors, after checking them against the checksum written with them."""
+    with safe_open(str(path), framework="pt") as f:
+        expected = (f.metadata() or {}).get(CHECKSUM_KEY)
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    if expected is None:
+        raise ValueError("it has no checksum (written by an older hf_lowdata)")
+    if _checksum(tensors) != expected:
+        raise ValueError("its contents do not match their checksum (damaged on disk)")
+    return tensors
 
 
 def model_fingerprint(folder: str | os.PathLike, *settings: Any) -> str:
@@ -74,9 +102,12 @@ class FeatureCache:
             if folder is not None and folder.is_dir():
                 for shard in sorted(folder.glob("*.safetensors")):
                     try:
-                        entries.update(load_file(str(shard)))
+                        entries.update(_load_checked_shard(shard))
                     except Exception as err:  # noqa: BLE001 - a damaged shard is recomputed, not fatal
-                        warnings.warn(f"Skipping unreadable feature-cache shard {shard}: {err}", stacklevel=3)
+                        warnings.warn(
+                            f"Skipping unreadable feature-cache shard {shard}: {err}; its entries are recomputed",
+                            stacklevel=3,
+                        )
             self._entries[namespace] = entries
         return self._entries[namespace]
 
@@ -104,7 +135,8 @@ class FeatureCache:
                 self.computed += len(new)
                 entries.update(new)
                 self._write_shard(namespace, new)
-            return [entries[key].float() for key in keys]
+            # a copy each time: a float32 cache would otherwise hand out its own storage
+            return [entries[key].to(torch.float32, copy=True) for key in keys]
 
     def _write_shard(self, namespace: str, tensors: dict[str, torch.Tensor]) -> None:
         folder = self._folder(namespace)
@@ -116,7 +148,7 @@ class FeatureCache:
             self._swept.add(folder)
         final = folder / f"{digest(*sorted(tensors))}.safetensors"
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: _checksum(tensors)})
         os.replace(tmp, final)
 
 
@@ -165,7 +197,6 @@ def _unpad(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> list[to
     return [t[m].cpu() for t, m in zip(tokens, mask)]
 
 
-@torch.inference_mode()
 def text_token_states(
     cache: FeatureCache, backbone: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
     model_key: str, batch_size: int = 64, on_batch: Callable[[int, int], None] | None = None,
@@ -176,6 +207,7 @@ def text_token_states(
     raise to stop, as the demo's Cancel does)."""
     from .inference import length_sorted_batches
 
+    @torch.inference_mode()
     def compute(indices: list[int]) -> list[torch.Tensor]:
         backbone.eval()
         device = next(backbone.parameters()).device
@@ -195,7 +227,6 @@ def text_token_states(
     return cache.lookup(namespace, [digest(t) for t in texts], compute)
 
 
-@torch.inference_mode()
 def image_token_states(
     cache: FeatureCache, backbone: torch.nn.Module, images: np.ndarray, size: int, model_key: str,
     batch_size: int = 64,
@@ -203,6 +234,7 @@ def image_token_states(
     """Final feature-map tokens ((size/32)^2, C) of each uint8 image, through ``cache``."""
     from .vision.data import images_to_pixel_values
 
+    @torch.inference_mode()
     def compute(indices: list[int]) -> list[torch.Tensor]:
         backbone.eval()
         device = next(backbone.parameters()).device

@@ -154,3 +154,54 @@ def test_states_cached_before_batches_were_padded_on_the_right_are_not_served(ti
     cache = FeatureCache(tmp_path)
     states = text_token_states(cache, encoder, tokenizer, texts, 32, key)
     assert cache.computed == 2 and all(s.abs().sum() > 0 for s in states)
+
+
+def test_a_shard_whose_bytes_changed_on_disk_is_recomputed(tiny_bert_dir, tmp_path):
+    """A flipped byte inside a shard's tensor data still parses as safetensors, so it loaded silently and
+    served wrong states; the checksum written with each shard catches it."""
+    encoder, tok = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(6, 2)]
+    first = text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "tiny")
+    (shard,) = tmp_path.rglob("*.safetensors")
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x40  # a byte of the last tensor's data: the file is still valid safetensors
+    shard.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="do not match their checksum"):
+        again = FeatureCache(tmp_path)
+        recomputed = text_token_states(again, encoder, tok, texts, 64, "tiny")
+    assert again.computed == 6
+    for r, f in zip(recomputed, first):
+        torch.testing.assert_close(r, f, atol=0, rtol=0)
+
+
+def test_a_shard_without_a_checksum_is_recomputed(tiny_bert_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    encoder, tok = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    texts = [r["text"] for r in toy_sentences(4, 3)]
+    text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "tiny")
+    (shard,) = tmp_path.rglob("*.safetensors")
+    from hf_lowdata.features import _load_checked_shard
+
+    save_file(_load_checked_shard(shard), str(shard))  # as an older version wrote it: no metadata
+    with pytest.warns(UserWarning, match="no checksum"):
+        again = FeatureCache(tmp_path)
+        text_token_states(again, encoder, tok, texts, 64, "tiny")
+    assert again.computed == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_editing_returned_states_in_place_never_changes_a_later_hit(tiny_bert_dir, dtype):
+    """Lookups returned inference tensors (an in-place edit or a backward pass through them raised) and a float32
+    cache returned its own stored tensors; now each lookup returns ordinary tensors of its own."""
+    encoder, tok = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    cache, texts = FeatureCache(dtype=dtype), ["a good film", "a dull plot"]
+    first = text_token_states(cache, encoder, tok, texts, 64, "tiny")
+    expected = [s.clone() for s in first]
+    for s in first:
+        s.mul_(0)
+    (first[0].requires_grad_() * 2).sum().backward()  # usable in autograd
+    again = text_token_states(cache, encoder, tok, texts, 64, "tiny")
+    assert cache.computed == 2
+    for a, e in zip(again, expected):
+        torch.testing.assert_close(a, e, atol=0, rtol=0)
