@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -98,6 +98,13 @@ class ModuleReplacement:
     """
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(parent, nn.MultiheadAttention) and isinstance(new_module, BaseTunerLayer):
+            raise ValueError(
+                f"{child_name!r} of a torch nn.MultiheadAttention cannot take this adapter: the attention reads "
+                f"{child_name}.weight directly and never calls the layer, so the adapter would train without changing "
+                "the output until merged. Leave it out of target_modules (adapt the layers around the attention, or use "
+                "PEFT's LoRA, which adapts nn.MultiheadAttention as a whole)."
+            )
         setattr(parent, child_name, new_module)
         if hasattr(child, "base_layer"):
             child = child.base_layer

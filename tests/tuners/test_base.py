@@ -1,4 +1,5 @@
-"""The shared weight-adapter tuner: a classifier's head that would be neither trained nor saved is warned about."""
+"""The shared weight-adapter tuner: a classifier's head that would be neither trained nor saved is warned about, and
+layers a parent reads without calling them are refused."""
 
 from __future__ import annotations
 
@@ -99,3 +100,13 @@ def test_an_adapter_stacked_on_another_adds_to_it(outer):
         inner_layer.merge()
         with pytest.raises(ValueError, match="MixupBLO cannot run on a layer another adapter .* has merged"):
             model(x)
+
+
+@pytest.mark.parametrize("config", [FTPConfig(target_modules=["out_proj", "linear1"]),
+                                    MixupBLOConfig(target_modules=["out_proj", "linear1"])])
+def test_the_output_projection_of_torch_multihead_attention_is_refused(config):
+    """nn.MultiheadAttention reads out_proj.weight without calling out_proj: the adapter would train, change the
+    merged model and do nothing unmerged."""
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    with pytest.raises(ValueError, match="nn.MultiheadAttention cannot take this adapter.*target_modules"):
+        get_peft_model(layer, config)

@@ -209,21 +209,31 @@ class SparseExpertLayer(SparseExpertTunerLayer):
         return bits.view(config.num_experts, *shape).to(self.sparse_expert_delta[adapter].dtype)
 
     def task_delta(
-        self, adapter: str, expert_weights: torch.Tensor, beta: float | None = None
+        self, adapter: str, expert_weights: torch.Tensor, beta: float | None = None, deployed: bool = False
     ) -> torch.Tensor:
         """``(sum_m w_m z_m) * d`` for expert weights ``w`` (differentiable in d, the logits and ``w``).
 
         ``beta`` is the mask temperature (``None``: 1, the adapted model's); meta-training passes its
-        own. Binary masks ignore it.
+        own. Binary masks ignore it. ``deployed=True`` takes relaxed masks as :meth:`binarize` will store
+        them (1 where non-zero at the meta-training temperature; no gradient to the logits).
         """
         delta = self.sparse_expert_delta[adapter]
         weights = expert_weights.to(delta.dtype)
+        if deployed and adapter in self.sparse_expert_logits:
+            masks = self.kept_entries(adapter).to(delta.dtype)
+            return delta * torch.einsum("m,m...->...", weights, masks)
         if adapter in self.sparse_expert_logits:
             gamma, zeta = self.sparse_expert_settings[adapter].stretch_limits
             logits = self.sparse_expert_logits[adapter]
             return _MixedMaskDelta.apply(delta, logits, weights, 1.0 if beta is None else beta, gamma, zeta)
         masks = self.expert_masks(adapter)
         return delta * torch.einsum("m,m...->...", weights, masks)
+
+    def kept_entries(self, adapter: str) -> torch.Tensor:
+        """The entries :meth:`binarize` keeps (bool, ``(M, *weight.shape)``): where the relaxed mask is non-zero at
+        the meta-training temperature."""
+        threshold = self.sparse_expert_settings[adapter].mask_threshold_logit
+        return self.sparse_expert_logits[adapter].detach() > threshold
 
     # ---- meta-training: masks cached per optimizer step, deferred logit gradients ----------------
     def _cached_masks(self, adapter: str) -> torch.Tensor:
@@ -233,8 +243,7 @@ class SparseExpertLayer(SparseExpertTunerLayer):
             config = self.sparse_expert_settings[adapter]
             with torch.no_grad():
                 if adapter in self._binary_meta_masks:
-                    logits = self.sparse_expert_logits[adapter]
-                    masks = (logits > config.mask_threshold_logit).to(self.sparse_expert_delta[adapter].dtype)
+                    masks = self.kept_entries(adapter).to(self.sparse_expert_delta[adapter].dtype)
                 else:
                     masks = self.expert_masks(adapter, beta=config.mask_temperature)
                 self._mask_cache[adapter] = masks
@@ -287,9 +296,8 @@ class SparseExpertLayer(SparseExpertTunerLayer):
     def nonzeros(self, adapter: str) -> torch.Tensor:
         """Per-expert count of non-zero mask entries (relaxed masks: non-zero at the meta-training temperature)."""
         if adapter in self.sparse_expert_logits:
-            logits = self.sparse_expert_logits[adapter].detach()
-            threshold = self.sparse_expert_settings[adapter].mask_threshold_logit
-            return (logits.reshape(logits.shape[0], -1) > threshold).sum(dim=1)
+            kept = self.kept_entries(adapter)
+            return kept.reshape(kept.shape[0], -1).sum(dim=1)
         masks = self.expert_masks(adapter)
         return (masks.reshape(masks.shape[0], -1) > 0).sum(dim=1)
 
@@ -305,9 +313,9 @@ class SparseExpertLayer(SparseExpertTunerLayer):
         the meta-training temperature (so the binary sparsity is the one meta-training constrained)."""
         if adapter not in self.sparse_expert_logits:
             return
-        threshold = self.sparse_expert_settings[adapter].mask_threshold_logit
-        logits = self.sparse_expert_logits.pop(adapter)
-        self.sparse_expert_bits[adapter] = pack_bits(logits.detach() > threshold)
+        kept = self.kept_entries(adapter)
+        del self.sparse_expert_logits[adapter]
+        self.sparse_expert_bits[adapter] = pack_bits(kept)
 
 
 class SparseExpertModule(nn.Module, SparseExpertLayer):

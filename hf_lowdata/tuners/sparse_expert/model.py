@@ -59,20 +59,23 @@ def _in_head(name: str, saved: tuple[str, ...]) -> bool:
 
 
 def default_target_modules(model: nn.Module, config: SparseExpertConfig) -> set[str]:
-    """Every Linear/Conv1D/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head.
+    """Every Linear/Conv1D/Conv2d inside the model's ``encoder`` (else the whole model), never the pooler or head,
+    nor the output projection of a torch ``nn.MultiheadAttention`` (it reads that weight without calling the layer).
 
     A layer another adapter already wraps (LoRA, FTP, an earlier SparseExpert adapter) counts by the
     wrapper's name; the Linear layers inside a wrapper (its base layer, LoRA's A and B) are not targets.
     """
     tuner_layers = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    # children never to take: those inside a wrapper, and those nn.MultiheadAttention reads without calling them
+    closed = tuner_layers + [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, SUPPORTED_LAYERS) and not any(name.startswith(f"{t}.") for t in tuner_layers)
+        if isinstance(module, SUPPORTED_LAYERS) and not any(name.startswith(f"{t}.") for t in closed)
     ]
-    names += [n for n, m in model.named_modules()
-              if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), SUPPORTED_LAYERS)
-              and not any(n.startswith(f"{t}.") for t in tuner_layers)]
+    names += [n for n in tuner_layers
+              if isinstance(model.get_submodule(n).get_base_layer(), SUPPORTED_LAYERS)
+              and not any(n.startswith(f"{t}.") for t in closed)]
     encoders = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == "encoder"]
     if encoders:
         names = [n for n in names if any(n.startswith(f"{e}.") for e in encoders)]
@@ -342,13 +345,15 @@ class SparseExpertModel(WeightAdapterTuner):
         adapter: str | None = None,
         beta: float | None = None,
         meta: bool = False,
+        deployed: bool = False,
     ) -> dict[str, torch.Tensor]:
         """``{name: W0 + (sum_m w_m z_m) d}`` for every adapted weight under ``root``, names relative to it.
 
         Differentiable in the deltas, the mask logits and ``expert_weights``; use with
         ``torch.func.functional_call(root, weights, ...)`` inside :meth:`bypass`. ``meta=True`` is the
         meta-training form: masks at the meta-training temperature, cached for the optimizer step, and
-        mask-logit gradients deferred to :meth:`finalize_mask_gradients`. Refused while a layer is merged
+        mask-logit gradients deferred to :meth:`finalize_mask_gradients`. ``deployed=True`` uses the binary masks
+        :meth:`binarize_masks` would store (what meta-training's held-out evaluation scores). Refused while a layer is merged
         (its base weight is then not ``W0``).
         """
         adapter = self._adapter(adapter)
@@ -362,7 +367,7 @@ class SparseExpertModel(WeightAdapterTuner):
             if meta:
                 delta = layer.meta_task_delta(adapter, expert_weights)
             else:
-                delta = layer.task_delta(adapter, expert_weights, beta)
+                delta = layer.task_delta(adapter, expert_weights, beta, deployed=deployed)
             out[f"{name}.base_layer.weight"] = base + delta.to(base.dtype)
         return out
 

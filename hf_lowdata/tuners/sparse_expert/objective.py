@@ -419,7 +419,8 @@ class SparseExpertObjective(TrainingObjective):
         router_logits = tuner.router_logits(frozen_protos, self.adapter)
         generator = self._episode_generator(trainer, int(inputs["episode_index"]))
         weights = expert_weights(router_logits, temperature, sample=model.training, generator=generator)
-        theta = tuner.task_weights(weights, backbone, self.adapter, meta=model.training)
+        # evaluation scores the model meta-training will deploy: binary masks, not the relaxed ones at beta 1
+        theta = tuner.task_weights(weights, backbone, self.adapter, meta=model.training, deployed=not model.training)
         names = list(theta)
 
         with tuner.bypass():
@@ -474,7 +475,8 @@ class SparseExpertObjective(TrainingObjective):
         target_density = 1.0 - self.target_sparsity_at(progress)
         density = (1.0 - tuner.mask_sparsity(self.adapter)).to(self.multipliers.device)
         if self.learn_masks:
-            excess = density.clamp(min=1e-4).log() - math.log(target_density)
+            # (the floor stays under the target, so the multipliers can come down for any tau < 1)
+            excess = density.clamp(min=min(1e-4, target_density / 2)).log() - math.log(target_density)
             self.multipliers = (self.multipliers + self.multiplier_lr * excess).clamp(0.0, self.max_multiplier)
             routing = self._routing * (self.config.num_experts / self._routing.sum().clamp(min=1e-8))
             tuner.push_mask_logits(self.multipliers * routing * self._mask_lr(trainer), self.adapter)

@@ -179,3 +179,24 @@ def test_deepcopy_of_the_router_is_the_usual_module_copy():
     assert all(id(p) in held for p in net_copy.parameters())
     assert not net_copy.fc1.training and net_copy.fc2.training
     assert all(a is b for a, b in zip(copy.copy(net).parameters(), net.parameters()))  # shallow: shared
+
+
+def test_the_output_projection_of_torch_multihead_attention_is_never_adapted():
+    """nn.MultiheadAttention reads out_proj.weight without calling out_proj: a wrapper's delta trained and merged but
+    never acted unmerged (merged and unmerged outputs differed by 3.0)."""
+
+    class TorchEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    torch.manual_seed(0)
+    model = get_peft_model(TorchEncoder(), SparseExpertConfig(feature_dim=32))
+    targets = set(model.peft_config["default"].target_modules)
+    assert targets == {"encoder.layers.0.linear1", "encoder.layers.0.linear2"}
+    with pytest.raises(ValueError, match="nn.MultiheadAttention cannot take this adapter"):
+        get_peft_model(TorchEncoder(), SparseExpertConfig(feature_dim=32, target_modules=["out_proj"]))

@@ -228,3 +228,33 @@ def test_the_callers_training_arguments_are_left_as_they_were(tiny_bert_dir, tmp
     assert args.max_grad_norm == 1.0
     trainer = LowDataTrainer(model=smat_encoder(tiny_bert_dir), args=args, train_dataset=episodes(tiny_bert_dir, 1))
     assert trainer.args.max_grad_norm == 0.0 and args.max_grad_norm == 1.0
+
+
+def test_held_out_evaluation_scores_the_masks_meta_training_deploys(tiny_bert_dir, tmp_path):
+    """Evaluation used the relaxed masks at temperature 1, which keep entries the binarized (deployed) masks drop:
+    its loss belonged to neither the trained nor the deployed model."""
+    trainer = _trainer(tiny_bert_dir, tmp_path, 30)  # long enough for the masks to reach their sparsity
+    trainer.train()
+    _, layer = trainer.model.base_model.expert_layers()[0]
+    relaxed = layer.expert_masks("default", beta=1.0)
+    assert ((relaxed > 0) & ~layer.kept_entries("default")).any()  # entries the two masks disagree on
+    torch.manual_seed(0)
+    for _, layer in trainer.model.base_model.expert_layers():  # deltas large enough for the masks to show
+        layer.sparse_expert_delta["default"].data.normal_(0, 0.2)
+    held_out = episodes(tiny_bert_dir, 3, seed=7)
+    during = trainer.evaluate(held_out)["eval_loss"]
+    trainer.model.base_model.binarize_masks()  # what meta_train deploys
+    assert trainer.evaluate(held_out)["eval_loss"] == pytest.approx(during, rel=1e-6, abs=1e-7)
+
+
+def test_multipliers_come_down_when_the_masks_are_sparser_than_a_target_above_0_9999(tiny_bert_dir, tmp_path):
+    """The density was floored at 1e-4, above a target density under 1e-4: the multipliers could only rise."""
+    trainer = _trainer(tiny_bert_dir, tmp_path, 2, config={"target_sparsity": 0.99995})
+    trainer.train()
+    tuner, objective = trainer.model.base_model, trainer.objective
+    for _, layer in tuner.expert_layers():
+        layer.sparse_expert_logits["default"].data.fill_(-1e3)  # every mask entry off: density 0 < target
+    tuner.clamp_mask_logits()
+    objective.multipliers = torch.ones_like(objective.multipliers)
+    objective.on_optimizer_step(trainer, trainer.model)  # at the end of training: target density 5e-5
+    assert (objective.multipliers < 1).all(), objective.multipliers
