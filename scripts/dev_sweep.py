@@ -1,10 +1,13 @@
 """Sweep a method's settings (learning rate, FTP's mu / kappa, TwinTurbo's loss weights, ...) on official *dev* splits, never on test.
 
 ``scripts/tune_budgets.py`` varies learning rates only; method settings are ``--config`` options,
-so this script takes a grid of ``key=v1,v2`` pairs (``lr`` is the learning rate, any other key a
-``--config`` option of the method) and scores every combination on ``dev.jsonl`` with the k-shot
-sets the benchmark draws (plus an unlabelled pool of ``--unlabelled`` texts for semi-supervised
-methods). Examples (about 30 s per run on a quiet 2-core CPU):
+so this script takes a grid of ``key=v1,v2`` pairs (``lr`` is the learning rate; any other key is a
+``--config`` setting: a budget field such as ``max_steps``, or an option of the method; a key the
+method does not read is refused before any training) and scores every combination on ``dev.jsonl``
+with the k-shot sets the benchmark draws (plus an unlabelled pool of ``--unlabelled`` texts for
+semi-supervised methods). Each run gets ``--data-dir`` as the benchmark's data dir, so SparseExpert
+holds out every text of the evaluated dataset (its dev split included) from meta-training and uses
+the adapter the benchmark caches. Examples (about 30 s per run on a quiet 2-core CPU):
 
     python scripts/dev_sweep.py --data-dir ../shared/data --datasets sst2,sst5 --k 16 --seeds 0,1,2 \\
         --method ftp --grid lr=5e-5,1e-4,2e-4 mu=1e-2,1e-1 --out runs/ftp_dev_sweep.json
@@ -18,17 +21,23 @@ import argparse
 import itertools
 import json
 import tempfile
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import set_seed
 
+from hf_lowdata.bench.report import _pm
 from hf_lowdata.bench.runner import _quiet_libraries
-from hf_lowdata.budgets import get_budget
-from hf_lowdata.data import load_data, make_few_shot_task
+from hf_lowdata.data import DatasetSplits, load_data, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, get_method
-from hf_lowdata.workflow import budget_key
+from hf_lowdata.methods.sparse_expert import BENCH_DATA_DIR_OPTION
+from hf_lowdata.paths import atomic_write_text
+from hf_lowdata.workflow import BUDGET_FIELDS, WorkflowError, check_config, resolve_budget
+
+#: The grid's short name for the budget's learning rate.
+LR = "lr"
 
 
 def parse_grid(pairs: list[str]) -> list[dict[str, int | float | str]]:
@@ -52,6 +61,64 @@ def parse_grid(pairs: list[str]) -> list[dict[str, int | float | str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
+def config_of(setting: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid setting as ``--config`` (``lr`` is the budget's ``learning_rate``)."""
+    return {("learning_rate" if key == LR else key): value for key, value in setting.items()}
+
+
+def check_grid(method: str, grid: Sequence[Mapping[str, Any]]) -> None:
+    """Fail before any training on a grid key ``method`` does not read (with the CLI's "did you mean")
+    or a budget value it cannot take."""
+    for setting in grid:
+        try:
+            check_config([method], config=config_of(setting))
+        except WorkflowError as err:
+            raise SystemExit(f"--grid {' '.join(f'{k}={v}' for k, v in setting.items())}: {err}") from None
+
+
+def run_context(method: str, setting: Mapping[str, Any], data_dir: Path, *, seed: int, work_dir: Path,
+                cache: SharedCache, model: str | None = None) -> RunContext:
+    """The context a benchmark run of ``method`` under ``setting`` gets: budget fields (``max_steps``,
+    ``lr``, ...) change the budget, other keys are method options, and ``data_dir`` is the benchmark's
+    data dir (SparseExpert then never meta-trains on a text of the evaluated dataset, dev split included)."""
+    config = config_of(setting)
+    budget, options = resolve_budget(method, config=config)
+    changed = bool(set(config) & set(BUDGET_FIELDS))  # as hf-lowdata train: else each method its own budget
+    return RunContext(model=model, seed=seed, budget=budget if changed else None, work_dir=work_dir, cache=cache,
+                      options={BENCH_DATA_DIR_OPTION: str(data_dir), **options}, quiet=True)
+
+
+def dev_splits(data_dir: Path, dataset: str) -> DatasetSplits:
+    """The dataset's splits; it must have an official dev split (the sweep never scores on test)."""
+    splits = load_data(data_dir / dataset, empty_text="drop")
+    if splits.dev is None:
+        raise SystemExit(f"{dataset} has no official dev split; sweep on datasets that have one (sst2, sst5).")
+    return splits
+
+
+def score_on_dev(method: str, setting: Mapping[str, Any], splits: DatasetSplits, data_dir: Path, *, seed: int,
+                 k: int, cache: SharedCache, unlabelled: int = 0, model: str | None = None) -> tuple[float, float | None]:
+    """Dev accuracy of ``method`` under ``setting`` trained on the k-shot draw of ``seed``, and its median
+    step seconds. The draw, as the benchmark's, never holds a test text, nor a dev text (that would score the
+    model on one of its own training examples)."""
+    assert splits.dev is not None and splits.dev.labels is not None
+    held_out = [*splits.dev.texts, *(splits.test.texts if splits.test is not None else ())]
+    task = make_few_shot_task(splits, seed=seed, k=k, unlabelled=unlabelled, warn_on_overlap=False,
+                              exclude_texts=held_out)
+    set_seed(seed)
+    with tempfile.TemporaryDirectory() as work:
+        ctx = run_context(method, setting, data_dir, seed=seed, work_dir=Path(work), cache=cache, model=model)
+        fitted = get_method(method).fit(task, ctx)
+        accuracy = float((fitted.predict(splits.dev.texts) == np.array(splits.dev.labels)).mean())
+    return accuracy, fitted.train_step_seconds
+
+
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """The rows so far as JSON, atomically (a kill leaves the last complete file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(rows, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -61,40 +128,35 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--unlabelled", type=int, default=0, help="unlabelled pool size (semi-supervised methods)")
-    parser.add_argument("--grid", nargs="+", required=True, help="key=v1,v2 ... (lr = learning rate)")
+    parser.add_argument("--grid", nargs="+", required=True,
+                        help="key=v1,v2 ... (lr = learning rate; budget fields such as max_steps; method options)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    grid = parse_grid(args.grid)
+    try:
+        get_method(args.method)
+    except (KeyError, RuntimeError) as err:
+        raise SystemExit(str(err.args[0] if err.args else err)) from None
+    check_grid(args.method, grid)
+    datasets = args.datasets.split(",")
+    all_splits = {dataset: dev_splits(args.data_dir, dataset) for dataset in datasets}
     _quiet_libraries()
     cache, rows = SharedCache(), []
-    base = get_budget(budget_key(args.method))  # a variant sweeps with its method's budget
-    for dataset in args.datasets.split(","):
-        splits = load_data(args.data_dir / dataset, empty_text="drop")
-        if splits.dev is None:
-            raise SystemExit(f"{dataset} has no official dev split; sweep on datasets that have one (sst2, sst5).")
-        for setting in parse_grid(args.grid):
-            options = {k: v for k, v in setting.items() if k != "lr"}
-            budget = replace(base, learning_rate=float(setting.get("lr", base.learning_rate)),
-                             options={**base.options, **options})
+    for dataset, splits in all_splits.items():
+        for setting in grid:
             for seed in map(int, args.seeds.split(",")):
-                task = make_few_shot_task(splits, seed=seed, k=args.k, unlabelled=args.unlabelled, warn_on_overlap=False)
-                set_seed(seed)
-                with tempfile.TemporaryDirectory() as work:
-                    ctx = RunContext(model=args.model, seed=seed, budget=budget, work_dir=Path(work), cache=cache, quiet=True)
-                    fitted = get_method(args.method).fit(task, ctx)
-                    accuracy = float((fitted.predict(splits.dev.texts) == np.array(splits.dev.labels)).mean())
+                accuracy, step_seconds = score_on_dev(args.method, setting, splits, args.data_dir, seed=seed, k=args.k,
+                                                      cache=cache, unlabelled=args.unlabelled, model=args.model)
                 rows.append({"dataset": dataset, "method": args.method, **setting, "seed": seed,
-                             "unlabelled": args.unlabelled, "dev_accuracy": accuracy,
-                             "step_seconds": fitted.train_step_seconds})
+                             "unlabelled": args.unlabelled, "dev_accuracy": accuracy, "step_seconds": step_seconds})
                 print(json.dumps(rows[-1]), flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(rows, indent=1))
-    keys = list(parse_grid(args.grid)[0])
+                write_rows(args.out, rows)
+    keys = list(grid[0])
     print(f"\n| dataset | {' | '.join(keys)} | dev accuracy (mean ± std) |\n|---|{'---|' * len(keys)}---|")
-    for dataset in args.datasets.split(","):
-        for setting in parse_grid(args.grid):
+    for dataset in datasets:
+        for setting in grid:
             accs = [r["dev_accuracy"] for r in rows if r["dataset"] == dataset and all(r[k] == v for k, v in setting.items())]
-            spread = 100 * np.std(accs, ddof=1) if len(accs) > 1 else 0.0
-            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | {100 * np.mean(accs):.1f} ± {spread:.1f} |")
+            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | {_pm(accs)} |")
 
 
 if __name__ == "__main__":
