@@ -6,23 +6,38 @@ the raw scores as JSON. Usage:
 
     python scripts/tune_budgets.py --data-dir ../shared/data --datasets sst2,sst5 --k 16 --seeds 0,1,2 \
         --grid full:2e-5,5e-5,1e-4 lora:5e-4,1e-3,2e-3 --out runs/tuning.json
+
+A shorthand for ``scripts/dev_sweep.py --grid lr=...`` over several methods at once (the probe's
+value is its ``C``); each run is dev_sweep's (the same context, draw and scoring).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from transformers import set_seed
+import dev_sweep  # scripts/dev_sweep.py, beside this file
 
+from hf_lowdata.bench.report import _pm
 from hf_lowdata.bench.runner import _quiet_libraries
-from hf_lowdata.budgets import get_budget
-from hf_lowdata.data import load_data, make_few_shot_task
-from hf_lowdata.methods import RunContext, SharedCache, get_method
+from hf_lowdata.methods import SharedCache
+
+
+def parse_entries(entries: list[str]) -> list[tuple[str, list[dict[str, float]]]]:
+    """``["lora:5e-4,1e-3", "probe:0.1"]`` -> ``[("lora", [{"lr": 5e-4}, {"lr": 1e-3}]), ("probe", [{"C": 0.1}])]``."""
+    parsed = []
+    for entry in entries:
+        method, _, values = entry.partition(":")
+        try:
+            numbers = [float(v) for v in values.split(",")]
+        except ValueError:
+            numbers = []
+        if not method or not numbers:
+            raise SystemExit(f"--grid entries look like method:value,value (e.g. lora:5e-4,1e-3); got {entry!r}")
+        key = "C" if method == "probe" else dev_sweep.LR
+        parsed.append((method, [{key: v} for v in numbers]))
+    return parsed
 
 
 def main() -> None:
@@ -34,35 +49,33 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", required=True, help="method:value,value,... (learning rate; C for probe)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    grid = parse_entries(args.grid)
+    for method, settings in grid:
+        try:
+            dev_sweep.get_method(method)
+        except (KeyError, RuntimeError) as err:
+            raise SystemExit(str(err.args[0] if err.args else err)) from None
+        dev_sweep.check_grid(method, settings)
+    splits = {dataset: dev_sweep.dev_splits(args.data_dir, dataset) for dataset in args.datasets.split(",")}
     _quiet_libraries()
     cache = SharedCache()
     results = []
-    for dataset in args.datasets.split(","):
-        splits = load_data(args.data_dir / dataset, empty_text="drop")
-        if splits.dev is None:
-            raise SystemExit(f"{dataset} has no official dev split; tune on datasets that have one.")
-        for entry in args.grid:
-            method, values = entry.split(":")
-            for value in map(float, values.split(",")):
-                base = get_budget(method)
-                budget = (replace(base, options={**base.options, "C": value}) if method == "probe"
-                          else replace(base, learning_rate=value))
+    for dataset, data in splits.items():
+        for method, settings in grid:
+            for setting in settings:
                 for seed in map(int, args.seeds.split(",")):
-                    task = make_few_shot_task(splits, seed=seed, k=args.k, warn_on_overlap=False)
-                    set_seed(seed)
-                    with tempfile.TemporaryDirectory() as work:
-                        ctx = RunContext(seed=seed, budget=budget, work_dir=Path(work), cache=cache, quiet=True)
-                        fitted = get_method(method).fit(task, ctx)
-                        acc = float((fitted.predict(splits.dev.texts) == np.array(splits.dev.labels)).mean())
-                    results.append({"dataset": dataset, "method": method, "value": value, "seed": seed, "dev_accuracy": acc})
+                    acc, _ = dev_sweep.score_on_dev(method, setting, data, args.data_dir, seed=seed, k=args.k,
+                                                    cache=cache)
+                    value = next(iter(setting.values()))
+                    results.append({"dataset": dataset, "method": method, "value": value, "seed": seed,
+                                    "dev_accuracy": acc})
                     print(json.dumps(results[-1]), flush=True)
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(results, indent=1))
+                    dev_sweep.write_rows(args.out, results)
     print("\n| dataset | method | value | dev accuracy (mean ± std) |\n|---|---|---|---|")
     keys = sorted({(r["dataset"], r["method"], r["value"]) for r in results})
     for key in keys:
         accs = [r["dev_accuracy"] for r in results if (r["dataset"], r["method"], r["value"]) == key]
-        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {100 * np.mean(accs):.1f} ± {100 * np.std(accs, ddof=1):.1f} |")
+        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {_pm(accs)} |")
 
 
 if __name__ == "__main__":
