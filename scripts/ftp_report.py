@@ -11,20 +11,29 @@ FTP / TPGM). Usage:
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from hf_lowdata.bench.report import _pm, latest_records
+from hf_lowdata.bench.results import read_records
+
 METHOD_ORDER = ("full", "lora", "ftp", "ftp_lora", "tpgm")
 
 
 def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    spread = 100 * np.std(values, ddof=1) if len(values) > 1 else 0.0
-    return f"{100 * np.mean(values):.1f} ± {spread:.1f} (n={len(values)})"
+    return f"{_pm(values)} (n={len(values)})" if values else "-"
+
+
+def load(paths: list[Path]) -> list[dict]:
+    """The successful k-shot runs of the files, each run once (its latest record, as the bench's summary);
+    a cut-off last line (a kill mid-append) is skipped."""
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if missing:
+        raise SystemExit(f"No such file: {', '.join(missing)}. Give the runs.jsonl of a benchmark's --out folder.")
+    records = latest_records(r for path in paths for r in read_records(path))
+    return [r for r in records if r.get("status") == "ok" and r.get("k") is not None]
 
 
 def _methods(records: list[dict]) -> list[str]:
@@ -102,8 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="runs.jsonl file(s) of hf-lowdata bench")
     args = parser.parse_args()
-    records = [json.loads(line) for path in args.runs for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r.get("status") == "ok" and r.get("k") is not None]
+    records = load(args.runs)
     if not records:
         raise SystemExit("No successful k-shot runs in the given files.")
     print("### Accuracy (%), mean ± std over seeds\n")

@@ -10,29 +10,29 @@ and inference seconds per 1,000 texts relative to full fine-tuning. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from hf_lowdata.bench.report import _pm, latest_records
+from hf_lowdata.bench.results import read_records
+
 BASELINE = "full"
 
 
 def load(paths: list[Path]) -> list[dict]:
-    records = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record.get("status") == "ok" and record.get("n"):
-                    records.append(record)
-    return records
+    """The successful runs with a total N of the files, each run once (its latest record, as the bench's
+    summary); a cut-off last line (a kill mid-append) is skipped."""
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if missing:
+        raise SystemExit(f"No such file: {', '.join(missing)}. Give the runs.jsonl of a benchmark's --out folder.")
+    records = latest_records(r for path in paths for r in read_records(path))
+    return [r for r in records if r.get("status") == "ok" and r.get("n")]
 
 
 def _fmt(values: list[float]) -> str:
-    std = np.std(values, ddof=1) if len(values) > 1 else float("nan")
-    return f"{100 * np.mean(values):.1f} ± {100 * std:.1f} ({len(values)})"
+    return f"{_pm(values)} ({len(values)})"
 
 
 def report(records: list[dict]) -> str:
@@ -68,8 +68,8 @@ def report(records: list[dict]) -> str:
             infer_ratio = np.mean([np.mean(infer[d, n, m]) / np.mean(infer[d, n, BASELINE]) for d in shared])
             lines.append(
                 f"| {n} | {m} | {len(shared)} | {100 * gain:+.2f} | "
-                f"{100 * np.mean(spread) if spread else float('nan'):.2f} | "
-                f"{100 * np.mean(base_spread) if base_spread else float('nan'):.2f} | {time_ratio:.1f}x | "
+                f"{f'{100 * np.mean(spread):.2f}' if spread else '-'} | "
+                f"{f'{100 * np.mean(base_spread):.2f}' if base_spread else '-'} | {time_ratio:.1f}x | "
                 f"{infer_ratio:.2f} |"
             )
     return "\n".join(lines)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
+import pytest
+
 from tests.helpers import load_script
 
 
@@ -24,3 +29,24 @@ def test_paired_differences_pair_the_same_draws():
     out_of_domain = [c.strip() for c in table[3].split("|")[1:-1]]
     assert in_domain[0] == "in-domain" and in_domain[1] == "+1.00" and in_domain[3] == "2" and in_domain[4] == "1 / 0"
     assert out_of_domain[1] == "+1.00" and out_of_domain[2] == "2.00" and out_of_domain[4] == "1 / 1"
+
+
+def _write_runs(path, records, cut_off=None):
+    """``records`` as runs.jsonl lines, then the first 40 characters of ``cut_off`` (a kill mid-append)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path.write_text(text + (json.dumps(cut_off)[:40] if cut_off else ""))
+    return path
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_runs_are_read_once_each_and_a_cut_off_line_is_skipped(tmp_path, monkeypatch, capsys, killed):
+    """A record written twice counted twice, and a cut-off last line (which the bench's own reader skips)
+    crashed the report with a JSONDecodeError."""
+    runs = [{**_run(m, s, acc, 0.5), "run_key": f"{m}-{s}", "status": "ok"}
+            for m, acc in (("full", 0.60), ("ftp", 0.70)) for s in (0, 1)]
+    stale = {**runs[0], "accuracy": 0.10}  # full seed 0, first written with another outcome, then rewritten
+    path = _write_runs(tmp_path / "runs.jsonl", [stale, *runs], cut_off=runs[2] if killed else None)
+    monkeypatch.setattr(sys, "argv", ["ftp_report.py", str(path)])
+    _report().main()
+    printed = capsys.readouterr().out
+    assert "| sst2 | sst2 (in-domain) | 16 | 60.0 ± 0.0 (n=2) | 70.0 ± 0.0 (n=2) |" in printed
