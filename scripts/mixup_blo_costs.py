@@ -27,6 +27,7 @@ from hf_lowdata.budgets import get_budget
 from hf_lowdata.data import collator, load_data, make_few_shot_task, tokenize
 from hf_lowdata.inference import predict_logits
 from hf_lowdata.models import load_for_classification, load_tokenizer
+from hf_lowdata.paths import atomic_write_text
 
 #: (label, hypergradient, task weight); None is plain full fine-tuning.
 MODES = [("full", None, None), ("mixup_blo", "darts", "full"), ("mixup_blo_fo", "first_order", "full"),
@@ -138,7 +139,7 @@ def main() -> None:
               "full_run_seconds": round(full_run, 1), "projected_run": projected,
               "inference_seconds_per_1k": latency}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(args.out, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print("\n| mode | step s | x full step | projected run s | x full run |\n|---|---|---|---|---|")
     print(f"| full | {step['full']:.2f} | 1.00 | {full_run:.0f} | 1.00 |")

@@ -9,6 +9,9 @@ comparison (click to "Finished", evaluation and saving included), the CPU second
 and the load average::
 
     .venv/bin/python spaces_demo/benchmark_quick.py [--data-dir ../shared/data] [--method twin_turbo]
+
+The data folder defaults to ``$HF_LOWDATA_DATA_DIR`` (where hf_lowdata looks for the shared datasets),
+else ``shared/data`` beside the repository.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from app import SessionStore, run_comparison
 
 from hf_lowdata.data import DatasetSplits, load_data, make_few_shot_task
+from hf_lowdata.methods.sparse_expert import DATA_DIR_ENV
+from hf_lowdata.paths import atomic_write_text
 
 
 def _write_csv(path: Path, rows: list[dict]) -> str:
@@ -36,13 +40,28 @@ def _write_csv(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def main() -> None:
+def default_data_dir() -> Path:
+    """``$HF_LOWDATA_DATA_DIR`` when set, else ``shared/data`` beside the repository."""
+    return Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help=f"folder holding sst2/ (default: ${DATA_DIR_ENV}, else shared/data beside the repository)")
     parser.add_argument("--method", default="twin_turbo", help="the hf_lowdata method to time beside lora and probe")
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    from app import SessionStore, run_comparison  # spaces_demo/app.py, beside this file (imports gradio)
+
+    args = build_parser().parse_args()
+    if not (args.data_dir / "sst2").is_dir():
+        raise SystemExit(f"No sst2 folder in {args.data_dir}: give --data-dir, or set {DATA_DIR_ENV} to the folder "
+                         "holding the shared datasets.")
     splits = load_data(args.data_dir / "sst2")
     task = make_few_shot_task(DatasetSplits("sst2", splits.label_names, splits.train), seed=0, k=16)
     names = splits.label_names
@@ -80,7 +99,7 @@ def main() -> None:
         store.close()
     print(json.dumps(figures, indent=2))
     if args.out is not None:
-        args.out.write_text(json.dumps(figures, indent=2))
+        atomic_write_text(args.out, json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
