@@ -58,12 +58,15 @@ def bench_plans(method_name: str, data_dir: Path, datasets: Sequence[str], model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="the benchmark's --data-dir")
-    parser.add_argument("--datasets", type=_name_list, required=True,
+    parser.add_argument("--datasets", type=_name_list, default=None,
                         help="the benchmark's --datasets (one adapter per dataset: each is held out of its own)")
     parser.add_argument("--method", default="sparse_expert", help="sparse_expert or one of its meta-tuned ablations")
     parser.add_argument("--model", default=None)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="the same as the bench's")
     args = parser.parse_args()
+    if not args.datasets:
+        parser.error("give the benchmark's --datasets (e.g. --datasets sst2,cr): a bench run meta-trains without the "
+                     "evaluated dataset and all of its texts, so each dataset has an adapter of its own")
     options = parse_options(args.config)
     method = get_method(args.method)
     plans = bench_plans(args.method, args.data_dir, args.datasets, args.model, options)

@@ -60,3 +60,10 @@ def test_a_dataset_not_in_the_data_dir_says_so(data_dir):
     with pytest.raises(SystemExit, match="--datasets names folders in --data-dir"):
         load_script("sparse_expert_meta_train").bench_plans("sparse_expert", data_dir, ["nope"],
                                                             options={"sources": "src1"})
+
+
+def test_without_datasets_it_says_why_they_are_needed(monkeypatch, capsys, data_dir):
+    monkeypatch.setattr("sys.argv", ["sparse_expert_meta_train.py", "--data-dir", str(data_dir)])
+    with pytest.raises(SystemExit):
+        load_script("sparse_expert_meta_train").main()
+    assert "--datasets sst2,cr" in capsys.readouterr().err
