@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from transformers import set_seed
 
-from hf_lowdata.bench.report import _pm
-from hf_lowdata.bench.runner import _quiet_libraries
+from hf_lowdata.bench.report import format_mean_std
+from hf_lowdata.bench.runner import quiet_libraries
 from hf_lowdata.data import DatasetSplits, load_data, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, get_method
 from hf_lowdata.methods.sparse_expert import BENCH_DATA_DIR_OPTION
@@ -140,7 +140,7 @@ def main() -> None:
     check_grid(args.method, grid)
     datasets = args.datasets.split(",")
     all_splits = {dataset: dev_splits(args.data_dir, dataset) for dataset in datasets}
-    _quiet_libraries()
+    quiet_libraries()
     cache, rows = SharedCache(), []
     for dataset, splits in all_splits.items():
         for setting in grid:
@@ -156,7 +156,7 @@ def main() -> None:
     for dataset in datasets:
         for setting in grid:
             accs = [r["dev_accuracy"] for r in rows if r["dataset"] == dataset and all(r[k] == v for k, v in setting.items())]
-            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | {_pm(accs)} |")
+            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | {format_mean_std(accs)} |")
 
 
 if __name__ == "__main__":

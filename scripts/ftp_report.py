@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_lowdata.bench.report import _pm, latest_records
+from hf_lowdata.bench.report import format_mean_std, latest_records
 from hf_lowdata.bench.results import read_records
 
 METHOD_ORDER = ("full", "lora", "ftp", "ftp_lora", "tpgm")
 
 
 def _cell(values: list[float]) -> str:
-    return f"{_pm(values)} (n={len(values)})" if values else "-"
+    return f"{format_mean_std(values)} (n={len(values)})" if values else "-"
 
 
 def load(paths: list[Path]) -> list[dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback, set_seed
 
-from hf_lowdata.bench.runner import _quiet_libraries
+from hf_lowdata.bench.runner import quiet_libraries
 from hf_lowdata.budgets import get_budget
 from hf_lowdata.data import collator, load_data, make_few_shot_task, tokenize
 from hf_lowdata.inference import predict_logits
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     splits = load_data(args.data_dir / args.dataset, empty_text="drop")
     task = make_few_shot_task(splits, seed=0, n=args.total, warn_on_overlap=False)
     tokenizer = load_tokenizer(None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_lowdata.bench.report import _pm, latest_records
+from hf_lowdata.bench.report import format_mean_std, latest_records
 from hf_lowdata.bench.results import read_records
 
 BASELINE = "full"
@@ -32,7 +32,7 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def _fmt(values: list[float]) -> str:
-    return f"{_pm(values)} ({len(values)})"
+    return f"{format_mean_std(values)} ({len(values)})"
 
 
 def report(records: list[dict]) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dev_sweep  # scripts/dev_sweep.py, beside this file
 
-from hf_lowdata.bench.report import _pm
-from hf_lowdata.bench.runner import _quiet_libraries
+from hf_lowdata.bench.report import format_mean_std
+from hf_lowdata.bench.runner import quiet_libraries
 from hf_lowdata.methods import SharedCache
 
 
@@ -57,7 +57,7 @@ def main() -> None:
             raise SystemExit(str(err.args[0] if err.args else err)) from None
         dev_sweep.check_grid(method, settings)
     splits = {dataset: dev_sweep.dev_splits(args.data_dir, dataset) for dataset in args.datasets.split(",")}
-    _quiet_libraries()
+    quiet_libraries()
     cache = SharedCache()
     results = []
     for dataset, data in splits.items():
@@ -75,7 +75,7 @@ def main() -> None:
     keys = sorted({(r["dataset"], r["method"], r["value"]) for r in results})
     for key in keys:
         accs = [r["dev_accuracy"] for r in results if (r["dataset"], r["method"], r["value"]) == key]
-        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {_pm(accs)} |")
+        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {format_mean_std(accs)} |")
 
 
 if __name__ == "__main__":

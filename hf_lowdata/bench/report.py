@@ -86,7 +86,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
     """``mean ± std``; a single value is written alone, since one seed has no spread to report."""
     m, s = mean_std(values)
     if len(values) == 1:
@@ -162,8 +162,8 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(
             f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
             + (f"{_cell(setting)} | " if len(settings) > 1 else "")
-            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | {_pm([r['accuracy'] for r in rs])} | "
-            f"{_pm([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
+            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | {format_mean_std([r['accuracy'] for r in rs])} | "
+            f"{format_mean_std([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
             f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
             f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | " + (f"{np.mean(cuda):.0f} | " if gpu and cuda else
                                                                    "- | " if gpu else "")
@@ -185,12 +185,12 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                                                         kv[0][1], kv[0][5])):
             dataset, method, label, noise, unl, setting = key
             targets = sorted({t for r in rs for t in r.get("ood_accuracy", {})})
-            cells = "; ".join(f"{_cell(t)}: {_pm([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
+            cells = "; ".join(f"{_cell(t)}: {format_mean_std([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
                               for t in targets)
             lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
                          + (f"{_cell(setting)} | " if len(settings) > 1 else "")
                          + f"{len({r['seed'] for r in rs})}{' ‡' if _mixed_versions(rs) else ''} | "
-                         f"{_pm([r['accuracy'] for r in rs])} | {cells} |")
+                         f"{format_mean_std([r['accuracy'] for r in rs])} | {cells} |")
     if failed:
         lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
         for r in failed:

@@ -262,7 +262,7 @@ def _run_benchmark_locked(
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
                                  "model": model, "environment": env}, indent=2, default=str))
     os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
-    _quiet_libraries()
+    quiet_libraries()
     cache = SharedCache()
     bar = _progress_bar(len(specs), len(specs) - len(todo), show_progress)
     try:
@@ -398,7 +398,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="run", disable=not enabled, dynamic_ncols=True)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Training logs of 100s of runs drown the progress bar; keep warnings and errors only."""
     import datasets
     import transformers
