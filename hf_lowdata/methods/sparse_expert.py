@@ -62,6 +62,9 @@ BENCH_DATA_DIR_OPTION = "bench_data_dir"
 #: Environment variable naming the source folder when neither option is given.
 DATA_DIR_ENV = "HF_LOWDATA_DATA_DIR"
 META_FILE = "meta_training.json"
+#: Part of the cache key; bumped when the code changes what a plan meta-trains, so an adapter cached by an
+#: older version is not reused (2: sources keep each repeated text once, and drop those with conflicting labels).
+META_TRAINING_REVISION = 2
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -158,6 +161,7 @@ class MetaTrainingPlan:
         """The plan as JSON-able data, with the model and source files identified by content."""
         data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.init and f.name != "exclude_texts"}
         data["model"] = model_id(self.model)
+        data["revision"] = META_TRAINING_REVISION
         data["model_path"] = str(resolve_model_path(self.model))
         data["model_content"] = model_content_digest(data["model_path"])  # not only its folder's name
         data["source_files"] = {
@@ -285,6 +289,8 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
         "seconds": round(seconds, 1),
         "resumed_from": resume,
         "excluded_source_examples": {s.name: s.excluded for s in sources},
+        "repeated_source_examples": {s.name: {"duplicates": s.duplicates, "conflicting_labels": s.conflicting}
+                                     for s in sources},
         "unused_sources": unused,
         "trainable_parameters": meta_trained,
         "mask_sparsity": [round(float(v), 4) for v in sparsity],

@@ -12,7 +12,11 @@ modalities (images) provide their own ``encode``.
 
 Held-out test texts must never be meta-trained on: ``exclude_texts`` drops every source example
 whose :func:`~hf_lowdata.data.normalize_text` key occurs there. This matters with the
-shared data: 1,150 of the 1,821 SST-2 test sentences occur in MR's training pool.
+shared data: 1,150 of the 1,821 SST-2 test sentences occur in MR's training pool. A text that
+occurs more than once in a source is kept once (or dropped, where its copies disagree on the
+label), so a query is never a copy of a support example of its own episode: MPQA's pool repeats
+706 texts (``'denied'``, ``'support'``), 70 of them with both labels, and about one MPQA episode in
+twenty drew a copy of a support text as a query before.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class TextSource:
         max_length: tokens per text.
         name: a name for messages and cache keys (default: ``data.source``).
         exclude_texts: texts never to draw (compared after :func:`normalize_text`), e.g. test sets.
+
+    Repeated texts (by :func:`normalize_text`) are kept once, at their first occurrence; a text whose
+    copies carry different labels is dropped altogether (``duplicates`` and ``conflicting`` count them).
     """
 
     def __init__(
@@ -64,9 +71,19 @@ class TextSource:
         if data.labels is None:
             raise DataError(f"{data.source}: episodes need labelled data, this dataset has no labels.")
         excluded = {normalize_text(t) for t in exclude_texts}
-        keep = [i for i, t in enumerate(data.texts) if normalize_text(t) not in excluded] if excluded else None
-        self.data = data if keep is None else data.subset(keep)
-        self.excluded = 0 if keep is None else len(data) - len(keep)
+        keys = [normalize_text(t) for t in data.texts]
+        labels_of: dict[str, set[int]] = {}
+        for key, label in zip(keys, data.labels):
+            labels_of.setdefault(key, set()).add(label)
+        keep, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in excluded and key not in seen and len(labels_of[key]) == 1:
+                keep.append(i)
+            seen.add(key)
+        self.excluded = sum(key in excluded for key in keys)
+        self.conflicting = sum(len(labels_of[key]) > 1 and key not in excluded for key in keys)
+        self.duplicates = len(data) - len(keep) - self.excluded - self.conflicting
+        self.data = data if len(keep) == len(data) else data.subset(keep)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.name = name or data.source or "source"
@@ -101,7 +118,12 @@ def usable_classes(labels: Sequence[int], need: int) -> dict[int, list[int]]:
     """The example indices of each class that has at least ``need`` examples (episodes draw from these)."""
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
-        by_class.setdefault(int(y), []).append(i)
+        try:
+            c = int(y)
+        except (TypeError, ValueError):
+            raise DataError(f"Episode sources need integer class indices as labels, got {y!r}; map label names to "
+                            "indices (e.g. names.index(label)) in the source.") from None
+        by_class.setdefault(c, []).append(i)
     return {c: idx for c, idx in by_class.items() if len(idx) >= need}
 
 

@@ -17,6 +17,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,26 @@ FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "
 DIGITS_TRAIN_SIZE = 1200
 
 
+def check_images(images: Any, source: str = "images") -> None:
+    """Refuse what is not a uint8 array of shape (N, H, W) or (N, H, W, 3), saying how to convert it (float
+    pixels in [0, 1] would otherwise be scaled a second time and predict one class for everything)."""
+    if not isinstance(images, np.ndarray):
+        raise DataError(f"{source}: images must be a numpy uint8 array (N, H, W) or (N, H, W, 3), got "
+                        f"{type(images).__name__} (PIL images: np.stack([np.asarray(im.convert('RGB')) ...])).")
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
+        hints = []
+        if images.dtype.kind == "f":
+            hints.append("float pixels in [0, 1]: (images * 255).round().astype(np.uint8)")
+        if images.ndim == 4 and images.shape[-1] == 4:
+            hints.append("RGBA: drop the alpha channel, images[..., :3]")
+        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+            hints.append("channels first: images.transpose(0, 2, 3, 1)")
+        if images.ndim == 2:
+            hints.append("one image: images[None]")
+        raise DataError(f"{source}: images must be uint8 of shape (N, H, W) or (N, H, W, 3), got {images.dtype} "
+                        f"{images.shape}" + (f" ({'; '.join(hints)})." if hints else "."))
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images (uint8, (N, H, W) or (N, H, W, 3)) with integer labels (or ``None``) and label names."""
@@ -42,11 +63,9 @@ class ImageSet:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if (self.images.dtype != np.uint8 or self.images.ndim not in (3, 4)
-                or (self.images.ndim == 4 and self.images.shape[-1] != 3)):
-            raise DataError(f"{self.source}: images must be uint8 of shape (N, H, W) or (N, H, W, 3), "
-                            f"got {self.images.dtype} {self.images.shape} (RGBA: drop the alpha channel, "
-                            "images[..., :3]).")
+        check_images(self.images, self.source)
+        if self.labels is not None:  # a list of labels would break the draws' comparisons and fancy indexing
+            object.__setattr__(self, "labels", np.asarray(self.labels))
         if len(set(self.label_names)) != len(self.label_names):
             raise DataError(f"{self.source}: label names repeat: {list(self.label_names)}.")
         if self.labels is None:
@@ -210,6 +229,7 @@ def images_to_pixel_values(images: np.ndarray, size: int) -> torch.Tensor:
     Bilinear resize (antialiased when shrinking), grayscale copied to three channels, then Lite0's
     scaling. ``size`` should be a multiple of 32 (see :mod:`hf_lowdata.vision.efficientnet`).
     """
+    check_images(images)
     x = torch.from_numpy(np.array(images, dtype=np.float32))  # a writable float copy
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[-2:] != (size, size):

@@ -236,6 +236,8 @@ def efficientnet_lite0_path(cache_dir: str | os.PathLike | None = None) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "preprocessor_config.json").write_text(json.dumps(_processor_config(224), indent=2))
+        if _is_complete(folder):  # another process converted meanwhile: keep its folder (a reader may be in it)
+            return folder
         if folder.exists():  # an incomplete folder from an older, non-atomic writer
             shutil.rmtree(folder)
         try:
@@ -278,6 +280,9 @@ def load_efficientnet_lite0(
         model = EfficientNetForImageClassification.from_pretrained(folder, local_files_only=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+    for module in model.modules():  # transformers builds the expansion BatchNorms with torch's default 0.1
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = model.config.batch_norm_momentum
     return model.eval()
 
 

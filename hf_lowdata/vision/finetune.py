@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ..budgets import image_budget
 from ..methods import RunContext, TransformerMethod, get_method
-from .data import ImageFewShotTask, images_to_pixel_values
+from .data import ImageFewShotTask, check_images, images_to_pixel_values
 
 #: Methods that train the backbone and can run on an image task.
 IMAGE_BACKBONE_METHODS = ("full", "lora", "ftp")
@@ -78,6 +78,7 @@ def fit_image_classifier(method_name: str, task: ImageFewShotTask, ctx: RunConte
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, images: np.ndarray, size: int, batch_size: int = 64) -> np.ndarray:
     """Predicted label ids of uint8 ``images`` (backbone + head, in eval mode, batches of ``batch_size``)."""
+    check_images(images)
     model.eval()
     device = next(model.parameters()).device
     predictions = [

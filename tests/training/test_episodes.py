@@ -97,3 +97,32 @@ def test_bad_episode_settings_raise_clear_errors(tok):
         TextSource(_binary().without_labels(), tok)
     with pytest.raises(IndexError):
         EpisodeDataset([source], 5, shot=(1, 1), query_per_class=1).episode(5)
+
+
+def test_a_repeated_text_is_kept_once_and_never_both_support_and_query(tok):
+    """Source pools repeat texts (MPQA: 'denied', 'support'; some with both labels): an episode could query a copy of
+    one of its own support examples, and conflicting copies taught contradictory labels."""
+    base = _binary(20)
+    texts = list(base.texts) + [base.texts[0].upper()] * 5 + [base.texts[1]] * 3 + ["mixed text"] * 4
+    labels = list(base.labels) + [base.labels[0]] * 5 + [base.labels[1]] * 3 + [0, 1, 0, 1]
+    source = TextSource(TextDataset(tuple(texts), tuple(labels), base.label_names, "rep"), tok, name="rep")
+    keys = [normalize_text(t) for t in source.data.texts]
+    assert len(keys) == len(set(keys)) == 20 and normalize_text("mixed text") not in keys
+    assert (source.duplicates, source.conflicting, source.excluded) == (8, 4, 0)
+    assert list(source.data.texts) == list(base.texts)  # the first copy of each text, in order
+    episodes = EpisodeDataset([source], 40, shot=(1, 4), query_per_class=4)
+    for i in range(40):
+        ep = episodes.episode(i)
+        support = {normalize_text(source.data.texts[j]) for j in ep.support}
+        assert not support & {normalize_text(source.data.texts[j]) for j in ep.query}
+
+
+def test_a_source_with_label_names_instead_of_indices_says_so(tok):
+    class NamedLabels:
+        name, labels, num_labels = "named", ["pos", "neg"] * 10, 2
+
+        def encode(self, indices):  # pragma: no cover - never reached
+            raise AssertionError
+
+    with pytest.raises(DataError, match="integer class indices.*'pos'"):
+        EpisodeDataset([NamedLabels()], 4, shot=(1, 1), query_per_class=1)

@@ -147,3 +147,33 @@ def test_image_tasks_take_the_image_learning_rates_and_the_text_budget_otherwise
     with pytest.raises(RuntimeError, match="stop"):
         fit_image_classifier("full", task, RunContext(work_dir=tmp_path), SIZE)
     assert seen == [image_budget("full")]
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (lambda x: x.astype(np.float32) / 255.0, r"float32.*\(images \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
+    (lambda x: np.repeat(x[:, None], 3, axis=1), r"channels first: images\.transpose\(0, 2, 3, 1\)"),
+    (lambda x: np.stack([x] * 4, axis=-1), r"RGBA: drop the alpha channel"),
+    (lambda x: x[0], r"one image: images\[None\]"),
+    (lambda x: list(x), r"numpy uint8 array"),
+])
+def test_images_the_model_would_misread_are_refused_with_the_conversion(task, bad, message):
+    """Float pixels in [0, 1] were divided by 255 again: every image predicted one class, without an error; other
+    layouts failed deep in the stem convolution."""
+    from hf_lowdata.data import DataError
+    from hf_lowdata.vision import load_efficientnet_lite0
+
+    model = load_efficientnet_lite0(10, seed=0)
+    with pytest.raises(DataError, match=message):
+        predict_images(model, bad(task.test.images[:4]), SIZE)
+    with pytest.raises(DataError, match=message):
+        images_to_pixel_values(bad(task.test.images[:4]), SIZE)
+
+
+def test_every_batchnorm_of_lite0_takes_the_configured_momentum():
+    """transformers built the 15 expansion BatchNorms with torch's default 0.1 instead of the config's 0.01 (it
+    matters to full fine-tuning with batchnorm=batch, which updates the running statistics)."""
+    from hf_lowdata.vision import load_efficientnet_lite0
+
+    model = load_efficientnet_lite0(10, seed=0)
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {model.config.batch_norm_momentum} == {0.01}

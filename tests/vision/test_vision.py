@@ -297,3 +297,33 @@ def test_an_older_converted_folder_gets_the_current_preprocessor_settings(tmp_pa
     assert json.loads(config.read_text())["do_convert_rgb"] is True
     assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # not converted again
     assert AutoImageProcessor.from_pretrained(folder).do_convert_rgb
+
+
+def test_image_sets_take_labels_given_as_a_list():
+    """The labels were checked as an array but kept as the list: draws then saw no image of any class."""
+    from hf_lowdata.vision import ImageSet
+
+    images = np.zeros((6, 8, 8), np.uint8)
+    train = ImageSet(images, [0, 1, 0, 1, 0, 1], ("a", "b"), "mine")
+    task = make_image_few_shot_task(train, train, k=2, seed=0)
+    assert sorted(task.labelled.labels.tolist()) == [0, 0, 1, 1]
+    rest, dev = split_off_dev(train, 2)
+    assert len(rest) == 4 and len(dev) == 2
+
+
+def test_a_conversion_finished_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    """A second converter replaced the folder the first had just completed (a reader may be inside it)."""
+    from hf_lowdata.vision import efficientnet
+
+    folder = efficientnet_lite0_path(tmp_path)
+    (folder / "marker").write_text("the other process's folder")
+    real, calls = efficientnet._is_complete, []
+
+    def complete_from_the_second_look(f):  # the first look sees no folder; by the end of the conversion it is there
+        calls.append(f)
+        return len(calls) > 1 and real(f)
+
+    monkeypatch.setattr(efficientnet, "_is_complete", complete_from_the_second_look)
+    assert efficientnet_lite0_path(tmp_path) == folder
+    assert (folder / "marker").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
