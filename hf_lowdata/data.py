@@ -259,7 +259,13 @@ def load_file(
 
 
 def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
-    """The file's records as dicts; clear errors for unknown formats, bad encodings and bad JSON."""
+    """The file's records as dicts; clear errors for missing files, folders, unknown formats, bad encodings,
+    bad JSON and column names given twice."""
+    if not file.exists():
+        raise DataError(f"{file} does not exist. Check the path; pass an existing .csv, .tsv or .jsonl file.")
+    if file.is_dir():
+        raise DataError(f"{file} is a folder, not a file. Pass a .csv, .tsv or .jsonl file (a dataset folder is "
+                        "read by --data only).")
     suffix = file.suffix.lower()
     if suffix not in TEXT_FILE_SUFFIXES:
         raise DataError(f"{file}: unsupported file type {suffix!r}. Use .csv, .tsv or .jsonl.")
@@ -276,9 +282,11 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
         stripped = raw.lstrip()
         if suffix == ".json" and stripped.startswith("["):
             try:
-                data = json.loads(raw)
+                data = json.loads(raw, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise DataError(f"{file}: invalid JSON ({err}).") from err
+            except _DuplicateKeysError as err:
+                raise DataError(f"{file}: {err}") from None
             rows = list(data)
         else:
             # line breaks only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings
@@ -287,12 +295,14 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(json.loads(line, object_pairs_hook=_unique_keys))
                 except json.JSONDecodeError as err:
                     raise DataError(
                         f"{file}, line {line_no}: not valid JSON ({err.msg}). Each line must be one object like "
                         '{"text": "...", "label": 0}.'
                     ) from err
+                except _DuplicateKeysError as err:
+                    raise DataError(f"{file}, line {line_no}: {err}") from None
                 if max_rows is not None and len(rows) > max_rows:
                     break
         for i, row in enumerate(rows):
@@ -325,6 +335,27 @@ def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{file} has a header but no rows.")
     return rows
+
+
+class _DuplicateKeysError(DataError):
+    """A JSON object that names a key twice (:func:`read_rows` adds the file and line)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook``: the object as a dict, refusing a key given twice (json keeps the
+    last value of a duplicated key without a word, so a second ``text`` would replace the first)."""
+    counts = Counter(key for key, _ in pairs)
+    twice = [key for key, count in counts.items() if count > 1]
+    if twice:
+        raise _DuplicateKeysError(f"the object names {', '.join(map(repr, twice))} more than once, and only one "
+                                  "value could be read. Rename or remove the duplicated key(s).")
+    return dict(pairs)
+
+
+def _duplicate_columns(header: Sequence[str]) -> list[str]:
+    """Column names a header gives more than once (compared as read: without surrounding spaces)."""
+    counts = Counter(name.strip() for name in header)
+    return [name for name, count in counts.items() if count > 1]
 
 
 class _CsvError(csv.Error):
@@ -362,6 +393,11 @@ def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, 
             if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
                 raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
                                 f"{file.suffix}: rename it to .tsv, or save it with commas.")
+            twice = _duplicate_columns(reader.fieldnames)
+            if twice:  # DictReader keeps the last of them without a word
+                raise DataError(f"{file}: the header {delimiter.join(reader.fieldnames)!r} names column(s) "
+                                f"{', '.join(map(repr, twice))} more than once, and only one of each could be read. "
+                                "Rename or remove the duplicated column(s).")
             for row in reader:
                 if quoting == csv.QUOTE_NONE and (None in row or None in row.values()):
                     raise _CsvError(reader.line_num, "a row with another number of fields than the header")

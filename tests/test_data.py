@@ -123,6 +123,32 @@ def test_folder_without_train_and_missing_path(tmp_path):
         load_data(tmp_path / "nope")
 
 
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("dup.csv", "text,label,text\ngreat film,pos,ID-1\nawful plot,neg,ID-2\n",
+     r"dup.csv: the header 'text,label,text' names column\(s\) 'text' more than once"),
+    ("dup.tsv", "text\tlabel \tlabel\ngreat film\tpos\tneg\nawful plot\tneg\tpos\n",
+     r"names column\(s\) 'label' more than once"),
+    ("dup.jsonl", '{"text": "b", "label": 0}\n{"text": "great", "label": 1, "text": "ID-1"}\n',
+     r"dup.jsonl, line 2: the object names 'text' more than once"),
+    ("dup.json", '[{"text": "a", "label": 0}, {"label": 1, "label": 0, "text": "b"}]',
+     r"dup.json: the object names 'label' more than once"),
+])
+def test_a_column_named_twice_is_an_error_not_a_silent_choice(name, content, message, tmp_path):
+    """csv.DictReader and json keep the last of two same-named columns without a word: a file with an id column
+    also called 'text' trained on the ids."""
+    with pytest.raises(DataError, match=message + r".*Rename or remove the duplicated"):
+        load_file(_write(tmp_path / name, content))
+
+
+def test_a_missing_file_or_a_folder_is_a_data_error(tmp_path):
+    """load_file (--eval, --dev, --unlabelled, predict --file) raised FileNotFoundError / IsADirectoryError."""
+    with pytest.raises(DataError, match=r"nope.jsonl does not exist\. Check the path"):
+        load_file(tmp_path / "nope.jsonl")
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(DataError, match=r"d.csv is a folder, not a file\. Pass a .csv, .tsv or .jsonl file"):
+        load_file(tmp_path / "d.csv", label_column=None)
+
+
 def test_one_class_and_too_few_per_class():
     one = TextDataset(("a", "b", "c"), (0, 0, 0), ("neg", "pos"), "one.csv")
     with pytest.raises(DataError, match=r"fewer than two classes.*'neg' \(3 examples\)"):
