@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -203,7 +202,6 @@ def _step_printer(method: str):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import json
     from dataclasses import replace
 
     from .data import (
@@ -217,18 +215,20 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     from .methods import METHODS
     from .model_card import describe_model_selection
-    from .workflow import CHECKPOINTS_DIR, EVAL_FILE, WorkflowError, finished_output, train_method
+    from .workflow import (
+        CHECKPOINTS_DIR,
+        EVAL_FILE,
+        WorkflowError,
+        finished_output,
+        resume_finished,
+        train_method,
+    )
 
     out: Path = args.out
-    if finished_output(out):
-        if not args.resume:
-            raise WorkflowError(f"{out} already holds a trained model. Choose another --out or remove it first "
-                                "(nothing was overwritten).")
-        print(f"{out} already holds the finished run; nothing to resume.")
-        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)  # left only by a kill during the final cleanup
-        if (out / EVAL_FILE).is_file():
-            _print_evaluation(json.loads((out / EVAL_FILE).read_text()))
-        return 0
+    finished = finished_output(out)
+    if finished and not args.resume:
+        raise WorkflowError(f"{out} already holds a trained model. Choose another --out or remove it first "
+                            "(nothing was overwritten).")
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
     dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
                      label_reading=splits.label_reading) if args.dev is not None else None)
@@ -248,6 +248,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if dev is not None:
         check_dev_set(dev, task.labelled, evaluation_data)
         task = replace(task, dev=dev)
+    if finished:  # checked to be the run asked for, and a save cut off after its card completed
+        evaluation = resume_finished(out, args.method, task, model=args.model)
+        print(f"{out} already holds the finished run; nothing to resume.")
+        if evaluation is not None:
+            _print_evaluation(evaluation)
+        return 0
     class_counts = list(task.labelled.class_counts().items())
     counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (
         f", ... ({len(class_counts)} classes)" if len(class_counts) > 10 else "")

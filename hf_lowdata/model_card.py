@@ -95,6 +95,8 @@ def build_model_card(
             tags.append(f"base_model:adapter:{hub_id}")
     block: dict[str, Any] = {"method": method, "label_names": list(label_names), "max_length": max_length,
                              "base_model": base_name}
+    if data_summary and data_summary.get("data_fingerprint"):  # train --resume on the finished folder checks it
+        block["data_fingerprint"] = data_summary["data_fingerprint"]
     if evaluation is not None:
         block["evaluation"] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4),
                                "examples": evaluation.examples}

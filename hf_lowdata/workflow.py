@@ -9,6 +9,7 @@ hidden sub-folder and moved into place one by one with atomic renames.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -234,6 +235,7 @@ def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None
         "name": task.name,
         "label_names": list(task.label_names),
         "labelled_examples": len(task.labelled),
+        "data_fingerprint": _fingerprint(task.labelled),
         "examples_per_class": task.labelled.class_counts(),
         "unlabelled_examples": given if uses_unlabelled else 0,
         "evaluation_examples": len(evaluation_data) if evaluation_data is not None else 0,
@@ -322,7 +324,9 @@ def train_method(
     if save_steps is None:
         save_steps = max(1, -(-steps // 4))
     run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
-                  "model": str(model) if model is not None else None, "labelled_examples": len(task.labelled),
+                  "model": _model_record(model), "labelled_examples": len(task.labelled),
+                  # checkpoints trained on other data (of the same size) are never continued
+                  "data": _fingerprint(task.labelled), "label_names": list(task.label_names),
                   # a resumed run reads back the dev scores up to its checkpoint: only valid for the same dev set
                   "dev": _fingerprint(task.dev) if task.dev is not None else None}
     # the checks hold for every method: another run's unfinished checkpoints are never trained over
@@ -381,7 +385,7 @@ def train_method(
              "trainable_parameters": result.trainable_parameters, "adapter_bytes": result.adapter_bytes,
              "data": summary}, indent=2))
     _publish(staging, out)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    remove_checkpoints(checkpoints)
     return result
 
 
@@ -390,7 +394,8 @@ def _check_output_folder(out: Path) -> None:
     else (never overwritten).
 
     A folder of an earlier run of ours (its checkpoints, or a staging folder from a cut-off save) is fine:
-    ``--resume`` continues it, and the checkpoint check says so otherwise.
+    ``--resume`` continues it, and the checkpoint check says so otherwise. A ``checkpoints`` folder is ours only
+    with our ``run_config.json`` in it: any other is refused, since a run deletes its checkpoint folder when done.
     """
     if out.exists() and not out.is_dir():
         raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
@@ -399,7 +404,12 @@ def _check_output_folder(out: Path) -> None:
     if finished_output(out):  # retraining over it would mix two runs' files, and a kill would lose the good one
         raise WorkflowError(f"{out} already holds a trained model. Choose another output folder, or remove it first "
                             "(nothing was overwritten).")
-    if (out / CHECKPOINTS_DIR).is_dir() or (out / _STAGING_DIR).is_dir():
+    checkpoints = out / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not _own_checkpoints(checkpoints):
+        raise WorkflowError(f"--out {out} has a {CHECKPOINTS_DIR} folder that hf-lowdata did not write (it holds no "
+                            f"{RUN_CONFIG_FILE}); a run keeps its checkpoints there and deletes the folder when done. "
+                            f"Choose a new or empty folder, or move {checkpoints} away (nothing was changed).")
+    if checkpoints.is_dir() or (out / _STAGING_DIR).is_dir():
         return
     entries = sorted(p.name for p in out.iterdir())
     if entries:
@@ -408,11 +418,35 @@ def _check_output_folder(out: Path) -> None:
                             "weights and eval_results.json there. Choose a new or empty folder (nothing was overwritten).")
 
 
+def _own_checkpoints(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint folder a run of ours wrote (its ``run_config.json`` is written first and
+    removed last), or empty; a folder of anything else is never written into nor deleted."""
+    return (folder / RUN_CONFIG_FILE).is_file() or not any(folder.iterdir())
+
+
+def remove_checkpoints(folder: str | os.PathLike) -> None:
+    """Delete a run's checkpoint folder, its ``run_config.json`` last: a kill part-way leaves a folder that is
+    still recognised as ours (:func:`_own_checkpoints`). A folder that is not ours is left alone."""
+    path = Path(folder)
+    if not path.is_dir() or not _own_checkpoints(path):
+        return
+    for entry in path.iterdir():
+        if entry.name == RUN_CONFIG_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (path / RUN_CONFIG_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def _drop_unresumable(out: Path, checkpoints: Path, created: bool) -> None:
     """After a failed or interrupted run: remove a checkpoint folder with no complete checkpoint to resume
     from (only its settings file), so that a corrected rerun is not refused; keep one that can be resumed."""
     if checkpoints.is_dir() and _resume_point(checkpoints) is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_checkpoints(checkpoints)
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 
@@ -450,6 +484,19 @@ def _earlier_seconds(checkpoints: Path, resumed_from: str | None) -> float | Non
     return carried + max(0.0, written - started)
 
 
+#: Settings in ``run_config.json`` that checkpoints of an older hf_lowdata lack (compared only when recorded).
+_RECORDED_LATER = frozenset({"data", "label_names"})
+
+
+def _model_record(model: str | os.PathLike | None) -> str | None:
+    """``--model`` as ``run_config.json`` records it: a local folder by its absolute path (a relative one names
+    another folder from another directory), anything else (``None``, a packaged alias, a Hub id) as given."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else str(model)
+
+
 def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:
     """Check a checkpoint folder against this run; return the state it resumes from, if any."""
     config_file = folder / RUN_CONFIG_FILE
@@ -462,7 +509,9 @@ def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool)
             )
         if config_file.is_file():
             saved = json.loads(config_file.read_text())
-            changed = sorted(k for k in run_config if saved.get(k) != run_config[k])  # a key added later reads None
+            # a key added later reads None, except those an older hf_lowdata did not record (not known: not compared)
+            changed = sorted(k for k in run_config if (k in saved or k not in _RECORDED_LATER)
+                             and saved.get(k) != run_config[k])
             if changed:
                 raise WorkflowError(
                     f"--resume: the checkpoints in {folder} come from a run with different settings "
@@ -475,16 +524,16 @@ def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool)
 
 
 def _publish_order(entry: Path) -> tuple[int, str]:
-    """Weights first, then configs and the rest, then the card, then the evaluation record."""
-    rank = {"README.md": 3, EVAL_FILE: 4}.get(entry.name, 1 if entry.suffix == ".safetensors" or entry.is_dir() else 2)
+    """Weights first, then configs and the rest, then the evaluation record, then the card."""
+    rank = {EVAL_FILE: 3, "README.md": 4}.get(entry.name, 1 if entry.suffix == ".safetensors" or entry.is_dir() else 2)
     return rank, entry.name
 
 
 def _publish(staging: Path, out: Path) -> None:
     """Move the staged files into ``out`` one atomic rename at a time, then drop the staging folder.
 
-    The card is moved after everything it describes, so a folder with a ``README.md`` is complete
-    (see :func:`finished_output`).
+    The card is moved last, after everything it describes (the evaluation record included), so a folder
+    with a ``README.md`` is complete (see :func:`finished_output`).
     """
     for entry in sorted(staging.iterdir(), key=_publish_order):
         target = out / entry.name
@@ -495,7 +544,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def finished_output(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` already holds a complete saved classifier (its card is written last but one)."""
+    """Whether ``folder`` already holds a complete saved classifier (its card is published last)."""
     path = Path(folder)
     if not (path / "README.md").is_file():
         return False
@@ -504,6 +553,39 @@ def finished_output(folder: str | os.PathLike) -> bool:
     except AdapterLoadError:
         return False
     return True
+
+
+def resume_finished(folder: str | os.PathLike, method: str, task: FewShotTask,
+                    model: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``train --resume`` on a folder that holds the finished run: nothing to train, once the folder is checked to
+    hold the run asked for. Returns its recorded evaluation (``None`` without one).
+
+    The card records the method, base model, labels and (since it was recorded) a fingerprint of the labelled
+    data; a request that differs in any is a :class:`WorkflowError` naming them (nothing is changed). Otherwise
+    the save is completed: files a kill left in the staging folder after the card was published (an older
+    hf_lowdata published the evaluation record after it) are moved into place, and a checkpoint folder left by a
+    kill during the final cleanup is removed.
+    """
+    from .models import model_id
+
+    path = Path(folder)
+    meta = card_metadata(path)
+    requested = {"method": method, "base model": model_id(model), "labels": list(task.label_names),
+                 "labelled data": _fingerprint(task.labelled)}
+    recorded = {"method": meta.get("method"), "base model": meta.get("base_model"),
+                "labels": meta.get("label_names"), "labelled data": meta.get("data_fingerprint")}
+    changed = [k for k in requested if recorded[k] is not None and recorded[k] != requested[k]]
+    if changed:
+        shown = "; ".join(f"{k}: {recorded[k]} there, {requested[k]} asked for" if k != "labelled data"
+                          else "labelled data: other texts or labels" for k in changed)
+        raise WorkflowError(f"--resume: {path} holds a finished run that is not this one ({shown}). Choose another "
+                            "--out for this run, or give the command that trained it (nothing was changed).")
+    staging = path / _STAGING_DIR
+    if staging.is_dir():
+        _publish(staging, path)
+    remove_checkpoints(path / CHECKPOINTS_DIR)
+    record = path / EVAL_FILE
+    return json.loads(record.read_text()) if record.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------------

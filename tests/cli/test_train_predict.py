@@ -279,13 +279,93 @@ def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys
     assert "Resumed from" in capsys.readouterr().out
     assert finished_output(out) and not (out / "checkpoints").exists()
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # as a kill during the final cleanup leaves it
+    (out / "checkpoints" / "run_config.json").write_text("{}")  # removed last
     assert main([*args, "--resume"]) == 0 and "nothing to resume" in capsys.readouterr().out
     assert not (out / "checkpoints").exists()
 
 
+def test_resume_never_uses_or_deletes_a_checkpoints_folder_it_did_not_write(tmp_path, capsys):
+    """An OUT/checkpoints folder without our run_config.json was taken for ours: the run wrote into it and deleted
+    it, with the user's files, once done."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "notes.txt").write_text("precious")
+    (out / "checkpoints" / "mine.txt").write_text("mine")
+    args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out)]
+    for extra in ([], ["--resume"], ["--resume", "--save-steps", "0"]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "has a checkpoints folder that hf-lowdata did not write (it holds no run_config.json)" in err, extra
+        assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "mine.txt", "notes.txt"]
+    # a finished folder with such a folder in it: --resume leaves it alone too
+    finished = tmp_path / "finished"
+    assert main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(finished)]) == 0
+    (finished / "checkpoints").mkdir()
+    (finished / "checkpoints" / "mine.txt").write_text("mine")
+    assert main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(finished), "--resume"]) == 0
+    assert (finished / "checkpoints" / "mine.txt").read_text() == "mine"
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    """run_config.json recorded the number of labelled rows only: checkpoints were continued on other data of the
+    same size, or with other label names."""
+    from dataclasses import replace
+
+    from hf_lowdata.data import TextDataset
+
+    task, config = toy_task(), {**TINY_CONFIG, "max_steps": 4}
+    cancel = threading.Event()
+    run = tmp_path / "run"
+    with pytest.raises(RunCancelled):
+        train_method("lora", task, run, config=config, save_steps=1, cancel=cancel,
+                     progress=lambda message, fraction: cancel.set() if fraction >= 0.5 else None)
+    assert last_complete_checkpoint(run / "checkpoints") is not None
+    other_texts = replace(task.labelled, texts=tuple(t + " again" for t in task.labelled.texts))
+    other_labels = replace(task.labelled, labels=tuple(1 - y for y in task.labelled.labels))
+    renamed = TextDataset(task.labelled.texts, task.labelled.labels, ("bad", "good"), "renamed.jsonl")
+    for labelled, changed in [(other_texts, "data"), (other_labels, "data"), (renamed, "label_names")]:
+        other = replace(task, labelled=labelled, label_names=labelled.label_names)
+        with pytest.raises(WorkflowError, match=rf"different settings \({changed}\)\. Resume with the same method, data"):
+            train_method("lora", other, run, config=config, save_steps=1, resume=True)
+    resumed = train_method("lora", task, run, config=config, save_steps=1, resume=True)
+    assert resumed.resumed_from is not None and finished_output(run)
+
+
+def test_resume_on_a_finished_folder_checks_that_it_holds_the_run_asked_for(tmp_path, capsys):
+    """train --resume on a finished folder ignored every other argument: another method on other data printed
+    'nothing to resume' and the old run's figures, exit 0."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+
+    def request(method: str = "probe", data: Path = files["train"], *extra: str) -> list[str]:
+        return ["train", "--method", method, "--data", str(data), "--out", str(out), *extra]
+
+    assert main(request("probe", files["train"], "--eval", str(files["eval"]))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    other = write_jsonl(tmp_path / "other.jsonl", [{"text": r["text"] + " too", "label": LABELS[r["label"]]}
+                                                   for r in toy_sentences(24, 0)])
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", [{"text": r["text"], "label": ["bad", "good"][r["label"]]}
+                                                       for r in toy_sentences(24, 0)])
+    for args, message in [(request("lora"), "method: probe there, lora asked for"),
+                          (request("probe", other), "labelled data: other texts or labels"),
+                          (request("probe", renamed), "labels: ['negative', 'positive'] there, ['bad', 'good'] asked"),
+                          (request("probe", files["train"], "--model", "tests-no-such-model"),
+                           "base model: all-MiniLM-L6-v2 there, tests-no-such-model asked for")]:
+        assert main([*args, "--resume"]) == 2, args
+        err = capsys.readouterr().err
+        assert f"holds a finished run that is not this one ({message}" in err and "nothing was changed" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(request("probe", files["train"], "--eval", str(files["eval"]), "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert "already holds the finished run; nothing to resume" in printed and "accuracy" in printed
+
+
 def test_a_kill_while_publishing_leaves_a_resumable_folder(tmp_path, monkeypatch):
-    """Final files move into OUT one by one, weights first and the card last; a kill in between
-    leaves no README.md (so the folder is not taken as finished) and the checkpoints to resume from."""
+    """Final files move into OUT one by one, weights first and the card last (after the evaluation record: a kill
+    between them lost the evaluation for good); a kill in between leaves no README.md (so the folder is not taken
+    as finished) and the checkpoints to resume from."""
     import hf_lowdata.workflow as workflow
 
     real_replace = os.replace
@@ -301,12 +381,28 @@ def test_a_kill_while_publishing_leaves_a_resumable_folder(tmp_path, monkeypatch
     out = tmp_path / "out"
     monkeypatch.setattr(workflow.os, "replace", killed_before_the_card)
     with pytest.raises(KeyboardInterrupt):
-        train_method("lora", toy_task(), out, config=TINY_CONFIG, save_steps=1)
+        train_method("lora", toy_task(), out, config=TINY_CONFIG, save_steps=1, evaluation_data=toy_eval())
     monkeypatch.setattr(workflow.os, "replace", real_replace)
-    assert moved[0] == "adapter_model.safetensors" and "adapter_config.json" in moved
+    assert moved[0] == "adapter_model.safetensors" and moved[-1] == "eval_results.json" and "adapter_config.json" in moved
     assert not finished_output(out) and last_complete_checkpoint(out / "checkpoints") is not None
     resumed = train_method("lora", toy_task(), out, config=TINY_CONFIG, save_steps=1, resume=True)
     assert resumed.resumed_from is not None and finished_output(out)
+
+
+def test_resume_completes_a_save_cut_off_after_its_card(tmp_path, capsys):
+    """An older hf_lowdata published the card before eval_results.json: a kill between the two left the evaluation
+    in .saving/ for good, and train --resume said the run was finished."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", "probe", "--data", str(files["train"]), "--eval", str(files["eval"]), "--out", str(out)]
+    assert main(args) == 0
+    record = (out / "eval_results.json").read_text()
+    (out / ".saving").mkdir()
+    os.replace(out / "eval_results.json", out / ".saving" / "eval_results.json")  # as that kill left it
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert (out / "eval_results.json").read_text() == record and not (out / ".saving").exists()
 
 
 def test_train_on_a_dataset_folder_evaluates_on_its_test_split(toy_data_dir, tmp_path, capsys):
