@@ -219,7 +219,9 @@ def _run_train(args: argparse.Namespace) -> int:
         CHECKPOINTS_DIR,
         EVAL_FILE,
         WorkflowError,
+        budget_fields_read,
         finished_output,
+        ignored_budget_settings,
         resume_finished,
         train_method,
     )
@@ -241,6 +243,15 @@ def _run_train(args: argparse.Namespace) -> int:
         task = replace(task, unlabelled=load_file(args.unlabelled, args.text_column, label_column=None))
         if args.method in METHODS and not METHODS[args.method].uses_unlabelled:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
+    config = parse_options(args.config)
+    ignored = ignored_budget_settings(args.method, config)
+    if ignored:
+        print(f"note: {args.method} does not read {', '.join(ignored)} (it trains with "
+              f"{', '.join(sorted(budget_fields_read(args.method)))} only); ignored, and left out of the model card.",
+              file=sys.stderr)
+    if args.save_steps and args.method in METHODS and not METHODS[args.method].checkpoints:
+        print(f"note: {args.method} writes no checkpoints (a short run on frozen features); --save-steps is ignored.",
+              file=sys.stderr)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
                                  label_reading=splits.label_reading) if args.eval is not None else splits.test)
     if evaluation_data is not None and (args.eval is not None or args.shots is None):  # a --shots draw checks its own
@@ -262,7 +273,7 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         result = train_method(
             args.method, task, out, model=args.model, seed=args.seed, preset=args.preset,
-            config=parse_options(args.config), evaluation_data=evaluation_data, progress=_step_printer(args.method),
+            config=config, evaluation_data=evaluation_data, progress=_step_printer(args.method),
             device=args.device, save_steps=args.save_steps, resume=args.resume, bf16=args.bf16,
         )
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 #: Adapter-config fields worth showing; the rest are PEFT defaults.
 _ADAPTER_FIELDS_SKIPPED = {"base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode",
                            "task_type", "peft_type"}
+#: Budget fields the card shows, with their labels.
+_BUDGET_ROWS = (("batch_size", "batch size"), ("learning_rate", "learning rate"), ("weight_decay", "weight decay"),
+                ("warmup_ratio", "warm-up ratio"), ("max_length", "max length (tokens)"))
 _LIBRARY = {"peft": "peft", "full": "transformers", "setfit": "setfit", "probe": "hf_lowdata", "prototype": "hf_lowdata"}
 
 
@@ -70,8 +73,12 @@ def build_model_card(
     adapter_config: Mapping[str, Any] | None = None,
     resumed_from: str | None = None,
     earlier_seconds: float | None = 0.0,
+    budget_fields: Collection[str] | None = None,
 ) -> str:
     """The card's Markdown text, front matter included.
+
+    ``budget_fields``: the budget fields the method trains with (default: every one); the card shows only
+    those, so a setting the method never read is not shown as if it had been used.
 
     ``train_seconds`` of a run resumed from checkpoint ``resumed_from`` include ``earlier_seconds``, the
     earlier sessions' time up to that checkpoint (``None``: not recorded, so ``train_seconds`` are this
@@ -116,7 +123,7 @@ def build_model_card(
     parts.append(f"\n**Labels ({len(label_names)}):** " + ", ".join(f"`{n}`" for n in label_names))
     parts.append(_data_section(data_summary))
     parts.append(_config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes,
-                                 _training_time(train_seconds, resumed_from, earlier_seconds)))
+                                 _training_time(train_seconds, resumed_from, earlier_seconds), budget_fields))
     parts.append(_evaluation_section(evaluation))
     parts.append(_usage_section(kind, base_ref, label_names))
     return "\n".join(p for p in parts if p) + "\n"
@@ -175,14 +182,14 @@ def describe_model_selection(selection: Mapping[str, Any]) -> str | None:
 
 
 def _config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes,
-                    training_time: str | None) -> str:
+                    training_time: str | None, budget_fields: Collection[str] | None = None) -> str:
     rows: list[tuple[str, Any]] = []
     if budget is not None:
-        if steps is not None:
+        shown = set(budget_fields) if budget_fields is not None else None
+        if steps is not None and (shown is None or "max_steps" in shown):
             rows.append(("optimizer steps", steps))
-        rows += [("batch size", budget.batch_size), ("learning rate", budget.learning_rate),
-                 ("weight decay", budget.weight_decay), ("warm-up ratio", budget.warmup_ratio),
-                 ("max length (tokens)", budget.max_length)]
+        rows += [(label, getattr(budget, name)) for name, label in _BUDGET_ROWS
+                 if shown is None or name in shown]
     merged = {**(budget.options if budget is not None else {}), **(options or {})}
     rows += [(f"option `{k}`", f"`{v}`") for k, v in sorted(merged.items())]
     if trainable_parameters is not None:
@@ -272,7 +279,7 @@ print(classifier.predict_proba(["an example sentence"]))"""
 def write_model_card(folder: str | os.PathLike, result: TrainResult, base_model: str | os.PathLike | None = None,
                      steps: int | None = None) -> Path:
     """Write ``README.md`` for a :class:`~hf_lowdata.workflow.TrainResult` saved in ``folder``."""
-    from .workflow import output_kind
+    from .workflow import budget_fields_read, output_kind
 
     path = Path(folder)
     kind = output_kind(path)
@@ -285,6 +292,7 @@ def write_model_card(folder: str | os.PathLike, result: TrainResult, base_model:
         evaluation=result.evaluation, trainable_parameters=result.trainable_parameters,
         adapter_bytes=result.adapter_bytes, train_seconds=result.train_seconds, adapter_config=adapter_config,
         resumed_from=result.resumed_from, earlier_seconds=result.earlier_seconds,
+        budget_fields=budget_fields_read(result.method),
     )
     readme = path / "README.md"
     readme.write_text(text, encoding="utf-8")

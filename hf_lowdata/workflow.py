@@ -121,6 +121,20 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
     return budget, options
 
 
+def budget_fields_read(method: str) -> frozenset[str]:
+    """The :class:`~hf_lowdata.budgets.Budget` fields ``method`` trains with: its class's ``budget_fields`` when it
+    names them (the probe reads ``max_length`` only), else every one."""
+    fields = getattr(METHODS.get(method), "budget_fields", None)
+    return frozenset(fields) if fields is not None else frozenset(BUDGET_FIELDS)
+
+
+def ignored_budget_settings(method: str, config: Mapping[str, Any] | None) -> list[str]:
+    """The budget fields set in ``config`` that ``method`` never reads (they change nothing, and no record shows
+    them); the CLI says so, as it does for unlabelled data a method does not use."""
+    read = budget_fields_read(method)
+    return [key for key in (config or {}) if key in BUDGET_FIELDS and key not in read]
+
+
 def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
     """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
     not silently ignored), a budget value of the wrong type, min_steps above max_steps."""

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -88,6 +88,8 @@ class Probe(Method):
     name = "probe"
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
     option_names = frozenset({"C", "class_weight"})
+    #: The Budget fields it trains with (:func:`hf_lowdata.workflow.budget_fields_read`): no optimizer, no steps.
+    budget_fields: ClassVar[frozenset[str]] = frozenset({"max_length"})
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression

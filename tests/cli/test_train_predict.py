@@ -476,6 +476,23 @@ def test_train_with_an_image_model_or_no_tokenizer_is_a_clear_error(model, tmp_p
         assert not out.exists()  # refused before anything was written
 
 
+def test_budget_settings_a_method_never_reads_are_noted_and_left_out_of_its_card(tmp_path, capsys):
+    """The probe (no optimizer, no steps) took max_steps, learning_rate, ... without a word, and its card said
+    'learning rate 123.0' for a logistic regression."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "probe"
+    assert main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out), "--save-steps", "3",
+                 "--config", "max_steps=100000", "learning_rate=123", "max_length=16"]) == 0
+    err = capsys.readouterr().err
+    assert "note: probe does not read max_steps, learning_rate (it trains with max_length only); ignored" in err
+    assert "note: probe writes no checkpoints (a short run on frozen features); --save-steps is ignored." in err
+    card = (out / "README.md").read_text()
+    assert "| max length (tokens) | 16 |" in card
+    assert not any(row in card for row in ("| learning rate |", "| optimizer steps |", "| batch size |"))
+    lora_card = (trained("lora").output_dir / "README.md").read_text()  # LoRA reads every field: all shown
+    assert all(row in lora_card for row in ("| learning rate |", "| optimizer steps |", "| batch size |"))
+
+
 def test_train_single_class_data_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "one.csv"
     data.write_text("text,label\ngood film,pos\ngreat film,pos\n")
