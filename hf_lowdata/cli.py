@@ -43,6 +43,28 @@ def _dev_k(value: str) -> int | str:
                                          f"got {value!r}") from None
 
 
+def _seed(value: str) -> int:
+    """``--seed``: an integer from 0 to 2**32 - 1 (what numpy and torch accept)."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"{seed} is out of range: give a seed from 0 to {2**32 - 1}")
+    return seed
+
+
+def _count(value: str) -> int:
+    """A whole number of 0 or more (``--save-steps``)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative: give 0 or more")
+    return number
+
+
 def _float_list(text: str) -> list[float]:
     return [float(p) for p in text.split(",") if p.strip()]
 
@@ -171,10 +193,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="budget fields (max_steps=40 learning_rate=1e-4 batch_size=8 ...) or method options (r=16)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="budget preset (default: standard)")
     p.add_argument("--shots", type=int, default=None, help="train on K examples per class drawn from DATA (default: every row)")
-    p.add_argument("--seed", type=int, default=0, help="seed (initialisation, data order, --shots draw)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed (initialisation, data order, --shots draw)")
     p.add_argument("--text-column", default="text", help="text column name (default: text)")
     p.add_argument("--label-column", default="label", help="label column name (default: label)")
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run; 0: none)")
+    p.add_argument("--save-steps", type=_count, default=None, help="checkpoint every N steps (default: 4 per run; 0: none)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in OUT/checkpoints")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (GPUs with bf16 support)")
@@ -220,17 +242,24 @@ def _run_train(args: argparse.Namespace) -> int:
         EVAL_FILE,
         WorkflowError,
         budget_fields_read,
+        check_device,
+        check_output_folder,
         finished_output,
         ignored_budget_settings,
+        require_method,
         resume_finished,
         train_method,
     )
 
+    require_method(args.method)  # before any data is read
+    check_device(args.device)
     out: Path = args.out
     finished = finished_output(out)
     if finished and not args.resume:
         raise WorkflowError(f"{out} already holds a trained model. Choose another --out or remove it first "
                             "(nothing was overwritten).")
+    if not finished:
+        check_output_folder(out)  # before the data is read; train_method checks it again
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
     dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
                      label_reading=splits.label_reading) if args.dev is not None else None)

@@ -445,6 +445,10 @@ def examples_from_rows(
     """
     if empty_text not in ("error", "drop"):
         raise ValueError(f"empty_text must be 'error' or 'drop', got {empty_text!r}")
+    if text_column == label_column:
+        raise DataError(f"{source}: the text column and the label column are both {text_column!r}, so the labels "
+                        "would be trained on as texts. Name two different columns (--text-column / --label-column, "
+                        "or text_column= / label_column=).")
     columns = list(rows[0].keys()) if rows else []
     for column, flag in ((text_column, "text"), (label_column, "label")):
         if column is not None and not any(column in row for row in rows):

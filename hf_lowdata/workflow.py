@@ -30,7 +30,7 @@ import numpy as np
 from .bench.measure import accuracy, macro_f1
 from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
-from .methods import FittedClassifier, RunContext, SharedCache, get_method
+from .methods import FittedClassifier, Method, RunContext, SharedCache, get_method
 from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
 from .models import (
     ModelNotFoundError,
@@ -119,6 +119,34 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
     if budget.min_steps > budget.max_steps:
         raise WorkflowError(f"--config: min_steps ({budget.min_steps}) is larger than max_steps ({budget.max_steps}).")
     return budget, options
+
+
+def require_method(method: str) -> Method:
+    """The registered ``method``, ready to run; an unknown or unavailable one is a :class:`WorkflowError` that
+    lists the available ones (checked before any data is read)."""
+    try:
+        return get_method(method)
+    except (KeyError, RuntimeError) as err:
+        raise WorkflowError(str(err.args[0] if err.args else err)) from err
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` torch cannot parse or this machine does not have (``None``: the default one), before
+    any work, for every method alike (a probe ignored one that LoRA failed on)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise WorkflowError(f"--device {device!r} is not a torch device ({err}). Give cpu, cuda, cuda:1 or mps, "
+                            "or leave it out.") from err
+    count = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "mps": int(torch.backends.mps.is_available())}.get(parsed.type)
+    if count is not None and (count == 0 or (parsed.index or 0) >= count):
+        raise WorkflowError(f"--device {device}: this machine has {count or 'no'} {parsed.type} device"
+                            f"{'s' if count != 1 else ''}. Give --device cpu, or leave it out.")
 
 
 def budget_fields_read(method: str) -> frozenset[str]:
@@ -321,16 +349,14 @@ def train_method(
 
     from . import model_card
 
-    try:
-        runner = get_method(method)
-    except (KeyError, RuntimeError) as err:
-        raise WorkflowError(str(err.args[0] if err.args else err)) from err
+    runner = require_method(method)
+    check_device(device)
     check_config(config_methods or [method], preset, config)
     budget, options = resolve_budget(method, preset, config)
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
     require_text_model(model)  # a missing (or image, or tokenizer-less) model fails before any work, with its message
     out = Path(output_dir)
-    _check_output_folder(out)
+    check_output_folder(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR
@@ -403,7 +429,7 @@ def train_method(
     return result
 
 
-def _check_output_folder(out: Path) -> None:
+def check_output_folder(out: Path) -> None:
     """Refuse an output path that is a file, a finished run's folder, or a folder holding files of something
     else (never overwritten).
 
@@ -413,6 +439,13 @@ def _check_output_folder(out: Path) -> None:
     """
     if out.exists() and not out.is_dir():
         raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
+    if out.is_symlink() and not out.exists():
+        raise WorkflowError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist. Create that "
+                            "folder, or give another --out (nothing was changed).")
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if existing != out and not existing.is_dir():
+        raise WorkflowError(f"--out {out} is below {existing}, which is a file, so no folder can be made there. "
+                            "Give another --out (nothing was changed).")
     if not out.is_dir():
         return
     if finished_output(out):  # retraining over it would mix two runs' files, and a kill would lose the good one
@@ -683,6 +716,7 @@ def load_classifier(
     :class:`AdapterLoadError` with what to do.
     """
     path = Path(folder)
+    check_device(device)
     kind = check_saved_folder(path)
     meta = card_metadata(path)
     loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit,
@@ -690,6 +724,8 @@ def load_classifier(
     classifier = loader(path, model, meta)
     if device is not None and hasattr(classifier, "model") and hasattr(classifier.model, "to"):
         classifier.model.to(device)
+    elif device is not None and hasattr(classifier, "device"):  # the probe embeds with its base model there
+        classifier.device = device
     return classifier
 
 

@@ -437,13 +437,58 @@ def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, caps
         (["--method", "probe", "--config", "r=4"], "Unknown setting 'r'"),  # a LoRA option: probe reads only C
         (["--method", "lora", "--model", "/no/such/model"], "neither a local folder"),
         (["--method", "lora", "--preset", "quick", "--shots", "50"], "fewer than k=50 examples"),
+        # were FileNotFoundError / IsADirectoryError, runs with the label as the text, or ignored by the probe
+        (["--method", "probe", "--eval", "no-such-eval.jsonl"], "no-such-eval.jsonl does not exist. Check the path"),
+        (["--method", "probe", "--dev", "tests"], "tests is a folder, not a file"),
+        (["--method", "probe", "--text-column", "label", "--label-column", "label"],
+         "the text column and the label column are both 'label'"),
+        (["--method", "probe", "--device", "bogus"], "--device 'bogus' is not a torch device"),
     ],
 )
 def test_train_bad_arguments_are_clear_errors(extra, message, tmp_path, capsys):
     files = toy_files(tmp_path / "data")
     assert main(["train", "--data", str(files["train"]), "--out", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--seed", "-1"], "argument --seed: -1 is out of range: give a seed from 0 to 4294967295"),
+    (["--save-steps", "-1"], "argument --save-steps: -1 is negative: give 0 or more"),
+])
+def test_train_out_of_range_numbers_are_usage_errors(extra, message, tmp_path, capsys):
+    """--seed -1 was an 'unexpected failure' (exit 1) and --save-steps -1 was accepted."""
+    files = toy_files(tmp_path / "data")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--method", "probe", "--data", str(files["train"]), "--out", str(tmp_path / "o"), *extra])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_checks_the_method_and_out_before_reading_any_data(tmp_path, capsys):
+    """An unknown method, a dangling --out link or an --out below a file were found after the data was read (the
+    last two as 'unexpected failures', exit 1)."""
+    missing = str(tmp_path / "no-such-data.jsonl")  # reading it would be the error
+    assert main(["train", "--method", "nope", "--data", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "Unknown method 'nope'. Available methods:" in capsys.readouterr().err
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "file.txt").write_text("a file")
+    for out, message in [(tmp_path / "dangling", "is a symbolic link to"),
+                         (tmp_path / "file.txt" / "sub", "file.txt, which is a file, so no folder can be made there")]:
+        assert main(["train", "--method", "probe", "--data", missing, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "does not exist. Pass a dataset folder" not in err
+    assert not (tmp_path / "gone").exists()
+
+
+def test_predict_bad_arguments_are_clear_errors(tmp_path, capsys):
+    """The probe ignored --device bogus (LoRA failed on it, exit 1); a missing --file was an unexpected failure."""
+    folder = trained("probe").output_dir
+    capsys.readouterr()
+    for args, message in [(["--text", "fine", "--device", "bogus"], "--device 'bogus' is not a torch device"),
+                          (["--file", str(tmp_path / "texts.csv")], "texts.csv does not exist. Check the path")]:
+        assert main(["predict", str(folder), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("model", ["lite0", "tiny_efficientnet", "no_tokenizer"])
