@@ -536,12 +536,11 @@ _RECORDED_LATER = frozenset({"data", "label_names"})
 
 
 def _model_record(model: str | os.PathLike | None) -> str | None:
-    """``--model`` as ``run_config.json`` records it: a local folder by its absolute path (a relative one names
-    another folder from another directory), anything else (``None``, a packaged alias, a Hub id) as given."""
-    if model is None:
-        return None
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else str(model)
+    """``--model`` as ``run_config.json`` records it (:func:`~hf_lowdata.methods.probe.base_model_reference`: a
+    relative path names another folder from another directory); ``None`` (the default) as ``None``."""
+    from .methods.probe import base_model_reference
+
+    return None if model is None else base_model_reference(model)
 
 
 def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool) -> str | None:

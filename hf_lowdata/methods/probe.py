@@ -55,15 +55,16 @@ class ProbeClassifier(FittedClassifier):
 
 def base_model_reference(model: str | os.PathLike | None) -> str:
     """How a saved folder names its base model so that it loads from any directory and install: a packaged model
-    by its alias (given by name or as its installed folder), any other by the absolute folder it resolves to (a
-    relative path, as typed, named another folder, or none, from another directory)."""
-    from ..models import PACKAGED_MODELS, packaged_hub_id, resolve_model_path
+    by its alias (given by name, as its installed folder, or ``None``), a local folder by its absolute path (a
+    relative path, as typed, named another folder, or none, from another directory), a Hub id as given."""
+    from ..models import PACKAGED_MODELS, packaged_hub_id
 
     hub_id = packaged_hub_id(model)
     for packaged in PACKAGED_MODELS.values():
         if hub_id is not None and packaged.hub_id == hub_id:
             return packaged.alias
-    return str(resolve_model_path(model))
+    path = Path(str(model)).expanduser()
+    return str(path.resolve()) if path.exists() else str(model)
 
 
 def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, Any]) -> Path:

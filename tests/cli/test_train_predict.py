@@ -654,6 +654,8 @@ def test_a_probe_names_its_base_model_so_that_it_loads_from_anywhere(tiny_bert_d
                                                                      monkeypatch, capsys):
     """The probe recorded --model as typed: from another directory a relative path failed, or named another folder
     of the same name and loaded silently onto it."""
+    from hf_lowdata.methods.probe import base_model_reference
+
     models = tmp_path / "models"
     shutil.copytree(tiny_bert_dir, models / "tiny")
     files = toy_files(tmp_path / "data")
@@ -680,6 +682,7 @@ def test_a_probe_names_its_base_model_so_that_it_loads_from_anywhere(tiny_bert_d
         packaged = tmp_path / f"packaged{len(model)}"
         assert main(["train", "--method", "probe", *model, "--data", str(files["train"]), "--out", str(packaged)]) == 0
         assert json.loads((packaged / "probe_config.json").read_text())["base_model"] == "all-MiniLM-L6-v2"
+    assert base_model_reference("someone/cached-model") == "someone/cached-model"  # a Hub id is portable as it is
 
 
 def test_an_adapter_from_another_install_finds_the_packaged_base_model(tmp_path):
