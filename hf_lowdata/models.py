@@ -477,3 +477,15 @@ def new_modules(model: Any) -> list[str]:
     """Modules of a model from :func:`load_for_classification`, besides its head, that its checkpoint did
     not hold: PEFT methods add them to ``modules_to_save``."""
     return list(getattr(model, NEW_MODULES_ATTRIBUTE, ()))
+
+
+def base_model_reference(model: str | os.PathLike | None) -> str:
+    """How a saved folder names its base model so that it loads from any directory and install: a packaged model
+    by its alias (given by name, as its installed folder, or ``None``), a local folder by its absolute path (a
+    relative path, as typed, named another folder, or none, from another directory), a Hub id as given."""
+    hub_id = packaged_hub_id(model)
+    for packaged in PACKAGED_MODELS.values():
+        if hub_id is not None and packaged.hub_id == hub_id:
+            return packaged.alias
+    path = Path(str(model)).expanduser()
+    return str(path.resolve()) if path.exists() else str(model)

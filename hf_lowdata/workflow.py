@@ -152,7 +152,7 @@ def check_device(device: str | None) -> None:
 def budget_fields_read(method: str) -> frozenset[str]:
     """The :class:`~hf_lowdata.budgets.Budget` fields ``method`` trains with: its class's ``budget_fields`` when it
     names them (the probe reads ``max_length`` only), else every one."""
-    fields = getattr(METHODS.get(method), "budget_fields", None)
+    fields = METHODS[method].budget_fields if method in METHODS else None
     return frozenset(fields) if fields is not None else frozenset(BUDGET_FIELDS)
 
 
@@ -536,9 +536,9 @@ _RECORDED_LATER = frozenset({"data", "label_names"})
 
 
 def _model_record(model: str | os.PathLike | None) -> str | None:
-    """``--model`` as ``run_config.json`` records it (:func:`~hf_lowdata.methods.probe.base_model_reference`: a
+    """``--model`` as ``run_config.json`` records it (:func:`~hf_lowdata.models.base_model_reference`: a
     relative path names another folder from another directory); ``None`` (the default) as ``None``."""
-    from .methods.probe import base_model_reference
+    from .models import base_model_reference
 
     return None if model is None else base_model_reference(model)
 

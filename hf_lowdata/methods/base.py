@@ -192,6 +192,9 @@ class Method(ABC):
     #: Budget fields, which the train command and the demo apply): a key no chosen method reads is
     #: an error, not silently ignored (:func:`unknown_options`).
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: The :class:`~hf_lowdata.budgets.Budget` fields it trains with (``None``: every one); the train command
+    #: notes the others as ignored and the model card leaves them out.
+    budget_fields: ClassVar[frozenset[str] | None] = None
     #: Whether :meth:`fit` writes Trainer checkpoints to ``ctx.checkpoint_dir`` and resumes from them
     #: (``ctx.resume``); the train command makes no checkpoint folder for a method that does not.
     checkpoints: ClassVar[bool] = False

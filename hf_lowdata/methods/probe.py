@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,27 +44,13 @@ class ProbeClassifier(FittedClassifier):
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from ..models import model_content_digest, resolve_model_path
+        from ..models import base_model_reference, model_content_digest, resolve_model_path
 
         return save_probe_head(directory, self.head, {
             "base_model": base_model_reference(self.model), "label_names": list(self.label_names),
             "base_model_digest": model_content_digest(resolve_model_path(self.model)), "pooling": "mean",
             "normalize": True, "max_length": self.max_length,
         })
-
-
-def base_model_reference(model: str | os.PathLike | None) -> str:
-    """How a saved folder names its base model so that it loads from any directory and install: a packaged model
-    by its alias (given by name, as its installed folder, or ``None``), a local folder by its absolute path (a
-    relative path, as typed, named another folder, or none, from another directory), a Hub id as given."""
-    from ..models import PACKAGED_MODELS, packaged_hub_id
-
-    hub_id = packaged_hub_id(model)
-    for packaged in PACKAGED_MODELS.values():
-        if hub_id is not None and packaged.hub_id == hub_id:
-            return packaged.alias
-    path = Path(str(model)).expanduser()
-    return str(path.resolve()) if path.exists() else str(model)
 
 
 def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, Any]) -> Path:
@@ -89,8 +75,7 @@ class Probe(Method):
     name = "probe"
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
     option_names = frozenset({"C", "class_weight"})
-    #: The Budget fields it trains with (:func:`hf_lowdata.workflow.budget_fields_read`): no optimizer, no steps.
-    budget_fields: ClassVar[frozenset[str]] = frozenset({"max_length"})
+    budget_fields = frozenset({"max_length"})  # no optimizer, no steps
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression

@@ -654,7 +654,7 @@ def test_a_probe_names_its_base_model_so_that_it_loads_from_anywhere(tiny_bert_d
                                                                      monkeypatch, capsys):
     """The probe recorded --model as typed: from another directory a relative path failed, or named another folder
     of the same name and loaded silently onto it."""
-    from hf_lowdata.methods.probe import base_model_reference
+    from hf_lowdata.models import base_model_reference
 
     models = tmp_path / "models"
     shutil.copytree(tiny_bert_dir, models / "tiny")
