@@ -370,6 +370,12 @@ def train_method(
                   # a resumed run reads back the dev scores up to its checkpoint: only valid for the same dev set
                   "dev": _fingerprint(task.dev) if task.dev is not None else None}
     # the checks hold for every method: another run's unfinished checkpoints are never trained over
+    if not save_steps and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise WorkflowError(
+            f"{checkpoints} holds checkpoints of an unfinished run, which --save-steps 0 would neither continue nor "
+            "keep (the folder is removed when a run ends). Leave out --save-steps (or give one above 0) and pass "
+            "--resume to continue it, or choose another output folder (nothing was overwritten)."
+        )
     resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
     resume_note = None
     if not runner.checkpoints:  # trains without Trainer checkpoints (a probe, a projector on cached features)

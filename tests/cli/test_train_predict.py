@@ -780,3 +780,17 @@ def test_predict_on_a_cut_off_save_says_to_resume(tmp_path, capsys):
     assert main(["predict", str(folder), "--text", "fine"]) == 2
     err = capsys.readouterr().err
     assert "a save that was cut off" in err and "--resume" in err
+
+
+def test_save_steps_0_never_trains_over_and_then_deletes_an_unfinished_runs_checkpoints(tmp_path, capsys):
+    """Without checkpointing the folder was not checked at all, and the end of the run removed it."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / "run_config.json").write_text('{"method": "probe"}')
+    for extra in ([], ["--resume"]):
+        args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out), "--save-steps", "0"]
+        assert main([*args, *extra]) == 2 and "--save-steps 0 would neither continue nor keep" in capsys.readouterr().err
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "README.md").exists()
