@@ -11,6 +11,9 @@ from pathlib import Path
 
 #: Environment variable that moves the cache root.
 CACHE_ENV = "HF_LOWDATA_CACHE"
+#: The folder of labelled datasets (``<name>/train.jsonl``, ...) that SparseExpert meta-trains on and the quick
+#: benchmark reads, when not given on the command line.
+DATA_DIR_ENV = "HF_LOWDATA_DATA_DIR"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 
 from hf_lowdata.data import DatasetSplits, load_data, make_few_shot_task
-from hf_lowdata.methods.sparse_expert import DATA_DIR_ENV
-from hf_lowdata.paths import atomic_write_text
+from hf_lowdata.paths import DATA_DIR_ENV, atomic_write_text
 
 
 def _write_csv(path: Path, rows: list[dict]) -> str:

@@ -52,6 +52,7 @@ from ..models import (
     safetensors_error,
     token_budget,
 )
+from ..paths import DATA_DIR_ENV
 from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
 from .finetune import lora_target_modules
 
@@ -60,7 +61,6 @@ DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
 #: Option the benchmark runner sets to its ``--data-dir`` (the default ``source_dir``).
 BENCH_DATA_DIR_OPTION = "bench_data_dir"
 #: Environment variable naming the source folder when neither option is given.
-DATA_DIR_ENV = "HF_LOWDATA_DATA_DIR"
 META_FILE = "meta_training.json"
 #: Part of the cache key; bumped when the code changes what a plan meta-trains, so an adapter cached by an
 #: older version is not reused (2: sources keep each repeated text once, and drop those with conflicting labels).
