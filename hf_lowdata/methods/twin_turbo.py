@@ -186,7 +186,7 @@ class TwinTurbo(Method):
         assert task.labelled.labels is not None
         labelled = TokenStateDataset(training_states(task.labelled.texts), task.labelled.labels)
         unlabelled = None
-        if self.uses_unlabelled and task.unlabelled is not None:
+        if self.uses_unlabelled and task.unlabelled is not None and len(task.unlabelled):  # (a draw may leave none)
             unlabelled = TokenStateDataset(training_states(task.unlabelled.texts))
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_base_classifier(task, ctx)

@@ -50,6 +50,7 @@ from .objectives import (
     dataset_labels,
     model_columns,
     process_share,
+    raw_optimizer,
     register_default_objective,
 )
 
@@ -91,11 +92,6 @@ def _subset(dataset: Any, indices: list[int]) -> Any:
     if hasattr(dataset, "select"):
         return dataset.select(indices)
     return torch.utils.data.Subset(dataset, indices)
-
-
-def _raw(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside an accelerate wrapper (which skips ``step`` off sync steps)."""
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 class _RngState:
@@ -301,7 +297,7 @@ class BilevelObjective(TrainingObjective):
         self, trainer: LowDataTrainer, net: torch.nn.Module, inputs: dict[str, Any], rng: _RngState
     ) -> list[torch.Tensor]:
         """``g_d - H_alpha,W u`` for this step (local to this process); W and the optimizer are unchanged."""
-        optimizer = _raw(trainer.optimizer)
+        optimizer = raw_optimizer(trainer.optimizer)
         inner = [p for group in optimizer.param_groups for p in group["params"]]
         outer = self._outer
         saved = [p.detach().clone() for p in inner]
@@ -388,7 +384,7 @@ class BilevelObjective(TrainingObjective):
     # ---- helpers --------------------------------------------------------------------------------
     def _outer_step(self, trainer: LowDataTrainer, grads: list[torch.Tensor]) -> None:
         entry = trainer.auxiliary_optimizers["outer"]
-        optimizer = _raw(entry.optimizer)  # the outer step happens off the gradient-sync point
+        optimizer = raw_optimizer(entry.optimizer)  # the outer step happens off the gradient-sync point
         for p, g in zip(self._outer, grads):
             p.grad = g.detach().to(p.dtype)
         optimizer.step()

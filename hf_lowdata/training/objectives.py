@@ -170,6 +170,13 @@ def model_columns(trainer: Any, dataset: Any) -> Any:
     return dataset.select_columns([c for c in columns if c in keep])
 
 
+def raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside an accelerate wrapper. The wrapper skips ``step`` off gradient-sync points and,
+    under fp16, steps through the loss scaler (dividing the gradients by the scale); an objective's own optimizers
+    take gradients of losses that were never scaled, at the steps the objective chooses."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def process_share(indices: list[int], process_index: int, world: int) -> list[int]:
     """This process's slice of a block of example indices: every process gets the same number (at least one),
     wrapping around the block as a DistributedSampler pads, so none gets an empty batch when the block is

@@ -36,7 +36,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 
 from .batchnorm import frozen_batchnorm_in_eval
-from .objectives import AuxiliaryOptimizer, TrainingObjective, default_objective_for, process_share
+from .objectives import (
+    AuxiliaryOptimizer,
+    TrainingObjective,
+    default_objective_for,
+    process_share,
+    raw_optimizer,
+)
 
 AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
 OBJECTIVE_STATE_FILE = "objective_state.safetensors"
@@ -260,7 +266,9 @@ class LowDataTrainer(Trainer):
 
         Gradients are taken with ``torch.autograd.grad`` (so Trainer's ``zero_grad`` and gradient
         clipping of the model never touch them), averaged over processes under DDP (objective
-        modules are not DDP-wrapped), then the optimizer and its scheduler step.
+        modules are not DDP-wrapped), then the optimizer and its scheduler step. The torch optimizer steps itself
+        (:func:`~hf_lowdata.training.objectives.raw_optimizer`): under fp16, accelerate's wrapper would divide
+        these unscaled gradients by the loss scale (65536 at first) and advance the scaler once more per step.
         """
         entry = self.auxiliary_optimizers[name]
         params = _optimizer_params(entry.optimizer)
@@ -274,8 +282,9 @@ class LowDataTrainer(Trainer):
                 g.div_(self.accelerator.num_processes)
         for p, g in zip(params, grads):
             p.grad = g
-        entry.optimizer.step()
-        entry.optimizer.zero_grad(set_to_none=True)
+        optimizer = raw_optimizer(entry.optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if entry.scheduler is not None:
             entry.scheduler.step()
 

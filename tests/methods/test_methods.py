@@ -249,3 +249,15 @@ def test_bf16_context_trains_under_bf16_autocast(tiny_bert_dir, tmp_path, monkey
     assert [a.bf16 for a in seen] == [True]
     assert all(p.dtype == torch.float32 for p in fitted.model.parameters())
     assert np.isfinite(fitted.predict_proba(task.test.texts)).all()
+
+
+def test_twin_turbo_trains_when_the_draw_leaves_no_unlabelled_text(tiny_bert_dir, tmp_path):
+    """A small dataset whose labelled draw takes every training text left an empty pool (the CLI asks for 2,000
+    by default), which the trainer refused ("unlabeled_dataset is empty")."""
+    rows = toy_sentences(8, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(i % 2 for i in range(8)), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=4, unlabelled=2000)
+    assert task.unlabelled is not None and len(task.unlabelled) == 0
+    fitted = get_method("twin_turbo").fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=FAST,
+                                                           work_dir=tmp_path, quiet=True))
+    assert fitted.predict(["a fine film"]).shape == (1,)

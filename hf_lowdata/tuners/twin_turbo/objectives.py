@@ -45,9 +45,14 @@ if TYPE_CHECKING:
 # ---- the loss terms ---------------------------------------------------------------------------------
 def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """L_cond: one-vs-rest BCE for the "binary" head, softmax cross-entropy otherwise; ``smoothing`` is
-    Trainer's ``label_smoothing_factor`` (targets (1 - s) one-hot + s / K, as Trainer smooths)."""
+    Trainer's ``label_smoothing_factor`` (targets (1 - s) one-hot + s / K, as Trainer smooths). Rows labelled
+    -100 ("no label", as transformers marks them) count in neither."""
     if kind == "binary":
         k = logits.shape[-1]
+        labelled = labels >= 0
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0  # (cross-entropy's mean over no row would be NaN)
+        logits, labels = logits[labelled], labels[labelled]
         target = F.one_hot(labels, k).to(logits.dtype) * (1.0 - smoothing) + smoothing / k
         return F.binary_cross_entropy_with_logits(logits, target)
     return F.cross_entropy(logits, labels, label_smoothing=smoothing)

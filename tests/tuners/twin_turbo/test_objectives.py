@@ -256,3 +256,39 @@ def test_the_labelled_prior_reads_a_label_column_skips_unlabelled_marks_and_warn
     torch.testing.assert_close(prior({"labels": [0] * 9 + [1] * 3 + [-100] * 3}), torch.tensor([0.75, 0.25]))
     with pytest.warns(UserWarning, match="found no labels in train_dataset.*uniform prior"):
         torch.testing.assert_close(prior({"target": [0] * 15}), torch.tensor([0.5, 0.5]))
+
+
+def test_the_binary_head_skips_rows_without_a_label():
+    """F.one_hot refused the -100 that transformers uses for "no label" (the other heads ignore such rows)."""
+    logits = torch.tensor([[4.0, -4.0], [-4.0, 4.0], [1.0, 2.0]])
+    labels = torch.tensor([0, 1, -100])
+    torch.testing.assert_close(conditional_loss("binary", logits, labels),
+                               conditional_loss("binary", logits[:2], labels[:2]))
+    torch.testing.assert_close(conditional_loss("categorical", logits, labels),
+                               conditional_loss("categorical", logits[:2], labels[:2]))
+    none = conditional_loss("binary", logits.requires_grad_(), torch.full((3,), -100))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_auxiliary_steps_under_fp16_are_plain_adam_steps(tiny_bert_dir, tmp_path):
+    """Under fp16 accelerate wraps every prepared optimizer with the loss scaler: the discriminator's gradients
+    (of a loss that was never scaled) were divided by the scale, 65536 at first, and each auxiliary step advanced
+    the scaler once more. Simulated on CPU with the scaler fp16 on CUDA sets up."""
+    import copy
+
+    trainer = _trainer(tiny_bert_dir, tmp_path, cached=True)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    trainer.create_optimizer()
+    discriminator = trainer.objective.discriminator
+    reference = copy.deepcopy(discriminator)
+    plain = torch.optim.Adam(reference.parameters(), lr=trainer.objective.config.discriminator_lr, betas=(0.5, 0.999))
+    real = torch.eye(2)[torch.tensor([0, 1, 0, 1])]
+    fake = torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.5, 0.5], [0.9, 0.1]])
+    trainer.step_auxiliary("discriminator", discriminator.loss(real, fake))
+    plain.zero_grad()
+    reference.loss(real, fake).backward()
+    plain.step()
+    for ours, theirs in zip(discriminator.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**16
