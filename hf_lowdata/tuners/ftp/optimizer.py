@@ -388,7 +388,9 @@ class FTPOptimizer(torch.optim.Optimizer):
         if "anchor" in state or p.dtype not in (torch.float32, torch.float64):
             if "c_over_r" not in state:
                 state["c_over_r"] = torch.empty_like(p)
-            torch.mul(p, rows.reciprocal().to(p.dtype), out=state["c_over_r"])
+            # c / r in float32, then stored in p's dtype: |c / r| <= 1 fits any float, while 1 / r (r as small as
+            # NORM_EPS for a row that did not move) overflows fp16 to inf, and 0 * inf poisoned gamma with NaN
+            state["c_over_r"].copy_(p.float() / rows.float())
         else:
             state["kept"] = torch.minimum(r, gamma)
         p.mul_((gamma / rows).clamp(0, 1).to(p.dtype))

@@ -368,3 +368,29 @@ def test_state_memory_per_projection_kind():
     full_size = {k for k, v in opt.state[delta].items() if torch.is_tensor(v) and v.shape == delta.shape}
     assert full_size == {"exp_avg", "exp_avg_sq"} and opt.state[delta]["kept"].shape == (6,)
     assert {"anchor", "c_over_r"} <= set(opt.state[weight])
+
+
+@pytest.mark.parametrize("projection", ["anchor", "zero"])
+def test_fp16_weights_with_a_row_that_does_not_move_stay_finite(projection):
+    """1 / r of a row that did not move (r = 1e-8) overflowed fp16 to inf: 0 * inf made the stored c / r NaN, the
+    next step's gamma NaN, and every weight of the tensor NaN within two steps. fp16 now follows fp32."""
+    torch.manual_seed(0)
+    start = torch.randn(4, 8) if projection == "anchor" else torch.zeros(4, 8)
+    grads = [torch.randn(4, 8) for _ in range(4)]
+    for g in grads:
+        g[0] = 0  # row 0 never moves
+    runs = {}
+    for dtype in (torch.float32, torch.float16):
+        weights = torch.nn.Parameter(start.to(dtype))
+        optimizer = FTPOptimizer([{"params": [weights], "projection": projection}], lr=1e-2)
+        gammas = []
+        for g in grads:
+            weights.grad = g.to(dtype)
+            optimizer.step()
+            assert torch.isfinite(weights).all()
+            gammas.append(float(optimizer.state[weights]["gamma"]))
+        runs[dtype] = gammas, weights.detach().float()
+    assert torch.isfinite(optimizer.state[weights]["c_over_r"]).all()  # (kept in fp16 for fp16 weights)
+    assert max(runs[torch.float32][0]) > 1e-3  # a step where the radius opened: the fp16 NaN came from there
+    assert runs[torch.float16][0] == pytest.approx(runs[torch.float32][0], rel=2e-2, abs=1e-6)
+    torch.testing.assert_close(runs[torch.float16][1], runs[torch.float32][1], atol=4e-3, rtol=0)
