@@ -189,6 +189,46 @@ def test_a_module_the_checkpoint_lacks_is_trained_and_saved_by_lora_and_ftp(tiny
             torch.testing.assert_close(reloaded[0](**inputs).logits, reloaded[1](**inputs).logits, atol=0, rtol=0)
 
 
+
+def test_a_module_the_checkpoint_lacks_is_saved_by_mixup_blo_not_mixed(tiny_bert_dir, tmp_path):
+    """MixupBLO mixed the new random pooler (a default target) with a W0 the adapter does not hold: an unmerged
+    adapter (merge=False) drew the pooler again at each reload and predicted differently from the trained model."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from hf_lowdata.budgets import Budget
+    from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
+    from hf_lowdata.methods import RunContext, get_method
+    from hf_lowdata.models import load_tokenizer
+    from hf_lowdata.workflow import load_classifier
+    from tests.helpers import toy_sentences
+
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    folder = _save_folder(BertModel(config, add_pooling_layer=False), tokenizer, tmp_path / "no_pooler")
+    rows = toy_sentences(16, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=4)
+    budget = Budget(learning_rate=5e-3, epochs=1, min_steps=4, max_steps=4, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing pooler's notice
+        fitted = get_method("mixup_blo_fast").fit(task, RunContext(model=folder, seed=0, budget=budget, quiet=True,
+                                                                    work_dir=tmp_path / "work", options={"merge": False}))
+        names = {n for n, _ in fitted.model.named_parameters()}
+        assert any(n.endswith("pooler.dense.modules_to_save.default.weight") for n in names)
+        assert not any("pooler.dense" in n and "mixup_blo" in n for n in names)
+        fitted.save(tmp_path / "adapter")
+        texts = ["a fine film", "dull", "a plot that drags on"]
+        reloaded = [load_classifier(tmp_path / "adapter").predict_proba(texts) for _ in range(2)]
+    for probabilities in reloaded:
+        np.testing.assert_allclose(probabilities, fitted.predict_proba(texts), atol=1e-6, rtol=0)
+
+
 def test_a_head_the_checkpoint_lacks_is_not_warned_about_but_trained_and_saved(tiny_bert_dir, tmp_path):
     """BART/T5 name their head classification_head: a base-model checkpoint lacks it as BERT's lacks its
     classifier. It was reported as "no weights ... not saved with its checkpoint" like a missing pooler."""

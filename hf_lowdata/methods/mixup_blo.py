@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -250,7 +251,7 @@ class MixupBLO(TransformerMethod):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from transformers.trainer_callback import PrinterCallback
 
-        from ..models import classification_skeleton
+        from ..models import classification_skeleton, new_modules
         from ..training import few_shot_training_args
 
         budget = ctx.budget_for(self.name)
@@ -269,6 +270,14 @@ class MixupBLO(TransformerMethod):
 
         def base_model() -> torch.nn.Module:
             return load_base_classifier(task, ctx)
+
+        fresh = new_modules(base_model())
+        if fresh:  # e.g. a pooler the checkpoint lacks: trained and saved whole (as LoRA and FTP do), not mixed
+            # with a random W0 that the saved adapter does not hold and a reload would draw again
+            config.modules_to_save = [*(config.modules_to_save or []), *fresh]
+            excluded = config.exclude_modules
+            config.exclude_modules = (f"(?:{excluded})|" + "|".join(re.escape(name) for name in fresh)
+                                      if isinstance(excluded, str) else {*(excluded or ()), *fresh})
 
         root = Path(ctx.checkpoint_dir or ctx.work_dir) / f"{self.name}-seed{ctx.seed}"
         save_steps = ctx.save_steps

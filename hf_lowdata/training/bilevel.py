@@ -39,7 +39,8 @@ import math
 import random
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -274,12 +275,13 @@ class BilevelObjective(TrainingObjective):
         if model.training and step_start and self.hypergradient != "none":
             rng = _RngState()
             net = trainer.accelerator.unwrap_model(model)
-            if self.hypergradient == "darts":
-                hypergradient = self.darts_hypergradient(trainer, net, inputs, rng)
-            else:
-                val_loss = trainer.model_loss(net, self.validation_batch(trainer))
-                self._last_validation_loss = float(val_loss.detach())
-                hypergradient = list(torch.autograd.grad(val_loss, self._outer, allow_unused=True))
+            with _buffers_kept(net):  # the extra passes must not move BatchNorm statistics (validation data least)
+                if self.hypergradient == "darts":
+                    hypergradient = self.darts_hypergradient(trainer, net, inputs, rng)
+                else:
+                    val_loss = trainer.model_loss(net, self.validation_batch(trainer))
+                    self._last_validation_loss = float(val_loss.detach())
+                    hypergradient = list(torch.autograd.grad(val_loss, self._outer, allow_unused=True))
             rng.restore()  # the real step sees the dropout mask of the virtual one
             self._outer_step(trainer, self._average(trainer, _zeros_for_none(hypergradient, self._outer)))
         return trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -404,6 +406,19 @@ class BilevelObjective(TrainingObjective):
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
                 t.div_(world)
         return tensors
+
+
+@contextmanager
+def _buffers_kept(net: torch.nn.Module) -> Iterator[None]:
+    """Put every buffer (BatchNorm running statistics and counters) back as it was: the hypergradient's forward
+    passes are not training steps, and one of them sees the validation batch."""
+    saved = [(b, b.detach().clone()) for b in net.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def _zeros_for_none(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

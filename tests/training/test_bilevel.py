@@ -76,6 +76,42 @@ def _problem(optimizer_factory, warm_steps: int = 0):
     return net, objective, trainer, inner, validation
 
 
+
+class BatchNormNet(TinyNet):
+    """TinyNet with a trainable BatchNorm, which stays in training mode and updates its running statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.bn(self.mixed(x))))
+
+
+@pytest.mark.parametrize("hypergradient", ["darts", "first_order"])
+def test_the_hypergradient_passes_leave_batchnorm_statistics_as_one_training_step_does(hypergradient):
+    """The four extra forward passes of a DARTS step (one on the validation batch) each moved the running
+    statistics: five updates per step instead of one, with validation data in them."""
+    import copy
+
+    net = BatchNormNet().train()
+    reference = copy.deepcopy(net)
+    objective = MixupBLOObjective(darts_radius=1e-4, hypergradient=hypergradient)
+    objective._outer = objective.outer_parameters(net)
+    trainer = FakeTrainer(torch.optim.AdamW([p for p in net.parameters() if all(p is not q for q in objective._outer)],
+                                            lr=0.05))
+    trainer.accelerator = SimpleNamespace(num_processes=1, unwrap_model=lambda m: m)
+    validation = {"x": _batch(2)["x"] * 10 + 5, "y": _batch(2)["y"]}  # other statistics than the training batch
+    objective.validation_batch = lambda trainer: validation
+    steps = []
+    objective._outer_step = lambda trainer, grads: steps.append(grads)
+    objective.compute_loss(trainer, net, _batch(1), step_start=True)
+    assert len(steps) == 1  # the hypergradient was taken
+    reference(_batch(1)["x"])  # the step's own forward pass: the one update the statistics should see
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(net.bn, name), getattr(reference.bn, name), rtol=0, atol=0)
+
+
 def _exact_hypergradient(net, objective, inner, train, validation, step_fn):
     """d/d alpha of L_val(step(W, grad_W L_train(W, alpha)), alpha), by autograd through the step."""
     names = {id(p): n for n, p in net.named_parameters()}
