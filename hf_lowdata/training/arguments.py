@@ -15,7 +15,9 @@ def few_shot_training_args(
     """Arguments for ``budget.steps(num_examples)`` optimizer steps, no checkpoints, no reporting.
 
     ``label_names=["labels"]`` and ``remove_unused_columns=False`` make PEFT models and extra inputs
-    work; anything can be overridden (``save_steps=...`` to checkpoint, ``disable_tqdm=False``).
+    work; anything can be overridden, as a user of ``TrainingArguments`` would expect: ``save_steps=N`` or
+    ``eval_steps=N`` alone switch their strategy to ``"steps"``, ``num_train_epochs=E`` alone trains E epochs
+    instead of the budget's step count, and the logging interval follows the step count in force.
     """
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
@@ -40,6 +42,13 @@ def few_shot_training_args(
         use_cpu=None,
     )
     kwargs.update(overrides)
+    for interval, strategy in (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy")):
+        if interval in overrides and strategy not in overrides:
+            kwargs[strategy] = "steps"
+    if "num_train_epochs" in overrides and "max_steps" not in overrides:
+        kwargs["max_steps"] = -1  # (TrainingArguments' max_steps overrides num_train_epochs)
+    if "logging_steps" not in overrides and "max_steps" in overrides and kwargs["max_steps"] > 0:
+        kwargs["logging_steps"] = max(1, kwargs["max_steps"] // 5)
     if kwargs.get("use_cpu") is None:
         kwargs.pop("use_cpu")
     return TrainingArguments(**kwargs)

@@ -118,11 +118,11 @@ class LowDataTrainer(Trainer):
                 f"own and write to the same {self.args.output_dir!r}. On a machine without GPUs pass use_cpu=True "
                 "to TrainingArguments, so the processes train together (gloo); otherwise start one process."
             )
-        if _averages_its_loss(self.model):
+        if not _sums_its_loss_over_items(self.model):
             # Trainer sees **kwargs in forward and assumes the model sums its loss over num_items_in_batch:
             # then it skips the division by the accumulation steps and multiplies by the process count.
-            # Sequence and image classifiers return a batch mean (and ignore num_items_in_batch), so that
-            # summed gradients over micro-batches and scaled them by world_size under DDP.
+            # Classifiers (sequence, token, image, multiple choice) return a batch mean and ignore
+            # num_items_in_batch, so that summed gradients over micro-batches and scaled them by world_size.
             self.model_accepts_loss_kwargs = False
         self.objective = objective or default_objective_for(self.model) or TrainingObjective()
         self.auxiliary_optimizers: dict[str, AuxiliaryOptimizer] = {}
@@ -244,10 +244,7 @@ class LowDataTrainer(Trainer):
                     "target_modules and modules_to_save."
                 )
             custom = self.objective.create_optimizer(self, opt_model, groups)
-            if custom is None:
-                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-                custom = optimizer_cls(groups, **optimizer_kwargs)
-            self.optimizer = custom
+            self.optimizer = custom if custom is not None else self._trainer_optimizer(opt_model, groups)
         if not self.auxiliary_optimizers:
             aux = self.objective.create_auxiliary_optimizers(self, opt_model)
             if aux and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
@@ -260,6 +257,24 @@ class LowDataTrainer(Trainer):
                 entry.optimizer = self.accelerator.prepare(entry.optimizer)
                 self.auxiliary_optimizers[name] = entry
         return self.optimizer
+
+    def _trainer_optimizer(self, opt_model: torch.nn.Module, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """Trainer's own optimizer for ``groups``: ``optimizer_cls_and_kwargs=`` or ``args.optim``, with its factories
+        (Muon, Dion) and the parameter lists some optimizers build themselves (GaLore, LOMO, layer-wise)."""
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        if is_optimizer_factory(optimizer_cls):
+            return optimizer_cls()(opt_model, **optimizer_kwargs)
+        params: Any = groups
+        for key in ("params", "model", "optimizer_dict"):  # in Trainer's order: the last one given wins
+            if key in optimizer_kwargs:
+                params = optimizer_kwargs.pop(key)
+        return optimizer_cls(params, **optimizer_kwargs)
 
     def step_auxiliary(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """One step of auxiliary optimizer ``name`` on ``loss``.
@@ -280,6 +295,14 @@ class LowDataTrainer(Trainer):
             for g in grads:
                 dist.all_reduce(g, op=dist.ReduceOp.SUM)
                 g.div_(self.accelerator.num_processes)
+        finite = bool(torch.isfinite(loss.detach()).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if not self._on_every_process(finite):
+            raise NonFiniteLossError(
+                f"The {name!r} optimizer's loss or gradients are not finite at step {self.state.global_step} "
+                f"(objective {self.objective.name!r}): usually a learning rate too high for that part, or fp16 "
+                "overflow (use bf16 or fp32). Its step was not applied; completed checkpoints in "
+                f"{self.args.output_dir} are intact."
+            )
         for p, g in zip(params, grads):
             p.grad = g
         optimizer = raw_optimizer(entry.optimizer)
@@ -413,10 +436,38 @@ class LowDataTrainer(Trainer):
                     "start without resume_from_checkpoint."
                 )
         self._started_step, self._micro_in_step = None, 0  # a (resumed) run starts a fresh step
-        # the frozen base model's BatchNorm statistics are not saved with an adapter: they must not drift
-        with frozen_batchnorm_in_eval(self.model):
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        model_init = self.model_init
+        if model_init is not None:
+            self._reinit_model(trial)
+        try:
+            # the frozen base model's BatchNorm statistics are not saved with an adapter: they must not drift
+            with frozen_batchnorm_in_eval(self.model):
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                     ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self.model_init = model_init
+
+    def _reinit_model(self, trial: Any) -> None:
+        """``model_init`` (and ``hyperparameter_search``): make this run's fresh model here, as Trainer would inside
+        ``train``, so that the BatchNorm freeze covers it; Trainer then finds ``model_init`` unset for this call.
+
+        An objective with modules, optimizers or state of its own was set up on the model the trainer was built
+        with and cannot follow a new one: that is refused, with what to do instead."""
+        from transformers import enable_full_determinism, set_seed
+
+        if type(self.objective) is not TrainingObjective:
+            raise ValueError(
+                f"model_init (and hyperparameter_search) make a new model inside train(), but the "
+                f"{self.objective.name!r} objective was set up on the model this trainer was built with (its own "
+                "modules, optimizers and state). Build one LowDataTrainer per trial, with its own model."
+            )
+        enable_full_determinism(self.args.seed) if self.args.full_determinism else set_seed(self.args.seed)
+        self.model = self.call_model_init(trial)
+        self.optimizer, self.lr_scheduler = None, None
+        if self.place_model_on_device:
+            self._move_model_to_device(self.model, self.args.device)
+        self.model_wrapped = self.model
+        self.model_init = None
 
     def _save_rng_state(self, output_dir: str) -> None:
         """Each process saves its RNG state; all wait before the main one writes ``trainer_state.json``.
@@ -446,17 +497,34 @@ class LowDataTrainer(Trainer):
             save_safetensors(tensors, tmp)
             os.replace(tmp, os.path.join(output_dir, OBJECTIVE_STATE_FILE))
 
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the objective's state too comes from the best checkpoint (Trainer reloads the
+        model's weights only)."""
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        path = os.path.join(best, OBJECTIVE_STATE_FILE) if best else None
+        if path is not None and os.path.isfile(path):
+            self.objective.load_state_dict(load_safetensors(path))
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
         aux_path = os.path.join(checkpoint, AUX_OPTIMIZERS_FILE)
+        objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_FILE)
+        missing = [f for f, needed in ((AUX_OPTIMIZERS_FILE, bool(self.auxiliary_optimizers)),
+                                       (OBJECTIVE_STATE_FILE, bool(self.objective.state_dict())))
+                   if needed and not os.path.isfile(os.path.join(checkpoint, f))]
+        if missing:
+            weights_only = not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("optimizer.pt", "optimizer.bin"))
+            why = ("it was saved with save_only_model=True (weights only)" if weights_only
+                   else f"it was not written by the {self.objective.name!r} objective")
+            raise FileNotFoundError(
+                f"Checkpoint {checkpoint} has no {' or '.join(missing)}, which the {self.objective.name!r} objective "
+                f"needs to resume exactly where it stopped: {why}. Resume from a full checkpoint of this objective, "
+                "or start the run afresh."
+            )
         if self.auxiliary_optimizers:
-            if not os.path.isfile(aux_path):
-                raise FileNotFoundError(
-                    f"Checkpoint {checkpoint} has no {AUX_OPTIMIZERS_FILE}, but the {self.objective.name!r} "
-                    "objective has second optimizers: this checkpoint was not written by this objective."
-                )
             state = torch.load(aux_path, map_location="cpu", weights_only=True)
             for name, entry in self.auxiliary_optimizers.items():
                 if name not in state:
@@ -464,15 +532,17 @@ class LowDataTrainer(Trainer):
                 entry.optimizer.load_state_dict(state[name]["optimizer"])
                 if entry.scheduler is not None and state[name]["scheduler"] is not None:
                     entry.scheduler.load_state_dict(state[name]["scheduler"])
-        objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_FILE)
         if os.path.isfile(objective_path):
             self.objective.load_state_dict(load_safetensors(objective_path))
 
 
-def _averages_its_loss(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (a PEFT model or not) is a transformers sequence/image classifier: a batch-mean loss."""
+def _sums_its_loss_over_items(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (a PEFT model or not) divides its loss by Trainer's ``num_items_in_batch``: transformers'
+    causal language models do, or a model that declares ``accepts_loss_kwargs = True``. Every other head returns
+    a batch mean, whatever its forward accepts (a wrong "no" only gives each micro-batch equal weight)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(inner).__name__.endswith(("ForSequenceClassification", "ForImageClassification"))
+    declared = getattr(inner, "accepts_loss_kwargs", None)
+    return bool(declared) if declared is not None else type(inner).__name__.endswith("ForCausalLM")
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -421,3 +421,120 @@ def test_logged_terms_are_averaged_over_processes_and_non_numbers_pass_through(t
     trainer.log({"loss": 1.0})
     assert reduced == [[3.0, 0.5]]  # mine/count, mine/loss
     assert seen == [{"loss": 1.0, "mine/loss": 0.5, "mine/count": 2.0, "mine/classes": ["a", "b"]}]
+
+
+def test_a_checkpoint_without_the_objective_state_is_refused(tiny_bert_dir, tmp_path):
+    """Without objective_state.safetensors the objective (a critic, TPGM's radii) silently restarted from scratch."""
+    tok = load_tokenizer(tiny_bert_dir)
+    full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_strategy="steps", save_steps=4)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    (checkpoint / "objective_state.safetensors").unlink()
+    resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
+    with pytest.raises(FileNotFoundError, match="no objective_state.safetensors.*not written by the 'critic-test'"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_a_weights_only_checkpoint_says_so(tiny_bert_dir, tmp_path):
+    tok = load_tokenizer(tiny_bert_dir)
+    full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_steps=4,
+                 save_only_model=True)
+    full.train()
+    resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
+    with pytest.raises(FileNotFoundError, match="save_only_model=True"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+
+
+class NanCriticObjective(CriticObjective):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None, step_start=False):
+        if model.training and trainer.state.global_step == 2:
+            with torch.no_grad():
+                self.critic.weight.fill_(float("nan"))  # the critic's own loss turns NaN at this step
+        return super().compute_loss(trainer, model, inputs, return_outputs, num_items_in_batch, step_start)
+
+
+def test_a_non_finite_auxiliary_loss_stops_before_its_step_and_names_the_optimizer(tiny_bert_dir, tmp_path):
+    """step_auxiliary stepped on NaN: the critic in the next checkpoint was NaN, and the error came a step later,
+    blaming the training loss."""
+    tok = load_tokenizer(tiny_bert_dir)
+    trainer = _make(tiny_bert_dir, tmp_path, NanCriticObjective(), _unlabelled(tok), save_steps=2)
+    with pytest.raises(NonFiniteLossError, match="'critic' optimizer's loss or gradients are not finite at step 2"):
+        trainer.train()
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-2")
+
+
+def test_optimizer_cls_and_kwargs_is_used_as_trainer_uses_it(tiny_bert_dir, tmp_path):
+    ours = _make(tiny_bert_dir, tmp_path / "a")
+    ours.optimizer_cls_and_kwargs = (torch.optim.SGD, {"lr": 0.5, "momentum": 0.9})
+    plain = _make(tiny_bert_dir, tmp_path / "b", trainer_cls=Trainer)
+    plain.optimizer_cls_and_kwargs = (torch.optim.SGD, {"lr": 0.5, "momentum": 0.9})
+    for trainer in (ours, plain):
+        optimizer = trainer.create_optimizer()
+        assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.9
+
+
+def test_token_classifiers_average_micro_batches_like_one_big_batch(tiny_bert_dir, tmp_path):
+    """The accumulation fix covered sequence and image classifiers only: a token classifier (batch-mean loss,
+    **kwargs in forward) took updates accumulation-steps times too large."""
+    from transformers import AutoModelForTokenClassification
+
+    from hf_lowdata.training.trainer import _sums_its_loss_over_items
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_bert_dir, num_labels=3)
+    assert not _sums_its_loss_over_items(model)
+    trainer = LowDataTrainer(model=model, args=few_shot_training_args(str(tmp_path), BUDGET, 8, use_cpu=True))
+    assert trainer.model_accepts_loss_kwargs is False
+
+
+def test_model_init_trains_a_fresh_model_per_run_and_refuses_objectives_bound_to_a_model(tiny_bert_dir, tmp_path):
+    """Trainer made model_init's model inside train(), after the BatchNorm freeze had hooked the old model; an
+    objective with modules and optimizers of its own kept training against the first model."""
+    tok = load_tokenizer(tiny_bert_dir)
+
+    def make(out, objective=None, unlabelled=None):
+        args = few_shot_training_args(str(out), BUDGET, 24, seed=0, use_cpu=True)
+        return LowDataTrainer(model_init=lambda: load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0),
+                              args=args, train_dataset=tokenize(_data(), tok), data_collator=collator(tok),
+                              processing_class=tok, objective=objective, unlabeled_dataset=unlabelled)
+
+    trainer = make(tmp_path / "a")
+    trainer.train()
+    first = _params(trainer.model)
+    trainer.train()  # a second run starts from a fresh model, as with Trainer
+    second = _params(trainer.model)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+    assert trainer.model_init is not None
+    with pytest.raises(ValueError, match="'critic-test' objective was set up on the model"):
+        make(tmp_path / "b", CriticObjective(), _unlabelled(tok)).train()
+
+
+def test_training_argument_overrides_work_as_they_read():
+    args = few_shot_training_args("out", BUDGET, 24, save_steps=2)
+    assert args.save_strategy == "steps" and args.save_steps == 2
+    args = few_shot_training_args("out", BUDGET, 24, eval_steps=3)
+    assert args.eval_strategy == "steps"
+    args = few_shot_training_args("out", BUDGET, 24, num_train_epochs=5)
+    assert args.max_steps == -1 and args.num_train_epochs == 5
+    args = few_shot_training_args("out", BUDGET, 24, max_steps=100)
+    assert args.logging_steps == 20
+    args = few_shot_training_args("out", BUDGET, 24, save_steps=2, save_strategy="no")
+    assert args.save_strategy == "no"  # an explicit strategy wins
+
+
+def test_load_best_model_at_end_restores_the_objective_state_of_the_best_checkpoint(tiny_bert_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    tok = load_tokenizer(tiny_bert_dir)
+    args = few_shot_training_args(str(tmp_path), BUDGET, 24, seed=0, use_cpu=True, save_steps=2, eval_steps=2,
+                                  load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer = LowDataTrainer(model=load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0), args=args,
+                             train_dataset=tokenize(_data(), tok), eval_dataset=tokenize(_data(8, 3), tok),
+                             data_collator=collator(tok), processing_class=tok, objective=CriticObjective(),
+                             unlabeled_dataset=_unlabelled(tok), unlabeled_batch_size=6)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-8")  # (otherwise the last state is the best one)
+    saved = load_file(f"{best}/objective_state.safetensors")
+    for name, value in trainer.objective.state_dict().items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
