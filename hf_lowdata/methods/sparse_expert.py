@@ -62,6 +62,8 @@ DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
 BENCH_DATA_DIR_OPTION = "bench_data_dir"
 #: Environment variable naming the source folder when neither option is given.
 META_FILE = "meta_training.json"
+FINETUNE_MODES = ("none", "lora", "full")
+FINETUNE_ERROR = "finetune must be 'none', 'lora' or 'full', got {mode!r}."
 #: Part of the cache key; bumped when the code changes what a plan meta-trains, so an adapter cached by an
 #: older version is not reused (2: sources keep each repeated text once, and drop those with conflicting labels).
 META_TRAINING_REVISION = 2
@@ -164,11 +166,7 @@ class MetaTrainingPlan:
         data["revision"] = META_TRAINING_REVISION
         data["model_path"] = str(resolve_model_path(self.model))
         data["model_content"] = model_content_digest(data["model_path"])  # not only its folder's name
-        data["source_files"] = {
-            name: _digest((Path(self.source_dir) / name / "train.jsonl").read_bytes())
-            if (Path(self.source_dir) / name / "train.jsonl").is_file() else "missing"
-            for name in self.sources
-        }
+        data["source_files"] = {name: self._source_fingerprint(name) for name in self.sources}
         data["source_dir"] = str(Path(self.source_dir).resolve())
         # the source examples the held-out texts remove (not the texts themselves): held-out texts that occur in
         # no source leave the adapter, and so the key, unchanged
@@ -179,6 +177,18 @@ class MetaTrainingPlan:
             for key in sorted({normalize_text(t) for t in pool.texts} & excluded)
         ))
         return data
+
+    def _source_fingerprint(self, name: str) -> str:
+        """A source's ``train.jsonl`` by its bytes; one in another format (CSV, TSV, JSON) by the examples and label
+        names read from it (it was recorded as "missing", so an edited file reused a stale adapter)."""
+        jsonl = Path(self.source_dir) / name / "train.jsonl"
+        if jsonl.is_file():
+            return _digest(jsonl.read_bytes())
+        pool = self.source_pools().get(name)
+        if pool is None:
+            return "missing"
+        return _digest("\x1f".join(pool.label_names).encode(),
+                       *(f"{label}\x1f{text}".encode() for text, label in zip(pool.texts, pool.labels or ())))
 
     def source_pools(self) -> dict[str, TextDataset]:
         """The training pool of each source found in ``source_dir`` (held-out texts not yet removed); read once."""
@@ -200,6 +210,9 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     root = cache_root(cache_dir)
     final = root / plan.key()
     remove_dead_leftovers(root, prefix=plan.key())  # staged copies of killed meta-trainings of this plan
+    if final.is_dir() and not (final / META_FILE).is_file():  # (meta_train writes it before the folder goes live)
+        raise DataError(f"The cached meta-trained adapter {final} is incomplete (no {META_FILE}). Delete that folder "
+                        "and run again to meta-train it anew.")
     if (final / META_FILE).is_file():
         work = root / f"{plan.key()}.work"
         if work.is_dir() and untouched_for(work, 3600.0):  # a cleanup a kill cut short (not a live run's folder)
@@ -210,6 +223,11 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
                 "adapter_config.json). Delete that folder and run again to meta-train it anew."
             )
         damaged = safetensors_error(final / "adapter_model.safetensors")
+        for name in ("adapter_config.json", META_FILE):
+            try:
+                json.loads((final / name).read_text())
+            except (OSError, ValueError) as err:
+                damaged = damaged or f"{name}: {err}"
         if damaged is not None:
             raise DataError(f"The cached meta-trained adapter {final} is damaged ({damaged}). Delete that folder "
                             "and run again to meta-train it anew.")
@@ -406,7 +424,7 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
         model = encoder
         model.requires_grad_(True)
     else:
-        raise ValueError(f"finetune must be 'none', 'lora' or 'full', got {mode!r}.")
+        raise ValueError(FINETUNE_ERROR.format(mode=mode))
     params = [p for p in model.parameters() if p.requires_grad]
     trained = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
@@ -560,6 +578,8 @@ class SparseExpertMethod(Method):
         encoder = load_encoder(ctx.model)
         info: dict[str, Any] = {"method": self.name}
         mode = str(self.option(ctx, "finetune", "lora"))
+        if mode not in FINETUNE_MODES:  # before meta-training, not half an hour later
+            raise ValueError(FINETUNE_ERROR.format(mode=mode))
         if mode == "lora":
             lora_target_modules(encoder)  # a model type without LoRA targets fails before meta-training
         if self.meta_tune:

@@ -279,3 +279,47 @@ def test_a_source_name_that_is_a_path_is_refused(tiny_bert_dir, data_dir, tmp_pa
     the demo's refusal of folder settings)."""
     with pytest.raises(DataError, match="sources names dataset folders inside the source folder"):
         get_method("sparse_expert").plan(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources=sources))
+
+
+def test_an_edited_csv_source_gets_a_new_cache_key(tiny_bert_dir, data_dir, tmp_path):
+    """A source in CSV (or TSV, JSON) was recorded as "missing" in the key: an edited file reused a stale adapter."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir / "toya", root / "toya")
+    (root / "csvsrc").mkdir()
+    rows = [f"text {i} is {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    (root / "csvsrc" / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    method, task = get_method("sparse_expert"), _task(root)
+    ctx = _ctx(tiny_bert_dir, root, tmp_path, sources="csvsrc")
+    before = method.plan(task, ctx).key()
+    assert method.plan(task, ctx).key() == before  # stable
+    (root / "csvsrc" / "train.csv").write_text("text,label\n" + "\n".join(rows + ["one more text,pos"]) + "\n")
+    assert method.plan(task, ctx).key() != before
+
+
+def test_a_finetune_typo_is_refused_before_meta_training(tiny_bert_dir, data_dir, tmp_path):
+    ctx = _ctx(tiny_bert_dir, data_dir, tmp_path, finetune="LoRA")
+    with pytest.raises(ValueError, match="finetune must be 'none', 'lora' or 'full', got 'LoRA'"):
+        get_method("sparse_expert").fit(_task(data_dir), ctx)
+    assert not (tmp_path / "cache").exists() or not any(cache_root(tmp_path / "cache").glob("*"))
+
+
+def test_a_cache_entry_without_its_summary_or_with_a_cut_config_is_refused(tiny_bert_dir, data_dir, tmp_path):
+    """An entry without meta_training.json was meta-trained again on every run (the rename onto it failed
+    silently) and then crashed; a truncated adapter_config.json failed inside PEFT with a bare JSONDecodeError."""
+    ctx = _ctx(tiny_bert_dir, data_dir, tmp_path)
+    method = get_method("sparse_expert")
+    entry = cache_root(tmp_path / "cache") / method.plan(_task(data_dir), ctx).key()
+    entry.mkdir(parents=True)
+    (entry / "adapter_config.json").write_text("{}")
+    with pytest.raises(DataError, match=f"is incomplete \\(no {META_FILE}\\).*Delete that folder"):
+        method.fit(_task(data_dir), ctx)
+    (entry / META_FILE).write_text("{}")
+    (entry / "adapter_config.json").write_text('{"peft_type": "SPARSE_')  # cut short
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(entry / "adapter_model.safetensors"))
+    with pytest.raises(DataError, match="is damaged \\(adapter_config.json: .*Delete that folder"):
+        method.fit(_task(data_dir), ctx)
