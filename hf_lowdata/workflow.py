@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,15 @@ def _fingerprint(data: TextDataset) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+def _with_evaluation_texts(task: FewShotTask, evaluation_data: TextDataset | None) -> FewShotTask:
+    """``task`` whose test split also holds the evaluation texts (an ``--eval`` file), so a method that keeps the
+    evaluated texts out of its own training data (SparseExpert's meta-training sources) keeps these out too."""
+    if evaluation_data is None or (task.test is not None and task.test.texts == evaluation_data.texts):
+        return task
+    texts = (*(task.test.texts if task.test is not None else ()), *evaluation_data.texts)
+    return replace(task, test=TextDataset(texts, None, task.label_names, evaluation_data.source))
+
+
 def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None, *,
                    uses_unlabelled: bool = True) -> dict[str, Any]:
     """Sizes and labels of the training data, for the model card and the results JSON.
@@ -397,7 +406,7 @@ def train_method(
                 atomic_write_text(checkpoints / TRAIN_TIME_FILE,
                                   json.dumps({"carried_seconds": earlier, "started": time.time()}))
             start = time.perf_counter()
-            classifier = runner.fit(task, ctx)
+            classifier = runner.fit(_with_evaluation_texts(task, evaluation_data), ctx)
             seconds = time.perf_counter() - start + (earlier or 0.0)  # over every session of a resumed run
     except BaseException:
         _drop_unresumable(out, checkpoints, created)

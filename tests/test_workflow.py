@@ -63,3 +63,28 @@ def test_training_time_carried_across_resumes_counts_each_session_up_to_its_chec
     assert _earlier_seconds(checkpoints, str(point)) is None
     record.unlink()
     assert _earlier_seconds(checkpoints, str(point)) is None
+
+
+def test_the_evaluated_texts_reach_the_method_as_held_out(tiny_bert_dir, toy_data_dir, tmp_path, monkeypatch):
+    """train --eval FILE (or a folder without --shots): the evaluation texts never reached the method, so
+    SparseExpert meta-trained on them, with their labels, whenever its sources held them."""
+    from hf_lowdata.data import FewShotTask, load_data
+    from hf_lowdata.methods import METHODS
+    from hf_lowdata.methods.sparse_expert import evaluated_texts
+    from hf_lowdata.workflow import train_method
+
+    splits = load_data(toy_data_dir / "toya")
+    task = FewShotTask(name="mine", label_names=splits.label_names, labelled=splits.train, seed=0)
+    seen = []
+    original = METHODS["probe"].fit
+
+    def fit(self, fit_task, ctx):
+        seen.append(fit_task)
+        return original(self, fit_task, ctx)
+
+    monkeypatch.setattr(METHODS["probe"], "fit", fit)
+    train_method("probe", task, tmp_path / "out", model=tiny_bert_dir, evaluation_data=splits.test)
+    from hf_lowdata.methods import RunContext
+
+    held_out = set(evaluated_texts(seen[0], RunContext()))
+    assert set(splits.test.texts) <= held_out and set(splits.train.texts) <= held_out
