@@ -29,7 +29,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,6 +96,19 @@ def evaluated_texts(task: FewShotTask, ctx: RunContext) -> list[str]:
             raise DataError(f"SparseExpert never meta-trains on a text of the evaluated dataset, and {task.name} "
                             f"cannot be read: {err}") from err
     return [t for part in (task.labelled, task.dev, task.test) if part is not None for t in part.texts]
+
+
+def full_finetune_budget(ctx: RunContext) -> Budget:
+    """The budget of ``finetune=full``: full fine-tuning's own, with the fields the run changed from SparseExpert's
+    budget (``--config max_steps=...``, a preset). Taking the run's budget whole gave full fine-tuning the LoRA
+    learning rate (2e-3, 40x its own) as soon as any budget field was set."""
+    full = get_budget("full")
+    if ctx.budget is None:
+        return full
+    ours = get_budget(BUDGET_NAME)
+    changed = {f.name: getattr(ctx.budget, f.name) for f in fields(Budget)
+               if f.name != "options" and getattr(ctx.budget, f.name) != getattr(ours, f.name)}
+    return replace(full, **changed)
 
 
 def held_out_texts(source_dir: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -595,7 +608,7 @@ class SparseExpertMethod(Method):
         trained = 0
         selector = None
         if mode != "none":
-            ft_budget = budget if mode == "lora" else ctx.budget_for("full")
+            ft_budget = budget if mode == "lora" else full_finetune_budget(ctx)
             selector = prototype_dev_selector(tokenizer, task, ft_budget) if task.dev is not None else None
             encoder, trained = finetune_on_support(encoder, tokenizer, task, ft_budget, mode, ctx.seed,
                                                    int(self.option(ctx, "r", 8)), int(self.option(ctx, "lora_alpha", 8)),

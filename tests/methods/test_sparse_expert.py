@@ -323,3 +323,18 @@ def test_a_cache_entry_without_its_summary_or_with_a_cut_config_is_refused(tiny_
     save_file({"x": torch.zeros(1)}, str(entry / "adapter_model.safetensors"))
     with pytest.raises(DataError, match="is damaged \\(adapter_config.json: .*Delete that folder"):
         method.fit(_task(data_dir), ctx)
+
+
+def test_full_test_time_fine_tuning_keeps_its_own_learning_rate_when_a_budget_field_is_set():
+    """ctx.budget_for("full") returned the run's SparseExpert budget whole: finetune=full took LoRA's learning rate
+    (40x its own) as soon as any budget field (or a preset) was set."""
+    from hf_lowdata.budgets import get_budget
+    from hf_lowdata.methods.sparse_expert import full_finetune_budget
+
+    full = get_budget("full")
+    assert full_finetune_budget(RunContext()) == full
+    budget, _ = resolve_budget("sparse_expert", config={"max_steps": 40})
+    derived = full_finetune_budget(RunContext(budget=budget))
+    assert derived.learning_rate == full.learning_rate and derived.max_steps == 40
+    budget, _ = resolve_budget("sparse_expert", config={"learning_rate": 1e-4})
+    assert full_finetune_budget(RunContext(budget=budget)).learning_rate == 1e-4  # a rate the user set is kept
