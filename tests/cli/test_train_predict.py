@@ -713,12 +713,17 @@ def test_missing_base_model_and_pickle_folders_are_clear_errors(tmp_path, capsys
     assert "pickle weights (pytorch_model.bin), which hf_lowdata never loads" in capsys.readouterr().err
 
 
-def test_a_method_without_checkpoints_never_trains_over_another_runs_checkpoints(tmp_path, capsys):
-    files = toy_files(tmp_path / "data")
+def _unfinished_run(tmp_path, method: str):
+    """Data files and an output folder holding another (unfinished) run's checkpoints."""
     out = tmp_path / "out"
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (out / "checkpoints" / "run_config.json").write_text('{"method": "lora"}')
+    (out / "checkpoints" / "run_config.json").write_text(json.dumps({"method": method}))
+    return toy_files(tmp_path / "data"), out
+
+
+def test_a_method_without_checkpoints_never_trains_over_another_runs_checkpoints(tmp_path, capsys):
+    files, out = _unfinished_run(tmp_path, "lora")
     args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out), "--save-steps", "1"]
     assert main(args) == 2 and "holds checkpoints of an unfinished run" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 2 and "different settings" in capsys.readouterr().err
@@ -784,11 +789,7 @@ def test_predict_on_a_cut_off_save_says_to_resume(tmp_path, capsys):
 
 def test_save_steps_0_never_trains_over_and_then_deletes_an_unfinished_runs_checkpoints(tmp_path, capsys):
     """Without checkpointing the folder was not checked at all, and the end of the run removed it."""
-    files = toy_files(tmp_path / "data")
-    out = tmp_path / "out"
-    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (out / "checkpoints" / "run_config.json").write_text('{"method": "probe"}')
+    files, out = _unfinished_run(tmp_path, "probe")
     for extra in ([], ["--resume"]):
         args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out), "--save-steps", "0"]
         assert main([*args, *extra]) == 2 and "--save-steps 0 would neither continue nor keep" in capsys.readouterr().err

@@ -119,15 +119,20 @@ def test_resume_equals_uninterrupted_with_auxiliary_optimizer(tiny_bert_dir, tmp
     assert sa.optimizer.state_dict()["state"][0]["step"] == sb.optimizer.state_dict()["state"][0]["step"] == 8
 
 
-def test_resume_without_restoring_aux_state_differs(tiny_bert_dir, tmp_path):
-    """The check above can fail: dropping the critic's optimizer state changes the trajectory."""
+@pytest.mark.parametrize(("missing", "message"), [
+    ("auxiliary_optimizers.pt", "no auxiliary_optimizers.pt"),
+    # it resumed silently with a fresh critic (or discriminator, TPGM radii)
+    ("objective_state.safetensors", "no objective_state.safetensors.*not written by the 'critic-test'"),
+])
+def test_a_checkpoint_without_the_objectives_state_is_refused(tiny_bert_dir, tmp_path, missing, message):
+    """The resume checks above can fail: a critic or its optimizer restarted from scratch changes the trajectory."""
     tok = load_tokenizer(tiny_bert_dir)
     full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_strategy="steps", save_steps=4)
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-4"
-    (checkpoint / "auxiliary_optimizers.pt").unlink()
+    (checkpoint / missing).unlink()
     resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
-    with pytest.raises(FileNotFoundError, match="no auxiliary_optimizers.pt"):
+    with pytest.raises(FileNotFoundError, match=message):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
@@ -421,18 +426,6 @@ def test_logged_terms_are_averaged_over_processes_and_non_numbers_pass_through(t
     trainer.log({"loss": 1.0})
     assert reduced == [[3.0, 0.5]]  # mine/count, mine/loss
     assert seen == [{"loss": 1.0, "mine/loss": 0.5, "mine/count": 2.0, "mine/classes": ["a", "b"]}]
-
-
-def test_a_checkpoint_without_the_objective_state_is_refused(tiny_bert_dir, tmp_path):
-    """Without objective_state.safetensors the objective (a critic, TPGM's radii) silently restarted from scratch."""
-    tok = load_tokenizer(tiny_bert_dir)
-    full = _make(tiny_bert_dir, tmp_path / "full", CriticObjective(), _unlabelled(tok), save_strategy="steps", save_steps=4)
-    full.train()
-    checkpoint = tmp_path / "full" / "checkpoint-4"
-    (checkpoint / "objective_state.safetensors").unlink()
-    resumed = _make(tiny_bert_dir, tmp_path / "resumed", CriticObjective(), _unlabelled(tok))
-    with pytest.raises(FileNotFoundError, match="no objective_state.safetensors.*not written by the 'critic-test'"):
-        resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_a_weights_only_checkpoint_says_so(tiny_bert_dir, tmp_path):
