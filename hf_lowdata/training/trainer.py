@@ -295,7 +295,8 @@ class LowDataTrainer(Trainer):
             for g in grads:
                 dist.all_reduce(g, op=dist.ReduceOp.SUM)
                 g.div_(self.accelerator.num_processes)
-        finite = bool(torch.isfinite(loss.detach()).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        norms = torch.stack([loss.detach().float().reshape(-1).norm(), *torch._foreach_norm(grads)])
+        finite = bool(torch.isfinite(norms).all())  # (one check, one device sync)
         if not self._on_every_process(finite):
             raise NonFiniteLossError(
                 f"The {name!r} optimizer's loss or gradients are not finite at step {self.state.global_step} "
