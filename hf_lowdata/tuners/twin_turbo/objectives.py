@@ -150,8 +150,9 @@ class TwinTurboObjective(TrainingObjective):
         self.prior = torch.ones(1)
         self.has_unlabelled = False
         self.last_terms: dict[str, float] = {}
-        self._fake: torch.Tensor | None = None
-        self._latent: tuple[torch.Tensor, torch.Tensor] | None = None
+        # this optimizer step's detached inputs of the alternating steps, one entry per micro-batch
+        self._fakes: list[torch.Tensor] = []
+        self._latents: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def setup(self, trainer: LowDataTrainer) -> None:
         layer = twin_turbo_layer(trainer.model)
@@ -223,6 +224,8 @@ class TwinTurboObjective(TrainingObjective):
         assert config is not None, "setup() was not called"
         if not model.training and TOKENS_KEY not in inputs:  # evaluation: the model's own forward and loss
             return trainer.model_loss(model, inputs, return_outputs, num_items_in_batch)
+        if step_start:  # (what a step that failed half-way left behind is not this step's)
+            self._fakes, self._latents = [], []
         layer = twin_turbo_layer(model)
         head = layer.adapter_head()
         tokens, mask = self.token_states(model, inputs)
@@ -249,7 +252,7 @@ class TwinTurboObjective(TrainingObjective):
             if self.discriminator is not None:
                 terms["adversarial"] = self.discriminator.generator_loss(probs_u)
                 loss = loss + config.adversarial_weight * terms["adversarial"]
-                self._fake = probs_u.detach()
+                self._fakes.append(probs_u.detach())
             if self.critics is not None:
                 pooled = masked_mean(tokens, mask).detach()
                 if self.has_unlabelled:
@@ -259,21 +262,25 @@ class TwinTurboObjective(TrainingObjective):
                     z_all = z
                 terms["latent"] = self.critics.loss(z_all, pooled)
                 loss = loss + config.latent_weight * terms["latent"]
-                self._latent = (z_all.detach(), pooled)
+                self._latents.append((z_all.detach(), pooled))
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         if return_outputs:
             return loss, SequenceClassifierOutput(loss=loss, logits=logits)
         return loss
 
     def on_optimizer_step(self, trainer: LowDataTrainer, model: nn.Module) -> None:
-        """The alternating steps: discriminator, then critics, on this step's detached inputs."""
-        if self.discriminator is not None and self._fake is not None:
+        """The alternating steps: discriminator, then critics, on this step's detached inputs (every
+        micro-batch's under gradient accumulation, as the projector's step saw them all)."""
+        fakes, latents = self._fakes, self._latents
+        self._fakes, self._latents = [], []
+        if self.discriminator is not None and fakes:
+            fake = torch.cat(fakes)
             generator = torch.Generator().manual_seed(trainer.args.seed * 1_000_003 + trainer.state.global_step)
-            real = one_hot_samples(self.prior, len(self._fake), generator).to(self._fake.device)
-            trainer.step_auxiliary("discriminator", self.discriminator.loss(real, self._fake))
-        if self.critics is not None and self._latent is not None:
-            trainer.step_auxiliary("critics", self.critics.loss(*self._latent))
-        self._fake = self._latent = None
+            real = one_hot_samples(self.prior, len(fake), generator).to(fake.device)
+            trainer.step_auxiliary("discriminator", self.discriminator.loss(real, fake))
+        if self.critics is not None and latents:
+            z_all, pooled = (torch.cat(parts) for parts in zip(*latents))
+            trainer.step_auxiliary("critics", self.critics.loss(z_all, pooled))
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def _modules(self) -> dict[str, nn.Module]:

@@ -292,3 +292,37 @@ def test_auxiliary_steps_under_fp16_are_plain_adam_steps(tiny_bert_dir, tmp_path
     for ours, theirs in zip(discriminator.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs)
     assert trainer.accelerator.scaler.get_scale() == 2.0**16
+
+
+def test_under_gradient_accumulation_the_alternating_steps_see_every_micro_batch(tiny_bert_dir, tmp_path):
+    """The discriminator and critics stepped on the last micro-batch's inputs only: with 2 accumulation steps they
+    saw half of what the projector's step was trained against."""
+    trainer = _trainer(tiny_bert_dir, tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=8)
+    objective = trainer.objective
+    seen: dict[str, list[int]] = {"discriminator": [], "critics": []}
+    step = objective.on_optimizer_step
+    disc_loss, critic_loss = objective.discriminator.loss, objective.critics.loss
+
+    def spy(name, loss):
+        def wrapped(a, b):
+            if in_step:  # the alternating step's loss (compute_loss also calls the critics for the projector's term)
+                seen[name].append(len(b) if name == "discriminator" else len(a))
+            return loss(a, b)
+        return wrapped
+
+    def on_optimizer_step(trainer, model):
+        nonlocal in_step
+        in_step = True
+        try:
+            step(trainer, model)
+        finally:
+            in_step = False
+
+    in_step = False
+    objective.discriminator.loss, objective.critics.loss = spy("discriminator", disc_loss), spy("critics", critic_loss)
+    objective.on_optimizer_step = on_optimizer_step
+    trainer.train()
+    assert trainer.state.global_step >= 2
+    # per optimizer step: 2 micro-batches x 8 unlabelled rows; critics: 2 x (8 labelled + 8 unlabelled)
+    assert seen["discriminator"] == [16] * trainer.state.global_step
+    assert seen["critics"] == [32] * trainer.state.global_step
