@@ -31,7 +31,7 @@ from .bench.measure import accuracy, macro_f1
 from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, Method, RunContext, SharedCache, get_method
-from .methods.base import METHODS, ProgressFn, directory_bytes, unknown_options
+from .methods.base import METHODS, ProgressFn, directory_bytes, fixed_option_conflicts, unknown_options
 from .models import (
     ModelNotFoundError,
     has_tokenizer,
@@ -166,7 +166,8 @@ def ignored_budget_settings(method: str, config: Mapping[str, Any] | None) -> li
 def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
     """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
     not silently ignored), a budget value of the wrong type, min_steps above max_steps."""
-    message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS))
+    message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS)) or fixed_option_conflicts(
+        methods, config or {})
     if message:
         raise WorkflowError(message)
     for method in methods:
@@ -736,11 +737,7 @@ def load_classifier(
     loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit,
               "prototype": _load_prototype}[kind]
     classifier = loader(path, model, meta)
-    if device is not None and hasattr(classifier, "model") and hasattr(classifier.model, "to"):
-        classifier.model.to(device)
-    elif device is not None and hasattr(classifier, "device"):  # the probe embeds with its base model there
-        classifier.device = device
-    return classifier
+    return classifier if device is None else classifier.to(device)
 
 
 def check_saved_folder(folder: str | os.PathLike) -> str:

@@ -44,7 +44,13 @@ from ..features import (
     model_fingerprint,
 )
 from ..methods import RunContext, SharedCache
-from ..methods.base import count_trainable, directory_bytes, unknown_options, unlabelled_pool_size
+from ..methods.base import (
+    count_trainable,
+    directory_bytes,
+    fixed_option_conflicts,
+    unknown_options,
+    unlabelled_pool_size,
+)
 from ..methods.probe import save_probe_head
 from ..methods.twin_turbo import METHOD_VARIANTS, build_config, predict_from_states, train_projector
 from ..paths import cache_root
@@ -119,7 +125,8 @@ def _validate(config: VisionBenchConfig) -> None:
         raise SystemExit(f"--config batchnorm={batchnorm}: choose one of {list(BATCHNORM_MODES)}.")
     also_known = [BATCHNORM_OPTION] if set(IMAGE_BACKBONE_METHODS) & set(config.methods) else []
     message = unknown_options([m for m in config.methods if m != "probe"], list(config.options),
-                              also_known=[*also_known, *(sorted(BUDGET_FIELDS) if config.dev else ())])
+                              also_known=[*also_known, *(sorted(BUDGET_FIELDS) if config.dev else ())]
+                              ) or fixed_option_conflicts(config.methods, config.options)
     if message:
         raise SystemExit(message)
     runs = Path(config.out) / "runs.jsonl"

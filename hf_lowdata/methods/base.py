@@ -173,6 +173,13 @@ class FittedClassifier(ABC):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write what is needed to reuse this classifier (safetensors only); return the folder."""
 
+    def to(self, device: str | torch.device) -> FittedClassifier:
+        """Predict on ``device`` from now on (``hf-lowdata predict --device``); returns ``self``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot move to {device}: give it a to(device) method that moves the modules it "
+            "predicts with (and returns self)."
+        )
+
 
 class Method(ABC):
     """A way of training a classifier from a few labelled examples."""
@@ -203,6 +210,12 @@ class Method(ABC):
     def budget_key(cls) -> str:
         """The :data:`~hf_lowdata.budgets.BUDGETS` entry this method trains with."""
         return cls.budget_name or cls.name
+
+    @classmethod
+    def fixed_options(cls) -> Mapping[str, Any]:
+        """Option values that define this method (an ablation's switched-off term, a variant's fold count): a
+        ``--config`` value for one of them would be overridden, so :func:`fixed_option_conflicts` refuses it."""
+        return {}
 
     @classmethod
     def known_options(cls) -> frozenset[str]:
@@ -284,6 +297,20 @@ def unknown_options(methods: Sequence[str], keys: Sequence[str], also_known: Seq
     return (f"Unknown setting {', '.join(hints)}: no chosen method reads it. Method options: {reads}.{common}")
 
 
+def fixed_option_conflicts(methods: Sequence[str], config: Mapping[str, Any]) -> str | None:
+    """A message naming the ``config`` values that one of ``methods`` fixes to another value, or ``None``.
+
+    ``sparse_expert_m4`` is SMAT with 4 experts: ``--config num_experts=8`` would be silently overridden for it, and
+    its results read as 8 experts'.
+    """
+    clashes = [f"{m} is defined by {key}={value!r}" for m in methods if m in METHODS
+               for key, value in METHODS[m].fixed_options().items() if key in config and config[key] != value]
+    if not clashes:
+        return None
+    return (f"{'; '.join(clashes)}, so --config would be ignored there. Leave the setting out, or set it on a method "
+            "that does not fix it (e.g. the variant's base method).")
+
+
 def available_methods() -> list[str]:
     return sorted(METHODS)
 
@@ -316,6 +343,10 @@ class TransformerClassifier(FittedClassifier):
         self.label_names = tuple(label_names)
         self.max_length = max_length
         self.trainable_parameters = count_trainable(model)
+
+    def to(self, device: str | torch.device) -> TransformerClassifier:
+        self.model.to(device)
+        return self
 
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         logits = predict_logits(self.model, self.tokenizer, texts, max_length=self.max_length)

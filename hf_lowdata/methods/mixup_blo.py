@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -236,6 +236,10 @@ class MixupBLO(TransformerMethod):
     #: GPT-2's ``ln_1``/``ln_2``/``ln_f``, Llama's ``input_layernorm``, ...), resolved when the run starts.
     method_defaults: ClassVar[dict[str, Any]] = {"modules_to_save": [NORM_LAYERS]}
     option_names = frozenset({*CONFIG_OPTIONS, "merge"})
+
+    @classmethod
+    def fixed_options(cls) -> Mapping[str, Any]:
+        return dict(cls.variant)
 
     def peft_config(self, ctx: RunContext) -> Any:
         from peft import TaskType

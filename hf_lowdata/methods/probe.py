@@ -33,6 +33,11 @@ class ProbeClassifier(FittedClassifier):
         self.max_length = max_length
         self.trainable_parameters = int(head.coef_.size + head.intercept_.size)
 
+    def to(self, device: str | torch.device) -> ProbeClassifier:
+        """Embed with the base model on ``device`` (the logistic head runs in scikit-learn)."""
+        self.device = str(device)
+        return self
+
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         features = self.cache.embeddings(self.model, texts, self.max_length, use_cache=use_cache, device=self.device)
         return self._full_proba(self.head.predict_proba(features))

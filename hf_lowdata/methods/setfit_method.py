@@ -31,6 +31,10 @@ class SetFitClassifier(FittedClassifier):
         head_params = int(head.coef_.size + head.intercept_.size) if hasattr(head, "coef_") else count_trainable(head)
         self.trainable_parameters = count_trainable(model.model_body) + head_params
 
+    def to(self, device: str | torch.device) -> SetFitClassifier:
+        self.model.to(device)
+        return self
+
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         proba = self.model.predict_proba(list(texts), as_numpy=True)
         head = self.model.model_head

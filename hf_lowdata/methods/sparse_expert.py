@@ -53,7 +53,7 @@ from ..models import (
     token_budget,
 )
 from ..paths import DATA_DIR_ENV
-from .base import DevSelector, FittedClassifier, Method, RunContext, register_method
+from .base import DevSelector, FittedClassifier, Method, RunContext, default_device, register_method
 from .finetune import lora_target_modules
 
 BUDGET_NAME = "sparse_expert"
@@ -380,6 +380,10 @@ class PrototypeClassifier(FittedClassifier):
         self.info = dict(info or {})
         self.trainable_parameters = trainable_parameters
 
+    def to(self, device: str | torch.device) -> PrototypeClassifier:
+        self.encoder.to(device)
+        return self
+
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         features = torch.from_numpy(mean_pooled_embeddings(self.encoder, self.tokenizer, texts, max_length=self.max_length))
         return torch.softmax(self.scale * features @ self.prototypes.T, dim=-1).numpy()
@@ -516,6 +520,10 @@ class SparseExpertMethod(Method):
     meta_tune: ClassVar[bool] = True
 
     @classmethod
+    def fixed_options(cls) -> Mapping[str, Any]:
+        return {k: v for k, v in cls.adapter_overrides.items() if k in cls.option_names}
+
+    @classmethod
     def missing_requirements(cls, options: Mapping[str, Any] | None = None) -> str | None:
         """Meta-training needs a source folder: ``source_dir``, the benchmark's data dir or $HF_LOWDATA_DATA_DIR."""
         if not cls.meta_tune:
@@ -536,6 +544,9 @@ class SparseExpertMethod(Method):
         """
         given = self.option(ctx, "source_dir")
         if given:
+            if not Path(given).is_dir():
+                raise DataError(f"source_dir={given} is not a folder. Give the folder that holds the source datasets "
+                                f"({', '.join(sources)}), one sub-folder each.")
             return str(given)
         candidates = [c for c in (ctx.options.get(BENCH_DATA_DIR_OPTION), os.environ.get(DATA_DIR_ENV)) if c]
         if not candidates:
@@ -588,7 +599,7 @@ class SparseExpertMethod(Method):
 
         budget = ctx.budget_for(BUDGET_NAME)
         tokenizer = ctx.cache.tokenizer(ctx.model)
-        encoder = load_encoder(ctx.model)
+        encoder = load_encoder(ctx.model).to(default_device(ctx.device))  # (training and prototypes run there)
         info: dict[str, Any] = {"method": self.name}
         mode = str(self.option(ctx, "finetune", "lora"))
         if mode not in FINETUNE_MODES:  # before meta-training, not half an hour later

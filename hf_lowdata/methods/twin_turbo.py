@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,10 @@ class TwinTurbo(Method):
     uses_unlabelled = True
     budget_name = BUDGET_NAME
     option_names = frozenset(_CONFIG_FIELDS | {"feature_cache_dir", "unlabelled_batch_size"})
+
+    @classmethod
+    def fixed_options(cls) -> Mapping[str, Any]:
+        return dict(METHOD_VARIANTS.get(cls.name, {}))
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft import TaskType, get_peft_model

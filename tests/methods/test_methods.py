@@ -100,6 +100,35 @@ def test_shared_encoder_runs_on_the_requested_device(tiny_bert_dir):
     assert cache.encoder(tiny_bert_dir, "cpu") is cache.encoder(tiny_bert_dir, None)  # no GPU here: the default
 
 
+def test_every_classifier_moves_to_a_device_or_says_it_cannot(tiny_bert_dir):
+    """``predict --device`` moves what predicts ("meta" stands in for a GPU); a classifier without ``to`` says so
+    (load_classifier guessed from attribute names and left some kinds where they were)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_lowdata.methods import FittedClassifier
+    from hf_lowdata.methods.base import TransformerClassifier
+    from hf_lowdata.methods.probe import ProbeClassifier
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    transformer = TransformerClassifier(model, AutoTokenizer.from_pretrained(tiny_bert_dir), ("a", "b"), 16)
+    assert transformer.to("meta") is transformer and {p.device.type for p in model.parameters()} == {"meta"}
+    from sklearn.linear_model import LogisticRegression
+
+    head = LogisticRegression().fit(np.eye(2), [0, 1])
+    probe = ProbeClassifier(SharedCache(), tiny_bert_dir, head=head, label_names=("a", "b"), max_length=16)
+    assert probe.to(torch.device("meta")).device == "meta"
+
+    class Custom(FittedClassifier):
+        def predict_proba(self, texts, use_cache=True):
+            return np.zeros((len(texts), 2))
+
+        def save(self, directory):
+            return directory
+
+    with pytest.raises(NotImplementedError, match=r"Custom cannot move to cuda:0: give it a to\(device\) method"):
+        Custom().to("cuda:0")
+
+
 def test_probe_uses_shared_embedding_cache(tiny_bert_dir, tmp_path):
     task = _task()
     cache = SharedCache()
@@ -261,3 +290,15 @@ def test_twin_turbo_trains_when_the_draw_leaves_no_unlabelled_text(tiny_bert_dir
     fitted = get_method("twin_turbo").fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=FAST,
                                                            work_dir=tmp_path, quiet=True))
     assert fitted.predict(["a fine film"]).shape == (1,)
+
+
+def test_a_variants_defining_option_cannot_be_overridden_silently():
+    from hf_lowdata.methods.base import fixed_option_conflicts
+
+    assert fixed_option_conflicts(["sparse_expert", "mixup_blo"], {"num_experts": 6, "folds": 2}) is None
+    assert fixed_option_conflicts(["sparse_expert_m4", "mixup_blo_fast"], {"num_experts": 4, "folds": 1}) is None
+    message = fixed_option_conflicts(["sparse_expert", "sparse_expert_m4", "mixup_blo_fast"],
+                                     {"num_experts": 8, "folds": 3, "r": 4})
+    assert message is not None
+    assert "sparse_expert_m4 is defined by num_experts=4; mixup_blo_fast is defined by folds=1" in message
+    assert "sparse_expert is" not in message and "'r'" not in message

@@ -139,6 +139,9 @@ def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path
         get_method("sparse_expert").fit(_task(data_dir), ctx)
     with pytest.raises(DataError, match="not found"):
         get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources="nope"))
+    with pytest.raises(DataError, match=r"source_dir=\S*no-such-folder is not a folder"):  # was FileNotFoundError
+        get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path,
+                                                               source_dir=str(tmp_path / "no-such-folder")))
 
 
 META_TUNED = ("sparse_expert", "sparse_expert_dense", "sparse_expert_m4", "sparse_expert_tau80",
@@ -338,3 +341,33 @@ def test_full_test_time_fine_tuning_keeps_its_own_learning_rate_when_a_budget_fi
     assert derived.learning_rate == full.learning_rate and derived.max_steps == 40
     budget, _ = resolve_budget("sparse_expert", config={"learning_rate": 1e-4})
     assert full_finetune_budget(RunContext(budget=budget)).learning_rate == 1e-4  # a rate the user set is kept
+
+
+def test_the_encoder_trains_and_predicts_on_the_requested_device(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
+    """The meta-test encoder stayed on the CPU whatever --device said (test-time fine-tuning and prototypes ran there
+    on a GPU machine), and predict --device left a saved prototype classifier where it was."""
+    import hf_lowdata.methods.sparse_expert as sparse_expert
+    from hf_lowdata.workflow import load_classifier
+
+    moved_to: list[str] = []
+    load = sparse_expert.load_encoder
+
+    def spied_load(path):
+        encoder = load(path)
+        to = encoder.to
+
+        def record(*args, **kwargs):
+            moved_to.append(str(args[0] if args else kwargs.get("device")))
+            return to(*args, **kwargs)
+
+        encoder.to = record
+        return encoder
+
+    monkeypatch.setattr(sparse_expert, "load_encoder", spied_load)
+    task = _task(data_dir)
+    fitted = get_method("sparse_expert_pretrained").fit(task, _ctx(tiny_bert_dir, data_dir, tmp_path, finetune="none"))
+    assert moved_to == ["cpu"]  # (the device the context asks for; CUDA where it is the default)
+    saved = fitted.save(tmp_path / "saved")
+    on_meta = load_classifier(saved, device="meta")
+    assert {p.device.type for p in on_meta.encoder.parameters()} == {"meta"}
+    assert load_classifier(saved, device="cpu").predict(task.test.texts).shape == (len(task.test),)

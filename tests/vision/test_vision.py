@@ -249,6 +249,8 @@ def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
     (dict(options={"max_steps": 1}), "budget fields may be changed only on a dev split"),  # was silently ignored
     (dict(options={"max_step": 1}, dev=50), "Unknown setting 'max_step' .did you mean 'max_steps'"),
     (dict(options={"C": 1.0}, methods=["probe"]), "Unknown setting 'C'"),
+    (dict(options={"adversarial_weight": 0.3}, methods=["twin_turbo", "twin_turbo_noadv"]),
+     "twin_turbo_noadv is defined by adversarial_weight=0.0"),  # was overridden for that method alone
 ])
 def test_vision_benchmark_refuses_bad_settings_before_any_run(tmp_path, setting, message):
     from hf_lowdata.bench.vision import VisionBenchConfig, run_vision_benchmark
