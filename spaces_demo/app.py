@@ -51,7 +51,7 @@ from hf_lowdata.data import (
     test_in_train_note,
 )
 from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
-from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, resolve_model_path
+from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, require_text_model
 from hf_lowdata.workflow import TrainResult, WorkflowError, check_config, require_examples, train_method
 
 log = logging.getLogger("hf_lowdata.demo")
@@ -702,7 +702,7 @@ def run_comparison(
         if seed is not None and not (float(seed).is_integer() and 0 <= seed < 2**32):
             raise DemoError(f"Seed must be a whole number from 0 to {2**32 - 1}, got {seed}.")
         model = (model or "").strip() or None
-        resolve_model_path(model)
+        require_text_model(model)  # an image model, or a folder without a tokenizer, fails here, not once per method
         prepared = prepare_data(labelled, text_column, label_column, unlabelled, evaluation)
     except Exception as err:  # noqa: BLE001 - every input problem is a message in the page
         yield _message(err), skip, skip, skip, skip, skip

@@ -493,3 +493,21 @@ def test_a_second_click_that_passes_the_running_check_gets_a_message(session, mo
                                       "quick", "", 0))
     assert len(outputs) == 1 and "already running in this session" in outputs[0][0]
     session.end_run()
+
+
+@pytest.mark.parametrize("folder", ["image_model", "no_tokenizer"])
+def test_a_base_model_that_cannot_classify_text_is_refused_before_the_comparison_starts(folder, tmp_path, session):
+    """An image model or a model folder without a tokenizer passed the page's check (it only resolved the path):
+    the comparison waited for its turn and then every chosen method failed with the same error, one row each."""
+    model = tmp_path / folder
+    model.mkdir()
+    if folder == "image_model":
+        (model / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    else:
+        (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, str(model),
+                                      ["probe", "lora"], "quick", "", 0))
+    assert len(outputs) == 1 and not session.runs
+    shown = outputs[0][0]
+    assert shown.startswith("**Error:**")
+    assert ("is an image model (vit)" if folder == "image_model" else "has no tokenizer") in shown
