@@ -669,8 +669,13 @@ def describe_upload(
         return _message(err)
 
 
-def columns_of(path: str | None) -> tuple[Any, Any, str]:
-    """Dropdown updates (columns, detected text and label columns) and the summary for a new upload."""
+def columns_of(
+    path: str | None, unlabelled: str | None = None, evaluation: str | None = None,
+) -> tuple[Any, Any, str]:
+    """Dropdown updates (columns, detected text and label columns) and the summary for a new upload.
+
+    The summary covers the unlabelled and evaluation files already uploaded, as Compare will use them.
+    """
     if path is None:
         return gr.update(choices=[], value=None), gr.update(choices=[], value=None), describe_upload(None, None, None)
     try:
@@ -680,7 +685,7 @@ def columns_of(path: str | None) -> tuple[Any, Any, str]:
     columns = [str(c) for c in rows[0]]
     text, label = detect_columns(rows)
     return (gr.update(choices=columns, value=text), gr.update(choices=columns, value=label),
-            describe_upload(path, text, label))
+            describe_upload(path, text, label, unlabelled, evaluation))
 
 
 def run_comparison(
@@ -861,7 +866,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
                     "Pushing is the only step that needs a network; without one you get a message, nothing else.",
                     elem_id="push-message")
 
-        labelled.change(columns_of, labelled, [text_column, label_column, summary])
+        labelled.change(columns_of, [labelled, unlabelled, evaluation], [text_column, label_column, summary])
         example.click(lambda: str(EXAMPLE_FILE), None, labelled)
         upload_inputs = [labelled, text_column, label_column, unlabelled, evaluation]
         for component in (text_column, label_column):

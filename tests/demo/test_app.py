@@ -511,3 +511,21 @@ def test_a_base_model_that_cannot_classify_text_is_refused_before_the_comparison
     shown = outputs[0][0]
     assert shown.startswith("**Error:**")
     assert ("is an image model (vit)" if folder == "image_model" else "has no tokenizer") in shown
+
+
+def test_the_summary_of_a_new_labelled_upload_covers_the_evaluation_file_already_uploaded(tmp_path):
+    """Uploading the labelled file after the evaluation file showed "No evaluation file: ... held out" (the summary
+    of a new labelled upload read the labelled file alone), while Compare evaluated on the uploaded file."""
+    evaluation = _csv(tmp_path / "e.csv", [("I was charged twice", "billing"), ("my parcel is late", "delivery"),
+                                          ("the app crashes", "technical")])
+    summary = app.columns_of(str(app.EXAMPLE_FILE), None, evaluation)[2]
+    assert "Evaluating on e.csv (3 examples)." in summary and "No evaluation file" not in summary
+    assert "Training on 36 labelled examples" in summary
+
+    store = app.SessionStore(tmp_path / "sessions")
+    demo = app.build_app(store)
+    store.close()
+    fn = next(f for f in demo.fns.values() if f.name == "columns_of")
+    labels = [getattr(c, "label", None) or "" for c in fn.inputs]
+    assert any(label.startswith("Evaluation file") for label in labels)
+    assert any(label.startswith("Unlabelled texts") for label in labels)
