@@ -52,7 +52,15 @@ from hf_lowdata.data import (
 )
 from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
 from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, require_text_model
-from hf_lowdata.workflow import TrainResult, WorkflowError, check_config, require_examples, train_method
+from hf_lowdata.workflow import (
+    TrainResult,
+    WorkflowError,
+    budget_fields_read,
+    check_config,
+    ignored_budget_settings,
+    require_examples,
+    train_method,
+)
 
 log = logging.getLogger("hf_lowdata.demo")
 HERE = Path(__file__).resolve().parent
@@ -418,6 +426,16 @@ def compare(
             run.message, run.fraction = message, fraction
         return report
 
+    def unused(method: str) -> str:
+        """What the method did not use of what the visitor gave (the CLI notes the same), '' when it used all."""
+        notes = []
+        ignored = ignored_budget_settings(method, config)
+        if ignored:
+            notes.append(f"ignored {', '.join(ignored)} (reads {', '.join(sorted(budget_fields_read(method)))} only)")
+        if prepared.task.unlabelled is not None and not METHODS[method].uses_unlabelled:
+            notes.append("did not use the unlabelled texts")
+        return "".join(f"; {note}" for note in notes)
+
     def work() -> None:
         task = replace(prepared.task, seed=seed)
         for method in methods:
@@ -432,7 +450,8 @@ def compare(
                     evaluation_data=prepared.evaluation, progress=progress_of(run), cancel=cancel, cache=cache,
                     save_steps=0, config_methods=methods,
                 )
-                run.status, run.fraction, run.message = "done", 1.0, f"{run.result.train_seconds:.1f} s"
+                run.status, run.fraction = "done", 1.0
+                run.message = f"{run.result.train_seconds:.1f} s{unused(method)}"
             except RunCancelled:
                 run.status, run.message = "cancelled", "stopped by the cancel button"
             except Exception as err:  # noqa: BLE001 - one failing method is a row in the table, not a crash

@@ -540,3 +540,19 @@ def test_the_space_installs_the_optional_methods_its_readme_offers():
     lines = [line.split("#")[0].strip() for line in (app.HERE / "requirements.txt").read_text().splitlines()]
     requirements = {r.name: r for r in (Requirement(line) for line in lines if line)}
     assert "SetFit" in readme and "setfit" in requirements["hf-lowdata"].extras
+
+
+def test_the_progress_table_says_what_a_method_did_not_use(session, tmp_path):
+    """Settings a method never reads (the probe and max_steps) and unlabelled texts a supervised method does not use
+    were accepted without a word on the page (the CLI notes both): a visitor read the probe's row as trained with
+    max_steps=2 and the unlabelled texts."""
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [{"text": "my parcel never came"}, {"text": "refund please"}])
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, str(unlabelled), None, None,
+                                      ["probe"], "quick", "max_steps=2", 0))
+    (row,) = outputs[-1][1]
+    assert row[:2] == ["probe", "done"]
+    assert "ignored max_steps (reads max_length only)" in row[3] and "did not use the unlabelled texts" in row[3]
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
+                                      ["probe"], "quick", "max_length=32", 0))
+    (row,) = outputs[-1][1]
+    assert row[1] == "done" and row[3].endswith(" s")  # it read everything it was given
