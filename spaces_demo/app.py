@@ -238,6 +238,8 @@ def prepare_data(
         notes.append(f"Evaluating on {eval_name} ({len(distinct)} examples"
                      + (f"; {repeats} repeated row(s) are evaluated once)." if repeats else ")."))
         evaluation = distinct
+        # a text under two labels is scored under both, and only one can be predicted (distinct: no repeats left)
+        notes.extend(f"Check your data: {note}" for note in duplicate_notes(evaluation))
         overlap = test_in_train_note(train, evaluation)
         notes.extend([f"Check your data: {overlap}"] if overlap else [])
     else:

@@ -556,3 +556,14 @@ def test_the_progress_table_says_what_a_method_did_not_use(session, tmp_path):
                                       ["probe"], "quick", "max_length=32", 0))
     (row,) = outputs[-1][1]
     assert row[1] == "done" and row[3].endswith(" s")  # it read everything it was given
+
+
+def test_an_evaluation_text_with_two_labels_is_noted_in_the_page(tmp_path):
+    """An evaluation file holding one text under two labels (only one of which can be predicted) was noted in the
+    server's log only, not among the page's notes as the same problem in the labelled file is."""
+    labelled = _csv(tmp_path / "l.csv", [("good", "pos"), ("fine", "pos"), ("bad", "neg"), ("awful", "neg")])
+    evaluation = _csv(tmp_path / "e.csv", [("great", "pos"), ("Great!", "neg"), ("poor", "neg")])
+    notes = " ".join(app.prepare_data(labelled, None, None, None, evaluation).notes)
+    assert "Check your data: e.csv: 1 text(s) carry different labels, e.g. 'great': neg, pos." in notes
+    clean = _csv(tmp_path / "c.csv", [("great", "pos"), ("great", "pos"), ("poor", "neg")])
+    assert "Check your data" not in " ".join(app.prepare_data(labelled, None, None, None, clean).notes)
