@@ -260,7 +260,9 @@ def prepare_data(
         # a semi-supervised method must not learn from the texts it is scored on (e.g. a whole corpus uploaded)
         left_out = set(excluded_pool_indices(unlabelled, evaluation.texts))
         unlabelled = unlabelled.subset(i for i in range(len(unlabelled)) if i not in left_out)
-        notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name} (used by semi-supervised methods)"
+        # a file without the text column is read from the column that looks most like text: say which one
+        guessed = "" if unl_text == text_column else f", column {unl_text!r} (it has no {text_column!r} column)"
+        notes.append(f"{len(unlabelled)} unlabelled texts from {unl_name}{guessed} (used by semi-supervised methods)"
                      + (f"; {len(left_out)} more are evaluation texts and were left out, so that no method learns "
                         "from the texts it is scored on." if left_out else "."))
         unlabelled = unlabelled if len(unlabelled) else None

@@ -567,3 +567,16 @@ def test_an_evaluation_text_with_two_labels_is_noted_in_the_page(tmp_path):
     assert "Check your data: e.csv: 1 text(s) carry different labels, e.g. 'great': neg, pos." in notes
     clean = _csv(tmp_path / "c.csv", [("great", "pos"), ("great", "pos"), ("poor", "neg")])
     assert "Check your data" not in " ".join(app.prepare_data(labelled, None, None, None, clean).notes)
+
+
+def test_an_unlabelled_file_without_the_text_column_says_which_column_was_read(tmp_path):
+    """An unlabelled file without the labelled file's text column was read from another column (the one that looks
+    most like text) without a word: an id column could be taken for the texts and nobody told."""
+    labelled = _csv(tmp_path / "l.csv", [("good", "pos"), ("fine", "pos"), ("bad", "neg"), ("awful", "neg")])
+    unlabelled = _csv(tmp_path / "u.csv", [("a long comment about the film", "17"), ("another comment", "18")],
+                      header="comment,id")
+    prepared = app.prepare_data(labelled, None, None, unlabelled, None)
+    assert prepared.task.unlabelled.texts == ("a long comment about the film", "another comment")
+    assert "2 unlabelled texts from u.csv, column 'comment' (it has no 'text' column)" in " ".join(prepared.notes)
+    same = _csv(tmp_path / "s.csv", [("so so", "1")], header="text,id")
+    assert "1 unlabelled texts from s.csv (used by" in " ".join(app.prepare_data(labelled, None, None, same).notes)
