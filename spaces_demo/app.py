@@ -38,6 +38,7 @@ import hf_lowdata  # noqa: F401  (registers hf_lowdata's PEFT methods)
 from hf_lowdata.budgets import PRESETS
 from hf_lowdata.cli import hide_upstream_deprecation_noise
 from hf_lowdata.data import (
+    TEXT_FILE_SUFFIXES,
     DataError,
     FewShotTask,
     TextDataset,
@@ -68,6 +69,8 @@ HERE = Path(__file__).resolve().parent
 EXAMPLE_FILE = HERE / "examples" / "support_tickets.csv"
 #: Upload limits: a few-shot demo needs a few hundred rows at most; these keep a shared Space usable.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+#: Every file type hf_lowdata.data reads (a .json file holds a list of objects); Gradio refuses the others.
+FILE_TYPES = list(TEXT_FILE_SUFFIXES)
 MAX_LABELLED_ROWS = 2000
 MAX_UNLABELLED_ROWS = 10000
 MAX_EVAL_ROWS = 5000
@@ -97,7 +100,7 @@ def _friendly(err: Exception, path: Path) -> str:
 
 
 def read_upload(path: str | os.PathLike | None, what: str, max_rows: int) -> list[dict[str, Any]]:
-    """The rows of an uploaded CSV/TSV/JSONL file, within the size and row limits."""
+    """The rows of an uploaded CSV/TSV/JSONL/JSON file, within the size and row limits."""
     if path is None:
         raise DemoError(f"No {what} file was uploaded.")
     file = Path(path)
@@ -828,13 +831,13 @@ def build_app(store: SessionStore) -> gr.Blocks:
     with gr.Blocks(title="hf_lowdata: few-shot method comparison", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# Which few-shot method wins on your data?\n"
-            "Upload a few labelled sentences per class (CSV, TSV or JSONL), pick methods, and compare them: "
+            "Upload a few labelled sentences per class (CSV, TSV, JSONL or a JSON list), pick methods, and compare them: "
             "accuracy, macro-F1, training time, trainable parameters and adapter size. Everything runs here, "
             "offline, with [hf_lowdata](https://github.com/hf-lowdata/hf_lowdata)."
         )
         with gr.Row():
             with gr.Column(scale=3):
-                labelled = gr.File(label="Labelled file (.csv, .tsv, .jsonl)", file_types=[".csv", ".tsv", ".jsonl"],
+                labelled = gr.File(label=f"Labelled file ({', '.join(FILE_TYPES)})", file_types=FILE_TYPES,
                                    elem_id="labelled-file")
                 example = gr.Button("Load the example (support tickets: billing / delivery / technical)",
                                     elem_id="load-example", size="sm")
@@ -843,9 +846,9 @@ def build_app(store: SessionStore) -> gr.Blocks:
                     label_column = gr.Dropdown(label="Label column", choices=[], elem_id="label-column")
                 summary = gr.Markdown("Upload a labelled file, or load the example.", elem_id="upload-summary")
                 with gr.Accordion("Optional: unlabelled and evaluation files", open=False):
-                    unlabelled = gr.File(label="Unlabelled texts (same text column)", file_types=[".csv", ".tsv", ".jsonl"])
+                    unlabelled = gr.File(label="Unlabelled texts (same text column)", file_types=FILE_TYPES)
                     evaluation = gr.File(label=f"Evaluation file (without one, {HELD_OUT_FRACTION:.0%} of each label is "
-                                               "held out)", file_types=[".csv", ".tsv", ".jsonl"])
+                                               "held out)", file_types=FILE_TYPES)
             with gr.Column(scale=2):
                 model = gr.Textbox(label="Base model", value=DEFAULT_MODEL, elem_id="base-model",
                                    info="the packaged default, or the path of a local model folder (never downloaded)")

@@ -580,3 +580,23 @@ def test_an_unlabelled_file_without_the_text_column_says_which_column_was_read(t
     assert "2 unlabelled texts from u.csv, column 'comment' (it has no 'text' column)" in " ".join(prepared.notes)
     same = _csv(tmp_path / "s.csv", [("so so", "1")], header="text,id")
     assert "1 unlabelled texts from s.csv (used by" in " ".join(app.prepare_data(labelled, None, None, same).notes)
+
+
+def test_every_file_type_the_library_reads_can_be_uploaded(tmp_path):
+    """The upload fields accepted .csv, .tsv and .jsonl only: Gradio refused a .json file (a list of objects, as
+    pandas' to_json(orient='records') writes it) before the page saw it, although hf_lowdata reads it."""
+    from hf_lowdata.data import TEXT_FILE_SUFFIXES
+
+    rows = [{"text": f"good film {i}", "label": "pos"} for i in range(4)] + [
+        {"text": f"bad film {i}", "label": "neg"} for i in range(4)]
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(rows))
+    assert app.prepare_data(str(path)).task.label_names == ("neg", "pos")
+    store = app.SessionStore(tmp_path / "sessions")
+    demo = app.build_app(store)
+    store.close()
+    uploads = [b for b in demo.blocks.values() if isinstance(b, gr.File) and b.interactive is not False]
+    assert len(uploads) == 3
+    for upload in uploads:
+        assert set(upload.file_types) == set(TEXT_FILE_SUFFIXES)
+        assert gr.processing_utils.client_utils.is_valid_file(str(path), upload.file_types)
