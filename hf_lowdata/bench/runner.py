@@ -112,17 +112,18 @@ class RunSpec:
 
 
 def plan_runs(config: BenchConfig) -> list[RunSpec]:
-    """All runs of an invocation, grouped by dataset (then budget, noise, seed, method)."""
+    """All runs of an invocation, grouped by dataset (then budget, noise, seed, method), each once: a value
+    given twice (``--methods probe,probe``, ``--seeds 0,0-4``) plans its runs once, in the order first named."""
     budgets = [("k", k) for k in config.shots] + [("n", n) for n in config.totals]
-    specs = []
+    specs: dict[RunSpec, None] = {}
     for dataset in config.datasets:
         for kind, value in budgets:
             for noise in config.label_noise:
                 for seed in config.seeds:
                     for method in config.methods:
                         pool = unlabelled_pool_size(method, config.unlabelled)
-                        specs.append(RunSpec(dataset, method, seed, label_noise=noise, unlabelled=pool, **{kind: value}))
-    return specs
+                        specs[RunSpec(dataset, method, seed, label_noise=noise, unlabelled=pool, **{kind: value})] = None
+    return list(specs)
 
 
 def validate(config: BenchConfig) -> None:

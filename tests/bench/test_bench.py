@@ -349,3 +349,15 @@ def test_summary_keeps_apart_models_whose_folders_share_a_name():
     # one model's records with and without the digest (written before it was recorded): one row, named as before
     same = summary_markdown([records[0], _ok_record(seed=1, run_key="c1")])
     assert "| d | m | k=8 | 0 | 0 | 2 | 60.0 ± 0.0 |" in same and "Every row: model=x precision=fp32." in same
+
+
+def test_a_value_given_twice_plans_its_runs_once(toy_data_dir, tiny_bert_dir, tmp_path):
+    """``--methods probe,probe --seeds 0,0-1 --shots 4,4``: every run was planned, trained and written once per
+    repetition (12 runs for 2), the later records superseding the earlier ones."""
+    config = _config(toy_data_dir, tiny_bert_dir, tmp_path / "o", datasets=["toya", "toya"], methods=["probe", "probe"],
+                     shots=[4, 4], seeds=[1, 0, 1], label_noise=[0.0, 0.0])
+    specs = plan_runs(config)
+    assert [(s.method, s.seed, s.k) for s in specs] == [("probe", 1, 4), ("probe", 0, 4)]
+    records = run_benchmark(config, show_progress=False)
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    assert "earlier records" not in (tmp_path / "o" / "summary.md").read_text()
