@@ -152,12 +152,13 @@ def validate(config: BenchConfig) -> None:
     bad_budgets = [f"--shots {k}" for k in config.shots if k < 1] + [f"--totals {n}" for n in config.totals if n < 2]
     bad_budgets += [f"--label-noise {p}" for p in config.label_noise if not 0.0 <= p < 1.0]
     bad_budgets += [f"--unlabelled {config.unlabelled}"] if config.unlabelled < 0 else []
+    bad_budgets += [f"--seeds {s}" for s in config.seeds if not 0 <= s < 2**32]  # what numpy and torch accept
     bad_budgets += [f"--dev-k {config.dev_k}"] if config.dev_k is not None and config.dev_k != DEV_K_SAME and (
         isinstance(config.dev_k, str) or config.dev_k < 1) else []
     if bad_budgets:
         raise BenchError(f"{', '.join(bad_budgets)}: shots must be at least 1, totals at least 2, label-noise "
-                         "fractions from 0 up to (not including) 1, the unlabelled pool 0 or more, and dev-k at "
-                         f"least 1 or '{DEV_K_SAME}' (leave it out for no dev set).")
+                         "fractions from 0 up to (not including) 1, the unlabelled pool 0 or more, seeds from 0 to "
+                         f"{2**32 - 1}, and dev-k at least 1 or '{DEV_K_SAME}' (leave it out for no dev set).")
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
         raise BenchError(f"--data-dir {data_dir} is not a folder.")

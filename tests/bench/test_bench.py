@@ -138,6 +138,8 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
 @pytest.mark.parametrize(("change", "message"), [
     ({"shots": [0]}, "--shots 0"), ({"label_noise": [1.5]}, "--label-noise 1.5"), ({"totals": [1], "shots": []}, "--totals 1"),
     ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"), ({"dev_k": "half"}, "--dev-k half"),
+    # a seed numpy and torch refuse failed every run one by one, after its draw, and wrote them all as failed
+    ({"seeds": [0, -1]}, "--seeds -1"), ({"seeds": [2**32]}, f"--seeds {2**32}"),
 ])
 def test_bad_label_budgets_fail_before_any_output(toy_data_dir, tiny_bert_dir, tmp_path, change, message):
     with pytest.raises(BenchError, match=message):
