@@ -24,6 +24,7 @@ from typing import Any
 from ..budgets import Budget
 from ..data import (
     DEV_K_SAME,
+    TEXT_FILE_SUFFIXES,
     DatasetSplits,
     DataWarning,
     check_label_space,
@@ -184,6 +185,40 @@ def model_identity(model: str | None) -> dict[str, str]:
     return {"name": model_id(model), "path": str(path), "content": model_content_digest(path)}
 
 
+def dataset_digest(folder: str | os.PathLike) -> str:
+    """A digest of what the benchmark reads from a dataset folder: its ``train``, ``dev`` and ``test`` files and
+    ``meta.json`` (label names), by name and bytes. Run keys name a dataset by its folder name only, so a resume
+    on other data under that name (another ``--data-dir``, an edited file) is told apart by this digest."""
+    import hashlib
+
+    path = Path(folder)
+    names = [f"{split}{suffix}" for split in ("train", "dev", "test") for suffix in TEXT_FILE_SUFFIXES] + ["meta.json"]
+    h = hashlib.blake2b(digest_size=16)
+    for file in (path / name for name in names):
+        if file.is_file():
+            h.update(file.name.encode() + b"\x1e")
+            with file.open("rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    h.update(chunk)
+            h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def dataset_digests(config: BenchConfig) -> dict[str, str]:
+    """:func:`dataset_digest` of every dataset the invocation trains or tests on (``--datasets``, ``--ood-datasets``)."""
+    return {name: dataset_digest(Path(config.data_dir) / name) for name in dict.fromkeys([*config.datasets,
+                                                                                           *config.ood_datasets])}
+
+
+def _read_settings(saved_file: Path) -> dict[str, Any]:
+    """The settings file of an earlier invocation (``{}`` if there is none or it cannot be read)."""
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _recorded_model(saved: dict[str, Any]) -> dict[str, str] | None:
     """The model a settings file was written for; for a file written before the model was recorded, the one its
     ``--model`` resolves to now (``None`` if it no longer resolves: nothing to compare with)."""
@@ -198,15 +233,16 @@ def _recorded_model(saved: dict[str, Any]) -> dict[str, str] | None:
         return None
 
 
-def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[str, str]) -> None:
-    """Refuse to resume with another model (``model``: :func:`model_identity`) or other ``--config`` / ``--dev-k`` /
-    ``--bf16`` / ``--ood-datasets`` than the runs recorded (one summary row would otherwise average runs trained
-    under different settings, and runs of another model in a folder of the same name would count as done)."""
+def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[str, str],
+                            data: dict[str, str] | None = None) -> None:
+    """Refuse to resume with another model (``model``: :func:`model_identity`), other data under a dataset's name
+    (``data``: :func:`dataset_digests`) or other ``--config`` / ``--dev-k`` / ``--bf16`` / ``--ood-datasets`` than
+    the runs recorded (one summary row would otherwise average runs trained under different settings, and runs of
+    another model or other data under the same name would count as done)."""
     if not config.resume or not saved_file.is_file():
         return
-    try:
-        saved_file_data = json.loads(saved_file.read_text())
-    except ValueError:
+    saved_file_data = _read_settings(saved_file)
+    if not saved_file_data:
         return  # an unreadable settings file says nothing; the run keys still guard the rest
     saved = saved_file_data.get("config", {})
     now = json.loads(json.dumps({k: getattr(config, k) for k in RESUME_SETTINGS}, default=str))
@@ -214,6 +250,10 @@ def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[s
     recorded = _recorded_model(saved_file_data)
     if recorded is not None and recorded.get("content") not in (None, model["content"]):
         changed["model"] = tuple(f"{m.get('path')} (files {str(m.get('content'))[:12]})" for m in (recorded, model))
+    recorded_data = saved_file_data.get("data") if isinstance(saved_file_data.get("data"), dict) else {}
+    other_data = sorted(name for name in (data or {}) if recorded_data.get(name) not in (None, data[name]))
+    if other_data:
+        changed["data"] = tuple({name: f"files {str(d[name])[:12]}" for name in other_data} for d in (recorded_data, data))
     if changed:
         shown = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in changed.items())
         raise BenchError(f"--resume: {config.out} was run with other settings ({shown}). Resuming would mix them "
@@ -245,7 +285,11 @@ def _run_benchmark_locked(
             "skipped), or choose another --out; nothing was overwritten."
         )
     model = model_identity(config.model)
-    _check_resumed_settings(config, out / "config.json", model)
+    data = dataset_digests(config)
+    _check_resumed_settings(config, out / "config.json", model, data)
+    if config.resume:  # datasets of earlier invocations keep their digests, for a later --resume that names them
+        recorded_data = _read_settings(out / "config.json").get("data")
+        data = {**(recorded_data if isinstance(recorded_data, dict) else {}), **data}
     repair_tail(runs_path)
     done = finished_keys(read_records(runs_path))
     model_name = model["name"]
@@ -262,7 +306,7 @@ def _run_benchmark_locked(
     env = environment()
     saved = out / "config.json.tmp"
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
-                                 "model": model, "environment": env}, indent=2, default=str))
+                                 "model": model, "data": data, "environment": env}, indent=2, default=str))
     os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
     quiet_libraries()
     cache = SharedCache()

@@ -363,3 +363,37 @@ def test_a_value_given_twice_plans_its_runs_once(toy_data_dir, tiny_bert_dir, tm
     records = run_benchmark(config, show_progress=False)
     assert sorted(r["seed"] for r in records) == [0, 1]
     assert "earlier records" not in (tmp_path / "o" / "summary.md").read_text()
+
+
+def test_resume_refuses_other_data_under_a_dataset_name(toy_data_dir, tiny_bert_dir, tmp_path):
+    """Run keys name a dataset by its folder name only: a resume on other data of that name (another --data-dir,
+    an edited train file) skipped the finished runs as done and averaged them with runs on the new data in one row.
+    The dataset files are compared instead; the same files in another --data-dir resume as before."""
+    import shutil
+
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, datasets=["toya", "toyb"], methods=["probe"], seeds=[0])
+    run_benchmark(config, show_progress=False)
+    same = shutil.copytree(toy_data_dir, tmp_path / "same")
+    other = shutil.copytree(toy_data_dir, tmp_path / "other")
+    rows = [json.loads(line) for line in (other / "toya" / "train.jsonl").read_text().splitlines()]
+    (other / "toya" / "train.jsonl").write_text("".join(json.dumps({**r, "label": 1 - r["label"]}) + "\n" for r in rows))
+    config.resume, config.seeds, config.data_dir = True, [0, 1], other
+    with pytest.raises(BenchError, match=r"other settings \(data: recorded \{'toya': 'files [0-9a-f]{12}'\}, now "
+                                         r"\{'toya': 'files [0-9a-f]{12}'\}\)"):
+        run_benchmark(config, show_progress=False)
+    config.seeds, config.data_dir = [0], same
+    seen = []
+    assert len(run_benchmark(config, show_progress=False, on_record=seen.append)) == 2 and seen == []
+    # a resume that names fewer datasets keeps the others' digests for a later one that names them again
+    config.datasets = ["toya"]
+    run_benchmark(config, show_progress=False)
+    (other / "toya" / "train.jsonl").write_text((toy_data_dir / "toya" / "train.jsonl").read_text())
+    (other / "toyb" / "test.jsonl").write_text((toy_data_dir / "toyb" / "test.jsonl").read_text().replace("was", "is"))
+    config.datasets, config.data_dir = ["toyb"], other
+    with pytest.raises(BenchError, match=r"data: recorded \{'toyb'"):
+        run_benchmark(config, show_progress=False)
+    # an out-of-domain test set is data the runs are scored on (and kept out of their draws): compared too
+    config.datasets, config.ood_datasets = ["toya"], ["toyb"]
+    with pytest.raises(BenchError, match=r"data: recorded \{'toyb'"):
+        run_benchmark(config, show_progress=False)
