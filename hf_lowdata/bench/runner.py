@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .. import budgets as budget_table
 from ..budgets import Budget
 from ..data import (
     DEV_K_SAME,
@@ -31,7 +32,7 @@ from ..data import (
     load_data,
     make_few_shot_task,
 )
-from ..methods import RunContext, SharedCache, get_method
+from ..methods import METHODS, RunContext, SharedCache, get_method
 from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
 from ..models import (
     ModelNotFoundError,
@@ -210,6 +211,15 @@ def dataset_digests(config: BenchConfig) -> dict[str, str]:
                                                                                            *config.ood_datasets])}
 
 
+def method_budgets(methods: list[str]) -> dict[str, Any]:
+    """The budgets (``hf_lowdata/budgets.py``) the methods train with, by budget name, as ``config.json`` records
+    them. Run keys do not hold them, so a resume after a budget was edited (the way validate's message gives to
+    change one) is told apart by them."""
+    entries = dict.fromkeys(METHODS[m].budget_key() if m in METHODS else m for m in methods)
+    table = budget_table.BUDGETS
+    return json.loads(json.dumps({name: asdict(table[name]) for name in entries if name in table}, default=str))
+
+
 def _read_settings(saved_file: Path) -> dict[str, Any]:
     """The settings file of an earlier invocation (``{}`` if there is none or it cannot be read)."""
     try:
@@ -234,11 +244,12 @@ def _recorded_model(saved: dict[str, Any]) -> dict[str, str] | None:
 
 
 def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[str, str],
-                            data: dict[str, str] | None = None) -> None:
+                            data: dict[str, str] | None = None, budgets: dict[str, Any] | None = None) -> None:
     """Refuse to resume with another model (``model``: :func:`model_identity`), other data under a dataset's name
-    (``data``: :func:`dataset_digests`) or other ``--config`` / ``--dev-k`` / ``--bf16`` / ``--ood-datasets`` than
-    the runs recorded (one summary row would otherwise average runs trained under different settings, and runs of
-    another model or other data under the same name would count as done)."""
+    (``data``: :func:`dataset_digests`), other method budgets (``budgets``: :func:`method_budgets`) or other
+    ``--config`` / ``--dev-k`` / ``--bf16`` / ``--ood-datasets`` than the runs recorded (one summary row would
+    otherwise average runs trained under different settings, and runs of another model or other data under the
+    same name would count as done)."""
     if not config.resume or not saved_file.is_file():
         return
     saved_file_data = _read_settings(saved_file)
@@ -254,10 +265,22 @@ def _check_resumed_settings(config: BenchConfig, saved_file: Path, model: dict[s
     other_data = sorted(name for name in (data or {}) if recorded_data.get(name) not in (None, data[name]))
     if other_data:
         changed["data"] = tuple({name: f"files {str(d[name])[:12]}" for name in other_data} for d in (recorded_data, data))
+    recorded_budgets = saved_file_data.get("budgets") if isinstance(saved_file_data.get("budgets"), dict) else {}
+    other_budgets = sorted(name for name in (budgets or {}) if recorded_budgets.get(name) not in (None, budgets[name]))
+    if other_budgets:
+        changed["budgets"] = tuple({name: _budget_changes(recorded_budgets[name], budgets[name], side)
+                                    for name in other_budgets} for side in (0, 1))
     if changed:
         shown = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in changed.items())
         raise BenchError(f"--resume: {config.out} was run with other settings ({shown}). Resuming would mix them "
                          "in one table: repeat the recorded settings, or write to another --out.")
+
+
+def _budget_changes(old: Any, new: Any, side: int) -> Any:
+    """The fields of a budget that differ between ``old`` and ``new``, as one side (0: old, 1: new) has them."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return (old, new)[side]
+    return {k: (old, new)[side].get(k) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
 def run_benchmark(
@@ -285,11 +308,12 @@ def _run_benchmark_locked(
             "skipped), or choose another --out; nothing was overwritten."
         )
     model = model_identity(config.model)
-    data = dataset_digests(config)
-    _check_resumed_settings(config, out / "config.json", model, data)
-    if config.resume:  # datasets of earlier invocations keep their digests, for a later --resume that names them
-        recorded_data = _read_settings(out / "config.json").get("data")
-        data = {**(recorded_data if isinstance(recorded_data, dict) else {}), **data}
+    data, budgets = dataset_digests(config), method_budgets(config.methods)
+    _check_resumed_settings(config, out / "config.json", model, data, budgets)
+    if config.resume:  # datasets and methods of earlier invocations keep their entries, for a later --resume
+        recorded = _read_settings(out / "config.json")
+        data = {**(recorded["data"] if isinstance(recorded.get("data"), dict) else {}), **data}
+        budgets = {**(recorded["budgets"] if isinstance(recorded.get("budgets"), dict) else {}), **budgets}
     repair_tail(runs_path)
     done = finished_keys(read_records(runs_path))
     model_name = model["name"]
@@ -306,7 +330,8 @@ def _run_benchmark_locked(
     env = environment()
     saved = out / "config.json.tmp"
     saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
-                                 "model": model, "data": data, "environment": env}, indent=2, default=str))
+                                 "model": model, "data": data, "budgets": budgets, "environment": env}, indent=2,
+                                default=str))
     os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
     quiet_libraries()
     cache = SharedCache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -397,3 +398,24 @@ def test_resume_refuses_other_data_under_a_dataset_name(toy_data_dir, tiny_bert_
     config.datasets, config.ood_datasets = ["toya"], ["toyb"]
     with pytest.raises(BenchError, match=r"data: recorded \{'toyb'"):
         run_benchmark(config, show_progress=False)
+
+
+def test_resume_refuses_edited_budgets(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """Budgets live in hf_lowdata/budgets.py (the benchmark refuses them in --config and says to change them there)
+    and are not in the run keys: a resume after a budget was edited skipped the finished runs and averaged them
+    with runs trained under the new budget in one row. The budgets of the chosen methods are recorded and compared."""
+    from hf_lowdata import budgets
+
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0])
+    run_benchmark(config, show_progress=False)
+    probe = budgets.BUDGETS["probe"]
+    config.resume, config.seeds = True, [0, 1]
+    monkeypatch.setitem(budgets.BUDGETS, "probe", replace(probe, options={**probe.options, "C": 0.01}))
+    with pytest.raises(BenchError, match=r"budgets: recorded \{'probe': \{'options': \{'C': 1.0, .*now "
+                                         r"\{'probe': \{'options': \{'C': 0.01"):
+        run_benchmark(config, show_progress=False)
+    # an edit to a budget no chosen method trains with leaves the resume alone
+    monkeypatch.setitem(budgets.BUDGETS, "probe", probe)
+    monkeypatch.setitem(budgets.BUDGETS, "lora", replace(budgets.BUDGETS["lora"], max_steps=1))
+    assert len(run_benchmark(config, show_progress=False)) == 2
