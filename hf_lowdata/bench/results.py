@@ -62,7 +62,7 @@ def repair_tail(path: str | os.PathLike) -> None:
 
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one record as a line and fsync it."""
-    line = json.dumps(record, sort_keys=True, default=_jsonable) + "\n"
+    line = json.dumps(record, sort_keys=True, default=jsonable) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
@@ -116,7 +116,8 @@ def locked_output(folder: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``json.dumps``' ``default`` for run records: numpy and torch scalars, sets, tuples and paths."""
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, (set, tuple)):

@@ -43,7 +43,7 @@ from ..models import (
 )
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
-from .results import append_record, finished_keys, locked_output, read_records, repair_tail
+from .results import append_record, finished_keys, jsonable, locked_output, read_records, repair_tail
 
 RUNS_FILE = "runs.jsonl"
 #: Texts timed without the feature cache for methods that memoise features (the probe).
@@ -440,7 +440,7 @@ def execute_run(
                     }
             adapter_bytes = directory_bytes(fitted.save(Path(work) / "saved"))
         labels = splits.test.labels
-        record.update(
+        result = dict(
             status="ok",
             accuracy=accuracy(labels, predictions),
             macro_f1=macro_f1(labels, predictions, splits.test.num_labels),
@@ -457,6 +457,12 @@ def execute_run(
             adapter_bytes=int(adapter_bytes),
             fit_notes=dict(fitted.notes),
         )
+        try:  # a value the results file cannot hold (a method's notes with an array) fails this run, not the benchmark
+            json.dumps(result, default=jsonable)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"the run's results cannot be written as JSON ({err}); a method's notes must be "
+                            "JSON-serialisable") from err
+        record.update(result)
     except Exception as err:  # noqa: BLE001 - a failing method is a result, not a crash
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -419,3 +419,25 @@ def test_resume_refuses_edited_budgets(toy_data_dir, tiny_bert_dir, tmp_path, mo
     monkeypatch.setitem(budgets.BUDGETS, "probe", probe)
     monkeypatch.setitem(budgets.BUDGETS, "lora", replace(budgets.BUDGETS["lora"], max_steps=1))
     assert len(run_benchmark(config, show_progress=False)) == 2
+
+
+def test_a_run_whose_results_cannot_be_written_fails_alone(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """A method's notes with a value JSON cannot hold (an array) raised while the record was written, outside the
+    run's error handling: the benchmark stopped there, with no record of that run and none of the runs after it."""
+    import numpy as np
+
+    from hf_lowdata.methods import probe
+
+    fit = probe.Probe.fit
+
+    def fit_with_array_notes(self, task, ctx):
+        fitted = fit(self, task, ctx)
+        if ctx.seed == 0:
+            fitted.notes["confusion"] = np.array([[1, 2], [3, 4]])
+        return fitted
+
+    monkeypatch.setattr(probe.Probe, "fit", fit_with_array_notes)
+    records = run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path / "o", methods=["probe"], seeds=[0, 1]),
+                            show_progress=False)
+    assert [(r["seed"], r["status"]) for r in records] == [(0, "failed"), (1, "ok")]
+    assert "cannot be written as JSON" in records[0]["error"] and "accuracy" not in records[0]
