@@ -100,8 +100,11 @@ def _budget_sort(label: str) -> tuple[str, int]:
 
 
 def _machine(record: dict[str, Any]) -> str:
+    """Where a run trained: the machine's CPUs, and its GPU unless the run trained elsewhere (``--device cpu`` on a
+    GPU machine; records without ``device``, written before it was recorded, are taken to have used the GPU)."""
     m = record.get("machine", {})
-    return f"{m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch threads" + (f", GPU {m['cuda']}" if m.get("cuda") else "")
+    on_gpu = m.get("cuda") and str(record.get("device", "cuda")).startswith("cuda")
+    return f"{m.get('cpu_count')} CPUs, {m.get('torch_threads')} torch threads" + (f", GPU {m['cuda']}" if on_gpu else "")
 
 
 #: The libraries whose versions the summary names (a ``--resume`` under other versions is reported).

@@ -33,7 +33,7 @@ from ..data import (
     make_few_shot_task,
 )
 from ..methods import METHODS, RunContext, SharedCache, get_method
-from ..methods.base import directory_bytes, unknown_options, unlabelled_pool_size
+from ..methods.base import default_device, directory_bytes, unknown_options, unlabelled_pool_size
 from ..models import (
     ModelNotFoundError,
     model_content_digest,
@@ -168,6 +168,10 @@ def validate(config: BenchConfig) -> None:
     for name in [*config.datasets, *config.ood_datasets]:
         if name not in available:
             raise BenchError(f"Dataset {name!r} not found in {data_dir}. Available: {', '.join(available) or 'none'}.")
+    try:
+        default_device(config.device)
+    except RuntimeError as err:  # every run records its device: a name torch does not know fails here, not in a run
+        raise BenchError(f"--device {config.device}: {err}") from err
     require_text_model(config.model)  # a missing, image or tokenizer-less model fails here, with its message
 
 
@@ -392,6 +396,8 @@ def execute_run(
         "model_content": model_content,
         "versions": {k: env[k] for k in ("hf_lowdata", "torch", "transformers", "peft", "accelerate", "python")},
         "machine": {k: env[k] for k in ("platform", "cpu_count", "torch_threads", "cuda")},
+        # the device the run trained on: --device cpu on a GPU machine trains on the CPU, whatever "machine" says
+        "device": str(default_device(config.device)),
         "precision": "bf16" if config.bf16 else "fp32",
         "options": dict(config.options),  # settings outside the run key: the report keeps them apart
         "dev_k": config.dev_k,

@@ -141,6 +141,7 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
     ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"), ({"dev_k": "half"}, "--dev-k half"),
     # a seed numpy and torch refuse failed every run one by one, after its draw, and wrote them all as failed
     ({"seeds": [0, -1]}, "--seeds -1"), ({"seeds": [2**32]}, f"--seeds {2**32}"),
+    ({"device": "gpu0"}, "--device gpu0"),
 ])
 def test_bad_label_budgets_fail_before_any_output(toy_data_dir, tiny_bert_dir, tmp_path, change, message):
     with pytest.raises(BenchError, match=message):
@@ -441,3 +442,21 @@ def test_a_run_whose_results_cannot_be_written_fails_alone(toy_data_dir, tiny_be
                             show_progress=False)
     assert [(r["seed"], r["status"]) for r in records] == [(0, "failed"), (1, "ok")]
     assert "cannot be written as JSON" in records[0]["error"] and "accuracy" not in records[0]
+
+
+def test_runs_on_the_cpu_of_a_gpu_machine_are_not_reported_as_gpu_runs(toy_data_dir, tiny_bert_dir, tmp_path,
+                                                                       monkeypatch):
+    """The summary named the machine's GPU for every run, so --device cpu on a GPU machine reported CPU timings as
+    the GPU's, and a resume with another --device mixed them under one machine. Each run records its device."""
+    from hf_lowdata.bench import runner
+
+    environment = runner.environment
+    monkeypatch.setattr(runner, "environment", lambda: {**environment(), "cuda": "Fake GPU"})
+    out = tmp_path / "o"
+    records = run_benchmark(_config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0], device="cpu"),
+                            show_progress=False)
+    assert records[0]["device"] == "cpu" and records[0]["machine"]["cuda"] == "Fake GPU"
+    assert "GPU" not in (out / "summary.md").read_text()
+    on_gpu = _ok_record(run_key="g", seed=1, device="cuda", machine={"cpu_count": 2, "torch_threads": 1, "cuda": "Fake GPU"})
+    assert "1 runs on 2 CPUs, 1 torch threads; 1 runs on 2 CPUs, 1 torch threads, GPU Fake GPU" in summary_markdown(
+        [records[0], on_gpu])
