@@ -194,11 +194,16 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                          + (f"{_cell(setting)} | " if len(settings) > 1 else "")
                          + f"{len({r['seed'] for r in rs})}{' ‡' if _mixed_versions(rs) else ''} | "
                          f"{format_mean_std([r['accuracy'] for r in rs])} | {cells} |")
-    if failed:
-        lines += ["", "## Failed runs", "", "| dataset | method | labels | seed | error |", "|---|---|---|---|---|"]
+    if failed:  # each failed run by everything that tells it apart (label noise, pool, setting), not only its seed
+        several = len(set(settings) | {setting_of(r) for r in failed}) > 1
+        failed_header = ("| dataset | method | labels | noise | unlabelled | " + ("setting | " if several else "")
+                         + "seed | error |")
+        lines += ["", "## Failed runs", "", failed_header, "|" + "---|" * (failed_header.count("|") - 1)]
         for r in failed:
             error = _cell(str(r.get("error", ""))[:300])
-            lines.append(f"| {_cell(r['dataset'])} | {_cell(r['method'])} | {budget_label(r)} | {r['seed']} | {error} |")
+            lines.append(f"| {_cell(r['dataset'])} | {_cell(r['method'])} | {budget_label(r)} | "
+                         f"{float(r.get('label_noise', 0.0)):g} | {int(r.get('unlabelled', 0))} | "
+                         + (f"{_cell(setting_of(r))} | " if several else "") + f"{r['seed']} | {error} |")
     recorded = {r["run_key"] for r in latest if "run_key" in r}
     missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
     if missing:

@@ -291,7 +291,7 @@ def test_table_cells_escape_pipes_backslashes_and_newlines():
     text = summary_markdown(records)
     _assert_tables_well_formed(text)
     assert r"| model=x precision=fp32 note=a\\.b target_modules=.*(query\|value) | 1 | 60.0 |" in text
-    assert r"| o\|x: 50.0 |" in text and r"| d\|e | m | k=8 | 0 | boom\|x y |" in text
+    assert r"| o\|x: 50.0 |" in text and r"| d\|e | m | k=8 | 0 | 0 | model=x precision=fp32 | 0 | boom\|x y |" in text
 
 
 def test_summary_names_every_version_set_and_flags_rows_that_mix_them():
@@ -460,3 +460,20 @@ def test_runs_on_the_cpu_of_a_gpu_machine_are_not_reported_as_gpu_runs(toy_data_
     on_gpu = _ok_record(run_key="g", seed=1, device="cuda", machine={"cpu_count": 2, "torch_threads": 1, "cuda": "Fake GPU"})
     assert "1 runs on 2 CPUs, 1 torch threads; 1 runs on 2 CPUs, 1 torch threads, GPU Fake GPU" in summary_markdown(
         [records[0], on_gpu])
+
+
+def test_failed_runs_are_told_apart_by_noise_pool_and_setting():
+    """The failed-runs table showed dataset, method, budget and seed only: runs at 10% and 30% label noise, with and
+    without the unlabelled pool, or under two option settings, failed as identical rows."""
+    base = dict(status="failed", dataset="d", method="m", k=8, n=None, unlabelled=0, seed=0, error="boom", model="x")
+    records = [dict(base, label_noise=0.1, run_key="a"), dict(base, label_noise=0.3, run_key="b"),
+               dict(base, label_noise=0.3, unlabelled=2000, run_key="c")]
+    text = summary_markdown(records)
+    _assert_tables_well_formed(text)
+    for row in ("| d | m | k=8 | 0.1 | 0 | 0 | boom |", "| d | m | k=8 | 0.3 | 0 | 0 | boom |",
+                "| d | m | k=8 | 0.3 | 2000 | 0 | boom |"):
+        assert row in text, row
+    text = summary_markdown([*records[:1], dict(records[0], run_key="d", options={"C": 0.1})])
+    assert "| d | m | k=8 | 0.1 | 0 | model=x precision=fp32 | 0 | boom |" in text
+    assert "| d | m | k=8 | 0.1 | 0 | model=x precision=fp32 C=0.1 | 0 | boom |" in text
+    _assert_tables_well_formed(text)
