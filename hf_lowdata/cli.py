@@ -119,6 +119,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_benchmark
+    from .bench.report import latest_records
 
     shots = args.shots if args.shots is not None else ([] if args.totals else [8, 16, 32])
     config = BenchConfig(
@@ -145,6 +146,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"\nInterrupted. Finished runs are in {args.out}/runs.jsonl; run the same command with --resume to do "
               "the rest (the cut run starts again).", file=sys.stderr)
         return 130
+    records = latest_records(records)  # a run that failed, then finished on --resume, counts as finished
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"{len(records) - len(failed)} runs ok, {len(failed)} failed; results in {args.out}/summary.md")
     for r in failed[:5]:

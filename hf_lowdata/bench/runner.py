@@ -33,7 +33,13 @@ from ..data import (
     make_few_shot_task,
 )
 from ..methods import METHODS, RunContext, SharedCache, get_method
-from ..methods.base import default_device, directory_bytes, unknown_options, unlabelled_pool_size
+from ..methods.base import (
+    default_device,
+    directory_bytes,
+    fixed_option_conflicts,
+    unknown_options,
+    unlabelled_pool_size,
+)
 from ..models import (
     ModelNotFoundError,
     model_content_digest,
@@ -142,7 +148,8 @@ def validate(config: BenchConfig) -> None:
         raise BenchError(f"--config {', '.join(budget_fields)}: the benchmark trains every method with its fixed budget "
                          "(hf_lowdata/budgets.py) so that runs compare; change it there, or train one method with "
                          "hf-lowdata train --config.")
-    message = unknown_options(config.methods, list(config.options))
+    message = unknown_options(config.methods, list(config.options)) or fixed_option_conflicts(config.methods,
+                                                                                            config.options)
     if message:
         raise BenchError(f"--config: {message}")
     if not config.datasets:

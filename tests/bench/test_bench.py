@@ -89,6 +89,22 @@ def test_failed_run_is_recorded_and_retried_on_resume(toy_data_dir, tiny_bert_di
     assert [r["status"] for r in records] == ["failed", "ok"]
 
 
+def test_the_cli_counts_a_run_retried_on_resume_by_its_latest_outcome(toy_data_dir, tiny_bert_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """The command counted every record of the file: a run that failed, then finished on --resume, printed
+    '1 runs ok, 1 failed' and exited 1."""
+    from hf_lowdata.methods import probe
+
+    args = ["bench", "--data-dir", str(toy_data_dir), "--datasets", "toya", "--shots", "4", "--seeds", "0",
+            "--methods", "probe", "--out", str(tmp_path / "o"), "--model", str(tiny_bert_dir), "--no-progress"]
+    with monkeypatch.context() as patch:
+        patch.setattr(probe.Probe, "fit", lambda self, task, ctx: (_ for _ in ()).throw(RuntimeError("simulated")))
+        assert main(args) == 1
+    assert "0 runs ok, 1 failed" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    assert "1 runs ok, 0 failed" in capsys.readouterr().out
+
+
 def test_unknown_method_fails_before_training_and_lists_available(toy_data_dir, tiny_bert_dir, tmp_path, capsys):
     code = main(["bench", "--data-dir", str(toy_data_dir), "--datasets", "toya", "--shots", "4", "--seeds", "0",
                  "--methods", "probe,nope", "--out", str(tmp_path / "o"), "--model", str(tiny_bert_dir)])
@@ -130,6 +146,9 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
         bench(rr=4)
     with pytest.raises(BenchError, match="max_steps: the benchmark trains every method with its fixed budget"):
         bench(max_steps=3)
+    with pytest.raises(BenchError, match="sparse_expert_m4 is defined by num_experts=4"):  # was overridden for it
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path, methods=["sparse_expert_m4"],
+                              options={"num_experts": 8}), show_progress=False)
     assert not (tmp_path / "runs.jsonl").exists()
     from hf_lowdata.bench.runner import validate
 
