@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -914,6 +915,18 @@ def build_app(store: SessionStore) -> gr.Blocks:
     return demo
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (``kill``, a container stop) end the server through its KeyboardInterrupt path, so the
+    atexit clean-up removes the temporary files. A process started in the background by a non-interactive shell
+    inherits SIGINT ignored, and SIGTERM ends Python without atexit: either way the uploads stayed on disk."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hf_lowdata demo: compare few-shot methods on your data.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -927,6 +940,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = SessionStore(Path(tempfile.mkdtemp(prefix="hf_lowdata_demo_")))
     atexit.register(store.close)
+    stop_on_signals()
     log.info("temporary files in %s (removed per session when its page closes, and at exit)", store.root)
     demo = build_app(store)
     demo.queue(default_concurrency_limit=4, max_size=32)

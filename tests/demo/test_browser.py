@@ -40,13 +40,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_app(log_path: Path) -> tuple[subprocess.Popen, str]:
+def _start_app(log_path: Path, sigint_ignored: bool = False) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("GRADIO_SERVER_NAME", None)
     log = log_path.open("w")
+    # (a process a non-interactive shell starts in the background inherits SIGINT ignored: ``sigint_ignored``)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([sys.executable, str(APP_FILE), "--port", str(port)], cwd=REPO_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=ignore)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 240
     while True:
@@ -159,4 +161,22 @@ def test_demo_compares_probe_and_lora_in_a_browser(tmp_path):
     assert "Traceback" not in log, log[-4000:]
     match = re.search(r"temporary files in (\S+)", log)
     assert match, log[-2000:]
+    assert not Path(match.group(1)).exists(), "the demo's temporary folder survived its exit"
+
+
+@pytest.mark.parametrize(("signum", "sigint_ignored"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_the_demo_removes_its_temporary_files_when_stopped(tmp_path, signum, sigint_ignored):
+    """SIGTERM (kill, a container stop) ended Python without its atexit clean-up, and a demo started in the background
+    by a shell script ignored Ctrl-C's SIGINT until it was killed: either way the temporary folder stayed."""
+    log_path = tmp_path / "app.log"
+    proc, _ = _start_app(log_path, sigint_ignored=sigint_ignored)
+    try:
+        proc.send_signal(signum)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    match = re.search(r"temporary files in (\S+)", log_path.read_text())
+    assert match, log_path.read_text()[-2000:]
     assert not Path(match.group(1)).exists(), "the demo's temporary folder survived its exit"
