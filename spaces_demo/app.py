@@ -83,6 +83,13 @@ TEXT_NAMES = ("text", "sentence", "review", "content", "message", "body", "comme
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent", "topic", "y")
 #: Settings whose names end in one of these name a folder or file on the server; the page refuses them.
 PATH_SETTING_SUFFIXES = ("dir", "path", "file", "folder")
+#: Upper bounds of the settings that set how long or how large a run is: one comparison holds the training slot
+#: for everyone, so a visitor may not ask for days of training or more memory than the server has. The budgets
+#: of hf_lowdata/budgets.py stay far below them (160 steps, batch 64, 128 tokens); hf-lowdata train takes any value.
+SETTING_LIMITS: dict[str, float] = {
+    "max_steps": 2000, "min_steps": 2000, "epochs": 200, "batch_size": 256, "max_length": 512,
+    "num_iterations": 100, "unlabelled_batch_size": 512, "projector_dim": 1024, "r": 256, "folds": 10,
+}
 ERROR_BAR_NOTE = ("Error bars: 95% bootstrap interval over the evaluation examples (the examples are resampled "
                   "1000 times), i.e. how much a figure could move with another evaluation set of the same size.")
 
@@ -512,7 +519,7 @@ def results_rows(results: dict[str, TrainResult]) -> list[list[Any]]:
 
 
 RESULT_HEADERS = ["method", "accuracy", "accuracy 95% CI", "macro-F1", "macro-F1 95% CI", "training time (s)",
-                  "trainable parameters", "adapter size (KiB)"]
+                  "trainable parameters", "saved size (KiB)"]  # the adapter, or the whole model (full, SMAT)
 PROGRESS_HEADERS = ["method", "status", "progress", "detail"]
 
 
@@ -676,6 +683,11 @@ def parse_config(text: str) -> dict[str, Any]:
         if key.lower().endswith(PATH_SETTING_SUFFIXES):
             raise DemoError(f"Settings: {key} names a folder or file on the server, which this page does not accept "
                             f"(it keeps every file in the session's own temporary folder). Remove {key}=.")
+    for key, limit in SETTING_LIMITS.items():
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise DemoError(f"Settings: {key}={value} is above this page's limit of {limit:g} (one comparison holds the "
+                            "training slot for every visitor). Give a smaller value, or train with hf-lowdata train.")
     rate = config.get("learning_rate")
     if isinstance(rate, (int, float)) and not rate > 0:
         raise DemoError(f"Settings: learning_rate={rate} trains nothing, and the untrained model would be scored as "
@@ -833,7 +845,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
         gr.Markdown(
             "# Which few-shot method wins on your data?\n"
             "Upload a few labelled sentences per class (CSV, TSV, JSONL or a JSON list), pick methods, and compare them: "
-            "accuracy, macro-F1, training time, trainable parameters and adapter size. Everything runs here, "
+            "accuracy, macro-F1, training time, trainable parameters and the size of what is saved. Everything runs here, "
             "offline, with [hf_lowdata](https://github.com/hf-lowdata/hf_lowdata)."
         )
         with gr.Row():

@@ -496,7 +496,7 @@ def prototype_dev_selector(tokenizer: Any, task: FewShotTask, budget: Budget) ->
 
 
 _NO_SOURCE_DIR = (f"meta-trains on source datasets: set {DATA_DIR_ENV} to a folder holding "
-                  f"{', '.join(DEFAULT_SOURCES)}, or pass --config source_dir=DIR")
+                  f"{', '.join(DEFAULT_SOURCES)} (hf-lowdata train and bench also take --config source_dir=DIR)")
 
 
 class SparseExpertMethod(Method):

@@ -286,6 +286,19 @@ def test_settings_naming_server_paths_are_refused(setting, tmp_path):
     assert not (tmp_path / "anywhere").exists()
 
 
+@pytest.mark.parametrize("setting", ["max_steps=1000000000", "batch_size=100000", "max_length=1000000",
+                                     "num_iterations=5000"])
+def test_settings_beyond_the_pages_limits_are_refused(setting, session):
+    """Any size was accepted: one visitor could hold the single training slot for days or exhaust the memory."""
+    key = setting.split("=")[0]
+    with pytest.raises(app.DemoError, match=f"Settings: {key}=.* is above this page's limit"):
+        app.parse_config(setting)
+    shown = _first_message(session, str(app.EXAMPLE_FILE), chosen=["probe"], config_text=setting)
+    assert shown.startswith("**Error:**") and "above this page's limit" in shown and not session.runs
+    limits = " ".join(f"{k}={int(v)}" for k, v in app.SETTING_LIMITS.items())
+    assert app.parse_config(limits) == {k: int(v) for k, v in app.SETTING_LIMITS.items()}  # the limits themselves
+
+
 @pytest.mark.parametrize("rate", ["0", "0.0", "-1e-3"])
 def test_a_learning_rate_that_trains_nothing_is_refused(rate, session):
     with pytest.raises(app.DemoError, match="trains nothing, and the untrained model would be scored"):
@@ -600,3 +613,11 @@ def test_every_file_type_the_library_reads_can_be_uploaded(tmp_path):
     for upload in uploads:
         assert set(upload.file_types) == set(TEXT_FILE_SUFFIXES)
         assert gr.processing_utils.client_utils.is_valid_file(str(path), upload.file_types)
+
+
+def test_the_note_on_methods_not_offered_says_a_fix_the_page_accepts(monkeypatch):
+    """It told the visitor to pass --config source_dir=DIR, which the page refuses (a server path)."""
+    monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
+    note = app.unavailable_note(app.unavailable_methods())
+    line = next(line for line in note.splitlines() if "**sparse_expert**" in line)
+    assert "set HF_LOWDATA_DATA_DIR to a folder holding" in line and "or pass --config" not in line

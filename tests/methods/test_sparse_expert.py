@@ -135,7 +135,7 @@ def test_the_cache_key_tells_models_of_the_same_folder_name_apart(tiny_bert_dir,
 def test_missing_source_dir_says_how_to_set_it(tiny_bert_dir, data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_LOWDATA_DATA_DIR", raising=False)
     ctx = RunContext(model=tiny_bert_dir, budget=FAST, work_dir=tmp_path, quiet=True)
-    with pytest.raises(DataError, match="pass --config source_dir=DIR"):
+    with pytest.raises(DataError, match=r"hf-lowdata train and bench also take --config source_dir=DIR"):
         get_method("sparse_expert").fit(_task(data_dir), ctx)
     with pytest.raises(DataError, match="not found"):
         get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, sources="nope"))
