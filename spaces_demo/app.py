@@ -314,18 +314,34 @@ class Session:
         self.runs: dict[str, MethodRun] = {}
         self.last_used = time.monotonic()
         self.running = False
+        self.starting = False  # Compare was pressed and its inputs are being checked (before begin_run)
+        self.cancelled_early = False  # Cancel was pressed while starting
         self.ahead = 0  # comparisons before this session's in the training queue (0: training, or none)
         self.closed = False
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Compare was pressed: refuse a second comparison, and let Cancel reach this one while its inputs are checked."""
+        with self._lock:
+            if self.running or self.starting:
+                raise DemoError("A comparison is already running in this session; wait for it or cancel it.")
+            self.starting, self.cancelled_early = True, False
+
+    def start_failed(self) -> None:
+        with self._lock:
+            self.starting = False
+
     def begin_run(self) -> threading.Event:
-        """Start a comparison: forget the previous one and delete its files; returns the new cancel switch."""
+        """Start a comparison: forget the previous one and delete its files; returns the new cancel switch (already
+        set when Cancel was pressed while the inputs were checked)."""
         with self._lock:
             if self.running:
                 raise DemoError("A comparison is already running in this session; wait for it or cancel it.")
             if self.closed:
                 raise DemoError("This session has ended; reload the page.")
-            self.running, self.cancel = True, threading.Event()
+            self.running, self.starting, self.cancel = True, False, threading.Event()
+            if self.cancelled_early:
+                self.cancel.set()
         self.runs = {}
         for child in self.dir.iterdir():
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
@@ -735,8 +751,11 @@ def run_comparison(
     """The Compare button: check the inputs, then stream (status, progress, results, charts, trained list)."""
     skip = gr.update()
     try:
-        if session.running:
-            raise DemoError("A comparison is already running in this session; wait for it or cancel it.")
+        session.start()
+    except DemoError as err:
+        yield _message(err), skip, skip, skip, skip, skip
+        return
+    try:
         if not chosen:
             raise DemoError("Choose at least one method to compare.")
         if preset not in PRESETS:
@@ -749,6 +768,7 @@ def run_comparison(
         require_text_model(model)  # an image model, or a folder without a tokenizer, fails here, not once per method
         prepared = prepare_data(labelled, text_column, label_column, unlabelled, evaluation)
     except Exception as err:  # noqa: BLE001 - every input problem is a message in the page
+        session.start_failed()
         yield _message(err), skip, skip, skip, skip, skip
         return
     ordered = [m for m in runnable_methods() if m in chosen]
@@ -756,7 +776,8 @@ def run_comparison(
     stream = compare(session, prepared, ordered, model, preset, config, int(seed or 0))
     try:
         first = next(stream)
-    except DemoError as err:  # a second click of the same session got past the check above meanwhile
+    except Exception as err:  # noqa: BLE001 - e.g. the session was closed meanwhile; shown in the page
+        session.start_failed()
         yield _message(err), skip, skip, skip, skip, skip
         return
     for runs in itertools.chain([first], stream):
@@ -782,6 +803,9 @@ def run_comparison(
 
 
 def cancel_run(session: Session) -> str:
+    if session.starting and not session.running:  # its inputs are being checked: it starts with every method skipped
+        session.cancelled_early = True
+        return "Cancelled: this comparison will not start."
     if not session.running:
         return "Nothing is running."
     session.cancel.set()

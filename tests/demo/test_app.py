@@ -403,6 +403,31 @@ def test_cancel_reaches_a_comparison_waiting_for_its_turn(tmp_path, monkeypatch)
     store.close()
 
 
+def test_cancel_reaches_a_comparison_whose_inputs_are_being_checked(session, monkeypatch):
+    """Cancel pressed while the uploads were read answered 'Nothing is running.' and the comparison then trained."""
+    prepare = app.prepare_data
+    answers = []
+
+    def prepare_with_a_click(*args, **kwargs):
+        answers.append(app.cancel_run(session))  # the visitor clicks Cancel (and Compare again) meanwhile
+        answers.append(next(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
+                                               ["probe"], "quick", "", 0))[0])
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(app, "prepare_data", prepare_with_a_click)
+    outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
+                                      "quick", "", 0))
+    assert answers[0] == "Cancelled: this comparison will not start."
+    assert "already running in this session" in answers[1]
+    assert outputs[-1][0] == "Finished: probe cancelled." and not session.finished() and not session.running
+    monkeypatch.setattr(app, "prepare_data", prepare)
+    # a comparison refused by its inputs leaves the session free, and the early cancel does not outlive its run
+    assert next(app.run_comparison(session, None, None, None, None, None, None, ["probe"], "quick", "", 0))[0]
+    assert not session.starting
+    assert list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None, ["probe"],
+                                   "quick", "", 0))[-1][0] == "Finished: probe done."
+
+
 def test_sessions_clean_up_their_files(tmp_path):
     store = app.SessionStore(tmp_path / "root", limit=2)
     first = store.get("a")
