@@ -912,7 +912,15 @@ def _load_setfit(folder: Path, model: str | os.PathLike | None, meta: dict[str, 
     config = json.loads((folder / "setfit_config.json").read_text())
     arrays = load_file(str(folder / "setfit_head.safetensors"))
     labels = config["label_names"]
-    classes = np.arange(len(labels)) if arrays["coef"].shape[0] > 1 else np.arange(2)
+    if "classes" in arrays:
+        classes = arrays["classes"].astype(np.int64)
+    elif arrays["coef"].shape[0] == (1 if len(labels) == 2 else len(labels)):
+        classes = np.arange(len(labels))  # saved by an older hf_lowdata: one column per label name
+    else:
+        raise AdapterLoadError(
+            f"{folder}: its SetFit head has {arrays['coef'].shape[0]} class column(s) for {len(labels)} label names and "
+            "does not record which labels they are (it was saved by an older hf_lowdata from data lacking some "
+            "classes), so its predictions cannot be named. Train it again.")
     head = _logistic_head(arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), classes)
     body = SentenceTransformer(str(folder / "body"), local_files_only=True, trust_remote_code=False)
     return SetFitClassifier(SetFitModel(model_body=body, model_head=head), labels)

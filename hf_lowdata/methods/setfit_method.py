@@ -51,7 +51,10 @@ class SetFitClassifier(FittedClassifier):
         head = self.model.model_head
         save_file(
             {"coef": torch.from_numpy(np.ascontiguousarray(head.coef_, dtype=np.float32)),
-             "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_, dtype=np.float32))},
+             "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_, dtype=np.float32)),
+             # the label ids the head's columns stand for: a class without training examples (a declared label
+             # name) has no column, so the columns are not always 0..num_labels-1
+             "classes": torch.from_numpy(np.asarray(head.classes_, dtype=np.int64))},
             str(out / "setfit_head.safetensors"),
         )
         (out / "setfit_config.json").write_text(json.dumps({"method": "setfit", "label_names": list(self.label_names)}))

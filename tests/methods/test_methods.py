@@ -302,3 +302,31 @@ def test_a_variants_defining_option_cannot_be_overridden_silently():
     assert message is not None
     assert "sparse_expert_m4 is defined by num_experts=4; mixup_blo_fast is defined by folds=1" in message
     assert "sparse_expert is" not in message and "'r'" not in message
+
+
+def test_setfit_reloads_with_the_labels_its_head_was_trained_on(tiny_bert_dir, tmp_path):
+    """A declared label without training examples (meta.json names 'neutral', the file has none) leaves SetFit's head
+    with columns for labels 0 and 2 only; the saved folder loaded them as labels 0 and 1, so `predict` answered
+    'neutral' for every 'pos' text the trained model had called 'pos'."""
+    from hf_lowdata.workflow import load_classifier
+
+    rows = toy_sentences(16, 0)
+    names = ("neg", "neutral", "pos")
+    labelled = TextDataset(tuple(r["text"] for r in rows), tuple(2 * r["label"] for r in rows), names, "toy")
+    task = make_few_shot_task(DatasetSplits("toy", names, labelled), seed=0, n=16)
+    budget = Budget(learning_rate=2e-5, epochs=1, batch_size=8, max_steps=2, options={"num_iterations": 1})
+    fitted = get_method("setfit").fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=budget, work_dir=tmp_path))
+    folder = fitted.save(tmp_path / "saved")
+    loaded = load_classifier(folder)
+    texts = [r["text"] for r in toy_sentences(8, 5)]
+    assert fitted.predict_proba(texts)[:, 1].max() == 0.0  # 'neutral' was never trained
+    np.testing.assert_allclose(loaded.predict_proba(texts), fitted.predict_proba(texts), atol=1e-5)
+    # a folder of an older hf_lowdata (no recorded classes): refused when its columns cannot be named, not misread
+    from safetensors.torch import load_file, save_file
+
+    from hf_lowdata.workflow import AdapterLoadError
+
+    arrays = load_file(str(folder / "setfit_head.safetensors"))
+    save_file({k: v for k, v in arrays.items() if k != "classes"}, str(folder / "setfit_head.safetensors"))
+    with pytest.raises(AdapterLoadError, match="1 class column.* for 3 label names"):
+        load_classifier(folder)
