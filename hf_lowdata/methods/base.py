@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..budgets import BUDGETS, Budget, get_budget
-from ..data import FewShotTask, tokenize
+from ..data import DataError, FewShotTask, tokenize
 from ..inference import mean_pooled_embeddings, predict_logits
 from ..models import load_encoder, load_tokenizer, resolve_model_path
 
@@ -309,6 +309,19 @@ def fixed_option_conflicts(methods: Sequence[str], config: Mapping[str, Any]) ->
         return None
     return (f"{'; '.join(clashes)}, so --config would be ignored there. Leave the setting out, or set it on a method "
             "that does not fix it (e.g. the variant's base method).")
+
+
+def require_heldout_examples(task: FewShotTask, method: str, purpose: str, instead: str) -> None:
+    """Refuse, with what to do, a labelled set in which no class has two examples: a method that holds out part of
+    each class (MixupBLO's search folds, TPGM's radii) keeps every single example for training and has nothing to
+    hold out. ``purpose`` says what the held-out part is for, ``instead`` names a method that needs none."""
+    counts = task.labelled.class_counts()
+    if task.labelled.labels is not None and max(counts.values(), default=0) < 2:
+        raise DataError(
+            f"{method} holds out part of each class's labelled examples {purpose}, but every class has at most one "
+            f"({len(task.labelled)} examples, {len(counts)} classes). Give at least 2 examples per class (--shots 2 "
+            f"or more), or use {instead}."
+        )
 
 
 def available_methods() -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data import FewShotTask
-from .base import RunContext, TransformerMethod, register_method
+from .base import RunContext, TransformerMethod, register_method, require_heldout_examples
 
 _PAPER = "Tian, Liu, Smith, Kira, Fast Trainable Projection for Robust Fine-Tuning, NeurIPS 2023"
 
@@ -76,6 +76,7 @@ class TPGM(_FTPAdapterMethod):
     def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module) -> Any:
         from ..tuners.ftp import TPGMObjective
 
+        require_heldout_examples(task, self.name, "to learn its projection radii on", "ftp (no held-out split)")
         return TPGMObjective(
             heldout_fraction=float(ctx.option(self.name, "heldout_fraction", 0.2)),
             lr=float(ctx.option(self.name, "tpgm_lr", 1e-2)),

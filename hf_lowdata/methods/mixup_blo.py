@@ -45,6 +45,7 @@ from .base import (
     dev_selection_callback,
     load_base_classifier,
     register_method,
+    require_heldout_examples,
     text_dev_logits,
 )
 
@@ -260,6 +261,9 @@ class MixupBLO(TransformerMethod):
 
         budget = ctx.budget_for(self.name)
         config = self.peft_config(ctx)
+        if config.hypergradient != "none":  # the bi-level search learns the mixing factors on held-out examples
+            require_heldout_examples(task, self.name, "to learn the mixing factors on",
+                                     "mixup_blo_joint (single-level, no held-out split)")
         if list(config.modules_to_save or ()) == [NORM_LAYERS]:
             config.modules_to_save = normalisation_layers(classification_skeleton(ctx.model, task.num_labels))
         tokenizer = ctx.cache.tokenizer(ctx.model)

@@ -330,3 +330,20 @@ def test_setfit_reloads_with_the_labels_its_head_was_trained_on(tiny_bert_dir, t
     save_file({k: v for k, v in arrays.items() if k != "classes"}, str(folder / "setfit_head.safetensors"))
     with pytest.raises(AdapterLoadError, match="1 class column.* for 3 label names"):
         load_classifier(folder)
+
+
+@pytest.mark.parametrize("method", ["mixup_blo", "mixup_blo_fast", "tpgm"])
+def test_methods_with_a_held_out_split_refuse_one_example_per_class(method, tiny_bert_dir, tmp_path):
+    """k = 1 on 20 classes: MixupBLO failed as an "unexpected failure" saying it could not split "20 labelled
+    example(s)" and needed at least 2; TPGM's error pointed to a Python argument. Both now say why (one example per
+    class, nothing to hold out) and what to do, as a DataError the CLI prints as one line."""
+    from hf_lowdata.data import DataError
+
+    names = tuple(f"class {i}" for i in range(20))
+    labelled = TextDataset(tuple(f"text about topic {i}" for i in range(20)), tuple(range(20)), names, "toy")
+    task = make_few_shot_task(DatasetSplits("toy", names, labelled), seed=0, k=1)
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path, quiet=True)
+    with pytest.raises(DataError, match=rf"{method} holds out .* every class has at most one .*--shots 2"):
+        get_method(method).fit(task, ctx)
+    if method == "mixup_blo":  # the single-level ablation needs no held-out split: it still trains
+        get_method("mixup_blo_joint").fit(task, replace(ctx, options={"folds": 1}))
