@@ -571,6 +571,19 @@ def _find_name(value: Any, index: dict[str, int]) -> int | None:
     return index[text] if text in index else index.get(_label_name(value))
 
 
+def _score_like_note(values: Sequence[int], source: str, column: str) -> str | None:
+    """A note when integer labels look like a numeric score rather than class ids: at least 10 different values,
+    most of them on a single row (a 0-100 rating column). Each value would be trained as a class of its own."""
+    counts = Counter(values)
+    single = sum(1 for c in counts.values() if c == 1)
+    if len(counts) < 10 or single <= len(counts) / 2:
+        return None
+    return (f"{source}: its {column!r} values are {len(counts)} different integers ({min(counts)} to {max(counts)}), "
+            f"{single} of them on a single row; each value is trained as a class of its own. If they are scores or "
+            "measurements (hf_lowdata classifies, it does not regress), bin them into a few classes first, e.g. "
+            "low / medium / high.")
+
+
 def _encode_labels(
     raw: Sequence[Any], source: str, column: str, label_names: Sequence[str] | None, reading: str = "either"
 ) -> tuple[list[int], list[str], str | None]:
@@ -601,6 +614,9 @@ def _encode_labels(
         if all(_is_int_like(v) for v in raw):
             as_ints = [n for v in raw if (n := _as_int(v)) is not None]  # every one is
             ids = sorted(set(as_ints))
+            note = _score_like_note(as_ints, source, column)
+            if note:
+                warnings.warn(note, DataWarning, stacklevel=5)
             if ids[0] == 0 and ids == list(range(len(ids))):
                 return as_ints, [str(i) for i in ids], None
             remap = {v: i for i, v in enumerate(ids)}

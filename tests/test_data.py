@@ -584,3 +584,23 @@ def test_integral_float_labels_in_a_csv_are_the_integers(tmp_path):
     with pytest.raises(DataError, match="is not a class"):
         load_file(write_jsonl(tmp_path / "j.jsonl", [{"text": "a", "label": 1.0}, {"text": "b", "label": 0.5}]))
     assert load_file(csv_file("u.csv", ["\u00b2", "1"])).label_names == ("1", "\u00b2")  # a digit to isdigit(), not to int()
+
+
+def test_integer_labels_that_look_like_scores_are_explained(tmp_path):
+    """A 0-100 rating column was read as ~50 classes of one example each, with no word (a float score is refused);
+    now a DataWarning says each value is a class and how to bin scores. Class ids and a star scale stay quiet."""
+    import random
+    import warnings
+
+    rng = random.Random(0)
+    scores = write_jsonl(tmp_path / "scores.jsonl", [{"text": f"review {i}", "label": rng.randint(0, 100)} for i in range(60)])
+    with pytest.warns(DataWarning, match=r"scores.jsonl: its 'label' values are \d+ different integers \(\d+ to \d+\).*"
+                                         r"trained as a class of its own.*bin them"):
+        data = load_file(scores)
+    assert data.num_labels > 30  # still read (a task may have many classes), only explained
+    stars = write_jsonl(tmp_path / "stars.jsonl", [{"text": f"review {i}", "label": 1 + i % 5} for i in range(60)])
+    ids = write_jsonl(tmp_path / "ids.jsonl", [{"text": f"topic {i}", "label": i % 12} for i in range(48)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        load_file(stars)
+        load_file(ids)
