@@ -449,6 +449,7 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
     steps = budget.steps(len(labels))
     generator = np.random.default_rng(seed)
     by_class = [np.flatnonzero(labels == c) for c in range(task.num_labels)]
+    per_class, ways = support_batch_shape(budget.batch_size, task.num_labels)
     device = next(model.parameters()).device
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     model.train()
@@ -456,13 +457,15 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
         lr_scale = min(1.0, (step + 1) / max(1, round(budget.warmup_ratio * steps))) * (1 - step / steps)
         for group in optimizer.param_groups:
             group["lr"] = budget.learning_rate * lr_scale
-        per_class = max(1, budget.batch_size // task.num_labels)
-        idx = np.concatenate([generator.choice(members, min(per_class, len(members)), replace=False)
-                              for members in by_class])
+        classes = (range(task.num_labels) if ways == task.num_labels
+                   else sorted(generator.choice(task.num_labels, ways, replace=False)))
+        parts = [generator.choice(by_class[c], min(per_class, len(by_class[c])), replace=False) for c in classes]
+        idx = np.concatenate(parts)
         batch = _encode(tokenizer, [task.labelled.texts[i] for i in idx], budget.max_length, device)
-        y = torch.as_tensor(labels[idx], device=device)
+        # the step's classes numbered 0..ways-1: prototypes and logits over the classes in the batch
+        y = torch.as_tensor(np.repeat(np.arange(len(parts)), [len(p) for p in parts]), device=device)
         features = pooled_features(backbone, batch)
-        loss = F.cross_entropy(cosine_logits(features, class_prototypes(features, y, task.num_labels)), y)
+        loss = F.cross_entropy(cosine_logits(features, class_prototypes(features, y, len(parts))), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"Test-time fine-tuning loss became {loss.item()} at step {step}; lower its lr.")
         optimizer.zero_grad(set_to_none=True)
@@ -478,6 +481,19 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
         model = model.merge_and_unload()
     model.requires_grad_(False)
     return model, trained
+
+
+def support_batch_shape(batch_size: int, num_labels: int) -> tuple[int, int]:
+    """Examples per class and classes per test-time step: the budget's batch size, at least 2 examples per class.
+
+    [ours] The prototypes come from the batch they classify, so a class with one example in the batch is its own
+    prototype; and a batch of every class would encode ``num_labels`` texts per step, more than the budget's batch
+    size (the baselines') once there are more classes than that. So each step takes ``ways`` classes (all of them
+    while ``2 * num_labels <= batch_size``) with ``batch_size // ways`` examples each: a binary task keeps 4 per
+    class at batch 8; five classes take 4 of them, 2 each, per step; fifty take 4 per step.
+    """
+    ways = min(num_labels, max(2, batch_size // 2))
+    return max(1, batch_size // ways), ways
 
 
 def prototype_dev_selector(tokenizer: Any, task: FewShotTask, budget: Budget) -> DevSelector:
@@ -604,6 +620,12 @@ class SparseExpertMethod(Method):
         mode = str(self.option(ctx, "finetune", "lora"))
         if mode not in FINETUNE_MODES:  # before meta-training, not half an hour later
             raise ValueError(FINETUNE_ERROR.format(mode=mode))
+        counts = task.labelled.class_counts()
+        empty = [name for name in task.label_names if not counts.get(name)]
+        if empty:  # (before meta-training too)
+            raise DataError(f"{self.name} classifies by the mean of each class's labelled examples (prototypes), but "
+                            f"{', '.join(map(repr, empty))} has none. Add labelled examples of it, or remove it from "
+                            "the label names (meta.json).")
         if mode == "lora":
             lora_target_modules(encoder)  # a model type without LoRA targets fails before meta-training
         if self.meta_tune:

@@ -371,3 +371,36 @@ def test_the_encoder_trains_and_predicts_on_the_requested_device(tiny_bert_dir, 
     on_meta = load_classifier(saved, device="meta")
     assert {p.device.type for p in on_meta.encoder.parameters()} == {"meta"}
     assert load_classifier(saved, device="cpu").predict(task.test.texts).shape == (len(task.test),)
+
+
+def test_test_time_batches_keep_the_budgets_size_with_two_examples_per_class():
+    """Every class in every step: one example each from 5 classes up (each its own prototype), and 50 texts a step
+    at 50 classes against the baselines' 8."""
+    from hf_lowdata.methods.sparse_expert import support_batch_shape
+
+    assert support_batch_shape(8, 2) == (4, 2) and support_batch_shape(8, 4) == (2, 4)  # as before: all classes
+    for classes in (5, 20, 50):
+        per_class, ways = support_batch_shape(8, classes)
+        assert per_class >= 2 and per_class * ways == 8 and ways < classes
+
+
+def test_many_classes_fine_tune_on_batches_of_the_budgets_size(tiny_bert_dir, tmp_path, monkeypatch):
+    import hf_lowdata.methods.sparse_expert as sparse_expert
+    from hf_lowdata.data import FewShotTask, TextDataset
+
+    names = tuple(f"c{i}" for i in range(12))
+    texts = tuple(f"example {j} of class {i}" for i in range(12) for j in range(3))
+    labelled = TextDataset(texts, tuple(i for i in range(12) for _ in range(3)), names, "many")
+    task = FewShotTask(name="many", label_names=names, labelled=labelled, seed=0)
+    sizes = []
+    encode = sparse_expert._encode
+    monkeypatch.setattr(sparse_expert, "_encode", lambda tok, t, n, d: sizes.append(len(t)) or encode(tok, t, n, d))
+    budget = replace(FAST, min_steps=3, max_steps=3, batch_size=8)
+    fitted = get_method("sparse_expert_pretrained").fit(task, _ctx(tiny_bert_dir, None, tmp_path, budget=budget))
+    assert sizes == [8, 8, 8]  # 4 classes x 2 examples per step (it was 12 x 1)
+    assert fitted.predict(list(texts[:5])).shape == (5,)
+    # a declared class without an example is a data error before any training (was ValueError from the prototypes)
+    missing = FewShotTask(name="many", label_names=(*names, "c12"), labelled=replace(labelled, label_names=(*names,
+                                                                                                            "c12")), seed=0)
+    with pytest.raises(DataError, match=r"prototypes\), but 'c12' has none"):
+        get_method("sparse_expert_pretrained").fit(missing, _ctx(tiny_bert_dir, None, tmp_path, budget=budget))
