@@ -18,6 +18,7 @@ the bench's default is 2,000): the task-space terms then use the labelled batch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -189,9 +190,15 @@ class TwinTurbo(Method):
 
         assert task.labelled.labels is not None
         labelled = TokenStateDataset(training_states(task.labelled.texts), task.labelled.labels)
-        unlabelled = None
+        unlabelled, pool_note = None, None
         if self.uses_unlabelled and task.unlabelled is not None and len(task.unlabelled):  # (a draw may leave none)
-            unlabelled = TokenStateDataset(training_states(task.unlabelled.texts))
+            texts = list(task.unlabelled.texts)
+            used = budget.steps(len(labelled)) * int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)) * max(
+                1, int(os.environ.get("WORLD_SIZE", "1")))
+            if len(texts) > used:  # training draws each text at most once: cache only the ones it will draw
+                keep = np.sort(np.random.default_rng(ctx.seed).choice(len(texts), used, replace=False))
+                texts, pool_note = [texts[i] for i in keep], {"unlabelled_pool": len(texts), "unlabelled_used": used}
+            unlabelled = TokenStateDataset(training_states(texts))
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_base_classifier(task, ctx)
         model = get_peft_model(base, config).to(default_device(ctx.device))
@@ -205,6 +212,8 @@ class TwinTurbo(Method):
         if dev_selection is not None:
             dev_selection.restore(trainer.model)
         fitted = TwinTurboClassifier(trainer.model, tokenizer, task.label_names, budget.max_length, states)
+        if pool_note is not None:
+            fitted.notes.update(pool_note)
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
         fitted.train_step_seconds = _median(callback.step_seconds)

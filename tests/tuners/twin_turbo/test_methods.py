@@ -93,3 +93,16 @@ def test_cancel_stops_while_the_token_states_are_cached(tiny_bert_dir, tmp_path)
     with pytest.raises(RunCancelled, match="cancelled while caching token states"):
         get_method("twin_turbo").fit(_task(), ctx)
     assert seen and seen[0].startswith("twin_turbo: caching token states")
+
+
+def test_only_the_unlabelled_texts_training_will_draw_are_cached(tiny_bert_dir, tmp_path):
+    """The whole pool was run through the backbone and kept in memory (a 20k-text pool of long texts took over 10 GB),
+    while training draws at most steps x unlabelled batch texts of it."""
+    splits = DatasetSplits("toy", ("neg", "pos"), toy_text(120, 0), test=toy_text(20, 9))
+    task = make_few_shot_task(splits, seed=0, k=4, unlabelled=100)
+    ctx = RunContext(model=str(tiny_bert_dir), seed=0, budget=BUDGET, work_dir=tmp_path, quiet=True,
+                     cache=SharedCache())
+    fitted = get_method("twin_turbo").fit(task, ctx)
+    assert fitted.notes["unlabelled_pool"] == 100 and fitted.notes["unlabelled_used"] == 6 * 8
+    cached = sum(len(entries) for entries in feature_cache(ctx)._entries.values())
+    assert cached == 8 + 6 * 8  # the labelled texts and the drawn part of the pool
