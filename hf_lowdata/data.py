@@ -393,6 +393,9 @@ def _read_delimited(file: Path, raw: str, delimiter: str, max_rows: int | None, 
             if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
                 raise DataError(f"{file} looks tab-separated (header {reader.fieldnames[0]!r}) but is named "
                                 f"{file.suffix}: rename it to .tsv, or save it with commas.")
+            if delimiter == "\t" and len(reader.fieldnames) == 1 and "," in reader.fieldnames[0]:
+                raise DataError(f"{file} looks comma-separated (header {reader.fieldnames[0]!r}) but is named "
+                                f"{file.suffix}: rename it to .csv, or save it with tabs.")
             twice = _duplicate_columns(reader.fieldnames)
             if twice:  # DictReader keeps the last of them without a word
                 raise DataError(f"{file}: the header {delimiter.join(reader.fieldnames)!r} names column(s) "

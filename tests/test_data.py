@@ -88,6 +88,9 @@ def test_hf_dataset_and_datasetdict():
         ("", ".csv", r"is empty"),
         ("text,label\n", ".csv", r"header but no rows"),
         ("a b", ".txt", r"unsupported file type"),
+        ("text\tlabel\na\tx\nb\ty\n", ".csv", r"looks tab-separated .* rename it to .tsv"),
+        # a CSV named .tsv said "no label column ... (columns: text,label)"
+        ("text,label\na,x\nb,y\n", ".tsv", r"looks comma-separated .* rename it to .csv"),
     ],
 )
 def test_bad_files_raise_clear_errors(tmp_path, content, suffix, match):
