@@ -83,8 +83,9 @@ def split_indices(labels: Sequence[int] | None, n: int, ratio: float, seed: int)
         second.extend(members[cut:])
     if not first or not second:
         raise ValueError(
-            f"Cannot split {n} labelled example(s) into training and validation parts; the bi-level objective "
-            "needs at least 2 (use hypergradient='none' for single-level training)."
+            f"Cannot split {n} labelled example(s) into training and validation parts: the split holds out part of "
+            "each class, so it needs a class with at least 2 examples (use hypergradient='none' for single-level "
+            "training)."
         )
     return sorted(first), sorted(second)
 

@@ -251,6 +251,9 @@ def test_split_is_stratified_disjoint_and_deterministic():
     assert (first, second) != split_indices(labels, 15, 0.8, seed=4)
     with pytest.raises(ValueError, match="needs at least 2"):
         split_indices([0], 1, 0.8, seed=0)
+    # one example in each of 2 classes: 2 examples, none of them splittable (it read 'Cannot split 2 ... at least 2')
+    with pytest.raises(ValueError, match="Cannot split 2 labelled example.* needs a class with at least 2 examples"):
+        split_indices([0, 1], 2, 0.8, seed=0)
 
 
 # ---- in the LowDataTrainer ------------------------------------------------------------------------
