@@ -249,7 +249,7 @@ def test_split_is_stratified_disjoint_and_deterministic():
     assert [labels[i] for i in second].count(0) == 2 and [labels[i] for i in second].count(1) == 1
     assert (first, second) == split_indices(labels, 15, 0.8, seed=3)
     assert (first, second) != split_indices(labels, 15, 0.8, seed=4)
-    with pytest.raises(ValueError, match="needs at least 2"):
+    with pytest.raises(ValueError, match="needs a class with at least 2 examples"):
         split_indices([0], 1, 0.8, seed=0)
     # one example in each of 2 classes: 2 examples, none of them splittable (it read 'Cannot split 2 ... at least 2')
     with pytest.raises(ValueError, match="Cannot split 2 labelled example.* needs a class with at least 2 examples"):
