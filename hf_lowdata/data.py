@@ -576,10 +576,12 @@ def _find_name(value: Any, index: dict[str, int]) -> int | None:
 
 def _score_like_note(values: Sequence[int], source: str, column: str) -> str | None:
     """A note when integer labels look like a numeric score rather than class ids: at least 10 different values,
-    most of them on a single row (a 0-100 rating column). Each value would be trained as a class of its own."""
+    most of them on a single row (a 0-100 rating column), and gaps between them (class ids 0..K-1 or 1..K of a
+    one-example-per-class file are not a score). Each value would be trained as a class of its own."""
     counts = Counter(values)
     single = sum(1 for c in counts.values() if c == 1)
-    if len(counts) < 10 or single <= len(counts) / 2:
+    contiguous = max(counts) - min(counts) + 1 == len(counts) and min(counts) in (0, 1)
+    if len(counts) < 10 or single <= len(counts) / 2 or contiguous:
         return None
     return (f"{source}: its {column!r} values are {len(counts)} different integers ({min(counts)} to {max(counts)}), "
             f"{single} of them on a single row; each value is trained as a class of its own. If they are scores or "

@@ -31,7 +31,14 @@ from .bench.measure import accuracy, macro_f1
 from .budgets import Budget, get_budget
 from .data import DataError, FewShotTask, TextDataset
 from .methods import FittedClassifier, Method, RunContext, SharedCache, get_method
-from .methods.base import METHODS, ProgressFn, directory_bytes, fixed_option_conflicts, unknown_options
+from .methods.base import (
+    METHODS,
+    SEPARATE_RUN_REMEDY,
+    ProgressFn,
+    directory_bytes,
+    fixed_option_conflicts,
+    unknown_options,
+)
 from .models import (
     ModelNotFoundError,
     has_tokenizer,
@@ -166,8 +173,10 @@ def ignored_budget_settings(method: str, config: Mapping[str, Any] | None) -> li
 def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
     """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
     not silently ignored), a budget value of the wrong type, min_steps above max_steps."""
+    remedy = ("Leave the setting out, or train a method that does not fix it (the variant's base method)."
+              if len(methods) == 1 else SEPARATE_RUN_REMEDY)  # (the demo applies one config to every chosen method)
     message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS)) or fixed_option_conflicts(
-        methods, config or {})
+        methods, config or {}, remedy)
     if message:
         raise WorkflowError(message)
     for method in methods:

@@ -89,6 +89,9 @@ PATH_SETTING_SUFFIXES = ("dir", "path", "file", "folder")
 SETTING_LIMITS: dict[str, float] = {
     "max_steps": 2000, "min_steps": 2000, "epochs": 200, "batch_size": 256, "max_length": 512,
     "num_iterations": 100, "unlabelled_batch_size": 512, "projector_dim": 1024, "r": 256, "folds": 10,
+    "iterations": 10, "projector_layers": 12, "projector_heads": 64, "mlp_ratio": 16,
+    "critic_dim": 4096, "discriminator_hidden": 4096, "meta_steps": 2000, "meta_batch": 32, "query_per_class": 64,
+    "num_experts": 64,
 }
 ERROR_BAR_NOTE = ("Error bars: 95% bootstrap interval over the evaluation examples (the examples are resampled "
                   "1000 times), i.e. how much a figure could move with another evaluation set of the same size.")
@@ -330,6 +333,18 @@ class Session:
     def start_failed(self) -> None:
         with self._lock:
             self.starting = False
+
+    def request_cancel(self) -> str:
+        """Cancel what this session runs, or the comparison whose inputs are being checked; says which (one decision
+        under the lock: a comparison that starts meanwhile is either cancelled early or cancelled running)."""
+        with self._lock:
+            if self.starting and not self.running:  # it will start with every method skipped
+                self.cancelled_early = True
+                return "early"
+            if not self.running:
+                return "idle"
+            self.cancel.set()
+            return "waiting" if self.ahead else "running"
 
     def begin_run(self) -> threading.Event:
         """Start a comparison: forget the previous one and delete its files; returns the new cancel switch (already
@@ -802,16 +817,16 @@ def run_comparison(
         yield tuple(outputs)
 
 
+CANCEL_MESSAGES = {
+    "early": "Cancelled: this comparison will not start.",
+    "idle": "Nothing is running.",
+    "waiting": "Cancelled: this comparison was waiting for its turn and will not start.",
+    "running": "Cancelling: the method in training stops after its current step; the rest are skipped.",
+}
+
+
 def cancel_run(session: Session) -> str:
-    if session.starting and not session.running:  # its inputs are being checked: it starts with every method skipped
-        session.cancelled_early = True
-        return "Cancelled: this comparison will not start."
-    if not session.running:
-        return "Nothing is running."
-    session.cancel.set()
-    if session.ahead:
-        return "Cancelled: this comparison was waiting for its turn and will not start."
-    return "Cancelling: the method in training stops after its current step; the rest are skipped."
+    return CANCEL_MESSAGES[session.request_cancel()]
 
 
 def try_sentence(session: Session, method: str | None, text: str) -> tuple[dict[str, float] | None, str]:

@@ -603,7 +603,12 @@ def test_integer_labels_that_look_like_scores_are_explained(tmp_path):
     assert data.num_labels > 30  # still read (a task may have many classes), only explained
     stars = write_jsonl(tmp_path / "stars.jsonl", [{"text": f"review {i}", "label": 1 + i % 5} for i in range(60)])
     ids = write_jsonl(tmp_path / "ids.jsonl", [{"text": f"topic {i}", "label": i % 12} for i in range(48)])
+    # one example per class, ids 0..11 or 1..12: a 1-shot file, not a score (it was told to bin its labels)
+    one_shot = [write_jsonl(tmp_path / f"one{start}.jsonl", [{"text": f"intent {i}", "label": start + i}
+                                                             for i in range(12)]) for start in (0, 1)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         load_file(stars)
         load_file(ids)
+        for path in one_shot:
+            load_file(path)

@@ -297,8 +297,14 @@ def unknown_options(methods: Sequence[str], keys: Sequence[str], also_known: Seq
     return (f"Unknown setting {', '.join(hints)}: no chosen method reads it. Method options: {reads}.{common}")
 
 
-def fixed_option_conflicts(methods: Sequence[str], config: Mapping[str, Any]) -> str | None:
-    """A message naming the ``config`` values that one of ``methods`` fixes to another value, or ``None``.
+#: What to do about a setting a chosen variant fixes, where one config applies to every chosen method (bench, demo).
+SEPARATE_RUN_REMEDY = "Leave the setting out, or run that method separately, without it."
+
+
+def fixed_option_conflicts(methods: Sequence[str], config: Mapping[str, Any],
+                           remedy: str = SEPARATE_RUN_REMEDY) -> str | None:
+    """A message naming the ``config`` values that one of ``methods`` fixes to another value, then ``remedy``; or
+    ``None``.
 
     ``sparse_expert_m4`` is SMAT with 4 experts: ``--config num_experts=8`` would be silently overridden for it, and
     its results read as 8 experts'.
@@ -307,8 +313,7 @@ def fixed_option_conflicts(methods: Sequence[str], config: Mapping[str, Any]) ->
                for key, value in METHODS[m].fixed_options().items() if key in config and config[key] != value]
     if not clashes:
         return None
-    return (f"{'; '.join(clashes)}, so --config would be ignored there. Leave the setting out, or set it on a method "
-            "that does not fix it (e.g. the variant's base method).")
+    return f"{'; '.join(clashes)}, so the setting would be ignored there. {remedy}"
 
 
 def require_heldout_examples(task: FewShotTask, method: str, purpose: str, instead: str) -> None:

@@ -437,7 +437,7 @@ def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, caps
         (["--method", "probe", "--config", "r=4"], "Unknown setting 'r'"),  # a LoRA option: probe reads only C
         # a variant's defining value was silently overridden: the run was twin_turbo_ce whatever --config said
         (["--method", "twin_turbo_ce", "--config", "latent_weight=0.5"],
-         "twin_turbo_ce is defined by latent_weight=0.0, so --config would be ignored there"),
+         "twin_turbo_ce is defined by latent_weight=0.0, so the setting would be ignored there. Leave the setting out, or train a method"),
         (["--method", "lora", "--model", "/no/such/model"], "neither a local folder"),
         (["--method", "lora", "--preset", "quick", "--shots", "50"], "fewer than k=50 examples"),
         # were FileNotFoundError / IsADirectoryError, runs with the label as the text, or ignored by the probe

@@ -287,7 +287,8 @@ def test_settings_naming_server_paths_are_refused(setting, tmp_path):
 
 
 @pytest.mark.parametrize("setting", ["max_steps=1000000000", "batch_size=100000", "max_length=1000000",
-                                     "num_iterations=5000"])
+                                     "num_iterations=5000", "iterations=100000000", "projector_layers=5000",
+                                     "mlp_ratio=100000", "critic_dim=10000000", "meta_steps=100000000"])
 def test_settings_beyond_the_pages_limits_are_refused(setting, session):
     """Any size was accepted: one visitor could hold the single training slot for days or exhaust the memory."""
     key = setting.split("=")[0]
@@ -646,3 +647,12 @@ def test_the_note_on_methods_not_offered_says_a_fix_the_page_accepts(monkeypatch
     note = app.unavailable_note(app.unavailable_methods())
     line = next(line for line in note.splitlines() if "**sparse_expert**" in line)
     assert "set HF_LOWDATA_DATA_DIR to a folder holding" in line and "or pass --config" not in line
+
+
+def test_a_variants_defining_setting_is_refused_with_a_remedy_the_page_offers(session):
+    """The message said '--config would be ignored there ... set it on a method that does not fix it', which the
+    page cannot do: one Settings box applies to every chosen method."""
+    shown = _first_message(session, str(app.EXAMPLE_FILE), chosen=["twin_turbo", "twin_turbo_noadv"],
+                           config_text="adversarial_weight=0.3")
+    assert "twin_turbo_noadv is defined by adversarial_weight=0.0" in shown
+    assert "run that method separately, without it" in shown and "--config" not in shown and not session.runs
