@@ -217,9 +217,11 @@ def dataset_digest(folder: str | os.PathLike) -> str:
 
 
 def dataset_digests(config: BenchConfig) -> dict[str, str]:
-    """:func:`dataset_digest` of every dataset the invocation trains or tests on (``--datasets``, ``--ood-datasets``)."""
-    return {name: dataset_digest(Path(config.data_dir) / name) for name in dict.fromkeys([*config.datasets,
-                                                                                           *config.ood_datasets])}
+    """:func:`dataset_digest` of every dataset the invocation trains or tests on (``--datasets``, ``--ood-datasets``)
+    and of those its methods read from the same folder (SparseExpert's meta-training sources)."""
+    read = [name for m in config.methods if m in METHODS for name in METHODS[m].data_dir_datasets(config.options)]
+    names = [*config.datasets, *config.ood_datasets, *(n for n in read if (Path(config.data_dir) / n).is_dir())]
+    return {name: dataset_digest(Path(config.data_dir) / name) for name in dict.fromkeys(names)}
 
 
 def method_budgets(methods: list[str]) -> dict[str, Any]:

@@ -212,6 +212,12 @@ class Method(ABC):
         return cls.budget_name or cls.name
 
     @classmethod
+    def data_dir_datasets(cls, options: Mapping[str, Any]) -> list[str]:
+        """Datasets of the benchmark's data folder the method reads besides the task's (SMAT's meta-training
+        sources), given the run's options: a benchmark resume checks their files as it checks the task's."""
+        return []
+
+    @classmethod
     def fixed_options(cls) -> Mapping[str, Any]:
         """Option values that define this method (an ablation's switched-off term, a variant's fold count): a
         ``--config`` value for one of them would be overridden, so :func:`fixed_option_conflicts` refuses it."""

@@ -483,6 +483,11 @@ def finetune_on_support(encoder: torch.nn.Module, tokenizer: Any, task: FewShotT
     return model, trained
 
 
+def source_names(sources: str | Sequence[str]) -> tuple[str, ...]:
+    """The ``sources`` option (``"sst5,mr,mpqa"`` or a list) as dataset folder names."""
+    return tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
+
+
 def support_batch_shape(batch_size: int, num_labels: int) -> tuple[int, int]:
     """Examples per class and classes per test-time step: the budget's batch size, at least 2 examples per class.
 
@@ -536,6 +541,12 @@ class SparseExpertMethod(Method):
     meta_tune: ClassVar[bool] = True
 
     @classmethod
+    def data_dir_datasets(cls, options: Mapping[str, Any]) -> list[str]:
+        if not cls.meta_tune or options.get("source_dir"):  # no sources, or none from the benchmark's folder
+            return []
+        return list(source_names(options.get("sources", get_budget(BUDGET_NAME).options.get("sources", DEFAULT_SOURCES))))
+
+    @classmethod
     def fixed_options(cls) -> Mapping[str, Any]:
         return {k: v for k, v in cls.adapter_overrides.items() if k in cls.option_names}
 
@@ -580,7 +591,7 @@ class SparseExpertMethod(Method):
     def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
         """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
-        names = tuple(s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip())
+        names = source_names(sources)
         paths = [n for n in names if n in (".", "..") or any(sep in n for sep in ("/", "\\")) or Path(n).is_absolute()]
         if paths:  # (the demo refuses folder settings; a source name must not reach outside source_dir either)
             raise DataError(f"sources names dataset folders inside the source folder, but {paths[0]!r} is a path. Give "

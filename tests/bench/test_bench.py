@@ -420,6 +420,22 @@ def test_resume_refuses_other_data_under_a_dataset_name(toy_data_dir, tiny_bert_
         run_benchmark(config, show_progress=False)
 
 
+def test_the_data_a_resume_compares_includes_sparse_experts_sources(toy_data_dir, tiny_bert_dir, tmp_path):
+    """SMAT meta-trains on source datasets of --data-dir: other source data under the same names was accepted on
+    resume, and its runs averaged with runs meta-trained on the old data."""
+    from hf_lowdata.bench.runner import dataset_digests
+
+    def digested(methods, **options):
+        return set(dataset_digests(_config(toy_data_dir, tiny_bert_dir, tmp_path, datasets=["toya"], methods=methods,
+                                           options=options)))
+
+    assert digested(["probe"]) == {"toya"}
+    assert digested(["probe", "sparse_expert"], sources="toyb") == {"toya", "toyb"}
+    assert digested(["sparse_expert"], sources="toyb,missing") == {"toya", "toyb"}  # (a missing one fails later)
+    assert digested(["sparse_expert_pretrained"], sources="toyb") == {"toya"}  # reads no source
+    assert digested(["sparse_expert"], sources="toyb", source_dir=str(tmp_path)) == {"toya"}  # not from --data-dir
+
+
 def test_resume_refuses_edited_budgets(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
     """Budgets live in hf_lowdata/budgets.py (the benchmark refuses them in --config and says to change them there)
     and are not in the run keys: a resume after a budget was edited skipped the finished runs and averaged them
