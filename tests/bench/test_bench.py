@@ -492,9 +492,10 @@ def test_runs_on_the_cpu_of_a_gpu_machine_are_not_reported_as_gpu_runs(toy_data_
                             show_progress=False)
     assert records[0]["device"] == "cpu" and records[0]["machine"]["cuda"] == "Fake GPU"
     assert "GPU" not in (out / "summary.md").read_text()
-    on_gpu = _ok_record(run_key="g", seed=1, device="cuda", machine={"cpu_count": 2, "torch_threads": 1, "cuda": "Fake GPU"})
-    assert "1 runs on 2 CPUs, 1 torch threads; 1 runs on 2 CPUs, 1 torch threads, GPU Fake GPU" in summary_markdown(
-        [records[0], on_gpu])
+    machine = records[0]["machine"]  # (the threads torch uses here: OMP_NUM_THREADS or the cores)
+    on_gpu = _ok_record(run_key="g", seed=1, device="cuda", machine=dict(machine))
+    cpu = f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads"
+    assert f"1 runs on {cpu}; 1 runs on {cpu}, GPU Fake GPU" in summary_markdown([records[0], on_gpu])
 
 
 def test_failed_runs_are_told_apart_by_noise_pool_and_setting():
