@@ -113,6 +113,8 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
             raise WorkflowError(f"--config {key}={value!r}: {key} must be {'an integer' if kind is int else 'a number'}.") from err
     if "max_steps" in changes and "min_steps" not in changes:
         changes["min_steps"] = min(budget.min_steps, changes["max_steps"])
+    if "max_steps" in changes and "min_epochs" not in changes:
+        changes["min_epochs"] = 0.0  # a max_steps the user gives is a hard cap
     if "min_steps" in changes and "max_steps" not in changes:
         changes["max_steps"] = max(budget.max_steps, changes["min_steps"])
     for key, value in changes.items():

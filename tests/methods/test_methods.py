@@ -41,11 +41,30 @@ def test_methods_need_no_settings_by_default(monkeypatch):
 
 
 def test_budget_steps_are_clamped_and_documented():
-    b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, batch_size=8)
+    b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, min_epochs=0, batch_size=8)
     assert b.steps(4) == 20 and b.steps(16) == 20 and b.steps(32) == 40 and b.steps(1000) == 50
     assert get_budget("lora", "quick").max_steps == round(BUDGETS["lora"].max_steps * 0.5)
     with pytest.raises(KeyError, match="No budget for method"):
         get_budget("nope")
+
+
+def test_step_cap_never_cuts_training_below_min_epochs():
+    """160 steps of 8 are 1.3 passes over 1,000 labels: the cap lifts to min_epochs passes there, k-shot sets keep
+    their budgets, and a max_steps the user gives stays a hard cap."""
+    from hf_lowdata.workflow import resolve_budget
+
+    full = get_budget("full")
+    assert (full.max_steps, full.min_epochs, full.batch_size) == (160, 5.0, 8)
+    assert full.steps(16) == 40 and full.steps(64) == 160 and full.steps(256) == 160  # k-shot: unchanged
+    assert full.steps(300) == 188 and full.steps(1000) == 625  # ceil(5 * N / 8)
+    assert Budget(learning_rate=1e-4, epochs=2, max_steps=10, min_epochs=5).steps(1000) == 250  # epochs bound it
+    assert Budget(learning_rate=1e-4, max_steps=10, min_epochs=0).steps(1000) == 10
+    assert get_budget("full", "quick").steps(1000) == 313  # the preset halves the floor too
+    assert get_budget("probe").steps(1000) == 0  # no epochs, no steps
+    capped, _ = resolve_budget("full", config={"max_steps": 100})
+    assert capped.steps(1000) == 100
+    floor, _ = resolve_budget("full", config={"max_steps": 100, "min_epochs": 2})
+    assert floor.steps(1000) == 250
 
 
 def test_every_method_has_a_budget_and_variants_share_their_methods():
