@@ -257,7 +257,8 @@ model = PeftModel.from_pretrained(base, "path/or/hub-id/of/this/adapter").eval()
 tokenizer = AutoTokenizer.from_pretrained("{base_ref}")
 inputs = tokenizer(["an example sentence"], return_tensors="pt", padding=True, truncation=True)
 print(labels[model(**inputs).logits.argmax(-1).item()])"""
-        note = ("`import hf_lowdata` must come before `PeftModel.from_pretrained` (and before "
+        note = ("This adapter's type comes from hf_lowdata, not from PEFT: install it (`pip install hf-lowdata`). "
+                "`import hf_lowdata` must come before `PeftModel.from_pretrained` (and before "
                 "`AutoPeftModelForSequenceClassification.from_pretrained` or transformers' `load_adapter`): "
                 "it registers hf_lowdata's adapter types with PEFT; without it PEFT raises `KeyError` for them.")
     elif kind == "full":

@@ -7,12 +7,17 @@ mapping dicts is not enough. This module extends the enum in place (idempotently
 3.10-3.13) and then calls ``peft.utils.register_peft_method`` once per method.
 
 Importing :mod:`hf_lowdata` does all of this; a fresh process must import it before it loads an
-adapter of one of our methods, exactly as with any third-party PEFT method.
+adapter of one of our methods, exactly as with any third-party PEFT method. PEFT cannot say so itself
+(its loaders stop with a bare ``KeyError: 'FTP'``, and offer no hook to change that), so the model
+card ``PeftModel.save_pretrained`` writes for one of our adapters gets a section that says it
+(:func:`install_model_card_note`).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import os
 import threading
 from typing import Any
 
@@ -100,6 +105,7 @@ def register_method(name: str, config_cls: type, model_cls: type) -> None:
             else:
                 raise KeyError(f"PEFT type {peft_type.value} is already registered to {registered_config!r}")
         register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)
+        install_model_card_note()
 
 
 def _unregister(peft_type: Any) -> None:
@@ -117,3 +123,73 @@ def _unregister(peft_type: Any) -> None:
         PEFT_TYPE_TO_PREFIX_MAPPING,
     ):
         mapping.pop(peft_type, None)
+
+
+#: Heading of the model-card section that says how to load one of our adapters.
+LOADING_HEADING = "## Loading this adapter"
+#: Text that marks a card as already saying it (this section, or the card ``hf-lowdata train`` writes).
+_IMPORT_MARK = "import hf_lowdata"
+
+
+def loading_note(peft_types: list[str]) -> str:
+    """The model-card section for adapters of ``peft_types`` (e.g. ``["FTP"]``): install and import
+    hf_lowdata before loading, or PEFT raises ``KeyError``."""
+    kinds = ", ".join(f"`{t}`" for t in peft_types)
+    return (
+        f"{LOADING_HEADING}\n\n"
+        f"This adapter's PEFT type ({kinds}) comes from [hf_lowdata](https://github.com/hf-lowdata/hf_lowdata), "
+        "not from PEFT itself: install it (`pip install hf-lowdata`) and `import hf_lowdata` before loading the "
+        "adapter with `PeftModel.from_pretrained`, `AutoPeftModelForSequenceClassification.from_pretrained` or "
+        f"transformers' `load_adapter`. Without the import PEFT stops with `KeyError: '{peft_types[0]}'`.\n\n"
+        "```python\n"
+        "import hf_lowdata  # must come first: registers hf_lowdata's methods with PEFT\n"
+        "from peft import PeftModel\n\n"
+        "# base_model: the model the adapter was trained on (`base_model` in this card's metadata)\n"
+        "model = PeftModel.from_pretrained(base_model, \"path/or/hub-id/of/this/adapter\")\n"
+        "```\n"
+    )
+
+
+def add_loading_note(peft_model: Any, output_dir: str | os.PathLike) -> None:
+    """Add :func:`loading_note` and the ``hf_lowdata`` tag to the card PEFT wrote in ``output_dir`` when
+    ``peft_model`` holds one of our adapters; a card that already says to import hf_lowdata keeps its text."""
+    ours = sorted({
+        value for config in getattr(peft_model, "peft_config", {}).values()
+        if (value := getattr(getattr(config, "peft_type", None), "value", None)) in _our_peft_types()
+    })
+    path = os.path.join(output_dir, "README.md")
+    if not ours or not os.path.isfile(path):
+        return
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(path)
+    card.data["tags"] = sorted({*(card.data.get("tags") or []), "hf_lowdata", *(t.lower() for t in ours)})
+    if _IMPORT_MARK not in card.text:  # right under the title, where a reader of the Hub page starts
+        lines = card.text.splitlines()
+        at = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
+        lines[at:at] = ["", loading_note(ours)]
+        card.text = "\n".join(lines)
+    card.save(path)
+
+
+def _our_peft_types() -> set[str]:
+    return {name.upper() for name in METHOD_PREFIXES}
+
+
+def install_model_card_note() -> None:
+    """Make ``PeftModel.create_or_update_model_card`` (called by ``save_pretrained`` and ``push_to_hub``) add
+    :func:`add_loading_note` after PEFT's own card. Idempotent; other PEFT types' cards are unchanged."""
+    from peft import PeftModel
+
+    with _lock:
+        original = PeftModel.create_or_update_model_card
+        if getattr(original, "_hf_lowdata_note", False):
+            return
+
+        @functools.wraps(original)
+        def create_or_update_model_card(self: Any, output_dir: str) -> None:
+            original(self, output_dir)
+            add_loading_note(self, output_dir)
+
+        create_or_update_model_card._hf_lowdata_note = True  # type: ignore[attr-defined]
+        PeftModel.create_or_update_model_card = create_or_update_model_card

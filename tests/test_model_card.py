@@ -61,6 +61,7 @@ def test_usage_snippet_imports_hf_lowdata_before_loading():
     loading = next(i for i, line in enumerate(lines) if "= PeftModel.from_pretrained(" in line)
     assert first_import < loading and first_import == 0
     assert "`import hf_lowdata` must come before `PeftModel.from_pretrained`" in text
+    assert "pip install hf-lowdata" in text
 
 
 @pytest.mark.parametrize("method", runnable_methods())

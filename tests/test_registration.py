@@ -147,3 +147,52 @@ def test_config_json_is_plain_string():
 
     data = PeftConfig(peft_type=PeftType.MIXUP_BLO).to_dict()
     assert json.loads(json.dumps(data))["peft_type"] == "MIXUP_BLO"
+
+
+def _tiny_bert_classifier():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+def test_save_pretrained_card_says_to_install_and_import_hf_lowdata(tmp_path):
+    """PEFT's own card (``save_pretrained``, ``push_to_hub``) tells a reader of an hf_lowdata adapter what its
+    loaders cannot: without ``import hf_lowdata`` they stop with a bare ``KeyError: 'FTP'``."""
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig, get_peft_model
+
+    from hf_lowdata import FTPConfig
+
+    model = get_peft_model(_tiny_bert_classifier(), FTPConfig(task_type="SEQ_CLS", delta="lora", r=2))
+    model.save_pretrained(tmp_path / "ftp")
+    model.save_pretrained(tmp_path / "ftp")  # saving again over the folder keeps one section
+    card = ModelCard.load(tmp_path / "ftp" / "README.md")
+    assert card.text.count("## Loading this adapter") == 1
+    assert "pip install hf-lowdata" in card.text and "KeyError: 'FTP'" in card.text
+    lines = card.text.splitlines()
+    first_import = next(i for i, line in enumerate(lines) if line.startswith("import hf_lowdata"))
+    assert first_import < next(i for i, line in enumerate(lines) if "PeftModel.from_pretrained(" in line)
+    assert {"hf_lowdata", "ftp"} <= set(card.data.tags) and card.data.library_name == "peft"
+
+    lora = get_peft_model(_tiny_bert_classifier(), LoraConfig(task_type="SEQ_CLS", target_modules=["query"]))
+    lora.save_pretrained(tmp_path / "lora")
+    lora_card = ModelCard.load(tmp_path / "lora" / "README.md")
+    assert "hf_lowdata" not in lora_card.text and "hf_lowdata" not in (lora_card.data.tags or [])
+
+
+def test_card_note_keeps_a_card_that_already_says_it(tmp_path):
+    """A card that already says to import hf_lowdata (the one ``hf-lowdata train`` writes) gets no second note."""
+    from peft import get_peft_model
+
+    from hf_lowdata import TwinTurboConfig
+
+    text = "---\nlibrary_name: peft\n---\n\n# My adapter\n\n```python\nimport hf_lowdata\n```\n"
+    (tmp_path / "README.md").write_text(text)
+    model = get_peft_model(_tiny_bert_classifier(), TwinTurboConfig(projector_dim=8, projector_heads=2))
+    model.save_pretrained(tmp_path)
+    saved = (tmp_path / "README.md").read_text()
+    assert "## Loading this adapter" not in saved and "# My adapter" in saved and "hf_lowdata" in saved
