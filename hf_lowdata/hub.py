@@ -25,13 +25,22 @@ from typing import TYPE_CHECKING
 
 from .model_card import hub_cache_repo_id
 from .models import packaged_hub_id
-from .workflow import EVAL_FILE, PICKLE_SUFFIXES, WorkflowError, check_saved_folder, output_kind
+from .workflow import (
+    CHECKPOINTS_DIR,
+    EVAL_FILE,
+    PICKLE_SUFFIXES,
+    WorkflowError,
+    check_saved_folder,
+    output_kind,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 #: Files of a PEFT adapter folder that go to the Hub (``README.md`` when present).
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+#: Files of a further adapter's sub-folder (``save_pretrained`` of a model with several adapters).
+_NAMED_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _NOT_UPLOADED = {EVAL_FILE}
 #: Files of a Hub repository that a push keeps although the folder has none: git's own settings.
 _KEPT_IN_REPO = {".gitattributes"}
@@ -62,8 +71,9 @@ class PushResult:
 def files_to_upload(folder: str | os.PathLike) -> list[Path]:
     """The files of a saved folder that belong on the Hub: weights, configs, tokenizer, card.
 
-    PEFT adapters: exactly ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md``.
-    Other outputs: every top-level file except the local evaluation record and hidden files.
+    PEFT adapters: exactly ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md``, plus the
+    same two files of every further adapter ``save_pretrained`` wrote into a sub-folder named after it
+    (``PeftModel.from_pretrained(..., subfolder=name)`` loads it from the Hub). Other outputs: every top-level file except the local evaluation record and hidden files.
     Pickle weight files are refused, and damaged safetensors files are refused.
     """
     path = Path(folder)
@@ -75,7 +85,7 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
         raise HubError(f"Not pushing: {path} has no README.md model card. hf-lowdata train writes it last, so this "
                        "may be a cut-off save: train again (or add a card) and push then. Nothing was uploaded.")
     if kind == "peft":  # check_saved_folder made sure config and weights are there
-        files = [path / n for n in PEFT_FILES if (path / n).is_file()]
+        files = [path / n for n in PEFT_FILES if (path / n).is_file()] + _named_adapter_files(path)
     else:
         pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
         if pickles:
@@ -85,6 +95,21 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
                        and p.name not in _NOT_UPLOADED)
         files += sorted(p for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
                         and d.name != "checkpoints" for p in d.rglob("*") if p.is_file())
+    return files
+
+
+def _named_adapter_files(path: Path) -> list[Path]:
+    """The files of the adapters other than ``default`` in a PEFT folder: ``save_pretrained`` writes each into a
+    sub-folder named after it. Each must be complete (config and safetensors weights), as the folder's own."""
+    files: list[Path] = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file()
+                      and not p.name.startswith(".") and p.name != CHECKPOINTS_DIR):
+        try:
+            check_saved_folder(sub)
+        except WorkflowError as err:
+            raise HubError(f"Not pushing: the folder holds a further adapter {sub.name!r} that cannot be published: "
+                           f"{err} Nothing was uploaded.") from err
+        files += [sub / n for n in _NAMED_ADAPTER_FILES]
     return files
 
 
@@ -136,7 +161,7 @@ def hub_file_contents(folder: str | os.PathLike) -> list[tuple[str, Path | bytes
     contents: list[tuple[str, Path | bytes]] = []
     for file in files_to_upload(path):
         name = file.relative_to(path).as_posix()
-        if name == "adapter_config.json":
+        if file.name == "adapter_config.json":
             config = json.loads(file.read_text())
             recorded = config.get("base_model_name_or_path")
             hub_id = (packaged_hub_id(recorded) or hub_cache_repo_id(recorded)) if recorded else None
@@ -162,12 +187,14 @@ _LOADER_FILES = frozenset({
 
 def _is_model_file(name: str) -> bool:
     """Whether a repository file belongs to a saved model (so a push deletes it when stale): a loader's file or a
-    weights file at the top level, or anything in SetFit's ``body/`` or a sentence-transformers module folder
-    (``1_Pooling/``). Anything else (a LICENSE, notes, images, results added by hand) is the user's."""
+    weights file at the top level, a further PEFT adapter's config or weights (``name/adapter_config.json``), or
+    anything in SetFit's ``body/`` or a sentence-transformers module folder (``1_Pooling/``). Anything else (a LICENSE, notes, images, results added by hand) is the user's."""
     import re
 
-    if "/" in name:
-        return name.startswith("body/") or re.match(r"\d+_[A-Za-z]+/", name) is not None
+    if "/" in name:  # also a further adapter's files (``name/adapter_config.json``; pickles of older pushes)
+        named_adapter = name.count("/") == 1 and name.endswith(("/adapter_config.json", "/adapter_model.safetensors",
+                                                                "/adapter_model.bin"))
+        return named_adapter or name.startswith("body/") or re.match(r"\d+_[A-Za-z]+/", name) is not None
     return name in _LOADER_FILES or name.endswith((".safetensors", *PICKLE_SUFFIXES))
 
 

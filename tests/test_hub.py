@@ -299,3 +299,44 @@ def test_only_files_of_a_saved_model_count_as_stale():
     users = ["LICENSE.txt", "requirements.txt", "notes.txt", "results/metrics.json", "eval_results.json",
              "examples/sample_inputs.json", "confusion.png", "README_de.md"]
     assert [n for n in model_files if not _is_model_file(n)] == [] and [n for n in users if _is_model_file(n)] == []
+
+
+def _two_adapter_folder(folder: Path, names: tuple[str, ...] = ("default", "other")) -> Path:
+    """A PEFT folder as ``save_pretrained`` writes it for a model with several adapters (the others in sub-folders)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_lowdata import FTPConfig
+
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32,
+                                                    max_position_embeddings=32))
+    model = get_peft_model(base, FTPConfig(task_type="SEQ_CLS", delta="lora", r=2), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, FTPConfig(task_type="SEQ_CLS", delta="lora", r=2))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_folder_with_several_adapters_pushes_each_of_them(hub, tmp_path):
+    """save_pretrained writes adapters other than 'default' into sub-folders; the push left them out, silently."""
+    folder = _two_adapter_folder(tmp_path / "two")
+    result = push_adapter(folder, "me/two")
+    named = {"other/adapter_config.json", "other/adapter_model.safetensors"}
+    assert set(result.files) == ADAPTER_FILES | named and hub.commits == 1
+    for name in named:
+        assert hub.uploads[name] == (folder / name).read_bytes()
+    # a later push of a folder without that adapter removes it (it would load under the new card)
+    single = _two_adapter_folder(tmp_path / "one", names=("default",))
+    assert push_adapter(single, "me/two").deleted == tuple(sorted(named))
+    assert set(hub.files["me/two"]) == ADAPTER_FILES | {".gitattributes"}
+
+
+def test_a_further_adapter_without_safetensors_weights_is_refused(hub, tmp_path):
+    folder = _two_adapter_folder(tmp_path / "two")
+    (folder / "other" / "adapter_model.safetensors").rename(folder / "other" / "adapter_model.bin")
+    with pytest.raises(HubError, match="further adapter 'other'.*without adapter_model.safetensors"):
+        push_adapter(folder, "me/two")
+    assert hub.commits == 0 and hub.uploads == {}
