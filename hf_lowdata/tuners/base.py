@@ -48,11 +48,13 @@ def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out if bias is None else out + bias
 
 
-def _caller_stacklevel() -> int:
+def _caller_stacklevel(also: tuple[str, ...] = ()) -> int:
     """The ``stacklevel`` that points a warning at the first frame outside peft, transformers and this
-    package: the user's ``get_peft_model`` (or ``add_adapter``) line, however deep PEFT calls the hook."""
+    package (and the packages ``also`` names): the user's ``get_peft_model`` (or ``add_adapter``, or
+    ``trainer.train()``) line, however deep the library calls the hook."""
+    skipped = ("peft", "transformers", "hf_lowdata", *also)
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("peft", "transformers", "hf_lowdata"):
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in skipped:
         frame, level = frame.f_back, level + 1
     return level
 
@@ -119,7 +121,70 @@ class ModuleReplacement:
                 module.to(weight.device)
 
 
-class WeightAdapterTuner(OwnConfigCopy, ModuleReplacement, BaseTuner):
+class PlainTrainerWarning(UserWarning):
+    """transformers' ``Trainer`` (not :class:`~hf_lowdata.training.LowDataTrainer`) trains an adapter whose
+    method needs more than its plain loss and optimizer step. Silence it with ``warnings.filterwarnings``."""
+
+
+def _trainer_on_stack(max_depth: int = 40) -> Any:
+    """The ``transformers.Trainer`` whose method (``training_step``, ``compute_loss``) called this forward pass,
+    or ``None``. Looked up only once transformers' trainer module is imported: without it no Trainer runs."""
+    trainer_module = sys.modules.get("transformers.trainer")
+    if trainer_module is None:
+        return None
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(owner, trainer_module.Trainer):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _is_low_data_trainer(trainer: Any) -> bool:
+    module = sys.modules.get("hf_lowdata.training.trainer")
+    return module is not None and isinstance(trainer, module.LowDataTrainer)
+
+
+class PlainTrainerCheck:
+    """Mixin for a ``BaseTuner``: warn once when a plain ``transformers.Trainer`` trains the adapter.
+
+    The methods train with their own objective (bi-level, mutual information, episodes, projection), which
+    :class:`~hf_lowdata.training.LowDataTrainer` picks for the adapter type; ``Trainer`` runs without complaint
+    but trains something else. The check looks for the Trainer on the call stack at the first forward pass in
+    training mode under a Trainer; a tuner says what goes wrong in :meth:`plain_trainer_note`.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.training and torch.is_grad_enabled() and not self.__dict__.get("_trainer_checked", False):
+            trainer = _trainer_on_stack()
+            if trainer is not None:
+                self.__dict__["_trainer_checked"] = True  # once per model: not on every step
+                note = None if _is_low_data_trainer(trainer) else self._plain_trainer_message(trainer)
+                if note:
+                    warnings.warn(note, PlainTrainerWarning, stacklevel=_caller_stacklevel(("torch", "accelerate")))
+        return super().forward(*args, **kwargs)
+
+    def _plain_trainer_message(self, trainer: Any) -> str | None:
+        active = [name for name in self.active_adapters if name in self.peft_config]
+        if not active:
+            return None
+        config = self.peft_config[active[0]]
+        note = self.plain_trainer_note(config, trainer)
+        if note is None:
+            return None
+        return (f"{type(trainer).__name__} is training a {type(config).__name__} adapter but is not "
+                f"hf_lowdata.LowDataTrainer: {note}")
+
+    def plain_trainer_note(self, config: PeftConfig, trainer: Any) -> str | None:
+        """What a plain Trainer does to an adapter of ``config`` and what to use instead (``None``: nothing
+        goes wrong)."""
+        return None
+
+
+class WeightAdapterTuner(OwnConfigCopy, ModuleReplacement, PlainTrainerCheck, BaseTuner):
     """``BaseTuner`` of the tuners that adapt weight layers (FTP, MixupBLO, SparseExpert): default targets
     by model type, a warning when a classifier's head would be neither trained nor saved."""
 

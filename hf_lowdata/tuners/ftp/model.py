@@ -43,6 +43,21 @@ class FTPModel(WeightAdapterTuner):
     adapted_layer_types = (nn.Linear, TransposedLinear, nn.Conv2d)
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
 
+    def plain_trainer_note(self, config: FTPConfig, trainer: Any) -> str | None:
+        """transformers' Trainer with its own optimizer fine-tunes the deltas without FTP's projection."""
+        from .optimizer import FTPOptimizer
+
+        optimizer = getattr(trainer, "optimizer", None)
+        if isinstance(getattr(optimizer, "optimizer", optimizer), FTPOptimizer):
+            return None  # the user gave the Trainer FTP's optimizer: that is FTP
+        kind = type(getattr(optimizer, "optimizer", optimizer)).__name__ if optimizer is not None else "its default"
+        return (
+            f"it updates the deltas with {kind} optimizer, without FTP's projection, so this is plain "
+            f"{'LoRA' if config.delta == 'lora' else 'full'} fine-tuning. Train with hf_lowdata.LowDataTrainer (it "
+            "picks FTPOptimizer for this adapter), or give the Trainer FTP's optimizer: "
+            "optimizers=(FTPOptimizer(ftp_param_groups(model), lr=...), None) (hf_lowdata.tuners.ftp)."
+        )
+
     def _create_and_replace(
         self,
         peft_config: FTPConfig,

@@ -52,6 +52,16 @@ class MixupBLOModel(WeightAdapterTuner):
     tuner_layer_cls = MixupBLOLayer
     target_module_mapping = TARGET_MODULES
 
+    def plain_trainer_note(self, config: MixupBLOConfig, trainer: Any) -> str | None:
+        """transformers' Trainer steps the mixing factors with everything else: no bi-level problem, no folds."""
+        return (
+            "it trains the mixing factors together with the task weights on the training loss, with the Trainer's "
+            f"optimizer and learning rate, not MixupBLO's outer problem (hypergradient={config.hypergradient!r}, "
+            f"mixing_lr={config.mixing_lr}, factors clamped to [0, 1] after each step) nor its {config.folds} folds. "
+            "Train with hf_lowdata.LowDataTrainer (it runs the bi-level objective for this adapter) or "
+            "hf_lowdata.methods.mixup_blo.train_mixup_blo (the paper's fold protocol)."
+        )
+
     def _create_and_replace(
         self,
         config: MixupBLOConfig,

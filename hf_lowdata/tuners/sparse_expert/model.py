@@ -184,6 +184,16 @@ class SparseExpertModel(WeightAdapterTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # ---- PEFT hooks -----------------------------------------------------------------------------
+    def plain_trainer_note(self, config: SparseExpertConfig, trainer: Any) -> str | None:
+        """transformers' Trainer is no meta-training: say what it trains instead."""
+        return (
+            "it trains the deltas and mask logits through the model's own head with the current expert weights: no "
+            "episodes, no router, no sparsity constraint, so the result is not a meta-trained SparseExpert adapter. "
+            "Meta-train with hf_lowdata.LowDataTrainer on episodes (hf_lowdata.training.episodes.EpisodeDataset; it "
+            "runs SparseExpertObjective); to fine-tune on one task, route it (model.base_model.route_support(...)), "
+            "call merge_and_unload() and train the merged model."
+        )
+
     def _prepare_adapter_config(self, peft_config: SparseExpertConfig, model_config: dict) -> SparseExpertConfig:
         return peft_config  # default targets depend on the modules, resolved in _prepare_model
 

@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from ..base import ModuleReplacement, OwnConfigCopy
+from ..base import ModuleReplacement, OwnConfigCopy, PlainTrainerCheck
 from .config import TwinTurboConfig
 from .layer import MERGE_ERROR, TokenTap, TwinTurboLayer
 
@@ -61,7 +61,7 @@ def remove_token_taps(model: nn.Module) -> None:
 PER_TOKEN_MODEL_KINDS = ("ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM", "ForCausalLM")
 
 
-class TwinTurboModel(OwnConfigCopy, ModuleReplacement, BaseTuner):
+class TwinTurboModel(OwnConfigCopy, ModuleReplacement, PlainTrainerCheck, BaseTuner):
     """Replaces a model's classification head with a TwinTurbo projector + head over its frozen backbone.
 
     ``get_peft_model(AutoModelForSequenceClassification.from_pretrained(...), TwinTurboConfig())``
@@ -93,6 +93,18 @@ class TwinTurboModel(OwnConfigCopy, ModuleReplacement, BaseTuner):
                 )
             peft_config.target_modules = {found[0]}
         return peft_config
+
+    def plain_trainer_note(self, config: TwinTurboConfig, trainer: Any) -> str | None:
+        """transformers' Trainer trains the projector with cross-entropy alone: say so unless that is the config."""
+        if not config.uses_unlabelled_terms:
+            return None
+        return (
+            "it trains the projector and head with the model's cross-entropy alone. The rest of TwinTurbo's objective "
+            f"(marginal_weight={config.marginal_weight}, adversarial_weight={config.adversarial_weight}, latent_weight="
+            f"{config.latent_weight}: the mutual-information terms and their discriminator, on unlabelled texts) only "
+            "runs under LowDataTrainer: train with hf_lowdata.LowDataTrainer(model=..., args=..., train_dataset=..., "
+            "unlabeled_dataset=...), or set the three weights to 0 for plain cross-entropy training."
+        )
 
     def _create_and_replace(
         self,
