@@ -73,7 +73,8 @@ def files_to_upload(folder: str | os.PathLike) -> list[Path]:
 
     PEFT adapters: exactly ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md``, plus the
     same two files of every further adapter ``save_pretrained`` wrote into a sub-folder named after it
-    (``PeftModel.from_pretrained(..., subfolder=name)`` loads it from the Hub). Other outputs: every top-level file except the local evaluation record and hidden files.
+    (``PeftModel.from_pretrained(..., subfolder=name)`` loads it from the Hub). Other outputs: every
+    top-level file except the local evaluation record and hidden files.
     Pickle weight files are refused, and damaged safetensors files are refused.
     """
     path = Path(folder)
@@ -188,7 +189,8 @@ _LOADER_FILES = frozenset({
 def _is_model_file(name: str) -> bool:
     """Whether a repository file belongs to a saved model (so a push deletes it when stale): a loader's file or a
     weights file at the top level, a further PEFT adapter's config or weights (``name/adapter_config.json``), or
-    anything in SetFit's ``body/`` or a sentence-transformers module folder (``1_Pooling/``). Anything else (a LICENSE, notes, images, results added by hand) is the user's."""
+    anything in SetFit's ``body/`` or a sentence-transformers module folder (``1_Pooling/``). Anything else (a
+    LICENSE, notes, images, results added by hand) is the user's."""
     import re
 
     if "/" in name:  # also a further adapter's files (``name/adapter_config.json``; pickles of older pushes)
