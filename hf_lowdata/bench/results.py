@@ -46,7 +46,12 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def repair_tail(path: str | os.PathLike) -> None:
-    """Cut a partial last line (no trailing newline) so the next append starts on a fresh line."""
+    """Make the file end on a line break so the next append starts on a fresh line.
+
+    A last line without its newline is kept (the newline is added) when it is a whole record, as
+    :func:`read_records` reads it so (a file edited by hand or written by another tool may lack the
+    final newline); it is cut when it is partial (a kill during the write), as its run is redone.
+    """
     file = Path(path)
     if not file.exists() or file.stat().st_size == 0:
         return
@@ -54,8 +59,16 @@ def repair_tail(path: str | os.PathLike) -> None:
     if data.endswith(b"\n"):
         return
     cut = data.rfind(b"\n") + 1
+    try:
+        complete = isinstance(json.loads(data[cut:].decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        complete = False
     with open(file, "r+b") as fh:
-        fh.truncate(cut)
+        if complete:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")
+        else:
+            fh.truncate(cut)
         fh.flush()
         os.fsync(fh.fileno())
 

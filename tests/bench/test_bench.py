@@ -71,6 +71,24 @@ def test_resume_skips_finished_and_redoes_a_cut_run(toy_data_dir, tiny_bert_dir,
         run_benchmark(config, show_progress=False)
 
 
+def test_resume_keeps_a_whole_last_record_that_lacks_its_newline(toy_data_dir, tiny_bert_dir, tmp_path):
+    """A last line without a trailing newline was always cut before the next append, even when it was a whole
+    record (a file edited by hand or written by another tool): a finished run was lost and redone."""
+    out = tmp_path / "out"
+    config = _config(toy_data_dir, tiny_bert_dir, out, methods=["probe"], seeds=[0, 1])
+    run_benchmark(config, show_progress=False)
+    runs = out / "runs.jsonl"
+    kept = runs.read_text().rstrip("\n")  # both records whole, the final newline gone
+    runs.write_text(kept)
+    config.resume, config.seeds = True, [0, 1, 2]
+    seen = []
+    records = run_benchmark(config, show_progress=False, on_record=seen.append)
+    assert [r["seed"] for r in seen] == [2]  # seed 1 was not redone
+    assert sorted(r["seed"] for r in records) == [0, 1, 2]
+    lines = runs.read_text().splitlines()
+    assert "\n".join(lines[:2]) == kept and [json.loads(line)["seed"] for line in lines] == [0, 1, 2]
+
+
 def test_failed_run_is_recorded_and_retried_on_resume(toy_data_dir, tiny_bert_dir, tmp_path, monkeypatch):
     from hf_lowdata.methods import probe
 

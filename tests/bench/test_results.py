@@ -94,3 +94,24 @@ def test_ctrl_c_in_bench_is_one_message_not_a_traceback(monkeypatch, tmp_path, c
                  str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 130 and "Interrupted. Finished runs are in" in err and "--resume" in err
+
+
+def test_repair_tail_adds_the_newline_to_a_whole_last_record_and_cuts_a_partial_one(tmp_path):
+    import json
+
+    from hf_lowdata.bench.results import append_record, read_records, repair_tail
+
+    runs = tmp_path / "runs.jsonl"
+    first, last = json.dumps({"run_key": "a"}), json.dumps({"run_key": "b", "text": "caf\u00e9"}, ensure_ascii=False)
+    runs.write_text(first + "\n" + last, encoding="utf-8")
+    repair_tail(runs)
+    assert runs.read_text(encoding="utf-8") == first + "\n" + last + "\n"
+    append_record(runs, {"run_key": "c"})
+    assert [r["run_key"] for r in read_records(runs)] == ["a", "b", "c"]
+    for partial in (last[:-1], '{"run_key": "b"} x', "[1, 2]", "\xff\xfe"):  # cut, trailing junk, not a record
+        runs.write_bytes((first + "\n").encode() + partial.encode("latin-1" if partial.startswith("\xff") else "utf-8"))
+        repair_tail(runs)
+        assert runs.read_text(encoding="utf-8") == first + "\n", partial
+    runs.write_text(first + "\n")  # already ends on a newline: untouched
+    repair_tail(runs)
+    assert runs.read_text() == first + "\n"
