@@ -62,6 +62,9 @@ DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
 BENCH_DATA_DIR_OPTION = "bench_data_dir"
 #: Environment variable naming the source folder when neither option is given.
 META_FILE = "meta_training.json"
+#: Written into each meta-training checkpoint: the objective's per-step history and the seconds spent so far, so
+#: that the summary of a resumed meta-training covers every step.
+META_PROGRESS_FILE = "meta_training_progress.json"
 FINETUNE_MODES = ("none", "lora", "full")
 FINETUNE_ERROR = "finetune must be 'none', 'lora' or 'full', got {mode!r}."
 #: Part of the cache key; bumped when the code changes what a plan meta-trains, so an adapter cached by an
@@ -292,16 +295,15 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
                              "adapter would differ from the one-process adapter cached under the same key. Use a "
                              "process count that divides it, or one process.")
         args.gradient_accumulation_steps = plan.meta_batch // args.world_size
-    trainer = LowDataTrainer(model=model, args=args, train_dataset=episodes,
-                             objective=SparseExpertObjective(**plan.objective))
+    trainer = _progress_keeping(LowDataTrainer)(model=model, args=args, train_dataset=episodes,
+                                                objective=SparseExpertObjective(**plan.objective))
     if quiet:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    started = time.perf_counter()
     resume = last_complete_checkpoint(work)
     trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - started
+    seconds = trainer.meta_training_seconds()
     meta_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     tuner = trainer.model.base_model
     tuner.binarize_masks()
@@ -331,6 +333,10 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
         "adapter_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
         "history": trainer.objective.history,
     }
+    if trainer.history_from_step is not None:  # resumed from a checkpoint that kept no history (an older version's)
+        summary["history_from_step"] = trainer.history_from_step
+        summary["history_note"] = (f"{resume} kept no per-step history: the history (and seconds) cover only the "
+                                   f"steps after step {trainer.history_from_step}.")
     (tmp / META_FILE).write_text(json.dumps(summary, indent=1))
     try:
         os.replace(tmp, final)
@@ -339,6 +345,50 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     shutil.rmtree(work, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _progress_keeping(trainer_class: type) -> type:
+    """``trainer_class`` (LowDataTrainer) that keeps the objective's per-step history and the seconds spent in
+    every checkpoint and restores them on resume: the summary of a meta-training resumed after a kill covers
+    every step, as an uninterrupted one's does. The file is written before ``trainer_state.json``, which marks
+    a checkpoint complete, so a complete checkpoint always holds it."""
+
+    class ProgressKeepingTrainer(trainer_class):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.carried_seconds = 0.0
+            self.history_from_step: int | None = None
+            self.started = time.perf_counter()
+
+        def meta_training_seconds(self) -> float:
+            return self.carried_seconds + time.perf_counter() - self.started
+
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            super()._save_optimizer_and_scheduler(output_dir)
+            if self.args.should_save:
+                paths.atomic_write_text(Path(output_dir) / META_PROGRESS_FILE, json.dumps({
+                    "history": self.objective.history, "seconds": self.meta_training_seconds(),
+                    "history_from_step": self.history_from_step}))
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is None:
+                return
+            saved = Path(checkpoint) / META_PROGRESS_FILE
+            try:
+                progress = json.loads(saved.read_text())
+            except FileNotFoundError:
+                self.history_from_step = self.state.global_step
+                return
+            except (OSError, ValueError) as err:
+                raise DataError(f"The meta-training checkpoint {checkpoint} is damaged ({saved.name}: {err}). Delete "
+                                f"{Path(checkpoint).parent} to meta-train anew.") from err
+            self.objective.history = list(progress["history"])
+            self.carried_seconds = float(progress["seconds"])
+            self.history_from_step = progress.get("history_from_step")
+            self.started = time.perf_counter()
+
+    return ProgressKeepingTrainer
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from hf_lowdata.methods.sparse_expert import (
     BENCH_DATA_DIR_OPTION,
     DEFAULT_SOURCES,
     META_FILE,
+    META_PROGRESS_FILE,
     PrototypeClassifier,
     cache_root,
 )
@@ -404,3 +405,55 @@ def test_many_classes_fine_tune_on_batches_of_the_budgets_size(tiny_bert_dir, tm
                                                                                                             "c12")), seed=0)
     with pytest.raises(DataError, match=r"prototypes\), but 'c12' has none"):
         get_method("sparse_expert_pretrained").fit(missing, _ctx(tiny_bert_dir, None, tmp_path, budget=budget))
+
+
+def test_a_meta_training_resumed_after_a_kill_matches_an_uninterrupted_one_history_included(tiny_bert_dir, data_dir,
+                                                                                             tmp_path, monkeypatch):
+    """meta_training.json's per-step history held only the steps run after a resume (the objective starts with
+    an empty history and the checkpoint did not keep it): the record of an interrupted meta-training was cut."""
+    from safetensors.torch import load_file
+
+    from hf_lowdata.methods.sparse_expert import MetaTrainingPlan, meta_train
+    from hf_lowdata.tuners.sparse_expert import SparseExpertObjective
+
+    plan = MetaTrainingPlan(model=str(tiny_bert_dir), source_dir=str(data_dir), sources=("toyb",), steps=4,
+                            meta_batch=1, query_per_class=2, max_length=32)  # a checkpoint every step
+    whole = meta_train(plan, tmp_path / "whole")
+    stepped = SparseExpertObjective.on_optimizer_step
+
+    def killed_in_step_3(self, trainer, model):
+        if trainer.state.global_step == 2:  # (the count of steps finished before this one)
+            raise KeyboardInterrupt  # a kill after step 2's checkpoint, in step 3
+        stepped(self, trainer, model)
+
+    monkeypatch.setattr(SparseExpertObjective, "on_optimizer_step", killed_in_step_3)
+    for cache in ("cut", "older"):
+        with pytest.raises(KeyboardInterrupt):
+            meta_train(plan, tmp_path / cache)
+    monkeypatch.undo()
+    # a checkpoint of an older version kept no history: the summary says which steps its history covers
+    [work] = (tmp_path / "older" / "sparse_expert").glob("*.work")
+    (work / "checkpoint-2" / META_PROGRESS_FILE).unlink()
+    older = json.loads((meta_train(plan, tmp_path / "older") / META_FILE).read_text())
+    assert older["history"] == expected_history(whole)[2:] and older["history_from_step"] == 2
+    assert "cover only the steps after step 2" in older["history_note"]
+    resumed = meta_train(plan, tmp_path / "cut")
+    meta, expected = (json.loads((f / META_FILE).read_text()) for f in (resumed, whole))
+    assert meta["resumed_from"].endswith("checkpoint-2") and expected["resumed_from"] is None
+    assert len(expected["history"]) == 4
+    assert meta["history"] == expected["history"]
+    assert meta["seconds"] >= 0 and "history_from_step" not in meta
+    weights, reference = (load_file(f / "adapter_model.safetensors") for f in (resumed, whole))
+    assert weights.keys() == reference.keys()
+    for name in weights:
+        assert torch_equal(weights[name], reference[name]), name
+
+
+def expected_history(folder):
+    return json.loads((folder / META_FILE).read_text())["history"]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
