@@ -29,7 +29,10 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not file.exists():
         return []
     records = []
-    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    text = file.read_text(encoding="utf-8", errors="replace")
+    # records end at "\n" only (as repair_tail and append_record count them): str.splitlines also breaks at
+    # U+2028, U+0085, ..., which JSON written without ASCII escapes (ensure_ascii=False) keeps raw inside strings
+    lines = text.removesuffix("\n").split("\n") if text else []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

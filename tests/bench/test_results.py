@@ -115,3 +115,23 @@ def test_repair_tail_adds_the_newline_to_a_whole_last_record_and_cuts_a_partial_
     runs.write_text(first + "\n")  # already ends on a newline: untouched
     repair_tail(runs)
     assert runs.read_text() == first + "\n"
+
+
+def test_a_record_with_a_raw_line_separator_in_a_string_is_one_record(tmp_path):
+    """Records were split with str.splitlines, which also breaks at U+2028, U+0085 and the like: JSON written
+    without ASCII escapes (another tool, ensure_ascii=False) keeps them raw inside strings, so such a finished run
+    was read as two damaged lines and redone."""
+    import json
+    import warnings
+
+    from hf_lowdata.bench.results import finished_keys, read_records, repair_tail
+
+    runs = tmp_path / "runs.jsonl"
+    records = [{"run_key": "a", "status": "ok", "note": "one\u2028two"}, {"run_key": "b", "status": "ok", "x": "\x85"}]
+    runs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in records), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_records(runs) == records and finished_keys(read_records(runs)) == {"a", "b"}
+    runs.write_text(json.dumps(records[0], ensure_ascii=False), encoding="utf-8")  # no final newline
+    repair_tail(runs)
+    assert read_records(runs) == records[:1]
