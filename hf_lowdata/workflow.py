@@ -581,7 +581,17 @@ def _prepare_checkpoints(folder: Path, run_config: dict[str, Any], resume: bool)
                 "another output folder (nothing was overwritten)."
             )
         if config_file.is_file():
-            saved = json.loads(config_file.read_text())
+            try:
+                saved = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                saved = err
+            if not isinstance(saved, dict):
+                why = saved if isinstance(saved, Exception) else f"it holds a JSON {type(saved).__name__}, not an object"
+                raise WorkflowError(
+                    f"--resume: {config_file} cannot be read ({why}), so nothing tells whether the checkpoints in "
+                    f"{folder} come from this run's settings. Delete {folder} to train from the start (its "
+                    "checkpoints are lost), or choose another output folder (nothing was changed)."
+                )
             # a key added later reads None, except those an older hf_lowdata did not record (not known: not compared)
             changed = sorted(k for k in run_config if (k in saved or k not in _RECORDED_LATER)
                              and saved.get(k) != run_config[k])

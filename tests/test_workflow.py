@@ -88,3 +88,23 @@ def test_the_evaluated_texts_reach_the_method_as_held_out(tiny_bert_dir, toy_dat
 
     held_out = set(evaluated_texts(seen[0], RunContext()))
     assert set(splits.test.texts) <= held_out and set(splits.train.texts) <= held_out
+
+
+def test_resume_over_an_unreadable_run_config_is_refused_with_what_to_do(tmp_path):
+    """A damaged run_config.json (an OS crash before the write reached the disk, a hand edit) failed with a bare
+    JSONDecodeError, and a JSON list with an AttributeError, instead of saying which file and what to do."""
+    import pytest
+
+    from hf_lowdata.workflow import CHECKPOINTS_DIR, RUN_CONFIG_FILE, WorkflowError, train_method
+    from tests.cli.outputs import tiny_config, toy_task
+
+    checkpoints = tmp_path / "out" / CHECKPOINTS_DIR
+    (checkpoints / "checkpoint-2").mkdir(parents=True)
+    (checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    for damaged, why in (('{"method": "lo', "Unterminated string"), ("[]", "it holds a JSON list, not an object")):
+        (checkpoints / RUN_CONFIG_FILE).write_text(damaged)
+        with pytest.raises(WorkflowError, match=rf"run_config.json cannot be read \({why}.*Delete .*{CHECKPOINTS_DIR} "
+                                                r"to train from the start.*nothing was changed"):
+            train_method("lora", toy_task(), tmp_path / "out", config=tiny_config("lora"), save_steps=1, resume=True)
+        assert (checkpoints / RUN_CONFIG_FILE).read_text() == damaged
+        assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
