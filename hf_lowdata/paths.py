@@ -17,8 +17,8 @@ DATA_DIR_ENV = "HF_LOWDATA_DATA_DIR"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill at any moment leaves the old
-    file or the new one, never a cut-off mix. Each call stages in a file of its own (``<name>.<random>.tmp<pid>``),
+    """Write ``text`` to ``path`` through a temporary file, synced to disk, and a rename: a kill (or a crash of
+    the machine) at any moment leaves the old file or the new one, never a cut-off mix or an empty file. Each call stages in a file of its own (``<name>.<random>.tmp<pid>``),
     so concurrent writers never share one; the file gets the permissions a plain write would (``0o666`` less the
     umask), and copies staged by killed writers are swept (:mod:`hf_lowdata.leftovers`)."""
     import secrets
@@ -31,6 +31,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename: a crash never leaves the new name on an empty file
         os.replace(staged, target)
     except BaseException:
         staged.unlink(missing_ok=True)

@@ -94,3 +94,28 @@ def test_copies_staged_by_killed_writers_are_swept(tmp_path):
     age(other)
     atomic_write_text(tmp_path / "summary.md", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["summary.md", recent.name, other.name])
+
+
+def test_the_staged_text_is_synced_to_disk_before_the_rename(monkeypatch, tmp_path):
+    """Without an fsync before the rename, a crash of the machine could leave the new name on an empty file (the
+    rename reached the disk, the data did not): a run_config.json or a benchmark's config.json that then reads as
+    nothing."""
+    import os
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd))
+        fsync(fd)
+
+    def renamed(src, dst):
+        events.append(("replace", str(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    atomic_write_text(tmp_path / "config.json", "{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace"]
+    assert events[0][1] == events[1][1] or not os.path.exists("/proc/self/fd")  # the staged file itself was synced
+    assert (tmp_path / "config.json").read_text() == "{}"

@@ -47,6 +47,7 @@ from ..models import (
     require_text_model,
     resolve_model_path,
 )
+from ..paths import atomic_write_text
 from .measure import PeakMemory, Timer, accuracy, environment, macro_f1
 from .report import write_report
 from .results import append_record, finished_keys, jsonable, locked_output, read_records, repair_tail
@@ -341,11 +342,10 @@ def _run_benchmark_locked(
             if name != dataset:
                 check_label_space(loaded[dataset].train, loaded[name].train)
     env = environment()
-    saved = out / "config.json.tmp"
-    saved.write_text(json.dumps({"config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
-                                 "model": model, "data": data, "budgets": budgets, "environment": env}, indent=2,
-                                default=str))
-    os.replace(saved, out / "config.json")  # a kill leaves the previous settings file whole
+    # (a kill leaves the previous settings file whole; synced, so a crash never leaves it empty)
+    atomic_write_text(out / "config.json", json.dumps({
+        "config": {**asdict(config), "data_dir": str(config.data_dir), "out": str(config.out)},
+        "model": model, "data": data, "budgets": budgets, "environment": env}, indent=2, default=str))
     quiet_libraries()
     cache = SharedCache()
     bar = _progress_bar(len(specs), len(specs) - len(todo), show_progress)

@@ -135,3 +135,30 @@ def test_a_record_with_a_raw_line_separator_in_a_string_is_one_record(tmp_path):
     runs.write_text(json.dumps(records[0], ensure_ascii=False), encoding="utf-8")  # no final newline
     repair_tail(runs)
     assert read_records(runs) == records[:1]
+
+
+def test_the_settings_file_is_synced_before_it_replaces_the_old_one(toy_data_dir, tiny_bert_dir, tmp_path,
+                                                                     monkeypatch):
+    """config.json was renamed into place unsynced: a crash of the machine could leave it empty, and an unreadable
+    settings file lets a --resume with other settings through (it says nothing to compare with)."""
+    import json
+    import os
+
+    synced, renamed = set(), []
+    fsync, replace = os.fsync, os.replace
+
+    def sync(fd):
+        synced.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def rename(src, dst):
+        renamed.append((os.path.realpath(src), os.path.basename(dst), os.path.realpath(src) in synced))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", sync)
+    monkeypatch.setattr(os, "replace", rename)
+    config = BenchConfig(data_dir=toy_data_dir, datasets=["toya"], methods=["probe"], out=tmp_path / "out",
+                         shots=[4], seeds=[0], model=str(tiny_bert_dir), options={})
+    run_benchmark(config, show_progress=False)
+    assert [done for _, name, done in renamed if name == "config.json"] == [True]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["config"]["seeds"] == [0]
