@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -248,6 +249,77 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
             raise DataError(f"The cached meta-trained adapter {final} is damaged ({damaged}). Delete that folder "
                             "and run again to meta-train it anew.")
         return final
+    work = root / f"{plan.key()}.work"
+    lock = _lock_meta_training(work, final)
+    try:
+        if (final / META_FILE).is_file():  # another process published it while this one waited
+            return meta_train(plan, cache_dir, quiet, device)
+        return _meta_train(plan, root, final, work, quiet, device)
+    except BaseException:
+        if lock is not None and work.is_dir() and {p.name for p in work.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(work, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
+        raise
+    finally:
+        if lock is not None:
+            lock.close()  # (releases the lock)
+
+
+#: In a meta-training's work folder: held by the process that meta-trains the plan.
+LOCK_FILE = ".lock"
+
+
+def _lock_meta_training(work: Path, final: Path) -> Any:
+    """Wait until no other process on this machine meta-trains the plan whose work folder is ``work``; return the
+    open lock file (closing it releases the lock), or ``None``: the plan was published as ``final`` meanwhile, or
+    there is no lock (no ``fcntl``: Windows; a process of a distributed launch, whose processes meta-train the plan
+    together).
+
+    Two processes meta-training one plan shared its work folder: one resumed from a checkpoint the other was still
+    writing or rotating away, and failed. The lock file lives in the work folder, which is removed once the
+    adapter is published (or when a meta-training failed before its first checkpoint): a process that waited on a
+    removed lock file takes a fresh one, unless the plan was published.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    told = False
+    while not (final / META_FILE).is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        handle = open(work / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until the caller closes it
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    print(f"Waiting for {holder}, which meta-trains the same SparseExpert plan ({work}); its adapter "
+                          "is then used here.", file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(handle.fileno()), os.stat(work / LOCK_FILE))
+            except FileNotFoundError:
+                current = False
+            if current:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"process {os.getpid()}")
+                handle.flush()
+                return handle
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # removed while this process waited: take the new one
+    return None
+
+
+def _meta_train(plan: MetaTrainingPlan, root: Path, final: Path, work: Path, quiet: bool,
+                device: str | None) -> Path:
+    """Meta-train ``plan`` in ``work`` (resuming from its last complete checkpoint) and publish it as ``final``."""
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -256,7 +328,6 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     from ..tuners.sparse_expert import SparseExpertConfig, SparseExpertObjective
 
     root.mkdir(parents=True, exist_ok=True)
-    work = root / f"{plan.key()}.work"
     tokenizer = load_tokenizer(plan.model)
     pools = plan.source_pools()
     missing = [name for name in plan.sources if name not in pools]

@@ -460,3 +460,62 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+_PUBLISHER = """
+import fcntl, shutil, sys
+from pathlib import Path
+work, reference, final = (Path(a) for a in sys.argv[1:4])
+work.mkdir(parents=True)
+with open(work / ".lock", "a+") as fh:
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.readline()
+    shutil.copytree(reference, final)  # publishes, then removes its work folder, as meta_train does
+    shutil.rmtree(work)
+"""
+
+
+def test_a_second_process_waits_for_the_meta_training_of_its_plan_and_uses_its_adapter(tiny_bert_dir, data_dir,
+                                                                                         tmp_path, monkeypatch, capfd):
+    """Two processes meta-training one plan (two benchmarks sharing the cache) shared its work folder: one resumed
+    from a checkpoint the other was still writing or rotating away and failed ("no objective_state.safetensors")."""
+    import subprocess
+    import sys
+    import threading
+
+    from hf_lowdata.methods.sparse_expert import MetaTrainingPlan, meta_train
+    from hf_lowdata.training import LowDataTrainer
+
+    plan = MetaTrainingPlan(model=str(tiny_bert_dir), source_dir=str(data_dir), sources=("toyb",), steps=1,
+                            meta_batch=1, query_per_class=2, max_length=32)
+    reference = meta_train(plan, tmp_path / "reference")
+    root = cache_root(tmp_path / "shared")
+    work, final = root / f"{plan.key()}.work", root / plan.key()
+    holder = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(work), str(reference), str(final)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+
+        def no_training(*args, **kwargs):
+            raise AssertionError("meta-trained the plan beside the process that meta-trains it")
+
+        monkeypatch.setattr(LowDataTrainer, "train", no_training)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(meta_train(plan, tmp_path / "shared")))
+        waiter.start()
+        waiter.join(timeout=3)
+        assert waiter.is_alive()  # waiting for the holder
+        holder.stdin.write("publish\n")
+        holder.stdin.flush()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive() and got == [final]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "which meta-trains the same SparseExpert plan" in capfd.readouterr().err
+    assert sorted(p.name for p in root.iterdir()) == [final.name]  # no work folder or lock file left behind
+    # a meta-training that fails before its first checkpoint leaves no work folder (nor its lock file)
+    with pytest.raises(DataError, match="Source dataset 'nope' not found"):
+        meta_train(replace(plan, sources=("nope",)), tmp_path / "shared")
+    assert sorted(p.name for p in root.iterdir()) == [final.name]
