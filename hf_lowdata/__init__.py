@@ -28,6 +28,7 @@ _EXPORTS = {
     "SparseExpertModel": "hf_lowdata.tuners.sparse_expert",
     "FTPConfig": "hf_lowdata.tuners.ftp",
     "FTPModel": "hf_lowdata.tuners.ftp",
+    "PlainTrainerWarning": "hf_lowdata.tuners.base",
     "LowDataTrainer": "hf_lowdata.training",
     "TrainingObjective": "hf_lowdata.training",
     "load_data": "hf_lowdata.data",

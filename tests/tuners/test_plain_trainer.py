@@ -78,3 +78,9 @@ def test_no_warning_where_the_plain_trainer_does_what_the_method_asks(tmp_path):
     ce_only = TwinTurboConfig(task_type="SEQ_CLS", projector_dim=8, projector_heads=2, marginal_weight=0.0,
                               adversarial_weight=0.0, latent_weight=0.0)
     assert _train(Trainer, _model(ce_only), tmp_path / "ce") == []
+
+
+def test_the_warning_class_is_exported_where_the_readme_names_it():
+    import hf_lowdata
+
+    assert hf_lowdata.PlainTrainerWarning is PlainTrainerWarning and "PlainTrainerWarning" in hf_lowdata.__all__
