@@ -131,7 +131,7 @@ def meta_train(variant: str, args: argparse.Namespace, train: ImageSet) -> Path:
     set_seed(EPISODES["seed"])
     model = get_peft_model(load_efficientnet_lite0().train(), SparseExpertConfig(target_modules=TARGETS, **adapter))
     budget = Budget(learning_rate=args.meta_lr, epochs=1, min_steps=args.meta_steps, max_steps=args.meta_steps,
-                    min_epochs=0, batch_size=1, weight_decay=0.0, warmup_ratio=0.05)
+                    batch_size=1, weight_decay=0.0, warmup_ratio=0.05)
     targs = few_shot_training_args(str(work), budget, 1, seed=EPISODES["seed"], gradient_accumulation_steps=args.meta_batch,
                                    lr_scheduler_type="cosine", save_strategy="steps",
                                    save_steps=max(1, args.meta_steps // 10), save_total_limit=1, use_cpu=True)

@@ -353,7 +353,7 @@ def _meta_train(plan: MetaTrainingPlan, root: Path, final: Path, work: Path, qui
     set_seed(plan.seed)
     model = get_peft_model(load_encoder(plan.model).train(), SparseExpertConfig(**plan.adapter))
     budget = Budget(learning_rate=plan.learning_rate, epochs=1, min_steps=plan.steps, max_steps=plan.steps,
-                    min_epochs=0, batch_size=1, weight_decay=0.0, warmup_ratio=plan.warmup_ratio, max_length=plan.max_length)
+                    batch_size=1, weight_decay=0.0, warmup_ratio=plan.warmup_ratio, max_length=plan.max_length)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     args = few_shot_training_args(
         str(work), budget, 1, seed=plan.seed, gradient_accumulation_steps=plan.meta_batch, lr_scheduler_type="cosine",

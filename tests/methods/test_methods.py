@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_lowdata.budgets import BUDGETS, Budget, get_budget
+from hf_lowdata.budgets import BUDGETS, MIN_EPOCHS, Budget, get_budget
 from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, available_methods, get_method
 from tests.helpers import toy_sentences
@@ -41,7 +41,7 @@ def test_methods_need_no_settings_by_default(monkeypatch):
 
 
 def test_budget_steps_are_clamped_and_documented():
-    b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, min_epochs=0, batch_size=8)
+    b = Budget(learning_rate=1e-4, epochs=10, min_steps=20, max_steps=50, batch_size=8)
     assert b.steps(4) == 20 and b.steps(16) == 20 and b.steps(32) == 40 and b.steps(1000) == 50
     assert get_budget("lora", "quick").max_steps == round(BUDGETS["lora"].max_steps * 0.5)
     with pytest.raises(KeyError, match="No budget for method"):
@@ -54,11 +54,11 @@ def test_step_cap_never_cuts_training_below_min_epochs():
     from hf_lowdata.workflow import resolve_budget
 
     full = get_budget("full")
-    assert (full.max_steps, full.min_epochs, full.batch_size) == (160, 5.0, 8)
+    assert (full.max_steps, full.min_epochs, full.batch_size) == (160, MIN_EPOCHS, 8) and MIN_EPOCHS == 5
     assert full.steps(16) == 40 and full.steps(64) == 160 and full.steps(256) == 160  # k-shot: unchanged
     assert full.steps(300) == 188 and full.steps(1000) == 625  # ceil(5 * N / 8)
     assert Budget(learning_rate=1e-4, epochs=2, max_steps=10, min_epochs=5).steps(1000) == 250  # epochs bound it
-    assert Budget(learning_rate=1e-4, max_steps=10, min_epochs=0).steps(1000) == 10
+    assert Budget(learning_rate=1e-4, max_steps=10).steps(1000) == 10  # a Budget built by hand: a hard cap
     assert get_budget("full", "quick").steps(1000) == 313  # the preset halves the floor too
     assert get_budget("probe").steps(1000) == 0  # no epochs, no steps
     capped, _ = resolve_budget("full", config={"max_steps": 100})
