@@ -226,6 +226,16 @@ def _step_printer(method: str):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .workflow import check_device, output_lock, require_method
+
+    require_method(args.method)  # before any data is read
+    check_device(args.device)
+    with output_lock(args.out):  # a second run on the same --out is refused here, before it reads or changes anything
+        return _train_holding_the_lock(args)
+
+
+def _train_holding_the_lock(args: argparse.Namespace) -> int:
+    """``hf-lowdata train`` once ``--out`` is locked: check it, read the data, train (or finish a finished run)."""
     from dataclasses import replace
 
     from .data import (
@@ -244,17 +254,13 @@ def _run_train(args: argparse.Namespace) -> int:
         EVAL_FILE,
         WorkflowError,
         budget_fields_read,
-        check_device,
         check_output_folder,
         finished_output,
         ignored_budget_settings,
-        require_method,
         resume_finished,
         train_method,
     )
 
-    require_method(args.method)  # before any data is read
-    check_device(args.device)
     out: Path = args.out
     finished = finished_output(out)
     if finished and not args.resume:
@@ -315,7 +321,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"Resumed from {result.resumed_from}.")
     if result.resume_note:
         print(result.resume_note)
-    files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
+    files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")))  # not the lock
     print(f"Saved {args.method} to {out} ({files}); {result.trainable_parameters:,} trainable parameters, "
           f"{result.adapter_bytes / 1024:,.1f} KiB, trained in {result.train_seconds:.1f} s.")
     chosen = describe_model_selection(result.classifier.notes)

@@ -4,7 +4,8 @@
 functions, so a run from the command line and a run in the browser are the same run. Outputs are
 written so that a kill at any moment leaves the output folder readable: checkpoints go to
 ``OUT/checkpoints`` (only complete ones are resumed from), and the final files are staged in a
-hidden sub-folder and moved into place one by one with atomic renames.
+hidden sub-folder and moved into place one by one with atomic renames. One run at a time writes an output
+folder (:func:`output_lock`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from .models import (
     resolve_model_path,
     safetensors_error,
 )
-from .paths import atomic_write_text
+from .paths import LOCK_FILE, FolderBusyError, atomic_write_text, locked_folder
 
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_FILE = "eval_results.json"
@@ -70,6 +71,10 @@ class WorkflowError(ValueError):
 
 class AdapterLoadError(WorkflowError):
     """A saved folder that cannot be loaded (missing, damaged, or made for another base model)."""
+
+
+class OutputBusyError(WorkflowError):
+    """Another process (or thread) is training into the output folder (:func:`output_lock`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,83 +382,82 @@ def train_method(
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)
     require_text_model(model)  # a missing (or image, or tokenizer-less) model fails before any work, with its message
     out = Path(output_dir)
-    check_output_folder(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = out / CHECKPOINTS_DIR
-    steps = runner.planned_steps(len(task.labelled), budget, options)
-    if save_steps is None:
-        save_steps = max(1, -(-steps // 4))
-    run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
-                  "model": _model_record(model), "labelled_examples": len(task.labelled),
-                  # checkpoints trained on other data (of the same size) are never continued
-                  "data": _fingerprint(task.labelled), "label_names": list(task.label_names),
-                  # a resumed run reads back the dev scores up to its checkpoint: only valid for the same dev set
-                  "dev": _fingerprint(task.dev) if task.dev is not None else None}
-    # the checks hold for every method: another run's unfinished checkpoints are never trained over
-    if not save_steps and checkpoints.is_dir() and any(checkpoints.iterdir()):
-        raise WorkflowError(
-            f"{checkpoints} holds checkpoints of an unfinished run, which --save-steps 0 would neither continue nor "
-            "keep (the folder is removed when a run ends). Leave out --save-steps (or give one above 0) and pass "
-            "--resume to continue it, or choose another output folder (nothing was overwritten)."
-        )
-    resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
-    resume_note = None
-    if not runner.checkpoints:  # trains without Trainer checkpoints (a probe, a projector on cached features)
-        if resume:
-            resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
-        save_steps, resumed_from = 0, None
-    earlier = _earlier_seconds(checkpoints, resumed_from)
-    try:
-        with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
-            ctx = RunContext(
-                model=model, seed=seed, budget=None if unchanged else budget, work_dir=Path(work),
-                cache=cache or SharedCache(),
-                options=options, progress=progress, cancel=cancel, device=device, quiet=True,
-                checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
-                resume=resumed_from is not None, bf16=bf16,  # the method finds its own checkpoints
+    with output_lock(out):  # held until the final files are in place and the checkpoints are gone
+        check_output_folder(out)
+        checkpoints = out / CHECKPOINTS_DIR
+        steps = runner.planned_steps(len(task.labelled), budget, options)
+        if save_steps is None:
+            save_steps = max(1, -(-steps // 4))
+        run_config = {"method": method, "preset": preset, "seed": seed, "config": dict(config or {}),
+                      "model": _model_record(model), "labelled_examples": len(task.labelled),
+                      # checkpoints trained on other data (of the same size) are never continued
+                      "data": _fingerprint(task.labelled), "label_names": list(task.label_names),
+                      # a resumed run reads back the dev scores up to its checkpoint: only valid for the same dev set
+                      "dev": _fingerprint(task.dev) if task.dev is not None else None}
+        # the checks hold for every method: another run's unfinished checkpoints are never trained over
+        if not save_steps and checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise WorkflowError(
+                f"{checkpoints} holds checkpoints of an unfinished run, which --save-steps 0 would neither continue nor "
+                "keep (the folder is removed when a run ends). Leave out --save-steps (or give one above 0) and pass "
+                "--resume to continue it, or choose another output folder (nothing was overwritten)."
             )
-            set_seed(seed)
-            if save_steps:  # a later --resume carries this session's time up to its checkpoint
-                atomic_write_text(checkpoints / TRAIN_TIME_FILE,
-                                  json.dumps({"carried_seconds": earlier, "started": time.time()}))
-            start = time.perf_counter()
-            classifier = runner.fit(_with_evaluation_texts(task, evaluation_data), ctx)
-            seconds = time.perf_counter() - start + (earlier or 0.0)  # over every session of a resumed run
-    except BaseException:
-        _drop_unresumable(out, checkpoints, created)
-        raise
-    evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
-    summary = summarize_data(task, evaluation_data, uses_unlabelled=runner.uses_unlabelled)
-    selection = {k: classifier.notes[k] for k in ("selected_step", "C", "dev_accuracy", "dev_set") if k in classifier.notes}
-    if selection:
-        summary["model_selection"] = selection
-    result = TrainResult(
-        method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
-        trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
-        options=options, evaluation=evaluation, resumed_from=resumed_from, data_summary=summary,
-        resume_note=resume_note, earlier_seconds=earlier,
-    )
-    staging = out / _STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)
-    classifier.save(staging)
-    tokenizer = getattr(classifier, "tokenizer", None)
-    if output_kind(staging) == "full" and tokenizer is not None:
-        tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
-    result.adapter_bytes = directory_bytes(staging)
-    model_card.write_model_card(staging, result, base_model=model, steps=steps)
-    timing: dict[str, Any] = {"train_seconds": round(seconds, 3)}
-    if resumed_from is not None:
-        timing.update(resumed_from=Path(resumed_from).name,
-                      train_seconds_before_resume=None if earlier is None else round(earlier, 3))
-    if evaluation is not None:
-        (staging / EVAL_FILE).write_text(json.dumps(
-            {"method": method, **evaluation.to_dict(), **timing,
-             "trainable_parameters": result.trainable_parameters, "adapter_bytes": result.adapter_bytes,
-             "data": summary}, indent=2))
-    _publish(staging, out)
-    remove_checkpoints(checkpoints)
-    return result
+        resumed_from = _prepare_checkpoints(checkpoints, run_config, resume) if save_steps else None
+        resume_note = None
+        if not runner.checkpoints:  # trains without Trainer checkpoints (a probe, a projector on cached features)
+            if resume:
+                resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
+            save_steps, resumed_from = 0, None
+        earlier = _earlier_seconds(checkpoints, resumed_from)
+        try:
+            with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
+                ctx = RunContext(
+                    model=model, seed=seed, budget=None if unchanged else budget, work_dir=Path(work),
+                    cache=cache or SharedCache(),
+                    options=options, progress=progress, cancel=cancel, device=device, quiet=True,
+                    checkpoint_dir=checkpoints if save_steps else None, save_steps=save_steps or 0,
+                    resume=resumed_from is not None, bf16=bf16,  # the method finds its own checkpoints
+                )
+                set_seed(seed)
+                if save_steps:  # a later --resume carries this session's time up to its checkpoint
+                    atomic_write_text(checkpoints / TRAIN_TIME_FILE,
+                                      json.dumps({"carried_seconds": earlier, "started": time.time()}))
+                start = time.perf_counter()
+                classifier = runner.fit(_with_evaluation_texts(task, evaluation_data), ctx)
+                seconds = time.perf_counter() - start + (earlier or 0.0)  # over every session of a resumed run
+        except BaseException:
+            _drop_unresumable(checkpoints)
+            raise
+        evaluation = evaluate(classifier, evaluation_data) if evaluation_data is not None else None
+        summary = summarize_data(task, evaluation_data, uses_unlabelled=runner.uses_unlabelled)
+        selection = {k: classifier.notes[k] for k in ("selected_step", "C", "dev_accuracy", "dev_set") if k in classifier.notes}
+        if selection:
+            summary["model_selection"] = selection
+        result = TrainResult(
+            method=method, output_dir=out, classifier=classifier, train_seconds=seconds,
+            trainable_parameters=int(classifier.trainable_parameters), adapter_bytes=0, budget=budget,
+            options=options, evaluation=evaluation, resumed_from=resumed_from, data_summary=summary,
+            resume_note=resume_note, earlier_seconds=earlier,
+        )
+        staging = out / _STAGING_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        classifier.save(staging)
+        tokenizer = getattr(classifier, "tokenizer", None)
+        if output_kind(staging) == "full" and tokenizer is not None:
+            tokenizer.save_pretrained(staging)  # a full model folder is usable on its own
+        result.adapter_bytes = directory_bytes(staging)
+        model_card.write_model_card(staging, result, base_model=model, steps=steps)
+        timing: dict[str, Any] = {"train_seconds": round(seconds, 3)}
+        if resumed_from is not None:
+            timing.update(resumed_from=Path(resumed_from).name,
+                          train_seconds_before_resume=None if earlier is None else round(earlier, 3))
+        if evaluation is not None:
+            (staging / EVAL_FILE).write_text(json.dumps(
+                {"method": method, **evaluation.to_dict(), **timing,
+                 "trainable_parameters": result.trainable_parameters, "adapter_bytes": result.adapter_bytes,
+                 "data": summary}, indent=2))
+        _publish(staging, out)
+        remove_checkpoints(checkpoints)
+        return result
 
 
 def check_output_folder(out: Path) -> None:
@@ -463,16 +467,9 @@ def check_output_folder(out: Path) -> None:
     A folder of an earlier run of ours (its checkpoints, or a staging folder from a cut-off save) is fine:
     ``--resume`` continues it, and the checkpoint check says so otherwise. A ``checkpoints`` folder is ours only
     with our ``run_config.json`` in it: any other is refused, since a run deletes its checkpoint folder when done.
+    The lock file of a run that was killed (:func:`output_lock`) is no one's file.
     """
-    if out.exists() and not out.is_dir():
-        raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
-    if out.is_symlink() and not out.exists():
-        raise WorkflowError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist. Create that "
-                            "folder, or give another --out (nothing was changed).")
-    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
-    if existing != out and not existing.is_dir():
-        raise WorkflowError(f"--out {out} is below {existing}, which is a file, so no folder can be made there. "
-                            "Give another --out (nothing was changed).")
+    _check_output_path(out)
     if not out.is_dir():
         return
     if finished_output(out):  # retraining over it would mix two runs' files, and a kill would lose the good one
@@ -485,11 +482,60 @@ def check_output_folder(out: Path) -> None:
                             f"Choose a new or empty folder, or move {checkpoints} away (nothing was changed).")
     if checkpoints.is_dir() or (out / _STAGING_DIR).is_dir():
         return
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise WorkflowError(f"--out {out} already holds other files ({shown}); training writes README.md, the "
                             "weights and eval_results.json there. Choose a new or empty folder (nothing was overwritten).")
+
+
+def _check_output_path(out: Path) -> None:
+    """Refuse an output path that cannot be a folder: a file, a link to nothing, a path below a file."""
+    if out.exists() and not out.is_dir():
+        raise WorkflowError(f"--out {out} is a file; give a folder (new or empty) for the trained model.")
+    if out.is_symlink() and not out.exists():
+        raise WorkflowError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist. Create that "
+                            "folder, or give another --out (nothing was changed).")
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if existing != out and not existing.is_dir():
+        raise WorkflowError(f"--out {out} is below {existing}, which is a file, so no folder can be made there. "
+                            "Give another --out (nothing was changed).")
+
+
+#: What :func:`output_lock` tells a second run on a busy output folder.
+_BUSY_ADVICE = ("It is training into that folder: wait for it to finish, or choose another --out (nothing was "
+                "changed). If that process is stopped, run the same command again (with --resume to continue "
+                "from its checkpoints).")
+#: Per thread: the output folders whose lock it holds (:func:`output_lock`).
+_held_locks = threading.local()
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of the output folder ``out`` (created if missing) while the body runs: one run writes it at a
+    time (:func:`~hf_lowdata.paths.locked_folder`).
+
+    A folder another process or thread holds is an :class:`OutputBusyError` at once that names the folder and the
+    process, and nothing is changed. The lock goes with its holder, however it ends, so a killed run's leftover
+    lock file blocks nothing; on release its file is removed, and ``out`` too when the lock made it and it is
+    empty. Re-entrant in one thread: the CLI holds it over its checks and :func:`train_method` takes it again.
+    """
+    path = Path(out)
+    _check_output_path(path)  # a clear error, not a failed mkdir
+    key = os.path.realpath(path)
+    held: set[str] = _held_locks.__dict__.setdefault("folders", set())
+    if key in held:
+        yield
+        return
+    try:
+        with locked_folder(path, _BUSY_ADVICE, remove=True):
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
+    except FolderBusyError as err:
+        raise OutputBusyError(str(err)) from None
 
 
 def _own_checkpoints(folder: Path) -> bool:
@@ -516,13 +562,12 @@ def remove_checkpoints(folder: str | os.PathLike) -> None:
         path.rmdir()
 
 
-def _drop_unresumable(out: Path, checkpoints: Path, created: bool) -> None:
+def _drop_unresumable(checkpoints: Path) -> None:
     """After a failed or interrupted run: remove a checkpoint folder with no complete checkpoint to resume
-    from (only its settings file), so that a corrected rerun is not refused; keep one that can be resumed."""
+    from (only its settings file), so that a corrected rerun is not refused; keep one that can be resumed. (An
+    output folder the run made is removed, when left empty, as its lock is let go: :func:`output_lock`.)"""
     if checkpoints.is_dir() and _resume_point(checkpoints) is None:
         remove_checkpoints(checkpoints)
-    if created and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
 
 
 def _resume_point(folder: Path) -> str | None:
@@ -652,23 +697,24 @@ def resume_finished(folder: str | os.PathLike, method: str, task: FewShotTask,
     from .models import model_id
 
     path = Path(folder)
-    meta = card_metadata(path)
-    requested = {"method": method, "base model": model_id(model), "labels": list(task.label_names),
-                 "labelled data": _fingerprint(task.labelled)}
-    recorded = {"method": meta.get("method"), "base model": meta.get("base_model"),
-                "labels": meta.get("label_names"), "labelled data": meta.get("data_fingerprint")}
-    changed = [k for k in requested if recorded[k] is not None and recorded[k] != requested[k]]
-    if changed:
-        shown = "; ".join(f"{k}: {recorded[k]} there, {requested[k]} asked for" if k != "labelled data"
-                          else "labelled data: other texts or labels" for k in changed)
-        raise WorkflowError(f"--resume: {path} holds a finished run that is not this one ({shown}). Choose another "
-                            "--out for this run, or give the command that trained it (nothing was changed).")
-    staging = path / _STAGING_DIR
-    if staging.is_dir():
-        _publish(staging, path)
-    remove_checkpoints(path / CHECKPOINTS_DIR)
-    record = path / EVAL_FILE
-    return json.loads(record.read_text()) if record.is_file() else None
+    with output_lock(path):  # another run on it is refused, not raced
+        meta = card_metadata(path)
+        requested = {"method": method, "base model": model_id(model), "labels": list(task.label_names),
+                     "labelled data": _fingerprint(task.labelled)}
+        recorded = {"method": meta.get("method"), "base model": meta.get("base_model"),
+                    "labels": meta.get("label_names"), "labelled data": meta.get("data_fingerprint")}
+        changed = [k for k in requested if recorded[k] is not None and recorded[k] != requested[k]]
+        if changed:
+            shown = "; ".join(f"{k}: {recorded[k]} there, {requested[k]} asked for" if k != "labelled data"
+                              else "labelled data: other texts or labels" for k in changed)
+            raise WorkflowError(f"--resume: {path} holds a finished run that is not this one ({shown}). Choose another "
+                                "--out for this run, or give the command that trained it (nothing was changed).")
+        staging = path / _STAGING_DIR
+        if staging.is_dir():
+            _publish(staging, path)
+        remove_checkpoints(path / CHECKPOINTS_DIR)
+        record = path / EVAL_FILE
+        return json.loads(record.read_text()) if record.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -119,3 +119,26 @@ def test_the_staged_text_is_synced_to_disk_before_the_rename(monkeypatch, tmp_pa
     assert [kind for kind, _ in events] == ["fsync", "replace"]
     assert events[0][1] == events[1][1] or not os.path.exists("/proc/self/fd")  # the staged file itself was synced
     assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_a_folder_lock_refuses_a_second_holder_and_can_leave_no_trace(tmp_path):
+    """The benchmark's output lock, shared with ``hf-lowdata train``: one holder at a time, named to the refused
+    one; with ``remove`` its file goes on release, and the folder too when the lock made it and it stayed empty."""
+    import os
+
+    from hf_lowdata.paths import LOCK_FILE, FolderBusyError, locked_folder
+
+    folder = tmp_path / "new" / "out"
+    with locked_folder(folder, "Try later."):
+        assert (folder / LOCK_FILE).read_text() == f"process {os.getpid()}"
+        with pytest.raises(FolderBusyError, match=rf"{folder} is being written by process {os.getpid()}\. Try later\."), \
+                locked_folder(folder, "Try later."):
+            pass
+    assert (folder / LOCK_FILE).is_file()  # kept without remove (the benchmark's)
+    with locked_folder(folder, "", remove=True):
+        (folder / "result.txt").write_text("kept")
+    assert sorted(p.name for p in folder.iterdir()) == ["result.txt"]
+    other = tmp_path / "other"
+    with pytest.raises(KeyError), locked_folder(other, "", remove=True):
+        raise KeyError("failed")
+    assert not other.exists()  # made by the lock and left empty

@@ -108,3 +108,26 @@ def test_resume_over_an_unreadable_run_config_is_refused_with_what_to_do(tmp_pat
             train_method("lora", toy_task(), tmp_path / "out", config=tiny_config("lora"), save_steps=1, resume=True)
         assert (checkpoints / RUN_CONFIG_FILE).read_text() == damaged
         assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
+
+
+def test_the_output_lock_is_reentrant_in_its_thread_and_refuses_any_other(tmp_path):
+    import threading
+
+    import pytest
+
+    from hf_lowdata.workflow import OutputBusyError, output_lock
+
+    out = tmp_path / "out"
+    refused = []
+
+    def other_thread() -> None:
+        with pytest.raises(OutputBusyError, match=rf"{out} is being written by process {os.getpid()}") as caught, \
+                output_lock(out):
+            pass
+        refused.append(caught.value)
+
+    with output_lock(out), output_lock(out):  # the CLI holds it, and train_method takes it again
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert len(refused) == 1 and not out.exists()  # made by the lock, empty: removed on release

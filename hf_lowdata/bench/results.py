@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..paths import FolderBusyError, locked_folder
+
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All complete records of a JSONL file.
@@ -90,46 +92,18 @@ def finished_keys(records: Iterable[dict[str, Any]]) -> set[str]:
     return {r["run_key"] for r in records if r.get("status") == "ok" and "run_key" in r}
 
 
-class OutputFolderBusyError(RuntimeError):
-    """Another live process holds the output folder's lock."""
-
-
-LOCK_FILE = ".lock"
+#: Another live process holds the output folder's lock (the shared folder lock's error, under the benchmark's name).
+OutputFolderBusyError = FolderBusyError
 
 
 @contextmanager
 def locked_output(folder: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (created if missing) while the body runs.
-
-    The lock is an OS file lock (``flock``) on ``folder/.lock``: it is released when the process ends
-    in any way, so a killed benchmark never leaves a stale lock behind. Where ``fcntl`` does not exist
-    (Windows) the body runs unlocked.
-    """
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    """Hold an exclusive lock on ``folder`` (created if missing) while the body runs
+    (:func:`~hf_lowdata.paths.locked_folder`: released however the process ends, so a killed benchmark never leaves
+    a lock that blocks; the lock file stays)."""
+    with locked_folder(folder, "Wait for it to finish (then --resume adds to it) or choose another --out; nothing "
+                               "was changed."):
         yield
-        return
-    with open(path / LOCK_FILE, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise OutputFolderBusyError(
-                f"{path} is being written by {holder}. Wait for it to finish (then --resume adds to it) or "
-                "choose another --out; nothing was changed."
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"process {os.getpid()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def jsonable(value: Any) -> Any:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from hf_lowdata.data import DataWarning, load_file
 from hf_lowdata.methods import METHODS, RunCancelled, available_methods
 from hf_lowdata.training import last_complete_checkpoint
 from hf_lowdata.workflow import (
+    OutputBusyError,
     WorkflowError,
     evaluate,
     finished_output,
@@ -282,6 +284,57 @@ def test_a_killed_train_leaves_out_readable_and_resume_finishes(tmp_path, capsys
     (out / "checkpoints" / "run_config.json").write_text("{}")  # removed last
     assert main([*args, "--resume"]) == 0 and "nothing to resume" in capsys.readouterr().out
     assert not (out / "checkpoints").exists()
+
+
+#: ``hf-lowdata train`` in a fresh process whose method ``argv[1]`` runs ``argv[2]`` instead of training: ``kill``
+#: (SIGKILL itself mid-training) or ``hold`` (say "training" and stay in training until killed).
+TRAIN_IN_A_PROCESS = textwrap.dedent("""
+    import os, signal, sys, time
+    from hf_lowdata.cli import main
+    from hf_lowdata.methods import METHODS
+
+    def fit(self, task, ctx):
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        print("training", flush=True)
+        time.sleep(300)
+
+    METHODS[sys.argv[1]].fit = fit
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def _train_in_a_process(method: str, behaviour: str, args: list[str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_PROCESS, method, behaviour, *args], cwd=REPO_ROOT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, **popen)
+
+
+def test_a_second_train_on_the_same_out_is_refused_at_once_and_touches_nothing(tmp_path, capsys):
+    """Two trainings on one --out were not locked against each other: the second (with --resume) trained over the
+    first one's run, published its files and deleted its checkpoint folder while the first was still training."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", "probe", "--data", str(files["train"]), "--out", str(out)]
+    holder = _train_in_a_process("probe", "hold", args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert any(line.strip() == "training" for line in holder.stdout), "the first training never started"
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert before, "the first training wrote nothing to protect"
+        for extra in ([], ["--resume"]):
+            assert main([*args, *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"{out} is being written by process {holder.pid}" in err and "choose another --out" in err, err
+            assert "Training probe" not in err  # refused before reading any data
+            assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        with pytest.raises(OutputBusyError, match=rf"being written by process {holder.pid}"):
+            train_method("probe", toy_task(), out, config=tiny_config("probe"), save_steps=None)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert (out / ".lock").is_file()  # the killed holder's lock file is left, and blocks nothing
+    assert main([*args, "--resume"]) == 0 and finished_output(out) and not (out / ".lock").exists()
 
 
 def test_resume_never_uses_or_deletes_a_checkpoints_folder_it_did_not_write(tmp_path, capsys):
