@@ -314,8 +314,12 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
             device=args.device, save_steps=args.save_steps, resume=args.resume, bf16=args.bf16,
         )
     except KeyboardInterrupt:
-        print(f"Interrupted. Complete checkpoints (if any) are in {out / CHECKPOINTS_DIR}; run the same command "
-              "with --resume to continue.", file=sys.stderr)
+        if args.method in METHODS and not METHODS[args.method].checkpoints:
+            print(f"Interrupted. {args.method} writes no checkpoints, so there is nothing to continue; run the same "
+                  "command to train it from the start.", file=sys.stderr)
+        else:
+            print(f"Interrupted. Complete checkpoints (if any) are in {out / CHECKPOINTS_DIR}; run the same command "
+                  "with --resume to continue.", file=sys.stderr)
         return 130
     if result.resumed_from:
         print(f"Resumed from {result.resumed_from}.")

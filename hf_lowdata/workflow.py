@@ -385,6 +385,8 @@ def train_method(
     with output_lock(out):  # held until the final files are in place and the checkpoints are gone
         check_output_folder(out)
         checkpoints = out / CHECKPOINTS_DIR
+        if _nothing_to_resume(checkpoints, runner):
+            remove_checkpoints(checkpoints)  # what a hard kill left: nothing in it can be continued
         steps = runner.planned_steps(len(task.labelled), budget, options)
         if save_steps is None:
             save_steps = max(1, -(-steps // 4))
@@ -568,6 +570,28 @@ def _drop_unresumable(checkpoints: Path) -> None:
     output folder the run made is removed, when left empty, as its lock is let go: :func:`output_lock`.)"""
     if checkpoints.is_dir() and _resume_point(checkpoints) is None:
         remove_checkpoints(checkpoints)
+
+
+def _nothing_to_resume(checkpoints: Path, runner: Method) -> bool:
+    """Whether ``checkpoints`` is our checkpoint folder with no state to resume from, left by a run of a method that
+    writes no checkpoints (a probe, TwinTurbo, SparseExpert: only its ``run_config.json``) or met by one.
+
+    A run that fails or is interrupted removes such a folder itself (:func:`_drop_unresumable`); a hard kill
+    (SIGKILL, a crash of the machine) leaves it, and a rerun was then refused with "Pass --resume to continue
+    it" although nothing could be continued. Nothing in it is of use to anyone, so the rerun removes it and
+    starts over. A folder of a method with real checkpoints that holds none yet keeps being checked
+    (:func:`_prepare_checkpoints`).
+    """
+    if not checkpoints.is_dir() or not _own_checkpoints(checkpoints) or _resume_point(checkpoints) is not None:
+        return False
+    if not runner.checkpoints:
+        return True
+    try:
+        recorded = json.loads((checkpoints / RUN_CONFIG_FILE).read_text(encoding="utf-8")).get("method")
+    except (OSError, ValueError, AttributeError):  # unreadable (or not an object): _prepare_checkpoints says so
+        return False
+    left_by = METHODS.get(recorded) if isinstance(recorded, str) else None
+    return left_by is not None and not left_by.checkpoints
 
 
 def _resume_point(folder: Path) -> str | None:

@@ -110,6 +110,36 @@ def test_resume_over_an_unreadable_run_config_is_refused_with_what_to_do(tmp_pat
         assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
 
 
+def test_a_checkpoint_folder_with_nothing_to_resume_is_only_started_over_where_no_checkpoint_is_lost(tmp_path):
+    """A hard kill leaves run_config.json of a run that wrote no checkpoint: a method without checkpoints (or any
+    method over such a method's leftover) starts over; a method with checkpoints keeps asking for --resume."""
+    import pytest
+
+    from hf_lowdata.workflow import (
+        CHECKPOINTS_DIR,
+        RUN_CONFIG_FILE,
+        WorkflowError,
+        finished_output,
+        train_method,
+    )
+    from tests.cli.outputs import tiny_config, toy_task
+
+    def leftover(name: str, method: str) -> tuple:
+        checkpoints = tmp_path / name / CHECKPOINTS_DIR
+        (checkpoints / "checkpoint-1").mkdir(parents=True)  # cut off before its trainer_state.json
+        (checkpoints / RUN_CONFIG_FILE).write_text(json.dumps({"method": method}))
+        return tmp_path / name, checkpoints
+
+    out, checkpoints = leftover("lora_over_lora", "lora")
+    with pytest.raises(WorkflowError, match="Pass --resume to continue it"):
+        train_method("lora", toy_task(), out, config=tiny_config("lora"), save_steps=None)
+    assert (checkpoints / "checkpoint-1").is_dir() and not (out / ".lock").exists()
+    for name, method, recorded in (("probe_over_lora", "probe", "lora"), ("lora_over_probe", "lora", "probe")):
+        out, checkpoints = leftover(name, recorded)
+        train_method(method, toy_task(), out, config=tiny_config(method), save_steps=None)
+        assert finished_output(out) and not checkpoints.exists(), name
+
+
 def test_the_output_lock_is_reentrant_in_its_thread_and_refuses_any_other(tmp_path):
     import threading
 

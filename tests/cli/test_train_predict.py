@@ -309,6 +309,24 @@ def _train_in_a_process(method: str, behaviour: str, args: list[str], **popen) -
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, **popen)
 
 
+@pytest.mark.parametrize("method", ["probe", "twin_turbo"])
+def test_a_hard_killed_method_without_checkpoints_reruns_without_resume(method, tmp_path, capsys):
+    """A SIGKILL mid-training left OUT/checkpoints/run_config.json: the same command was then refused with "Pass
+    --resume to continue it", though the method writes no checkpoints and nothing could be continued."""
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", method, "--data", str(files["train"]), "--out", str(out),
+            "--unlabelled", str(files["unlabelled"]), "--config", *tiny_args(method)]
+    killed = _train_in_a_process(method, "kill", args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert killed.wait(timeout=300) == -signal.SIGKILL, killed.stderr.read()[-2000:]
+    killed.stderr.close()
+    assert (out / "checkpoints" / "run_config.json").is_file()  # what the kill left
+    assert main(args) == 0, capsys.readouterr().err
+    assert "--resume" not in capsys.readouterr().err
+    assert finished_output(out) and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert not (out / "checkpoints").exists()
+
+
 def test_a_second_train_on_the_same_out_is_refused_at_once_and_touches_nothing(tmp_path, capsys):
     """Two trainings on one --out were not locked against each other: the second (with --resume) trained over the
     first one's run, published its files and deleted its checkpoint folder while the first was still training."""
