@@ -61,6 +61,7 @@ from hf_lowdata.workflow import (
     check_config,
     ignored_budget_settings,
     require_examples,
+    resolve_budget,
     train_method,
 )
 
@@ -726,6 +727,21 @@ def parse_config(text: str) -> dict[str, Any]:
     return config
 
 
+def check_step_limit(methods: Sequence[str], preset: str, config: dict[str, Any], num_examples: int) -> None:
+    """Refuse a run longer than the page's ``max_steps`` limit. The budgets' step cap never cuts training below
+    ``min_epochs`` passes over the labelled set, so a large upload with a small ``batch_size`` could ask for more
+    steps than any setting the page accepts."""
+    limit = int(SETTING_LIMITS["max_steps"])
+    for method in methods:
+        budget, _ = resolve_budget(method, preset, config)
+        steps = budget.steps(num_examples)
+        if steps > limit:
+            raise DemoError(f"{method} would train {steps} optimizer steps on {num_examples} labelled examples "
+                            f"({budget.min_epochs:g} passes of batch {budget.batch_size}), above this page's limit of "
+                            f"{limit} (one comparison holds the training slot for every visitor). Give a larger "
+                            f"batch_size, or max_steps={limit} or less, or train with hf-lowdata train.")
+
+
 def describe_upload(
     path: str | None, text_column: str | None, label_column: str | None,
     unlabelled: str | None = None, evaluation: str | None = None,
@@ -782,6 +798,7 @@ def run_comparison(
         model = (model or "").strip() or None
         require_text_model(model)  # an image model, or a folder without a tokenizer, fails here, not once per method
         prepared = prepare_data(labelled, text_column, label_column, unlabelled, evaluation)
+        check_step_limit([m for m in runnable_methods() if m in chosen], preset, config, len(prepared.task.labelled))
     except Exception as err:  # noqa: BLE001 - every input problem is a message in the page
         session.start_failed()
         yield _message(err), skip, skip, skip, skip, skip

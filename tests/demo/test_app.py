@@ -656,3 +656,16 @@ def test_a_variants_defining_setting_is_refused_with_a_remedy_the_page_offers(se
                            config_text="adversarial_weight=0.3")
     assert "twin_turbo_noadv is defined by adversarial_weight=0.0" in shown
     assert "run that method separately, without it" in shown and "--config" not in shown and not session.runs
+
+
+def test_a_run_longer_than_the_pages_step_limit_is_refused(session, tmp_path):
+    """The step cap never cuts training below min_epochs passes: 1,000 rows at batch_size=1 asked for 4,000 steps
+    per method, past the page's max_steps limit, though every setting given was within its own limit."""
+    path = tmp_path / "many.csv"
+    path.write_text("text,label\n" + "".join(f"review number {i} here,{'pos' if i % 2 else 'neg'}\n"
+                                              for i in range(1000)))
+    shown = _first_message(session, str(path), chosen=["lora"], preset="standard", config_text="batch_size=1")
+    assert shown.startswith("**Error:**") and "above this page's limit of 2000" in shown and not session.runs
+    assert "lora would train" in shown and "max_steps=2000 or less" in shown
+    app.check_step_limit(["lora"], "standard", {"batch_size": 1, "max_steps": 2000}, 800)  # a hard cap: accepted
+    app.check_step_limit(["lora", "probe"], "standard", {}, 2000)  # the defaults stay within it (1,250 steps)
