@@ -317,6 +317,9 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
         if args.method in METHODS and not METHODS[args.method].checkpoints:
             print(f"Interrupted. {args.method} writes no checkpoints, so there is nothing to continue; run the same "
                   "command to train it from the start.", file=sys.stderr)
+        elif not (out / CHECKPOINTS_DIR).is_dir():  # removed by the run: it held no complete checkpoint
+            print("Interrupted before the first complete checkpoint, so there is nothing to continue; run the same "
+                  "command to train from the start.", file=sys.stderr)
         else:
             print(f"Interrupted. Complete checkpoints (if any) are in {out / CHECKPOINTS_DIR}; run the same command "
                   "with --resume to continue.", file=sys.stderr)

@@ -385,7 +385,7 @@ def train_method(
     with output_lock(out):  # held until the final files are in place and the checkpoints are gone
         check_output_folder(out)
         checkpoints = out / CHECKPOINTS_DIR
-        if _nothing_to_resume(checkpoints, runner):
+        if _nothing_to_resume(checkpoints):
             remove_checkpoints(checkpoints)  # what a hard kill left: nothing in it can be continued
         steps = runner.planned_steps(len(task.labelled), budget, options)
         if save_steps is None:
@@ -409,6 +409,9 @@ def train_method(
             if resume:
                 resume_note = f"{method} writes no checkpoints (a short run on frozen features): it trained from the start."
             save_steps, resumed_from = 0, None
+        elif resume and resumed_from is None:
+            resume_note = (f"--resume: {checkpoints} held no complete checkpoint to continue from, so {method} "
+                           "trained from the start.")
         earlier = _earlier_seconds(checkpoints, resumed_from)
         try:
             with tempfile.TemporaryDirectory(prefix="hf_lowdata_train_") as work:
@@ -572,26 +575,18 @@ def _drop_unresumable(checkpoints: Path) -> None:
         remove_checkpoints(checkpoints)
 
 
-def _nothing_to_resume(checkpoints: Path, runner: Method) -> bool:
-    """Whether ``checkpoints`` is our checkpoint folder with no state to resume from, left by a run of a method that
-    writes no checkpoints (a probe, TwinTurbo, SparseExpert: only its ``run_config.json``) or met by one.
+def _nothing_to_resume(checkpoints: Path) -> bool:
+    """Whether ``checkpoints`` is our checkpoint folder with no state to resume from: no complete checkpoint and no
+    finished fold, only the ``run_config.json`` of the run that made it (and at most a checkpoint cut off before
+    its ``trainer_state.json``, which nothing can resume from).
 
     A run that fails or is interrupted removes such a folder itself (:func:`_drop_unresumable`); a hard kill
-    (SIGKILL, a crash of the machine) leaves it, and a rerun was then refused with "Pass --resume to continue
-    it" although nothing could be continued. Nothing in it is of use to anyone, so the rerun removes it and
-    starts over. A folder of a method with real checkpoints that holds none yet keeps being checked
-    (:func:`_prepare_checkpoints`).
+    (SIGKILL, a crash of the machine) before the first complete checkpoint leaves it, and a rerun was then refused
+    with "Pass --resume to continue it" although ``--resume`` would have trained from step 0. Nothing in it is of
+    use to anyone, so the rerun removes it and starts over, whichever method wrote it. A folder with a complete
+    checkpoint keeps being checked (:func:`_prepare_checkpoints`): a rerun without ``--resume`` is refused.
     """
-    if not checkpoints.is_dir() or not _own_checkpoints(checkpoints) or _resume_point(checkpoints) is not None:
-        return False
-    if not runner.checkpoints:
-        return True
-    try:
-        recorded = json.loads((checkpoints / RUN_CONFIG_FILE).read_text(encoding="utf-8")).get("method")
-    except (OSError, ValueError, AttributeError):  # unreadable (or not an object): _prepare_checkpoints says so
-        return False
-    left_by = METHODS.get(recorded) if isinstance(recorded, str) else None
-    return left_by is not None and not left_by.checkpoints
+    return checkpoints.is_dir() and _own_checkpoints(checkpoints) and _resume_point(checkpoints) is None
 
 
 def _resume_point(folder: Path) -> str | None:

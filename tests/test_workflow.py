@@ -110,9 +110,10 @@ def test_resume_over_an_unreadable_run_config_is_refused_with_what_to_do(tmp_pat
         assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
 
 
-def test_a_checkpoint_folder_with_nothing_to_resume_is_only_started_over_where_no_checkpoint_is_lost(tmp_path):
-    """A hard kill leaves run_config.json of a run that wrote no checkpoint: a method without checkpoints (or any
-    method over such a method's leftover) starts over; a method with checkpoints keeps asking for --resume."""
+def test_a_checkpoint_folder_with_nothing_to_resume_is_started_over_and_one_with_a_checkpoint_is_kept(tmp_path):
+    """A hard kill before the first complete checkpoint leaves run_config.json (and perhaps a checkpoint cut off
+    before its trainer_state.json): any method's rerun starts over, since --resume would have trained from step 0
+    (a method with checkpoints was refused with "Pass --resume to continue it"); a complete checkpoint is kept."""
     import pytest
 
     from hf_lowdata.workflow import (
@@ -124,20 +125,28 @@ def test_a_checkpoint_folder_with_nothing_to_resume_is_only_started_over_where_n
     )
     from tests.cli.outputs import tiny_config, toy_task
 
-    def leftover(name: str, method: str) -> tuple:
+    def leftover(name: str, method: str, complete: bool = False) -> tuple:
         checkpoints = tmp_path / name / CHECKPOINTS_DIR
-        (checkpoints / "checkpoint-1").mkdir(parents=True)  # cut off before its trainer_state.json
+        (checkpoints / "checkpoint-1").mkdir(parents=True)  # cut off before its trainer_state.json, unless complete
+        if complete:
+            (checkpoints / "checkpoint-1" / "trainer_state.json").write_text("{}")
         (checkpoints / RUN_CONFIG_FILE).write_text(json.dumps({"method": method}))
         return tmp_path / name, checkpoints
 
-    out, checkpoints = leftover("lora_over_lora", "lora")
+    out, checkpoints = leftover("lora_over_a_complete_checkpoint", "lora", complete=True)
     with pytest.raises(WorkflowError, match="Pass --resume to continue it"):
         train_method("lora", toy_task(), out, config=tiny_config("lora"), save_steps=None)
-    assert (checkpoints / "checkpoint-1").is_dir() and not (out / ".lock").exists()
-    for name, method, recorded in (("probe_over_lora", "probe", "lora"), ("lora_over_probe", "lora", "probe")):
+    assert (checkpoints / "checkpoint-1" / "trainer_state.json").is_file() and not (out / ".lock").exists()
+    for name, method, recorded in (("lora_over_lora", "lora", "lora"), ("probe_over_lora", "probe", "lora"),
+                                   ("lora_over_probe", "lora", "probe")):
         out, checkpoints = leftover(name, recorded)
-        train_method(method, toy_task(), out, config=tiny_config(method), save_steps=None)
+        result = train_method(method, toy_task(), out, config=tiny_config(method), save_steps=None)
         assert finished_output(out) and not checkpoints.exists(), name
+        assert result.resumed_from is None and result.resume_note is None, name
+    out, checkpoints = leftover("lora_resumed_over_lora", "lora")
+    result = train_method("lora", toy_task(), out, config=tiny_config("lora"), save_steps=None, resume=True)
+    assert result.resumed_from is None and "no complete checkpoint" in result.resume_note
+    assert finished_output(out) and not checkpoints.exists()
 
 
 def test_the_output_lock_is_reentrant_in_its_thread_and_refuses_any_other(tmp_path):

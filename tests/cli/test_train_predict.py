@@ -108,7 +108,8 @@ def test_resume_with_another_dev_file_is_refused(tmp_path, capsys):
     """A resumed run reads back the dev scores up to its checkpoint: they are only comparable on the same dev set."""
     files = toy_files(tmp_path / "data")
     out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # a complete checkpoint: one to resume from
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     saved = {"method": "lora", "preset": "standard", "seed": 0, "config": tiny_config("lora"), "model": None,
              "labelled_examples": 24, "dev": "0123456789abcdef"}
     (out / "checkpoints" / "run_config.json").write_text(json.dumps(saved))
@@ -309,10 +310,11 @@ def _train_in_a_process(method: str, behaviour: str, args: list[str], **popen) -
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, **popen)
 
 
-@pytest.mark.parametrize("method", ["probe", "twin_turbo"])
-def test_a_hard_killed_method_without_checkpoints_reruns_without_resume(method, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["probe", "twin_turbo", "lora"])
+def test_a_hard_kill_before_any_complete_checkpoint_reruns_without_resume(method, tmp_path, capsys):
     """A SIGKILL mid-training left OUT/checkpoints/run_config.json: the same command was then refused with "Pass
-    --resume to continue it", though the method writes no checkpoints and nothing could be continued."""
+    --resume to continue it", though nothing could be continued (the method writes no checkpoints, or, for lora,
+    the kill came before the first complete one and --resume trained from step 0)."""
     files = toy_files(tmp_path / "data")
     out = tmp_path / "out"
     args = ["train", "--method", method, "--data", str(files["train"]), "--out", str(out),
@@ -321,6 +323,7 @@ def test_a_hard_killed_method_without_checkpoints_reruns_without_resume(method, 
     assert killed.wait(timeout=300) == -signal.SIGKILL, killed.stderr.read()[-2000:]
     killed.stderr.close()
     assert (out / "checkpoints" / "run_config.json").is_file()  # what the kill left
+    (out / "checkpoints" / "checkpoint-1").mkdir()  # as a kill while writing the first checkpoint leaves it
     assert main(args) == 0, capsys.readouterr().err
     assert "--resume" not in capsys.readouterr().err
     assert finished_output(out) and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
@@ -488,7 +491,8 @@ def test_train_on_a_dataset_folder_evaluates_on_its_test_split(toy_data_dir, tmp
 def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, capsys):
     files = toy_files(tmp_path / "data")
     out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # a complete checkpoint: one to resume from
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (out / "checkpoints" / "run_config.json").write_text(json.dumps({"method": "lora", "preset": "standard", "seed": 0,
         "config": {"max_steps": 99}, "model": None, "labelled_examples": 24}))
     args = ["train", "--method", "lora", "--data", str(files["train"]), "--out", str(out), "--config", *tiny_args("lora")]
