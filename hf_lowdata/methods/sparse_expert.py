@@ -419,10 +419,11 @@ def _meta_train(plan: MetaTrainingPlan, root: Path, final: Path, work: Path, qui
 
 
 def _progress_keeping(trainer_class: type) -> type:
-    """``trainer_class`` (LowDataTrainer) that keeps the objective's per-step history and the seconds spent in
-    every checkpoint and restores them on resume: the summary of a meta-training resumed after a kill covers
-    every step, as an uninterrupted one's does. The file is written before ``trainer_state.json``, which marks
-    a checkpoint complete, so a complete checkpoint always holds it."""
+    """``trainer_class`` (LowDataTrainer) that keeps the seconds spent in every checkpoint and restores them on
+    resume, so that the summary of a meta-training resumed after a kill counts every session, as its history
+    covers every step (the trainer keeps the objective's history: ``objective_state.json``). The file is written
+    before ``trainer_state.json``, which marks a checkpoint complete, so a complete checkpoint always holds it."""
+    from ..training.trainer import OBJECTIVE_JSON_FILE
 
     class ProgressKeepingTrainer(trainer_class):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -438,26 +439,30 @@ def _progress_keeping(trainer_class: type) -> type:
             super()._save_optimizer_and_scheduler(output_dir)
             if self.args.should_save:
                 paths.atomic_write_text(Path(output_dir) / META_PROGRESS_FILE, json.dumps({
-                    "history": self.objective.history, "seconds": self.meta_training_seconds(),
-                    "history_from_step": self.history_from_step}))
+                    "seconds": self.meta_training_seconds(), "history_from_step": self.history_from_step}))
 
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-            super()._load_optimizer_and_scheduler(checkpoint)
+            with warnings.catch_warnings():  # a history not kept is said in the summary (history_note)
+                warnings.filterwarnings("ignore", message=f".*has no {OBJECTIVE_JSON_FILE}", category=UserWarning)
+                super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint is None:
                 return
             saved = Path(checkpoint) / META_PROGRESS_FILE
             try:
                 progress = json.loads(saved.read_text())
             except FileNotFoundError:
-                self.history_from_step = self.state.global_step
-                return
+                progress = {}
             except (OSError, ValueError) as err:
                 raise DataError(f"The meta-training checkpoint {checkpoint} is damaged ({saved.name}: {err}). Delete "
                                 f"{Path(checkpoint).parent} to meta-train anew.") from err
-            self.objective.history = list(progress["history"])
-            self.carried_seconds = float(progress["seconds"])
-            self.history_from_step = progress.get("history_from_step")
-            self.started = time.perf_counter()
+            kept = (Path(checkpoint) / OBJECTIVE_JSON_FILE).is_file()  # the history, restored by the trainer
+            if not kept and "history" in progress:  # a checkpoint of an older version kept it in this file
+                self.objective.history, kept = list(progress["history"]), True
+            if progress:
+                self.carried_seconds = float(progress["seconds"])
+                self.started = time.perf_counter()
+            # a checkpoint of an older version that kept no history: the history covers the steps after it
+            self.history_from_step = progress.get("history_from_step") if kept else self.state.global_step
 
     return ProgressKeepingTrainer
 

@@ -19,7 +19,8 @@ Hooks, in the order the trainer calls them:
   autograd), before the trainer averages gradients over processes;
 * after each optimizer step :meth:`on_optimizer_step` (clamping, a discriminator step, ...);
 * :meth:`state_dict` / :meth:`load_state_dict` for objective state that must survive resume
-  (weights of training-only modules such as a discriminator; never saved with the adapter).
+  (weights of training-only modules such as a discriminator; never saved with the adapter), and
+  :meth:`json_state` / :meth:`load_json_state` for a record of the run kept beside it (a per-step history).
 """
 
 from __future__ import annotations
@@ -136,6 +137,15 @@ class TrainingObjective:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def json_state(self) -> dict[str, Any]:
+        """A record of the run so far (a per-step history, counters: numbers, strings, lists and dicts) that must
+        survive a resume; saved as JSON beside :meth:`state_dict` in every checkpoint. Unlike the tensors it is not
+        reloaded by ``load_best_model_at_end``: like ``log_history``, it records the whole run."""
+        return {}
+
+    def load_json_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`json_state` returned."""
 
 
 #: Columns transformers' collators read labels from (``label`` and ``label_ids`` become ``labels``).

@@ -8,6 +8,8 @@ accelerate underneath, checkpoints) and adds, through a per-method
   a resumed run sees exactly the batches the uninterrupted one would have seen;
 * second optimizers (bi-level outer problem, discriminator) prepared with accelerate and saved /
   restored with the first one in every checkpoint;
+* the objective's own state (tensors, and a JSON record such as a per-step history) saved in every
+  checkpoint and restored on resume;
 * custom main optimizers and parameters excluded from the main optimizer;
 * a custom training DataLoader (episodic meta-learning).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 
+from ..paths import atomic_write_text
 from .batchnorm import frozen_batchnorm_in_eval
 from .objectives import (
     AuxiliaryOptimizer,
@@ -46,6 +50,8 @@ from .objectives import (
 
 AUX_OPTIMIZERS_FILE = "auxiliary_optimizers.pt"
 OBJECTIVE_STATE_FILE = "objective_state.safetensors"
+#: The objective's :meth:`~hf_lowdata.training.TrainingObjective.json_state`, beside its tensors.
+OBJECTIVE_JSON_FILE = "objective_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -497,6 +503,14 @@ class LowDataTrainer(Trainer):
             tmp = os.path.join(output_dir, OBJECTIVE_STATE_FILE + ".tmp")
             save_safetensors(tensors, tmp)
             os.replace(tmp, os.path.join(output_dir, OBJECTIVE_STATE_FILE))
+        record = self.objective.json_state()
+        if record:  # written whole before trainer_state.json marks the checkpoint complete
+            try:
+                text = json.dumps(record)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"The {self.objective.name!r} objective's json_state() cannot be saved as JSON ({err}): "
+                                "return numbers, strings, lists and dicts only.") from err
+            atomic_write_text(os.path.join(output_dir, OBJECTIVE_JSON_FILE), text)
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: the objective's state too comes from the best checkpoint (Trainer reloads the
@@ -535,6 +549,19 @@ class LowDataTrainer(Trainer):
                     entry.scheduler.load_state_dict(state[name]["scheduler"])
         if os.path.isfile(objective_path):
             self.objective.load_state_dict(load_safetensors(objective_path))
+        record_path = os.path.join(checkpoint, OBJECTIVE_JSON_FILE)
+        if os.path.isfile(record_path):
+            try:
+                record = json.loads(Path(record_path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"Checkpoint {checkpoint}: {OBJECTIVE_JSON_FILE} cannot be read ({err}). Resume from "
+                                 "another checkpoint, or start the run afresh.") from err
+            self.objective.load_json_state(record)
+        elif self.objective.json_state():  # a record only: training resumes exactly, its record starts here
+            warnings.warn(f"Checkpoint {checkpoint} has no {OBJECTIVE_JSON_FILE} (written by an older hf_lowdata): "
+                          f"the {self.objective.name!r} objective's json_state() (a record such as its history) of "
+                          f"the steps up to {self.state.global_step} is not restored, so it covers the later steps "
+                          "only. Training itself resumes exactly.", UserWarning, stacklevel=2)
 
 
 def _sums_its_loss_over_items(model: torch.nn.Module) -> bool:

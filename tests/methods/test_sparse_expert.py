@@ -21,6 +21,7 @@ from hf_lowdata.methods.sparse_expert import (
     PrototypeClassifier,
     cache_root,
 )
+from hf_lowdata.training.trainer import OBJECTIVE_JSON_FILE
 from hf_lowdata.workflow import resolve_budget
 from tests.test_leftovers import age
 
@@ -430,13 +431,21 @@ def test_a_meta_training_resumed_after_a_kill_matches_an_uninterrupted_one_histo
         stepped(self, trainer, model)
 
     monkeypatch.setattr(SparseExpertObjective, "on_optimizer_step", killed_in_step_3)
-    for cache in ("cut", "older"):
+    for cache in ("cut", "older", "previous"):
         with pytest.raises(KeyboardInterrupt):
             meta_train(plan, tmp_path / cache)
     monkeypatch.undo()
+    # the version before kept the history in META_PROGRESS_FILE: resumed whole
+    [work] = (tmp_path / "previous" / "sparse_expert").glob("*.work")
+    progress, record = (work / "checkpoint-2" / META_PROGRESS_FILE), (work / "checkpoint-2" / OBJECTIVE_JSON_FILE)
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), **json.loads(record.read_text())}))
+    record.unlink()
+    previous = json.loads((meta_train(plan, tmp_path / "previous") / META_FILE).read_text())
+    assert previous["history"] == expected_history(whole) and "history_from_step" not in previous
     # a checkpoint of an older version kept no history: the summary says which steps its history covers
     [work] = (tmp_path / "older" / "sparse_expert").glob("*.work")
     (work / "checkpoint-2" / META_PROGRESS_FILE).unlink()
+    (work / "checkpoint-2" / OBJECTIVE_JSON_FILE).unlink()  # (the trainer keeps the history there now)
     older = json.loads((meta_train(plan, tmp_path / "older") / META_FILE).read_text())
     assert older["history"] == expected_history(whole)[2:] and older["history_from_step"] == 2
     assert "cover only the steps after step 2" in older["history_note"]

@@ -513,3 +513,10 @@ class SparseExpertObjective(TrainingObjective):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.multipliers = state["multipliers"].to(self.multipliers.device).clone()
+
+    def json_state(self) -> dict[str, Any]:
+        """The per-step :attr:`history`, so that a resumed run's history covers every step."""
+        return {"history": self.history}
+
+    def load_json_state(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])

@@ -82,6 +82,26 @@ def test_resume_equals_uninterrupted_meta_training(tiny_bert_dir, tmp_path):
     assert any("sparse_expert_delta" in n for n in moved) and any("router" in n for n in moved)
 
 
+def test_a_resumed_run_keeps_the_whole_history_of_its_objective(tiny_bert_dir, tmp_path):
+    """The objective's per-step history was not checkpointed: a LowDataTrainer run resumed from checkpoint-3 had
+    the history of steps 4 to 6 only."""
+    full = _trainer(tiny_bert_dir, tmp_path / "full", steps=6, objective=SparseExpertObjective(),
+                    save_strategy="steps", save_steps=3)
+    full.train()
+    assert len(full.objective.history) == 6
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert (checkpoint / "objective_state.json").is_file()
+    resumed = _trainer(tiny_bert_dir, tmp_path / "resumed", steps=6, objective=SparseExpertObjective())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.objective.history == full.objective.history
+    # a checkpoint without the file (an older hf_lowdata's) still resumes, and says what it cannot restore
+    (checkpoint / "objective_state.json").unlink()
+    older = _trainer(tiny_bert_dir, tmp_path / "older", steps=6, objective=SparseExpertObjective())
+    with pytest.warns(UserWarning, match=r"no objective_state.json .*of the steps up to 3 is not restored"):
+        older.train(resume_from_checkpoint=str(checkpoint))
+    assert older.objective.history == full.objective.history[3:]
+
+
 def test_dense_meta_tuning_keeps_every_mask_on(tiny_bert_dir, tmp_path):
     trainer = _trainer(tiny_bert_dir, tmp_path, steps=3, objective=SparseExpertObjective(learn_masks=False),
                        config={"num_experts": 1, "target_sparsity": 0.0})
