@@ -207,7 +207,9 @@ def test_a_resumed_run_reports_the_training_time_of_every_session(tmp_path):
     resumed = train_method("lora", task, run, config=config, evaluation_data=toy_eval(), save_steps=2, resume=True)
     second_session = time.perf_counter() - start
     assert resumed.resumed_from.endswith("checkpoint-4")
-    assert resumed.train_seconds >= second_session + 1.9  # the first session's 2 s up to checkpoint-4 count
+    # the first session's 2 s up to checkpoint-4 count (the second session's wall time also holds loading and
+    # evaluation, which train_seconds leaves out: comparing with it was flaky on a loaded machine)
+    assert resumed.train_seconds > resumed.earlier_seconds >= 1.9
     assert resumed.earlier_seconds >= 1.9 and resumed.train_seconds - resumed.earlier_seconds <= second_session
     card = (run / "README.md").read_text()
     assert (f"| training time | {resumed.train_seconds:.1f} s in total: {resumed.earlier_seconds:.1f} s up to "
