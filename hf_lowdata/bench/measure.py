@@ -15,7 +15,18 @@ import numpy as np
 
 
 def accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """Fraction of ``predictions`` equal to ``labels``, one prediction per label.
+
+    A column of predictions (shape ``(n, 1)``) counts as ``n`` predictions; any other shape or count that
+    differs from the labels' raises, since numpy would broadcast it (a column against the labels compares every
+    pair, one prediction is compared with every label) and return a wrong score without a word.
+    """
     y, p = np.asarray(labels), np.asarray(predictions)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
+        raise ValueError(f"{p.shape[0] if p.ndim else 1} predictions (shape {p.shape}) for {len(y)} labels "
+                         f"(shape {y.shape}): one class id per example is needed.")
     return float((y == p).mean())
 
 

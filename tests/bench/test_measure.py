@@ -36,3 +36,15 @@ def test_peak_memory_without_proc_reads_ru_maxrss_in_the_platform_unit(monkeypat
     with measure.PeakMemory() as memory:
         pass
     assert memory.peak_rss == 300 * 2**20  # a 300 MiB process on either platform
+
+
+def test_accuracy_never_broadcasts_predictions_against_the_labels():
+    """numpy broadcast a column of predictions (shape (n, 1)) against the labels, comparing every pair, and a single
+    prediction against every label: both gave a wrong accuracy (0.5 for four right answers) without an error."""
+    import numpy as np
+
+    labels = [0, 1, 1, 0]
+    assert accuracy(labels, np.array(labels)[:, None]) == 1.0  # a column: one prediction per example
+    for predictions in ([0], [0, 1, 1], np.zeros((4, 2), dtype=int)):
+        with pytest.raises(ValueError, match="for 4 labels"):
+            accuracy(labels, predictions)
