@@ -8,6 +8,7 @@ keys of the invocation, which the benchmark passes (``planned``).
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -74,8 +75,8 @@ def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict
     for r in latest:
         if r.get("status") != "ok":
             continue
-        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise", 0.0)),
-               int(r.get("unlabelled", 0)), setting_of(r, len(contents[str(r.get("model"))]) > 1))
+        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise") or 0.0),
+               int(r.get("unlabelled") or 0), setting_of(r, len(contents[str(r.get("model"))]) > 1))
         groups[key].append(r)
     return dict(groups)
 
@@ -92,6 +93,30 @@ def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int =
     if len(values) == 1:
         return f"{m * scale:.{digits}f}"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def recorded_values(rs: Sequence[dict[str, Any]], field: str) -> list[float]:
+    """The finite numbers the runs recorded for ``field``: a record that lacks it (written by another tool or by hand)
+    or holds NaN is left out, rather than stopping the report or turning the row's mean into ``nan``."""
+    values = [r.get(field) for r in rs]
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def _of_runs(n: int, total: int) -> str:
+    """`` (n of total runs)`` where a cell averages fewer runs than its row has, else nothing."""
+    return f" ({n} of {total} runs)" if n < total else ""
+
+
+def _score_cell(values: Sequence[float], total: int) -> str:
+    """:func:`format_mean_std` of ``values`` (scores of ``total`` runs), ``-`` when none recorded one."""
+    return format_mean_std(values) + _of_runs(len(values), total) if values else "-"
+
+
+def _stat_cell(rs: Sequence[dict[str, Any]], field: str, fn: Callable[[list[float]], float], spec: str) -> str:
+    """``fn`` (median or mean) of the runs' ``field`` formatted with ``spec``, ``-`` when none recorded it."""
+    values = recorded_values(rs, field)
+    return format(fn(values), spec) + _of_runs(len(values), len(rs)) if values else "-"
 
 
 def _budget_sort(label: str) -> tuple[str, int]:
@@ -144,8 +169,10 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
     retried = len(records) - len(latest)
     lines.append(f"{len(ok)} successful runs, {len(failed)} failed (the latest record of each run"
                  + (f"; {retried} earlier records of re-run runs not counted" if retried else "")
-                 + "). Accuracy and macro-F1 in %, mean ± std over seeds (the mean alone for one seed); train s is the median per run and "
-                 "includes one-off costs a run paid (a meta-training, a feature cache); peak RSS is the whole "
+                 + "). Accuracy and macro-F1 in %, mean ± std over seeds (the sample standard deviation, n - 1 in the "
+                 "denominator; the mean alone for one seed); train s is the median per run and "
+                 "includes one-off costs a run paid (a meta-training, a feature cache); infer s/1k, peak memory, "
+                 "parameters and bytes are means per run; MB are 2^20 bytes; peak RSS is the whole "
                  "process's, shared caches included.")
     if ok:
         lines.append(f"{_tally(ok, _versions, 'under')}; {_tally(ok, _machine, 'on')}.")
@@ -161,16 +188,18 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         dataset, method, label, noise, unl, setting = key
         rs = groups[key]
         seeds = len({r["seed"] for r in rs})
-        cuda = [r["peak_cuda_mb"] for r in rs if r.get("peak_cuda_mb") is not None]
+        n = len(rs)
         lines.append(
             f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
             + (f"{_cell(setting)} | " if len(settings) > 1 else "")
-            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | {format_mean_std([r['accuracy'] for r in rs])} | "
-            f"{format_mean_std([r['macro_f1'] for r in rs])} | {np.median([r['train_seconds'] for r in rs]):.1f} | "
-            f"{np.mean([r['inference_seconds_per_1k'] for r in rs]):.2f} | "
-            f"{np.mean([r['peak_rss_mb'] for r in rs]):.0f} | " + (f"{np.mean(cuda):.0f} | " if gpu and cuda else
-                                                                   "- | " if gpu else "")
-            + f"{int(np.mean([r['trainable_params'] for r in rs])):,} | {int(np.mean([r['adapter_bytes'] for r in rs])):,} |"
+            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | "
+            f"{_score_cell(recorded_values(rs, 'accuracy'), n)} | {_score_cell(recorded_values(rs, 'macro_f1'), n)} | "
+            f"{_stat_cell(rs, 'train_seconds', np.median, '.1f')} | "
+            f"{_stat_cell(rs, 'inference_seconds_per_1k', np.mean, '.2f')} | "
+            f"{_stat_cell(rs, 'peak_rss_mb', np.mean, '.0f')} | "
+            + (f"{_stat_cell(rs, 'peak_cuda_mb', np.mean, '.0f')} | " if gpu else "")
+            + f"{_stat_cell(rs, 'trainable_params', lambda v: int(np.mean(v)), ',')} | "
+            f"{_stat_cell(rs, 'adapter_bytes', lambda v: int(np.mean(v)), ',')} |"
         )
     if len(settings) == 1:
         lines.append(f"\nEvery row: {settings[0]}.")
@@ -187,13 +216,13 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         for key, rs in sorted(ood_rows, key=lambda kv: (kv[0][0], _budget_sort(kv[0][2]), kv[0][3], kv[0][4],
                                                         kv[0][1], kv[0][5])):
             dataset, method, label, noise, unl, setting = key
-            targets = sorted({t for r in rs for t in r.get("ood_accuracy", {})})
-            cells = "; ".join(f"{_cell(t)}: {format_mean_std([r['ood_accuracy'][t] for r in rs if t in r.get('ood_accuracy', {})])}"
+            targets = sorted({t for r in rs for t in r.get("ood_accuracy") or {}})
+            cells = "; ".join(f"{_cell(t)}: {_score_cell(recorded_values([r['ood_accuracy'] for r in rs if isinstance(r.get('ood_accuracy'), dict)], t), len(rs))}"
                               for t in targets)
             lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
                          + (f"{_cell(setting)} | " if len(settings) > 1 else "")
                          + f"{len({r['seed'] for r in rs})}{' ‡' if _mixed_versions(rs) else ''} | "
-                         f"{format_mean_std([r['accuracy'] for r in rs])} | {cells} |")
+                         f"{_score_cell(recorded_values(rs, 'accuracy'), len(rs))} | {cells} |")
     if failed:  # each failed run by everything that tells it apart (label noise, pool, setting), not only its seed
         several = len(set(settings) | {setting_of(r) for r in failed}) > 1
         failed_header = ("| dataset | method | labels | noise | unlabelled | " + ("setting | " if several else "")
@@ -202,7 +231,7 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         for r in failed:
             error = _cell(str(r.get("error", ""))[:300])
             lines.append(f"| {_cell(r['dataset'])} | {_cell(r['method'])} | {budget_label(r)} | "
-                         f"{float(r.get('label_noise', 0.0)):g} | {int(r.get('unlabelled', 0))} | "
+                         f"{float(r.get('label_noise') or 0.0):g} | {int(r.get('unlabelled') or 0)} | "
                          + (f"{_cell(setting_of(r))} | " if several else "") + f"{r['seed']} | {error} |")
     recorded = {r["run_key"] for r in latest if "run_key" in r}
     missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
@@ -213,8 +242,8 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
                   "lack them.", "", "| dataset | method | labels | noise | unlabelled | seeds |", "|---|---|---|---|---|---|"]
         by_row: dict[tuple, list[int]] = defaultdict(list)
         for m in missing:
-            by_row[(m["dataset"], m["method"], budget_label(m), float(m.get("label_noise", 0.0)),
-                    int(m.get("unlabelled", 0)))].append(m["seed"])
+            by_row[(m["dataset"], m["method"], budget_label(m), float(m.get("label_noise") or 0.0),
+                    int(m.get("unlabelled") or 0))].append(m["seed"])
         for (dataset, method, label, noise, unl), seeds in by_row.items():
             lines.append(f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
                          f"{', '.join(map(str, sorted(seeds)))} |")
@@ -242,7 +271,10 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
             for (ds, method, label, noise, unl, setting), rs in groups.items():
                 if ds != dataset or not label.startswith(kind + "=") or noise != 0.0:
                     continue
-                m, s = mean_std([r["accuracy"] for r in rs])
+                scores = recorded_values(rs, "accuracy")
+                if not scores:
+                    continue
+                m, s = mean_std(scores)
                 series[(method, setting, unl)].append((int(label.split("=")[1]), m * 100, s * 100))
             if not series:
                 continue
@@ -265,8 +297,9 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
             plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in methods:
-        pts = [(np.median([r["train_seconds"] for r in rs]), np.mean([r["accuracy"] for r in rs]) * 100)
-               for (ds, m, label, noise, unl, setting), rs in groups.items() if m == method]
+        pts = [(np.median(recorded_values(rs, "train_seconds")), np.mean(recorded_values(rs, "accuracy")) * 100)
+               for (ds, m, label, noise, unl, setting), rs in groups.items()
+               if m == method and recorded_values(rs, "train_seconds") and recorded_values(rs, "accuracy")]
         if pts:
             x, y = zip(*pts)
             ax.scatter(x, y, label=method, color=colors[method], alpha=0.8)

@@ -531,3 +531,28 @@ def test_failed_runs_are_told_apart_by_noise_pool_and_setting():
     assert "| d | m | k=8 | 0.1 | 0 | model=x precision=fp32 | 0 | boom |" in text
     assert "| d | m | k=8 | 0.1 | 0 | model=x precision=fp32 C=0.1 | 0 | boom |" in text
     _assert_tables_well_formed(text)
+
+
+def test_a_missing_or_nan_score_neither_stops_the_report_nor_poisons_the_row(tmp_path):
+    """An ok record without a field the table reads (written by another tool, or by hand) stopped the report with a
+    KeyError, and with it every later report of the benchmark; a NaN score turned the row into ``nan ± nan``. Such
+    values are left out, and the cell says how many runs it averages."""
+    from hf_lowdata.bench.report import write_report
+
+    records = [_ok_record(seed=0, run_key="a", accuracy=0.6, ood_accuracy={"o": 0.5}),
+               _ok_record(seed=1, run_key="b", accuracy=0.8, ood_accuracy={"o": float("nan")}),
+               _ok_record(seed=2, run_key="c", accuracy=float("nan"), ood_accuracy={}, label_noise=None)]
+    del records[1]["macro_f1"], records[2]["train_seconds"], records[2]["peak_rss_mb"]
+    text = summary_markdown(records)
+    _assert_tables_well_formed(text)
+    assert ("| d | m | k=8 | 0 | 0 | 3 | 70.0 ± 14.1 (2 of 3 runs) | 50.0 ± 0.0 (2 of 3 runs) | 1.0 (2 of 3 runs) | 2.00 | "
+            "100 (2 of 3 runs) | 10 | 40 |") in text
+    assert "| 3 | 70.0 ± 14.1 (2 of 3 runs) | o: 50.0 (1 of 3 runs) |" in text
+    assert "nan" not in text
+    write_report(records, tmp_path)
+    assert (tmp_path / "plots" / "accuracy_vs_k_d.png").is_file()
+
+
+def test_the_summary_says_which_standard_deviation_and_which_megabytes():
+    text = summary_markdown([_ok_record(run_key="a")])
+    assert "sample standard deviation, n - 1 in the denominator" in text and "MB are 2^20 bytes" in text
