@@ -68,17 +68,25 @@ def group_records(records: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict
     a row."""
     groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
     latest = latest_records(records)
+    key_of = _row_key_function(latest)
+    for r in latest:
+        if r.get("status") == "ok":
+            groups[key_of(r)].append(r)
+    return dict(groups)
+
+
+def _row_key_function(latest: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], GroupKey]:
+    """The summary row a record belongs to (for a failed record: the row its run would have joined)."""
     contents: dict[str, set[str]] = defaultdict(set)  # model name -> digests of its files (older records have none)
     for r in latest:
         if r.get("status") == "ok" and r.get("model_content"):
             contents[str(r.get("model"))].add(r["model_content"])
-    for r in latest:
-        if r.get("status") != "ok":
-            continue
-        key = (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise") or 0.0),
-               int(r.get("unlabelled") or 0), setting_of(r, len(contents[str(r.get("model"))]) > 1))
-        groups[key].append(r)
-    return dict(groups)
+
+    def key_of(r: dict[str, Any]) -> GroupKey:
+        return (r["dataset"], r["method"], budget_label(r), float(r.get("label_noise") or 0.0),
+                int(r.get("unlabelled") or 0), setting_of(r, len(contents[str(r.get("model"))]) > 1))
+
+    return key_of
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -178,6 +186,17 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(f"{_tally(ok, _versions, 'under')}; {_tally(ok, _machine, 'on')}.")
     settings = sorted({k[5] for k in groups})
     most_seeds = max((len({r["seed"] for r in rs}) for rs in groups.values()), default=0)
+    recorded = {r["run_key"] for r in latest if "run_key" in r}
+    missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
+    # rows with runs that failed or are still to run are marked even where every row lacks as many (then no row is
+    # fuller); a planned run's key names no setting, but an output folder holds one (a resume refuses another)
+    key_of = _row_key_function(latest)
+    with_failed = {key_of(r) for r in failed}
+    with_missing = {(m["dataset"], m["method"], budget_label(m), float(m.get("label_noise") or 0.0),
+                     int(m.get("unlabelled") or 0)) for m in missing}
+
+    def incomplete(key: GroupKey, rs: Sequence[dict[str, Any]]) -> bool:
+        return len({r["seed"] for r in rs}) < most_seeds or key in with_failed or key[:5] in with_missing
     lines.append("")
     gpu = any(r.get("peak_cuda_mb") for r in ok)
     header = ("| dataset | method | labels | noise | unlabelled | " + ("setting | " if len(settings) > 1 else "")
@@ -192,7 +211,7 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         lines.append(
             f"| {_cell(dataset)} | {_cell(method)} | {label} | {noise:g} | {unl} | "
             + (f"{_cell(setting)} | " if len(settings) > 1 else "")
-            + f"{seeds}{' †' if seeds < most_seeds else ''}{' ‡' if _mixed_versions(rs) else ''} | "
+            + f"{seeds}{' †' if incomplete(key, rs) else ''}{' ‡' if _mixed_versions(rs) else ''} | "
             f"{_score_cell(recorded_values(rs, 'accuracy'), n)} | {_score_cell(recorded_values(rs, 'macro_f1'), n)} | "
             f"{_stat_cell(rs, 'train_seconds', np.median, '.1f')} | "
             f"{_stat_cell(rs, 'inference_seconds_per_1k', np.mean, '.2f')} | "
@@ -203,8 +222,9 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
         )
     if len(settings) == 1:
         lines.append(f"\nEvery row: {settings[0]}.")
-    if any(len({r["seed"] for r in rs}) < most_seeds for rs in groups.values()):
-        lines.append(f"\n† fewer seeds than the {most_seeds} of the fullest rows (runs missing or failed).")
+    if any(incomplete(key, rs) for key, rs in groups.items()):
+        lines.append(f"\n† fewer seeds than the {most_seeds} of the fullest rows, or runs of the row failed or are not "
+                     "yet run (listed below): the row's seeds are its successful runs only.")
     if any(_mixed_versions(rs) for rs in groups.values()):
         lines.append(f"\n‡ runs made under different {', '.join(LIBRARIES)} versions (listed above): the row's means "
                      "mix them. Re-run the row under one set of versions (in another --out) to compare like with like.")
@@ -233,8 +253,6 @@ def summary_markdown(records: Sequence[dict[str, Any]], planned: Sequence[str] =
             lines.append(f"| {_cell(r['dataset'])} | {_cell(r['method'])} | {budget_label(r)} | "
                          f"{float(r.get('label_noise') or 0.0):g} | {int(r.get('unlabelled') or 0)} | "
                          + (f"{_cell(setting_of(r))} | " if several else "") + f"{r['seed']} | {error} |")
-    recorded = {r["run_key"] for r in latest if "run_key" in r}
-    missing = [json.loads(key) for key in dict.fromkeys(planned) if key not in recorded]
     if missing:
         lines += ["", "## Planned runs without a record", "",
                   f"{len(missing)} of the {len(dict.fromkeys(planned))} runs planned by the last invocation have no "

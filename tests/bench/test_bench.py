@@ -556,3 +556,22 @@ def test_a_missing_or_nan_score_neither_stops_the_report_nor_poisons_the_row(tmp
 def test_the_summary_says_which_standard_deviation_and_which_megabytes():
     text = summary_markdown([_ok_record(run_key="a")])
     assert "sample standard deviation, n - 1 in the denominator" in text and "MB are 2^20 bytes" in text
+
+
+def test_rows_with_failed_or_unrun_runs_are_marked_even_when_every_row_lacks_them():
+    """† compared a row's seeds with the fullest row's only: when seed 4 failed in every row (or a stopped benchmark
+    had run seeds 0-2 of 0-4 everywhere), no row was marked, and "4" read as a complete cell."""
+    from hf_lowdata.bench.runner import RunSpec
+
+    records = [_ok_record(seed=s, method=m, run_key=f"{m}{s}") for m in ("m", "n") for s in range(4)]
+    records += [_ok_record(seed=4, method=m, run_key=f"{m}4", status="failed", error="boom") for m in ("m", "n")]
+    text = summary_markdown(records)
+    assert "| d | m | k=8 | 0 | 0 | 4 † | 60.0 ± 0.0 |" in text and "| d | n | k=8 | 0 | 0 | 4 † |" in text
+    assert "runs of the row failed or are not yet run" in text
+    keys = [RunSpec("d", m, s, k=8).key("x") for m in ("m", "n") for s in range(5)]
+    done = [_ok_record(seed=s, method=m, run_key=RunSpec("d", m, s, k=8).key("x")) for m in ("m", "n") for s in range(3)]
+    done.append(_ok_record(seed=0, method="m", k=16, run_key=RunSpec("d", "m", 0, k=16).key("x")))
+    text = summary_markdown(done, planned=keys)
+    assert "| d | m | k=8 | 0 | 0 | 3 † |" in text and "| d | n | k=8 | 0 | 0 | 3 † |" in text
+    assert "| d | m | k=16 | 0 | 0 | 1 † |" in text  # fewer than the fullest rows, as before
+    assert "†" not in summary_markdown(done[:6], planned=keys[:3] + keys[5:8])  # every planned run done: no mark
