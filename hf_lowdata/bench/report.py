@@ -282,6 +282,8 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
     written = []
     methods = sorted({k[1] for k in groups})
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    # tab10 has 10 colours: the 11th method would look like the first, so each further ten get another marker
+    markers = {m: "os^DvP*Xph"[(i // 10) % 10] for i, m in enumerate(methods)}
     several_settings = len({k[5] for k in groups}) > 1  # then each line names its setting
     for dataset in sorted({k[0] for k in groups}):
         for kind in ("k", "N"):
@@ -301,7 +303,7 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
                 points.sort()
                 x, y, e = zip(*points)
                 name = method + (f" [{setting}]" if several_settings else "") + (f" (+{unl} unlabelled)" if unl else "")
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name, color=colors[method],
+                ax.errorbar(x, y, yerr=e, marker=markers[method], capsize=3, label=name, color=colors[method],
                             linestyle="--" if unl else "-")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
@@ -320,7 +322,7 @@ def write_plots(records: Sequence[dict[str, Any]], plot_dir: Path) -> list[Path]
                if m == method and recorded_values(rs, "train_seconds") and recorded_values(rs, "accuracy")]
         if pts:
             x, y = zip(*pts)
-            ax.scatter(x, y, label=method, color=colors[method], alpha=0.8)
+            ax.scatter(x, y, label=method, color=colors[method], marker=markers[method], alpha=0.8)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("median training time per run (s)")
     ax.set_ylabel("test accuracy (%)")

@@ -575,3 +575,34 @@ def test_rows_with_failed_or_unrun_runs_are_marked_even_when_every_row_lacks_the
     assert "| d | m | k=8 | 0 | 0 | 3 † |" in text and "| d | n | k=8 | 0 | 0 | 3 † |" in text
     assert "| d | m | k=16 | 0 | 0 | 1 † |" in text  # fewer than the fullest rows, as before
     assert "†" not in summary_markdown(done[:6], planned=keys[:3] + keys[5:8])  # every planned run done: no mark
+
+
+def test_plots_tell_apart_more_methods_than_the_palette_has_colours(tmp_path, monkeypatch):
+    """Colours came from tab10 by index alone: the 11th method was drawn exactly like the 1st (colour and marker)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_lowdata.bench.report import write_plots
+
+    records = [_ok_record(method=f"m{i:02d}", run_key=f"m{i}", accuracy=0.5 + i / 100) for i in range(12)]
+    close = plt.close
+    close("all")
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the figures to look at them
+    paths = write_plots(records, tmp_path)
+    assert [p.name for p in paths] == ["accuracy_vs_k_d.png", "accuracy_vs_train_time.png"]
+    for number in plt.get_fignums():
+        ax = plt.figure(number).axes[0]
+        handles, labels = ax.get_legend_handles_labels()
+        assert len(labels) == 12
+        looks = set()
+        for handle in handles:
+            artist = handle[0] if isinstance(handle, tuple) else handle  # an errorbar's line
+            if hasattr(artist, "get_facecolor"):  # a scatter
+                looks.add((tuple(artist.get_facecolor()[0][:3]), artist.get_paths()[0].vertices.tobytes()))
+            else:
+                looks.add((artist.get_color() if isinstance(artist.get_color(), str) else tuple(artist.get_color()[:3]),
+                           artist.get_marker()))
+        assert len(looks) == 12
+    close("all")
