@@ -88,8 +88,14 @@ def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def finished_keys(records: Iterable[dict[str, Any]]) -> set[str]:
-    """Keys of runs that completed successfully (failed runs are retried on resume)."""
-    return {r["run_key"] for r in records if r.get("status") == "ok" and "run_key" in r}
+    """Keys of runs whose latest record is a success (failed runs are retried on resume). The latest, as the
+    summary counts each run by its latest record: a run recorded ok, then failed (written twice by an older
+    version) is shown as failed there, and is therefore done again rather than skipped as finished."""
+    latest: dict[str, Any] = {}
+    for r in records:
+        if "run_key" in r:
+            latest[r["run_key"]] = r.get("status")
+    return {key for key, status in latest.items() if status == "ok"}
 
 
 #: Another live process holds the output folder's lock (the shared folder lock's error, under the benchmark's name).

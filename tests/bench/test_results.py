@@ -162,3 +162,15 @@ def test_the_settings_file_is_synced_before_it_replaces_the_old_one(toy_data_dir
     run_benchmark(config, show_progress=False)
     assert [done for _, name, done in renamed if name == "config.json"] == [True]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["config"]["seeds"] == [0]
+
+
+def test_resume_and_summary_agree_on_a_run_recorded_ok_then_failed():
+    """The summary counts a run by its latest record, resume by any ok record: a run written ok, then failed (an
+    older version ran `--methods probe,probe` twice) was listed as failed, with "--resume runs them", and never run."""
+    from hf_lowdata.bench.report import latest_records
+    from hf_lowdata.bench.results import finished_keys
+
+    records = [{"run_key": "a", "status": "ok"}, {"run_key": "a", "status": "failed"},
+               {"run_key": "b", "status": "failed"}, {"run_key": "b", "status": "ok"}, {"status": "ok"}]
+    assert finished_keys(records) == {r["run_key"] for r in latest_records(records)
+                                   if r["status"] == "ok" and "run_key" in r} == {"b"}
