@@ -13,7 +13,8 @@ written atomically (a kill leaves the previous shards readable). Each shard reco
 its tensors' bytes; a shard that cannot be read, or whose contents no longer match their checksum
 (a flipped byte on disk), is skipped with a warning and its entries are recomputed. Every lookup
 returns fresh tensors, so a caller editing them in place never changes a later hit. Storage is fp16 by default (half the memory, within fp16 rounding of
-the fp32 states); ``dtype=torch.float32`` caches exactly what the backbone returned.
+the fp32 states; an input whose states exceed fp16's range is kept in float32 rather than as inf);
+``dtype=torch.float32`` caches exactly what the backbone returned.
 """
 
 from __future__ import annotations
@@ -131,12 +132,20 @@ class FeatureCache:
                 first.setdefault(keys[i], i)
             todo = sorted(first.values())
             if todo:
-                new = {keys[i]: s.to(self.dtype).contiguous() for i, s in zip(todo, compute(todo))}
+                new = {keys[i]: self._stored(s) for i, s in zip(todo, compute(todo))}
                 self.computed += len(new)
                 entries.update(new)
                 self._write_shard(namespace, new)
             # a copy each time: a float32 cache would otherwise hand out its own storage
             return [entries[key].to(torch.float32, copy=True) for key in keys]
+
+    def _stored(self, states: torch.Tensor) -> torch.Tensor:
+        """``states`` in the storage dtype; in float32 instead where that dtype cannot hold them (an fp16 cache
+        given states beyond +-65504 would turn them into inf, and the projector's loss into NaN)."""
+        stored = states.to(self.dtype).contiguous()
+        if stored.dtype != states.dtype and not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(states).all()):
+            return states.to(torch.float32).contiguous()
+        return stored
 
     def _write_shard(self, namespace: str, tensors: dict[str, torch.Tensor]) -> None:
         folder = self._folder(namespace)

@@ -205,3 +205,25 @@ def test_editing_returned_states_in_place_never_changes_a_later_hit(tiny_bert_di
     assert cache.computed == 2
     for a, e in zip(again, expected):
         torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
+def test_states_beyond_the_fp16_range_are_kept_in_float32_not_stored_as_inf(tiny_bert_dir, tmp_path):
+    """An fp16 cache cast states beyond +-65504 to inf (silently: the projector's loss became NaN); such an input is
+    stored in float32, in memory and on disk, and the others stay fp16."""
+    encoder, tok = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    with torch.no_grad():  # a backbone whose last states reach ~1e5 (activation outliers)
+        encoder.encoder.layer[-1].output.LayerNorm.weight.mul_(1e5)
+    texts = ["a good film", "a dull plot that drags on"]
+    exact = text_token_states(FeatureCache(dtype=torch.float32), encoder, tok, texts, 64, "big")
+    assert max(float(s.abs().max()) for s in exact) > 65504
+    got = text_token_states(FeatureCache(tmp_path), encoder, tok, texts, 64, "big")
+    reopened = FeatureCache(tmp_path)
+    from_disk = text_token_states(reopened, encoder, tok, texts, 64, "big")
+    assert reopened.computed == 0
+    for g, d, e in zip(got, from_disk, exact):
+        assert torch.isfinite(g).all() and torch.isfinite(d).all()
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+        torch.testing.assert_close(d, e, atol=0, rtol=0)
+    cache = FeatureCache()  # states within range are still stored in fp16
+    text_token_states(cache, load_encoder(tiny_bert_dir).eval(), tok, texts, 64, "tiny")
+    assert all(t.dtype == torch.float16 for entries in cache._entries.values() for t in entries.values())
