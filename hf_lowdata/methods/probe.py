@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..data import FewShotTask
+from ..data import FewShotTask, require_two_classes
 from .base import FittedClassifier, Method, MethodConfigError, RunContext, SharedCache, register_method
 
 
@@ -86,6 +86,7 @@ class Probe(Method):
         from sklearn.linear_model import LogisticRegression
 
         budget = ctx.budget_for(self.name)
+        require_two_classes(task.labelled)  # (scikit-learn's own error names neither the data nor a remedy)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
         weighting = str(ctx.option(self.name, "class_weight", "balanced"))

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..budgets import Budget
-from ..data import FewShotTask
+from ..data import FewShotTask, require_two_classes
 from ..models import resolve_model_path
 from .base import FittedClassifier, Method, RunContext, _run_callback, count_trainable, register_method
 
@@ -87,6 +87,7 @@ class SetFit(Method):
         from setfit import SetFitModel, Trainer, TrainingArguments
 
         budget = ctx.budget_for(self.name)
+        require_two_classes(task.labelled)  # SetFit's pair sampler fails with an IndexError on one class
         torch.manual_seed(ctx.seed)
         model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
         if ctx.device:

@@ -366,3 +366,18 @@ def test_methods_with_a_held_out_split_refuse_one_example_per_class(method, tiny
         get_method(method).fit(task, ctx)
     if method == "mixup_blo":  # the single-level ablation needs no held-out split: it still trains
         get_method("mixup_blo_joint").fit(task, replace(ctx, options={"folds": 1}))
+
+
+@pytest.mark.parametrize("method", ["probe", "setfit"])
+def test_a_labelled_set_of_one_class_is_a_clear_error(method, tiny_bert_dir, tmp_path):
+    """k = 1 with 50% label noise flips one of the two examples, leaving one class: the probe failed inside
+    scikit-learn ("This solver needs samples of at least 2 classes"), SetFit with an IndexError in its pair sampler."""
+    from hf_lowdata.data import DataError
+
+    rows = toy_sentences(20, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=1, label_noise=0.5)
+    assert len(set(task.labelled.labels)) == 1
+    budget = Budget(learning_rate=2e-5, epochs=1, batch_size=8, max_steps=2, options={"num_iterations": 1})
+    with pytest.raises(DataError, match=r"fewer than two classes with examples .*at least two labels"):
+        get_method(method).fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=budget, work_dir=tmp_path))
