@@ -87,10 +87,13 @@ class SharedCache:
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
+    """A digest of the list: each text prefixed with its length, so no text (one holding the separator,
+    ``"a\\x1eb"``) digests like a list of others (``["a", "b"]``)."""
     h = hashlib.blake2b(digest_size=16)
     for t in texts:
-        h.update(t.encode())
-        h.update(b"\x1e")
+        data = t.encode()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()
 
 

@@ -381,3 +381,14 @@ def test_a_labelled_set_of_one_class_is_a_clear_error(method, tiny_bert_dir, tmp
     budget = Budget(learning_rate=2e-5, epochs=1, batch_size=8, max_steps=2, options={"num_iterations": 1})
     with pytest.raises(DataError, match=r"fewer than two classes with examples .*at least two labels"):
         get_method(method).fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=budget, work_dir=tmp_path))
+
+
+def test_probe_never_serves_the_embeddings_of_other_texts_that_digest_alike(tiny_bert_dir, tmp_path):
+    """The shared embedding cache joined texts with a separator character, so one text holding it ("a\\x1eb") was a
+    hit for the list ["a", "b"]: the probe answered two rows of another input's probabilities for one text."""
+    fitted = get_method("probe").fit(_task(), RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path))
+    fitted.predict_proba(["a good film", "a dull plot"])
+    joined = ["a good film\x1ea dull plot"]
+    got = fitted.predict_proba(joined)
+    assert got.shape == (1, 2)
+    np.testing.assert_allclose(got, fitted.predict_proba(joined, use_cache=False), atol=1e-6)
