@@ -28,7 +28,7 @@ class ProbeClassifier(FittedClassifier):
         self.cache = cache
         self.model = model
         self.device = device
-        self.head = head
+        self.head = float64_head(head)
         self.label_names = tuple(label_names)
         self.max_length = max_length
         self.trainable_parameters = int(head.coef_.size + head.intercept_.size)
@@ -56,6 +56,15 @@ class ProbeClassifier(FittedClassifier):
             "base_model_digest": model_content_digest(resolve_model_path(self.model)), "pooling": "mean",
             "normalize": True, "max_length": self.max_length,
         })
+
+
+def float64_head(head: Any) -> Any:
+    """``head`` (a fitted LogisticRegression) with float64 coefficients, as a saved head is reloaded: fitted on
+    float32 features its coefficients are float32 and it computes in float32, so a reloaded copy (float64)
+    gave probabilities ~1e-7 apart. The float32 values convert exactly."""
+    head.coef_ = np.asarray(head.coef_, dtype=np.float64)
+    head.intercept_ = np.asarray(head.intercept_, dtype=np.float64)
+    return head
 
 
 def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, Any]) -> Path:
@@ -99,8 +108,8 @@ class Probe(Method):
             dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length, device=ctx.device)
         best: tuple[float, Any] | None = None
         for c in candidates:
-            head = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed, class_weight=class_weight).fit(
-                features, labels)
+            head = float64_head(LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed,
+                                                   class_weight=class_weight).fit(features, labels))
             score = float((head.predict(dev_features) == np.asarray(task.dev.labels)).mean()) if task.dev else 0.0
             if best is None or score > best[0]:
                 best = (score, head)

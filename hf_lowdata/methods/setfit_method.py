@@ -21,13 +21,14 @@ from ..budgets import Budget
 from ..data import FewShotTask, require_two_classes
 from ..models import resolve_model_path
 from .base import FittedClassifier, Method, RunContext, _run_callback, count_trainable, register_method
+from .probe import float64_head
 
 
 class SetFitClassifier(FittedClassifier):
     def __init__(self, model, label_names: Sequence[str]) -> None:
         self.model = model
         self.label_names = tuple(label_names)
-        head = model.model_head
+        head = float64_head(model.model_head) if hasattr(model.model_head, "coef_") else model.model_head
         head_params = int(head.coef_.size + head.intercept_.size) if hasattr(head, "coef_") else count_trainable(head)
         self.trainable_parameters = count_trainable(model.model_body) + head_params
 

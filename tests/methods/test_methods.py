@@ -392,3 +392,20 @@ def test_probe_never_serves_the_embeddings_of_other_texts_that_digest_alike(tiny
     got = fitted.predict_proba(joined)
     assert got.shape == (1, 2)
     np.testing.assert_allclose(got, fitted.predict_proba(joined, use_cache=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["probe", "setfit"])
+def test_a_saved_logistic_head_reloads_to_identical_probabilities(method, tiny_bert_dir, tmp_path):
+    """Fitted on float32 embeddings, the probe's and SetFit's heads computed in float32 while their reloaded copies
+    (float64 coefficients) computed in float64: probabilities ~6e-8 apart, so a near tie could change a prediction."""
+    from hf_lowdata.workflow import load_classifier
+
+    rows = toy_sentences(30, 0)
+    names = ("neg", "neutral", "pos")
+    labelled = TextDataset(tuple(r["text"] for r in rows), tuple(i % 3 for i in range(30)), names, "toy")
+    task = make_few_shot_task(DatasetSplits("toy", names, labelled), seed=0, k=4)
+    budget = Budget(learning_rate=2e-5, epochs=1, batch_size=8, max_steps=2, options={"num_iterations": 1})
+    fitted = get_method(method).fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=budget, work_dir=tmp_path))
+    texts = [r["text"] for r in toy_sentences(40, 7)]
+    loaded = load_classifier(fitted.save(tmp_path / "saved"))
+    np.testing.assert_array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts, use_cache=False))
