@@ -41,6 +41,7 @@ from ..tuners.twin_turbo import TwinTurboConfig, TwinTurboObjective, twin_turbo_
 from .base import (
     FittedClassifier,
     Method,
+    MethodConfigError,
     RunCancelled,
     RunContext,
     SharedCache,
@@ -75,6 +76,17 @@ def feature_cache(ctx: RunContext) -> FeatureCache:
     if cache is None:
         cache = _FEATURE_CACHES[ctx.cache] = FeatureCache(ctx.option(BUDGET_NAME, "feature_cache_dir", None))
     return cache
+
+
+def unlabelled_batch_size(ctx: RunContext) -> int:
+    """The ``unlabelled_batch_size`` option (texts per unlabelled batch): a positive whole number."""
+    value = ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise MethodConfigError(
+            f"twin_turbo: unlabelled_batch_size must be a whole number of texts, at least 1, got {value!r}; set it with "
+            "--config unlabelled_batch_size=256 (or leave it out for the budget's value)."
+        )
+    return int(value)
 
 
 def build_config(ctx: RunContext, overrides: dict[str, Any], **fixed: Any) -> TwinTurboConfig:
@@ -121,7 +133,7 @@ def train_projector(
     trainer = LowDataTrainer(
         model=model, args=args, train_dataset=labelled, data_collator=collate_token_states,
         objective=TwinTurboObjective(config), unlabeled_dataset=unlabelled,
-        unlabeled_batch_size=int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)),
+        unlabeled_batch_size=unlabelled_batch_size(ctx),
         callbacks=[callback, *callbacks],
     )
     if ctx.quiet:
@@ -193,7 +205,7 @@ class TwinTurbo(Method):
         unlabelled, pool_note = None, None
         if self.uses_unlabelled and task.unlabelled is not None and len(task.unlabelled):  # (a draw may leave none)
             texts = list(task.unlabelled.texts)
-            used = budget.steps(len(labelled)) * int(ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)) * max(
+            used = budget.steps(len(labelled)) * unlabelled_batch_size(ctx) * max(
                 1, int(os.environ.get("WORLD_SIZE", "1")))
             if len(texts) > used:  # training draws each text at most once: cache only the ones it will draw
                 keep = np.sort(np.random.default_rng(ctx.seed).choice(len(texts), used, replace=False))

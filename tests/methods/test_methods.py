@@ -409,3 +409,19 @@ def test_a_saved_logistic_head_reloads_to_identical_probabilities(method, tiny_b
     texts = [r["text"] for r in toy_sentences(40, 7)]
     loaded = load_classifier(fitted.save(tmp_path / "saved"))
     np.testing.assert_array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts, use_cache=False))
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "many"])
+def test_twin_turbo_refuses_an_unlabelled_batch_size_that_is_not_a_positive_whole_number(value, tiny_bert_dir,
+                                                                                        tmp_path):
+    """0 failed as "unlabeled_dataset is empty" (the pool was cut to 0 texts), -1 inside numpy ("negative dimensions
+    are not allowed"), 2.5 trained silently with batches of 2; each now names the option and what it takes."""
+    from hf_lowdata.methods.base import MethodConfigError
+
+    rows = toy_sentences(40, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=4, unlabelled=20)
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path, quiet=True,
+                     options={"unlabelled_batch_size": value})
+    with pytest.raises(MethodConfigError, match=rf"unlabelled_batch_size must be a whole number .*got {value!r}"):
+        get_method("twin_turbo").fit(task, ctx)
