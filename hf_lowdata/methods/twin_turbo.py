@@ -64,6 +64,8 @@ METHOD_VARIANTS: dict[str, dict[str, Any]] = {
     "twin_turbo_noadv": {"adversarial_weight": 0.0},
     "twin_turbo_notask": {"marginal_weight": 0.0, "adversarial_weight": 0.0},
 }
+#: Texts whose token states :class:`TwinTurboClassifier` holds at once while predicting.
+PREDICT_CHUNK = 2048
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TwinTurboConfig)}
 _FEATURE_CACHES: weakref.WeakKeyDictionary[SharedCache, FeatureCache] = weakref.WeakKeyDictionary()
 
@@ -157,7 +159,10 @@ class TwinTurboClassifier(TransformerClassifier):
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         if not use_cache:  # the real cost: backbone + projector on raw text
             return super().predict_proba(texts)
-        logits = predict_from_states(self.model, self.states(texts))
+        # in chunks: the float32 token states of a whole large test set at once would take 2x its fp16 cache again
+        chunks = [predict_from_states(self.model, self.states(texts[start : start + PREDICT_CHUNK]))
+                  for start in range(0, len(texts), PREDICT_CHUNK)]
+        logits = np.concatenate(chunks) if chunks else predict_from_states(self.model, [])
         return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
@@ -183,7 +188,7 @@ class TwinTurbo(Method):
         key = model_fingerprint(resolve_model_path(ctx.model))
         # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
         # afterwards (the demo's, for pushing) must not keep every unlabelled text's token states in memory.
-        shared, own = weakref.ref(feature_cache(ctx)), FeatureCache()  # own: empty until the shared one is gone
+        shared = weakref.ref(feature_cache(ctx))
 
         def caching_progress(done: int, total: int) -> None:
             if ctx.cancel is not None and ctx.cancel.is_set():
@@ -193,8 +198,8 @@ class TwinTurbo(Method):
 
         def states(texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
             cache = shared()
-            if cache is None:  # the run's SharedCache is gone: a cache of this model's own, filled on demand
-                cache = own
+            if cache is None:  # the run's SharedCache is gone: a cache for this call only (kept, it would grow
+                cache = FeatureCache()  # with every text the model is ever asked about)
             return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key, on_batch=on_batch)
 
         def training_states(texts: Sequence[str]) -> list[torch.Tensor]:

@@ -425,3 +425,47 @@ def test_twin_turbo_refuses_an_unlabelled_batch_size_that_is_not_a_positive_whol
                      options={"unlabelled_batch_size": value})
     with pytest.raises(MethodConfigError, match=rf"unlabelled_batch_size must be a whole number .*got {value!r}"):
         get_method("twin_turbo").fit(task, ctx)
+
+
+def _reachable_cached_states(root) -> int:
+    """Token-state entries of every FeatureCache reachable from ``root`` (what it keeps in memory)."""
+    import gc
+
+    from hf_lowdata.features import FeatureCache
+
+    seen, todo, total = set(), [root], 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, torch.Tensor, np.ndarray, str, bytes)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, FeatureCache):
+            total += sum(len(entries) for entries in obj._entries.values())
+        todo.extend(gc.get_referents(obj))
+    return total
+
+
+def test_twin_turbo_predictions_after_its_run_keep_no_token_states(tiny_bert_dir, tmp_path, monkeypatch):
+    """Once the run's SharedCache was gone, a trained model (the demo keeps one per session) cached the token states
+    of every text it was asked to predict in a cache of its own, growing with each new text for the session's life;
+    and one call materialised all its texts' states at once. Predictions are unchanged."""
+    import gc
+
+    task = _task()
+    shared = SharedCache()
+    ctx = RunContext(model=tiny_bert_dir, seed=0, budget=FAST, work_dir=tmp_path, quiet=True, cache=shared)
+    fitted = get_method("twin_turbo").fit(task, ctx)
+    texts = [r["text"] for r in toy_sentences(300, 11)]
+    expected = fitted.predict_proba(texts)
+    del ctx, shared
+    gc.collect()
+    np.testing.assert_allclose(fitted.predict_proba(texts), expected, atol=1e-6, rtol=0)
+    assert _reachable_cached_states(fitted) == 0
+    from hf_lowdata.methods import twin_turbo
+
+    monkeypatch.setattr(twin_turbo, "PREDICT_CHUNK", 64)
+    sizes, states = [], fitted.states
+    fitted.states = lambda chunk: sizes.append(len(chunk)) or states(chunk)
+    np.testing.assert_allclose(fitted.predict_proba(texts), expected, atol=1e-6, rtol=0)
+    assert sizes == [64, 64, 64, 64, 44]  # never all 300 texts' states at once
+    assert fitted.predict_proba([]).shape == (0, 2)
