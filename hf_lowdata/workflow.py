@@ -905,11 +905,16 @@ def _check_base_digest(folder: Path, base: Path, recorded: str | None) -> None:
 
 
 def _labels_from_weights(folder: Path, adapter_config: dict[str, Any]) -> list[str]:
-    """Label count from the saved head's weight shape, when the card does not name the labels."""
+    """Label count from the adapter config (TwinTurbo records ``num_labels``) or the saved head's weight shape,
+    when the card does not name the labels."""
     from safetensors import safe_open
 
+    recorded = adapter_config.get("num_labels")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2:
+        return [f"LABEL_{i}" for i in range(recorded)]
     # the head's output layer only: other modules_to_save (norms, a pooler the checkpoint lacked) are not heads
-    outputs = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight", ".classification_head.out_proj.weight")
+    outputs = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight", ".classification_head.out_proj.weight",
+               ".twin_turbo_head.linear.weight", ".twin_turbo_head.class_embeddings")
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
         for key in handle.keys():  # noqa: SIM118 - a safetensors handle is not iterable
             if key.endswith(outputs):

@@ -102,7 +102,15 @@ class Probe(Method):
         if weighting not in ("balanced", "none"):
             raise MethodConfigError(f"probe: class_weight must be 'balanced' or 'none', got {weighting!r}.")
         class_weight = None if weighting == "none" else "balanced"
-        candidates = [float(ctx.option(self.name, "C", 1.0))]
+        given = ctx.option(self.name, "C", 1.0)
+        try:
+            c_value = float(given)
+        except (TypeError, ValueError):
+            c_value = float("nan")
+        if isinstance(given, bool) or not (np.isfinite(c_value) and c_value > 0):
+            raise MethodConfigError(f"probe: C (the inverse regularisation strength) must be a number above 0, got "
+                                    f"{given!r}; e.g. --config C=1.0.")
+        candidates = [c_value]
         if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
             candidates = [0.01, 0.1, 1.0, 10.0, 100.0]
             dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length, device=ctx.device)

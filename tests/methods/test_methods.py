@@ -11,6 +11,7 @@ import torch
 from hf_lowdata.budgets import BUDGETS, MIN_EPOCHS, Budget, get_budget
 from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, available_methods, get_method
+from hf_lowdata.methods.base import MethodConfigError
 from tests.helpers import toy_sentences
 
 FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=6, max_steps=6, batch_size=8)
@@ -162,6 +163,14 @@ def test_probe_uses_shared_embedding_cache(tiny_bert_dir, tmp_path):
     assert {p.name for p in fitted.save(tmp_path / "probe").iterdir()} == {"probe_head.safetensors", "probe_config.json"}
 
 
+@pytest.mark.parametrize("value", ["many", "0", "-1", "nan"])
+def test_probe_refuses_a_c_that_is_not_a_positive_number(value, tiny_bert_dir, tmp_path):
+    """C=many failed in float() and C=0 inside scikit-learn, neither saying which setting or what it takes."""
+    ctx = RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path, options={"C": value})
+    with pytest.raises(MethodConfigError, match="probe: C .* must be a number above 0"):
+        get_method("probe").fit(_task(), ctx)
+
+
 @pytest.mark.slow
 def test_probe_on_real_minilm_beats_chance(shared_data, tmp_path):
     from hf_lowdata.data import load_data
@@ -178,7 +187,6 @@ def test_probe_weights_classes_so_that_an_unbalanced_labelled_set_does_not_colla
     """Three wrong labels of 32 (13 / 19) made the strongly regularised probe call 1,799 of 1,821 test sentences
     positive: its intercept followed the class counts."""
     from hf_lowdata.data import load_data
-    from hf_lowdata.methods.base import MethodConfigError
 
     splits = load_data(shared_data / "sst2")
     task = make_few_shot_task(splits, seed=0, k=16, label_noise=0.1)

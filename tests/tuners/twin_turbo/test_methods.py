@@ -106,3 +106,18 @@ def test_only_the_unlabelled_texts_training_will_draw_are_cached(tiny_bert_dir, 
     assert fitted.notes["unlabelled_pool"] == 100 and fitted.notes["unlabelled_used"] == 6 * 8
     cached = sum(len(entries) for entries in feature_cache(ctx)._entries.values())
     assert cached == 8 + 6 * 8  # the labelled texts and the drawn part of the pool
+
+
+def test_a_twin_turbo_classifier_saved_directly_reloads_with_its_label_count(tiny_bert_dir, tmp_path):
+    """fitted.save(dir) then load_classifier(dir) failed: 'cannot tell the number of labels' (the head's weight
+    key was not one the loader knew, and it did not read the config's num_labels)."""
+    from hf_lowdata.workflow import load_classifier
+
+    task = _task()
+    ctx = RunContext(model=str(tiny_bert_dir), seed=0, budget=BUDGET, work_dir=tmp_path, quiet=True)
+    fitted = get_method("twin_turbo").fit(task, ctx)
+    saved = fitted.save(tmp_path / "saved")
+    with pytest.warns(UserWarning, match="names no labels"):
+        reloaded = load_classifier(saved, model=str(tiny_bert_dir))
+    expected = fitted.predict_proba(task.test.texts, use_cache=False)
+    np.testing.assert_allclose(reloaded.predict_proba(task.test.texts), expected, atol=1e-5)
