@@ -374,10 +374,12 @@ def _position_limit_of(folder: str) -> int | None:
 
 def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
     """The bare encoder (``AutoModel``) in eval mode, for embeddings and frozen features."""
+    import torch
     from transformers import AutoModel
 
     path = resolve_model_path(name_or_path)
     require_safetensors(path)
+    kwargs.setdefault("dtype", torch.float32)  # not the saved dtype (see load_for_classification)
     model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kwargs)
     return model.eval()
 
@@ -402,10 +404,14 @@ def load_for_classification(
     seed: int | None = None,
     **kwargs,
 ):
-    """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` outputs.
+    """``AutoModelForSequenceClassification`` with a new head of ``num_labels`` outputs, in float32.
 
     ``seed`` fixes the initialisation of the new head, so the same run gives the same model in every
-    process. The "newly initialised" report transformers prints for the head is expected. Modules the
+    process. The head is new even when the folder holds a fine-tuned classifier (a sentiment model's
+    2-class head, loaded for 5 classes or for 2 other labels): its head weights and label names are
+    left out, so it loads like its base encoder. The weights are float32 whatever dtype they were saved
+    in (a bf16/fp16 folder would otherwise train in half precision, where small updates round away);
+    pass ``dtype=`` to choose another. The "newly initialised" report transformers prints for the head is expected. Modules the
     checkpoint lacks besides a ``classifier`` / ``score`` (a pooler of a checkpoint saved without one, BART's
     ``classification_head``) are listed by :func:`new_modules`, so PEFT methods train and save them with the
     head: otherwise they would stay random and be drawn again at every load. Those outside the model's head
@@ -413,7 +419,8 @@ def load_for_classification(
     (see :func:`load_tokenizer`), so batches of several texts work in training and after reloading.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
     from transformers.utils import logging as hf_logging
 
     if label_names is not None and len(label_names) != num_labels:
@@ -425,15 +432,27 @@ def load_for_classification(
     path = resolve_model_path(name_or_path)
     require_safetensors(path)
     require_sequence_classifier(path)
-    if seed is not None:
-        torch.manual_seed(seed)
+    kwargs.setdefault("dtype", torch.float32)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report only lists the new classifier head
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, use_safetensors=True,
-            output_loading_info=True, **extra, **kwargs
-        )
+        without_head = _weights_without_head(path, head_modules(classification_skeleton(path, num_labels)))
+        if without_head is not None:  # a fine-tuned classifier: its head and label names are for other labels
+            if label_names is None:
+                extra["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+                extra["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+            config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False, **extra)
+        if seed is not None:
+            torch.manual_seed(seed)
+        if without_head is not None:  # transformers takes weights of its own (state_dict) only with no folder
+            model, info = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].from_pretrained(
+                None, config=config, state_dict=without_head, output_loading_info=True, **kwargs)
+            model.name_or_path = model.config.name_or_path = str(path)  # as loading the folder names it
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                output_loading_info=True, **extra, **kwargs
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ()) if not in_head(key)})
@@ -451,6 +470,50 @@ def load_for_classification(
     if model.config.pad_token_id is None and has_tokenizer(path):
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors weight files of a model folder: ``model.safetensors``, or the shards its index
+    names (or ``model-*-of-*.safetensors``); empty when it has none."""
+    import json
+
+    path = Path(folder)
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = []
+        if shards:
+            return [path / name for name in shards]
+    return sorted(path.glob("model-*-of-*.safetensors"))
+
+
+def _weights_without_head(folder: Path, heads: list[str]) -> dict[str, Any] | None:
+    """The folder's weights without its task head (``heads``: the classifier's head modules), or ``None``
+    when the checkpoint has no head weights (a base encoder: transformers loads it as it is)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    def is_head(key: str) -> bool:
+        return key.split(".", 1)[0] in heads
+
+    files = checkpoint_files(folder)
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                if any(is_head(key) for key in handle.keys()):  # noqa: SIM118 - a safe_open handle is not iterable
+                    break
+        except Exception:  # noqa: BLE001 - a damaged file: transformers' loading reports it
+            return None
+    else:
+        return None
+    weights: dict[str, Any] = {}
+    for file in files:
+        weights.update((key, value) for key, value in load_file(str(file)).items() if not is_head(key))
+    return weights
 
 
 #: Name parts of a classification head (``pre_classifier`` ends with ``classifier``).

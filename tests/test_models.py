@@ -409,3 +409,50 @@ def test_texts_that_give_no_token_and_a_bare_string_are_refused(tmp_path):
         predict_logits(model, tokenizer, ["good", " "])  # gave the empty text logits silently
     with pytest.raises(TypeError, match=r"texts is one string; pass a list of texts \(\[text\]\)"):
         predict_logits(model, tokenizer, "good film")  # was read as 9 one-character texts
+
+
+@pytest.mark.parametrize("shard", [False, True])
+def test_a_fine_tuned_classifier_gets_a_new_head_for_any_label_count(tiny_bert_dir, tmp_path, shard):
+    """A folder holding a fine-tuned 2-class classifier (a sentiment model): loading it for 5 classes failed
+    inside transformers ("ignore_mismatched_sizes"), and for 2 classes its trained head was kept, unseeded, with
+    the task's names put on rows that meant the old labels. It now loads like its encoder: a new seeded head."""
+    import torch
+
+    from hf_lowdata.models import load_tokenizer
+
+    tuned = load_for_classification(tiny_bert_dir, 2, ["NEGATIVE", "POSITIVE"], seed=1)
+    with torch.no_grad():
+        tuned.classifier.weight.add_(1.0)  # a trained head: not what any seed draws
+    folder = tmp_path / "sentiment"
+    tuned.save_pretrained(folder, max_shard_size="20KB" if shard else "10GB")
+    load_tokenizer(tiny_bert_dir).save_pretrained(folder)
+    assert (folder / "model.safetensors.index.json").is_file() == shard
+    for num_labels, names in ((5, list("abcde")), (2, ["pos", "neg"]), (3, None)):
+        model = load_for_classification(folder, num_labels, names, seed=0)
+        fresh = load_for_classification(tiny_bert_dir, num_labels, names, seed=0)
+        got, want = model.state_dict(), fresh.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+        assert model.config.id2label == fresh.config.id2label
+        assert model.config.id2label == dict(enumerate(names or [f"LABEL_{i}" for i in range(3)]))
+        assert model.config.num_labels == num_labels and model.name_or_path == str(folder.resolve())
+        batch = load_tokenizer(folder)(["a fine film", "dull"], padding=True, return_tensors="pt")
+        assert model(**batch, labels=torch.tensor([0, num_labels - 1])).logits.shape == (2, num_labels)
+
+
+@pytest.mark.parametrize("saved", ["bfloat16", "float16"])
+def test_a_model_saved_in_half_precision_loads_in_float32(tiny_bert_dir, tmp_path, saved):
+    """transformers loads a folder in the dtype it was saved in: a bf16/fp16 folder trained in half precision,
+    where AdamW's small updates round away, and computed frozen features in it."""
+    import torch
+    from transformers import BertModel
+
+    from hf_lowdata.models import load_encoder, load_tokenizer
+
+    dtype = getattr(torch, saved)
+    folder = _save_folder(BertModel.from_pretrained(tiny_bert_dir).to(dtype), load_tokenizer(tiny_bert_dir),
+                          tmp_path / saved)
+    model = load_for_classification(folder, 3, seed=0)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.dtype for p in load_encoder(folder).parameters()} == {torch.float32}
+    assert load_encoder(folder, dtype=dtype).dtype == dtype  # asked for: kept
+    assert load_for_classification(folder, 3, seed=0, dtype=dtype).dtype == dtype
