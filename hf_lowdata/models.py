@@ -307,6 +307,18 @@ def require_safetensors(folder: str | os.PathLike) -> None:
             )
 
 
+def require_weights(folder: str | os.PathLike) -> None:
+    """Refuse a model folder with no weight file at all (a config and tokenizer only, a cut-off copy or
+    download): transformers would fail with an OSError that no caller reports as a model error."""
+    path = Path(folder)
+    if path.is_dir() and not checkpoint_files(path) and not any((path / name).is_file() for name in PICKLE_WEIGHTS):
+        raise ModelNotFoundError(
+            f"Model folder {path} has no weights (no model.safetensors, nor shards model-*-of-*.safetensors with "
+            "model.safetensors.index.json): it may be an unfinished copy or download. Save the model there with "
+            "model.save_pretrained(folder), or pass the folder that holds its weights."
+        )
+
+
 def require_sequence_classifier(folder: str | os.PathLike) -> None:
     """Refuse a model type for which transformers has no ``...ForSequenceClassification`` class (methods
     that fine-tune the model need one; the probe reads the bare encoder's embeddings and does not)."""
@@ -379,6 +391,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, **kwargs):
 
     path = resolve_model_path(name_or_path)
     require_safetensors(path)
+    require_weights(path)
     kwargs.setdefault("dtype", torch.float32)  # not the saved dtype (see load_for_classification)
     model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kwargs)
     return model.eval()
@@ -432,6 +445,7 @@ def load_for_classification(
     path = resolve_model_path(name_or_path)
     require_safetensors(path)
     require_sequence_classifier(path)
+    require_weights(path)
     kwargs.setdefault("dtype", torch.float32)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report only lists the new classifier head

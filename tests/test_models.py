@@ -456,3 +456,19 @@ def test_a_model_saved_in_half_precision_loads_in_float32(tiny_bert_dir, tmp_pat
     assert {p.dtype for p in load_encoder(folder).parameters()} == {torch.float32}
     assert load_encoder(folder, dtype=dtype).dtype == dtype  # asked for: kept
     assert load_for_classification(folder, 3, seed=0, dtype=dtype).dtype == dtype
+
+
+def test_a_folder_without_weights_is_a_model_error_saying_what_to_do(tiny_bert_dir, tmp_path):
+    """A folder with config and tokenizer but no weights (a cut-off copy) failed with transformers' OSError,
+    which the CLI does not report as a model error (a traceback)."""
+    from hf_lowdata.models import load_encoder
+
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    for file in tiny_bert_dir.iterdir():
+        if not file.name.endswith(".safetensors"):
+            (folder / file.name).write_bytes(file.read_bytes())
+    for load in (load_for_classification, load_encoder):
+        with pytest.raises(ModelNotFoundError, match=r"has no weights \(no model.safetensors.*save_pretrained"):
+            load(folder)
+    assert load_tokenizer(folder).pad_token == "[PAD]"  # the tokenizer alone still loads
