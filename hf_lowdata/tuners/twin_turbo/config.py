@@ -29,7 +29,7 @@ class TwinTurboConfig(PeftConfig):
 
     Args:
         target_modules: the classification head to replace (one module). ``None`` picks the model's
-            ``classifier`` or ``score`` module.
+            ``classifier``, ``score`` or ``classification_head`` module.
         exclude_modules: module names never to adapt.
         backbone_module: name of the module whose first output holds the token states ((B, T, d)
             text states, a (B, C, H, W) feature map, or (B, d) features as one token). ``None`` takes
@@ -71,8 +71,8 @@ class TwinTurboConfig(PeftConfig):
 
     target_modules: list[str] | str | None = field(
         default=None,
-        metadata={"help": "The classification head to replace (one module). None picks the model's `classifier` "
-                          "or `score` module."},
+        metadata={"help": "The classification head to replace (one module). None picks the model's `classifier`, "
+                          "`score` or `classification_head` module."},
     )
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names never to adapt."}

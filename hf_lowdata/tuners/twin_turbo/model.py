@@ -16,8 +16,9 @@ from ..base import ModuleReplacement, OwnConfigCopy, PlainTrainerCheck
 from .config import TwinTurboConfig
 from .layer import MERGE_ERROR, TokenTap, TwinTurboLayer
 
-#: Names transformers gives classification heads (``*ForSequenceClassification``, image classifiers).
-DEFAULT_HEAD_NAMES = ("classifier", "score")
+#: Names transformers gives classification heads (``*ForSequenceClassification``, image classifiers; BART, mBART,
+#: T5 and other encoder-decoders call theirs ``classification_head``).
+DEFAULT_HEAD_NAMES = ("classifier", "score", "classification_head")
 
 
 def find_backbone(model: nn.Module, name: str | None) -> nn.Module:

@@ -346,3 +346,28 @@ def test_copies_and_pickles_carry_no_token_states(tiny_bert_dir):
             with pytest.raises(RuntimeError, match="call the whole model"):
                 clone.base_model.model.classifier(torch.randn(2, 32))
             torch.testing.assert_close(clone(**inputs).logits, expected, atol=0, rtol=0)
+
+
+def test_a_head_named_classification_head_is_found_without_target_modules():
+    """BART, mBART, PLBart and T5 classifiers call their head ``classification_head``: get_peft_model (and the
+    twin_turbo method, which sets no target_modules) failed with 'no module named classifier or score'."""
+    from transformers import BartConfig, BartForSequenceClassification
+
+    torch.manual_seed(0)
+    bart = BartForSequenceClassification(BartConfig(
+        vocab_size=50, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64, num_labels=3,
+        pad_token_id=1, eos_token_id=2))
+    model = get_peft_model(bart, small_config()).eval()
+    layer = model.base_model.model.classification_head
+    assert layer.twin_turbo_head["default"].num_labels == 3 and layer.twin_turbo_projector["default"].input.in_features == 32
+    ids = torch.tensor([[5, 6, 7, 2, 1, 1], [5, 8, 9, 10, 11, 2]])
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids, attention_mask=mask).logits
+    assert logits.shape == (2, 3) and not torch.allclose(logits, base)
+    torch.testing.assert_close(alone, logits[:1], atol=1e-5, rtol=0)
+    assert model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2])).loss.isfinite()
