@@ -63,6 +63,23 @@ def lora_target_modules(model: torch.nn.Module, requested: object = None) -> obj
     )
 
 
+def _lora_number(name: str, value: object, whole: bool, low: float, high: float | None = None) -> float:
+    """A LoRA option as a number in its range, or a :class:`MethodConfigError` naming it (``int()`` cut 2.5 to 2
+    and took True as 1; PEFT accepted a negative ``lora_alpha``)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    ok = number >= low and (high is None or number < high) and (not whole or number.is_integer())
+    if not ok:
+        kind = "a whole number" if whole else "a number"
+        span = f">= {low:g}" if high is None else f"in [{low:g}, {high:g})"
+        raise MethodConfigError(f"lora: {name} must be {kind} {span}, got {value!r} (e.g. --config \"{name}=8\").")
+    return number
+
+
 @register_method
 class FullFineTuning(TransformerMethod):
     name = "full"
@@ -84,9 +101,9 @@ class LoRA(TransformerMethod):
         base = super().build_model(task, ctx)
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,
-            r=int(ctx.option(self.name, "r", 8)),
-            lora_alpha=int(ctx.option(self.name, "lora_alpha", 8)),
-            lora_dropout=float(ctx.option(self.name, "lora_dropout", 0.0)),
+            r=int(_lora_number("r", ctx.option(self.name, "r", 8), True, 1)),
+            lora_alpha=int(_lora_number("lora_alpha", ctx.option(self.name, "lora_alpha", 8), True, 1)),
+            lora_dropout=_lora_number("lora_dropout", ctx.option(self.name, "lora_dropout", 0.0), False, 0, 1),
             target_modules=lora_target_modules(base, ctx.option(self.name, "target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )

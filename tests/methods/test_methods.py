@@ -477,3 +477,23 @@ def test_twin_turbo_predictions_after_its_run_keep_no_token_states(tiny_bert_dir
     np.testing.assert_allclose(fitted.predict_proba(texts), expected, atol=1e-6, rtol=0)
     assert sizes == [64, 64, 64, 64, 44]  # never all 300 texts' states at once
     assert fitted.predict_proba([]).shape == (0, 2)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"r": 2.5}, r"r must be a whole number >= 1, got 2.5"),
+    ({"r": "abc"}, r"r must be a whole number >= 1, got 'abc'"),
+    ({"r": True}, r"r must be a whole number >= 1, got True"),
+    ({"r": 0}, r"r must be a whole number >= 1, got 0"),
+    ({"lora_alpha": -1}, r"lora_alpha must be a whole number >= 1, got -1"),
+    ({"lora_dropout": 1.5}, r"lora_dropout must be a number in \[0, 1\), got 1.5"),
+])
+def test_lora_options_out_of_range_are_method_config_errors(options, message, tiny_bert_dir, tmp_path):
+    """int() cut r=2.5 to 2 and took r=True as 1, a negative lora_alpha (a negated update) was accepted, and
+    r='abc' failed with int()'s ValueError: each is now a MethodConfigError naming the option."""
+    ctx = RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path, quiet=True, options=options)
+    with pytest.raises(MethodConfigError, match=message):
+        get_method("lora").build_model(_task(), ctx)
+    ok = RunContext(model=tiny_bert_dir, seed=0, work_dir=tmp_path, quiet=True,
+                    options={"r": "4", "lora_alpha": 16.0, "lora_dropout": 0.1})
+    config = get_method("lora").build_model(_task(), ok).peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 16, 0.1)
