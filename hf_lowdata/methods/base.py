@@ -40,6 +40,119 @@ class MethodConfigError(ValueError):
     names the option to set."""
 
 
+# --------------------------------------------------------------------------------------------------
+# Method options (``--config key=value``): read as what they must be, or a MethodConfigError naming them
+
+#: How a flag option may be given (case-insensitive), besides True / False and 1 / 0: ``bool("no")`` was True.
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def option_error(method: str, name: str, value: Any, expected: str, example: Any, meaning: str = "") -> MethodConfigError:
+    """The message of every bad option value: the method, the option (and its ``meaning``), what it takes, the value
+    given and an example setting."""
+    label = f"{name} ({meaning})" if meaning else name
+    shown = example if isinstance(example, str) else repr(example)
+    return MethodConfigError(f"{method}: {label} must be {expected}, got {value!r} (e.g. --config \"{name}={shown}\").")
+
+
+def number_option(method: str, name: str, value: Any, *, whole: bool = False, low: float | None = None,
+                  high: float | None = None, low_open: bool = False, high_open: bool = False, example: Any = None,
+                  meaning: str = "") -> Any:
+    """Option ``name`` of ``method`` as a finite number (an ``int`` when ``whole``) within the bounds, which are
+    inclusive unless ``low_open`` / ``high_open``; else a :class:`MethodConfigError` naming it.
+
+    A string that reads as a number is that number, and a whole number given as ``8.0`` is ``8``; ``2.5`` for a whole
+    number, ``True``, ``'abc'``, nan and inf are refused (``int()`` cut 2.5 to 2 and took True as 1; ``float('abc')``
+    failed as an unexpected error). ``example`` (default: a bound) is the setting the message suggests.
+    """
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = float("nan")
+    ok = (np.isfinite(number) and (not whole or number.is_integer())
+          and (low is None or (number > low if low_open else number >= low))
+          and (high is None or (number < high if high_open else number <= high)))
+    if not ok:
+        if low is not None and high is not None:
+            span = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            span = f" above {low:g}" if low_open else f" >= {low:g}"
+        else:
+            span = "" if high is None else f" below {high:g}" if high_open else f" <= {high:g}"
+        if example is None:
+            example = low if low is not None and not low_open else high if high is not None and not high_open else 1
+        raise option_error(method, name, value, f"{'a whole number' if whole else 'a number'}{span}", example, meaning)
+    if whole:
+        return int(value) if isinstance(value, (int, np.integer)) else int(number)
+    return number
+
+
+def flag_option(method: str, name: str, value: Any) -> bool:
+    """Option ``name`` of ``method`` as a flag: True / False, 1 / 0 or one of :data:`FLAG_WORDS` (true/false, yes/no,
+    on/off, any case); anything else is a :class:`MethodConfigError` naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAG_WORDS:
+        return FLAG_WORDS[value.strip().lower()]
+    raise option_error(method, name, value, "true or false (or yes/no, on/off, 1/0)", "false")
+
+
+def choice_option(method: str, name: str, value: Any, choices: Sequence[str], example: str | None = None) -> str:
+    """Option ``name`` of ``method`` as one of the strings ``choices``, else a :class:`MethodConfigError` naming it."""
+    if isinstance(value, str) and value in choices:
+        return value
+    quoted = [repr(c) for c in choices]
+    expected = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+    raise option_error(method, name, value, expected, choices[0] if example is None else example)
+
+
+def _field_kind(annotation: Any) -> str:
+    """``int``, ``float`` or ``bool`` for a dataclass field of that type (``None`` allowed or not), else ``""``; the
+    annotation is a string under postponed annotations."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional["):-1]
+    kinds = [part.strip() for part in text.split("|") if part.strip() != "None"]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in ("int", "float", "bool") else ""
+
+
+def method_config(method: str, factory: Callable[..., Any], /, **values: Any) -> Any:
+    """``factory(**values)`` for ``method``: a tuner config or objective built from the run's options.
+
+    For a dataclass config, each value of an ``int``, ``float`` or ``bool`` field is first read as
+    :func:`number_option` / :func:`flag_option` do (``average_folds=no`` is False, ``dropout=abc`` names the option
+    instead of failing in a comparison; a number that is already right is passed on unchanged). A ``ValueError`` of
+    the factory's own validation (``FTPConfig.kappa must lie in [0, 1]``) becomes a :class:`MethodConfigError` with
+    the same message, prefixed with the method's name.
+    """
+    import dataclasses
+
+    if dataclasses.is_dataclass(factory):
+        fields = {f.name: f for f in dataclasses.fields(factory)}
+        for name, value in values.items():
+            kind = _field_kind(fields[name].type) if name in fields and value is not None else ""
+            if kind == "bool":
+                values[name] = flag_option(method, name, value)
+            elif kind:
+                default = fields[name].default
+                example = None if default is dataclasses.MISSING else default
+                number = number_option(method, name, value, whole=kind == "int", example=example)
+                keep = kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                values[name] = value if keep else number
+    try:
+        return factory(**values)
+    except MethodConfigError:
+        raise
+    except ValueError as err:
+        message = str(err)
+        prefixed = message if message.lower().startswith(f"{method.lower()}:") else f"{method}: {message}"
+        raise MethodConfigError(prefixed) from err
+
+
 class SharedCache:
     """Work shared by all runs of one process: tokenizers, frozen encoders, frozen embeddings.
 
@@ -143,6 +256,19 @@ class RunContext:
         if name in self.options:
             return self.options[name]
         return self.budget_for(method).options.get(name, default)
+
+    def number_option(self, method: str, name: str, default: Any, **limits: Any) -> Any:
+        """:meth:`option` read by :func:`number_option` (``whole``, ``low``, ``high``, ... as there; the default is
+        the message's example)."""
+        return number_option(method, name, self.option(method, name, default), **{"example": default, **limits})
+
+    def flag_option(self, method: str, name: str, default: bool) -> bool:
+        """:meth:`option` read by :func:`flag_option`."""
+        return flag_option(method, name, self.option(method, name, default))
+
+    def choice_option(self, method: str, name: str, default: str, choices: Sequence[str]) -> str:
+        """:meth:`option` read by :func:`choice_option`."""
+        return choice_option(method, name, self.option(method, name, default), choices, example=default)
 
 
 class FittedClassifier(ABC):

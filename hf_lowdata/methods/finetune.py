@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data import FewShotTask
-from .base import MethodConfigError, RunContext, TransformerMethod, register_method
+from .base import MethodConfigError, RunContext, TransformerMethod, method_config, register_method
 
 #: LoRA's query/value targets for model types PEFT has no default for (PEFT's own table covers BERT,
 #: RoBERTa, DeBERTa, ELECTRA, GPT-2, Llama, ...).
@@ -63,23 +63,6 @@ def lora_target_modules(model: torch.nn.Module, requested: object = None) -> obj
     )
 
 
-def _lora_number(name: str, value: object, whole: bool, low: float, high: float | None = None) -> float:
-    """A LoRA option as a number in its range, or a :class:`MethodConfigError` naming it (``int()`` cut 2.5 to 2
-    and took True as 1; PEFT accepted a negative ``lora_alpha``)."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = float("nan")
-    ok = number >= low and (high is None or number < high) and (not whole or number.is_integer())
-    if not ok:
-        kind = "a whole number" if whole else "a number"
-        span = f">= {low:g}" if high is None else f"in [{low:g}, {high:g})"
-        raise MethodConfigError(f"lora: {name} must be {kind} {span}, got {value!r} (e.g. --config \"{name}=8\").")
-    return number
-
-
 @register_method
 class FullFineTuning(TransformerMethod):
     name = "full"
@@ -99,11 +82,13 @@ class LoRA(TransformerMethod):
         from ..models import new_modules
 
         base = super().build_model(task, ctx)
-        config = LoraConfig(
+        # int() cut r=2.5 to 2 and took True as 1; PEFT accepted a negative lora_alpha (a negated update)
+        config = method_config(
+            self.name, LoraConfig,
             task_type=TaskType.SEQ_CLS,
-            r=int(_lora_number("r", ctx.option(self.name, "r", 8), True, 1)),
-            lora_alpha=int(_lora_number("lora_alpha", ctx.option(self.name, "lora_alpha", 8), True, 1)),
-            lora_dropout=_lora_number("lora_dropout", ctx.option(self.name, "lora_dropout", 0.0), False, 0, 1),
+            r=ctx.number_option(self.name, "r", 8, whole=True, low=1),
+            lora_alpha=ctx.number_option(self.name, "lora_alpha", 8, whole=True, low=1),
+            lora_dropout=ctx.number_option(self.name, "lora_dropout", 0.0, low=0, high=1, high_open=True),
             target_modules=lora_target_modules(base, ctx.option(self.name, "target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data import FewShotTask
-from .base import RunContext, TransformerMethod, register_method, require_heldout_examples
+from .base import RunContext, TransformerMethod, method_config, register_method, require_heldout_examples
 
 _PAPER = "Tian, Liu, Smith, Kira, Fast Trainable Projection for Robust Fine-Tuning, NeurIPS 2023"
 
@@ -32,20 +32,22 @@ class _FTPAdapterMethod(TransformerMethod):
 
         from ..models import new_modules
         from ..tuners.ftp import FTPConfig
+        from ..tuners.ftp.config import BASE_OPTIMIZERS, NORMS
         from .finetune import module_name_list
 
-        option = lambda name, default: ctx.option(self.name, name, default)  # noqa: E731
         base = super().build_model(task, ctx)
-        config = FTPConfig(
+        # ranges: FTPConfig's own checks (through method_config, a MethodConfigError naming the method)
+        config = method_config(
+            self.name, FTPConfig,
             task_type=TaskType.SEQ_CLS,
             delta=self.delta,
-            r=int(option("r", 8)),
-            lora_alpha=int(option("lora_alpha", 8)),
-            mu=float(option("mu", 1e-2)),
-            kappa=float(option("kappa", 1.0)),
-            norm=str(option("norm", "mars")),
-            base_optimizer=str(option("base_optimizer", "adam")),
-            target_modules=module_name_list(option("target_modules", None)),
+            r=ctx.number_option(self.name, "r", 8, whole=True),
+            lora_alpha=ctx.number_option(self.name, "lora_alpha", 8, whole=True),
+            mu=ctx.number_option(self.name, "mu", 1e-2),
+            kappa=ctx.number_option(self.name, "kappa", 1.0),
+            norm=ctx.choice_option(self.name, "norm", "mars", NORMS),
+            base_optimizer=ctx.choice_option(self.name, "base_optimizer", "adam", BASE_OPTIMIZERS),
+            target_modules=module_name_list(ctx.option(self.name, "target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
         return get_peft_model(base, config)
@@ -75,12 +77,15 @@ class TPGM(_FTPAdapterMethod):
 
     def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module) -> Any:
         from ..tuners.ftp import TPGMObjective
+        from ..tuners.ftp.config import NORMS
 
         require_heldout_examples(task, self.name, "to learn its projection radii on", "ftp (no held-out split)")
-        return TPGMObjective(
-            heldout_fraction=float(ctx.option(self.name, "heldout_fraction", 0.2)),
-            lr=float(ctx.option(self.name, "tpgm_lr", 1e-2)),
-            norm=str(ctx.option(self.name, "norm", "mars")),
-            interval=int(ctx.option(self.name, "interval", 1)),
-            iterations=int(ctx.option(self.name, "iterations", 1)),
+        return method_config(
+            self.name, TPGMObjective,
+            heldout_fraction=ctx.number_option(self.name, "heldout_fraction", 0.2, low=0, high=1, low_open=True,
+                                               high_open=True),
+            lr=ctx.number_option(self.name, "tpgm_lr", 1e-2, low=0, low_open=True),
+            norm=ctx.choice_option(self.name, "norm", "mars", NORMS),
+            interval=ctx.number_option(self.name, "interval", 1, whole=True, low=1),
+            iterations=ctx.number_option(self.name, "iterations", 1, whole=True, low=1),
         )

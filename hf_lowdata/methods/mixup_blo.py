@@ -44,6 +44,7 @@ from .base import (
     default_device,
     dev_selection_callback,
     load_base_classifier,
+    method_config,
     register_method,
     require_heldout_examples,
     text_dev_logits,
@@ -251,7 +252,7 @@ class MixupBLO(TransformerMethod):
         defaults.update(self.method_defaults)
         values = {name: copy.deepcopy(ctx.option(self.name, name, default)) for name, default in defaults.items()}
         values.update(self.variant)
-        return MixupBLOConfig(task_type=TaskType.SEQ_CLS, **values)
+        return method_config(self.name, MixupBLOConfig, task_type=TaskType.SEQ_CLS, **values)
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from transformers.trainer_callback import PrinterCallback
@@ -261,6 +262,7 @@ class MixupBLO(TransformerMethod):
 
         budget = ctx.budget_for(self.name)
         config = self.peft_config(ctx)
+        merge = ctx.flag_option(self.name, "merge", True)  # (before training, not after it)
         if config.hypergradient != "none":  # the bi-level search learns the mixing factors on held-out examples
             require_heldout_examples(task, self.name, "to learn the mixing factors on",
                                      "mixup_blo_joint (single-level, no held-out split)")
@@ -318,7 +320,7 @@ class MixupBLO(TransformerMethod):
         if dev_selection is not None:
             dev_selection.restore(model)
         fitted = MixupBLOClassifier(model, tokenizer, task.label_names, budget.max_length,
-                                    merge=bool(ctx.option(self.name, "merge", True)))
+                                    merge=merge)
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
         # the search's inner and outer parameters: phase 2's plus the (then frozen) mixing factors

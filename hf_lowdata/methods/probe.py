@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..data import FewShotTask, require_two_classes
-from .base import FittedClassifier, Method, MethodConfigError, RunContext, SharedCache, register_method
+from .base import FittedClassifier, Method, RunContext, SharedCache, register_method
 
 
 class ProbeClassifier(FittedClassifier):
@@ -98,18 +98,10 @@ class Probe(Method):
         require_two_classes(task.labelled)  # (scikit-learn's own error names neither the data nor a remedy)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
-        weighting = str(ctx.option(self.name, "class_weight", "balanced"))
-        if weighting not in ("balanced", "none"):
-            raise MethodConfigError(f"probe: class_weight must be 'balanced' or 'none', got {weighting!r}.")
+        weighting = ctx.choice_option(self.name, "class_weight", "balanced", ("balanced", "none"))
         class_weight = None if weighting == "none" else "balanced"
-        given = ctx.option(self.name, "C", 1.0)
-        try:
-            c_value = float(given)
-        except (TypeError, ValueError):
-            c_value = float("nan")
-        if isinstance(given, bool) or not (np.isfinite(c_value) and c_value > 0):
-            raise MethodConfigError(f"probe: C (the inverse regularisation strength) must be a number above 0, got "
-                                    f"{given!r}; e.g. --config C=1.0.")
+        c_value = ctx.number_option(self.name, "C", 1.0, low=0, low_open=True,
+                                    meaning="the inverse regularisation strength")
         candidates = [c_value]
         if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
             candidates = [0.01, 0.1, 1.0, 10.0, 100.0]

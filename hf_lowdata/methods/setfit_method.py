@@ -20,7 +20,15 @@ from safetensors.torch import save_file
 from ..budgets import Budget
 from ..data import FewShotTask, require_two_classes
 from ..models import resolve_model_path
-from .base import FittedClassifier, Method, RunContext, _run_callback, count_trainable, register_method
+from .base import (
+    FittedClassifier,
+    Method,
+    RunContext,
+    _run_callback,
+    count_trainable,
+    number_option,
+    register_method,
+)
 from .probe import float64_head
 
 
@@ -80,7 +88,9 @@ class SetFit(Method):
     def planned_steps(self, num_examples: int, budget: Budget, options: Mapping[str, Any]) -> int:
         """The recipe's steps: 2 x num_iterations pairs per labelled example per epoch, in batches. A preset
         scales them through ``epochs``; ``max_steps`` (a setting, e.g. the demo's) caps them."""
-        iterations = int(options.get("num_iterations", budget.options.get("num_iterations", 20)))
+        iterations = number_option(self.name, "num_iterations",
+                                   options.get("num_iterations", budget.options.get("num_iterations", 20)),
+                                   whole=True, low=1, example=20)
         recipe = math.ceil(2 * iterations * num_examples / budget.batch_size)
         return min(budget.max_steps, max(1, round(recipe * budget.epochs)))
 
@@ -93,7 +103,7 @@ class SetFit(Method):
         model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
         if ctx.device:
             model.to(ctx.device)
-        iterations = int(ctx.option(self.name, "num_iterations", 20))
+        iterations = ctx.number_option(self.name, "num_iterations", 20, whole=True, low=1)
         steps = self.planned_steps(len(task.labelled), budget, {"num_iterations": iterations})
         args = TrainingArguments(
             output_dir=str(Path(ctx.work_dir) / f"setfit-seed{ctx.seed}"),

@@ -54,7 +54,17 @@ from ..models import (
     token_budget,
 )
 from ..paths import DATA_DIR_ENV
-from .base import DevSelector, FittedClassifier, Method, RunContext, default_device, register_method
+from .base import (
+    DevSelector,
+    FittedClassifier,
+    Method,
+    RunContext,
+    choice_option,
+    default_device,
+    method_config,
+    number_option,
+    register_method,
+)
 from .finetune import lora_target_modules
 
 BUDGET_NAME = "sparse_expert"
@@ -689,6 +699,10 @@ class SparseExpertMethod(Method):
     def option(self, ctx: RunContext, name: str, default: Any = None) -> Any:
         return ctx.option(BUDGET_NAME, name, default)
 
+    def number(self, ctx: RunContext, name: str, default: Any, **limits: Any) -> Any:
+        """:meth:`option` read by :func:`~hf_lowdata.methods.base.number_option` (a MethodConfigError naming it)."""
+        return number_option(self.name, name, self.option(ctx, name, default), **{"example": default, **limits})
+
     def _source_dir(self, ctx: RunContext, sources: Sequence[str]) -> str:
         """``source_dir`` if given; else the benchmark's data dir when it holds the sources; else $HF_LOWDATA_DATA_DIR.
 
@@ -716,6 +730,8 @@ class SparseExpertMethod(Method):
 
     def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
         """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
+        from ..tuners.sparse_expert import SparseExpertConfig
+
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
         names = source_names(sources)
         paths = [n for n in names if n in (".", "..") or any(sep in n for sep in ("/", "\\")) or Path(n).is_absolute()]
@@ -728,22 +744,23 @@ class SparseExpertMethod(Method):
         if not names:
             raise DataError(f"No source dataset left to meta-train on (sources={sources!r}, task {task and task.name!r}).")
         extra = evaluated_texts(task, ctx) if task is not None else ()
-        adapter = {"num_experts": int(self.option(ctx, "num_experts", 8)),
-                   "target_sparsity": float(self.option(ctx, "target_sparsity", 0.9)), **self.adapter_overrides}
+        adapter = {"num_experts": self.number(ctx, "num_experts", 8, whole=True),
+                   "target_sparsity": self.number(ctx, "target_sparsity", 0.9), **self.adapter_overrides}
+        method_config(self.name, SparseExpertConfig, **adapter)  # its ranges, checked now (meta-training builds it)
         objective = dict(self.objective_overrides)
         if self.option(ctx, "binary_masks_from") is not None:  # (only when set: the default keeps its cache key)
-            objective["binary_masks_from"] = float(self.option(ctx, "binary_masks_from"))
+            objective["binary_masks_from"] = self.number(ctx, "binary_masks_from", None, low=0, high=1, example=0.5)
         return MetaTrainingPlan(
             model=str(ctx.model) if ctx.model is not None else None,
             source_dir=str(source_dir),
             sources=names,
             adapter=adapter,
             objective=objective,
-            steps=int(self.option(ctx, "meta_steps", 100)),
-            meta_batch=int(self.option(ctx, "meta_batch", 4)),
-            learning_rate=float(self.option(ctx, "meta_lr", 5e-4)),
-            seed=int(self.option(ctx, "meta_seed", 0)),
-            query_per_class=int(self.option(ctx, "query_per_class", 8)),
+            steps=self.number(ctx, "meta_steps", 100, whole=True, low=1),
+            meta_batch=self.number(ctx, "meta_batch", 4, whole=True, low=1),
+            learning_rate=self.number(ctx, "meta_lr", 5e-4, low=0, low_open=True),
+            seed=self.number(ctx, "meta_seed", 0, whole=True, low=0, high=2**32 - 1),
+            query_per_class=self.number(ctx, "query_per_class", 8, whole=True, low=1),
             exclude_texts=tuple(held_out_texts(Path(source_dir), extra)),
         )
 
@@ -754,9 +771,11 @@ class SparseExpertMethod(Method):
         tokenizer = ctx.cache.tokenizer(ctx.model)
         encoder = load_encoder(ctx.model).to(default_device(ctx.device))  # (training and prototypes run there)
         info: dict[str, Any] = {"method": self.name}
-        mode = str(self.option(ctx, "finetune", "lora"))
-        if mode not in FINETUNE_MODES:  # before meta-training, not half an hour later
-            raise ValueError(FINETUNE_ERROR.format(mode=mode))
+        # every setting read before meta-training, not half an hour later
+        mode = choice_option(self.name, "finetune", self.option(ctx, "finetune", "lora"), FINETUNE_MODES, "lora")
+        lora_r = self.number(ctx, "r", 8, whole=True, low=1)
+        lora_alpha = self.number(ctx, "lora_alpha", 8, whole=True, low=1)
+        router_temperature = self.number(ctx, "router_temperature", 0.5, low=0, low_open=True)
         counts = task.labelled.class_counts()
         empty = [name for name in task.label_names if not counts.get(name)]
         if empty:  # (before meta-training too)
@@ -771,7 +790,7 @@ class SparseExpertMethod(Method):
             peft_model = PeftModel.from_pretrained(encoder, adapter_dir).eval()
             batch = _encode(tokenizer, task.labelled.texts, budget.max_length, next(encoder.parameters()).device)
             weights = peft_model.base_model.route_support(
-                batch, torch.tensor(task.labelled.labels), float(self.option(ctx, "router_temperature", 0.5)))
+                batch, torch.tensor(task.labelled.labels), router_temperature)
             encoder = peft_model.merge_and_unload()
             info.update(routing=[round(float(w), 4) for w in weights], meta_trained_adapter=str(adapter_dir))
             meta = json.loads((adapter_dir / META_FILE).read_text())
@@ -781,7 +800,7 @@ class SparseExpertMethod(Method):
             ft_budget = budget if mode == "lora" else full_finetune_budget(ctx)
             selector = prototype_dev_selector(tokenizer, task, ft_budget) if task.dev is not None else None
             encoder, trained = finetune_on_support(encoder, tokenizer, task, ft_budget, mode, ctx.seed,
-                                                   int(self.option(ctx, "r", 8)), int(self.option(ctx, "lora_alpha", 8)),
+                                                   lora_r, lora_alpha,
                                                    dev_selector=selector)
         info["finetune"] = mode
         prototypes = _support_prototypes(encoder, tokenizer, task, budget.max_length)

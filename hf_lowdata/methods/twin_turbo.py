@@ -41,7 +41,6 @@ from ..tuners.twin_turbo import TwinTurboConfig, TwinTurboObjective, twin_turbo_
 from .base import (
     FittedClassifier,
     Method,
-    MethodConfigError,
     RunCancelled,
     RunContext,
     SharedCache,
@@ -51,6 +50,7 @@ from .base import (
     default_device,
     dev_selection_callback,
     load_base_classifier,
+    method_config,
     register_method,
 )
 
@@ -82,20 +82,15 @@ def feature_cache(ctx: RunContext) -> FeatureCache:
 
 def unlabelled_batch_size(ctx: RunContext) -> int:
     """The ``unlabelled_batch_size`` option (texts per unlabelled batch): a positive whole number."""
-    value = ctx.option(BUDGET_NAME, "unlabelled_batch_size", 256)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise MethodConfigError(
-            f"twin_turbo: unlabelled_batch_size must be a whole number of texts, at least 1, got {value!r}; set it with "
-            "--config unlabelled_batch_size=256 (or leave it out for the budget's value)."
-        )
-    return int(value)
+    return ctx.number_option(BUDGET_NAME, "unlabelled_batch_size", 256, whole=True, low=1)
 
 
 def build_config(ctx: RunContext, overrides: dict[str, Any], **fixed: Any) -> TwinTurboConfig:
-    """TwinTurboConfig from the budget's and the run's options (known fields only), then ``overrides``."""
+    """TwinTurboConfig from the budget's and the run's options (known fields only), then ``overrides``; a value it
+    refuses is a :class:`MethodConfigError` naming the option (:func:`~hf_lowdata.methods.base.method_config`)."""
     budget = ctx.budget_for(BUDGET_NAME)
     values = {k: v for k, v in {**budget.options, **ctx.options}.items() if k in _CONFIG_FIELDS}
-    return TwinTurboConfig(**{**values, **overrides, **fixed})
+    return method_config(BUDGET_NAME, TwinTurboConfig, **{**values, **overrides, **fixed})
 
 
 @torch.inference_mode()
