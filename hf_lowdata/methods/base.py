@@ -153,6 +153,38 @@ def method_config(method: str, factory: Callable[..., Any], /, **values: Any) ->
         raise MethodConfigError(prefixed) from err
 
 
+def no_target_error(method: str, model: torch.nn.Module, config: Any) -> MethodConfigError:
+    """The error for a PEFT config of ``method`` whose ``target_modules`` match no module of ``model``: the names
+    the model's layers do have, and what to set. PEFT's own error reached the user as an unexpected failure, with
+    no names to choose from."""
+    from transformers.pytorch_utils import Conv1D
+
+    from ..models import head_modules
+    from ..tuners.base import layer_names
+
+    names = layer_names(model, (torch.nn.Linear, Conv1D))
+    targets = getattr(config, "target_modules", None)
+    shown = sorted(targets) if isinstance(targets, (set, frozenset)) else targets
+    example = ", ".join(repr(n) for n in (names[:2] or ["query", "value"]))
+    return MethodConfigError(
+        f"{method}: target_modules={shown!r} matches no module of this model. Its Linear "
+        f"layers are named {names[:12]}{' ...' if len(names) > 12 else ''} and its head {head_modules(model)}: set "
+        f"--config \"target_modules=[{example}]\" to some of them, or leave target_modules out for the method's "
+        "default.")
+
+
+def adapt_model(method: str, model: torch.nn.Module, config: Any) -> torch.nn.Module:
+    """``get_peft_model(model, config)`` for ``method``; a config that targets no module of ``model`` is a
+    :class:`MethodConfigError` naming the layers it could target (:func:`no_target_error`)."""
+    from peft import get_peft_model
+    from peft.utils import NoMatchingPeftModuleError
+
+    try:
+        return get_peft_model(model, config)
+    except NoMatchingPeftModuleError as err:
+        raise no_target_error(method, model, config) from err
+
+
 class SharedCache:
     """Work shared by all runs of one process: tokenizers, frozen encoders, frozen embeddings.
 

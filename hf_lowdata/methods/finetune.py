@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from ..data import FewShotTask
-from .base import MethodConfigError, RunContext, TransformerMethod, method_config, register_method
+from .base import (
+    MethodConfigError,
+    RunContext,
+    TransformerMethod,
+    adapt_model,
+    method_config,
+    register_method,
+)
 
 #: LoRA's query/value targets for model types PEFT has no default for (PEFT's own table covers BERT,
 #: RoBERTa, DeBERTa, ELECTRA, GPT-2, Llama, ...).
@@ -77,7 +84,7 @@ class LoRA(TransformerMethod):
     option_names = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules"})
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType
 
         from ..models import new_modules
 
@@ -92,4 +99,4 @@ class LoRA(TransformerMethod):
             target_modules=lora_target_modules(base, ctx.option(self.name, "target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
-        return get_peft_model(base, config)
+        return adapt_model(self.name, base, config)

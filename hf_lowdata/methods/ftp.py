@@ -16,7 +16,14 @@ from typing import Any
 import torch
 
 from ..data import FewShotTask
-from .base import RunContext, TransformerMethod, method_config, register_method, require_heldout_examples
+from .base import (
+    RunContext,
+    TransformerMethod,
+    adapt_model,
+    method_config,
+    register_method,
+    require_heldout_examples,
+)
 
 _PAPER = "Tian, Liu, Smith, Kira, Fast Trainable Projection for Robust Fine-Tuning, NeurIPS 2023"
 
@@ -28,7 +35,7 @@ class _FTPAdapterMethod(TransformerMethod):
     option_names = frozenset({"r", "lora_alpha", "mu", "kappa", "norm", "base_optimizer", "target_modules"})
 
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
-        from peft import TaskType, get_peft_model
+        from peft import TaskType
 
         from ..models import new_modules
         from ..tuners.ftp import FTPConfig
@@ -50,7 +57,7 @@ class _FTPAdapterMethod(TransformerMethod):
             target_modules=module_name_list(ctx.option(self.name, "target_modules", None)),
             modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
         )
-        return get_peft_model(base, config)
+        return adapt_model(self.name, base, config)
 
 
 @register_method

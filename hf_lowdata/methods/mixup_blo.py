@@ -45,6 +45,7 @@ from .base import (
     dev_selection_callback,
     load_base_classifier,
     method_config,
+    no_target_error,
     register_method,
     require_heldout_examples,
     text_dev_logits,
@@ -255,6 +256,7 @@ class MixupBLO(TransformerMethod):
         return method_config(self.name, MixupBLOConfig, task_type=TaskType.SEQ_CLS, **values)
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+        from peft.utils import NoMatchingPeftModuleError
         from transformers.trainer_callback import PrinterCallback
 
         from ..models import classification_skeleton, new_modules
@@ -310,13 +312,16 @@ class MixupBLO(TransformerMethod):
             if ctx.quiet:
                 trainer.remove_callback(PrinterCallback)
 
-        model = train_mixup_blo(
-            base_model, config, train, training_args, seed=ctx.seed,
-            trainer_kwargs={"data_collator": collator(tokenizer), "processing_class": tokenizer},
-            on_trainer=on_trainer,
-            state_dir=root if save_steps > 0 else None,
-            resume=ctx.resume,
-        )
+        try:
+            model = train_mixup_blo(
+                base_model, config, train, training_args, seed=ctx.seed,
+                trainer_kwargs={"data_collator": collator(tokenizer), "processing_class": tokenizer},
+                on_trainer=on_trainer,
+                state_dir=root if save_steps > 0 else None,
+                resume=ctx.resume,
+            )
+        except NoMatchingPeftModuleError as err:  # (raised by the first fold's get_peft_model, before any training)
+            raise no_target_error(self.name, base_model(), config) from err
         if dev_selection is not None:
             dev_selection.restore(model)
         fitted = MixupBLOClassifier(model, tokenizer, task.label_names, budget.max_length,

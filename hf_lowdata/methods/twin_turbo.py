@@ -47,6 +47,7 @@ from .base import (
     TransformerClassifier,
     _median,
     _run_callback,
+    adapt_model,
     default_device,
     dev_selection_callback,
     load_base_classifier,
@@ -176,7 +177,7 @@ class TwinTurbo(Method):
         return dict(METHOD_VARIANTS.get(cls.name, {}))
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
-        from peft import TaskType, get_peft_model
+        from peft import TaskType
 
         budget = ctx.budget_for(BUDGET_NAME)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
@@ -213,7 +214,7 @@ class TwinTurbo(Method):
             unlabelled = TokenStateDataset(training_states(texts))
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_base_classifier(task, ctx)
-        model = get_peft_model(base, config).to(default_device(ctx.device))
+        model = adapt_model(self.name, base, config).to(default_device(ctx.device))
         dev_selection = None
         if task.dev is not None:  # the same dev-set step selection as every method that trains in steps
             dev_states = training_states(task.dev.texts)

@@ -284,3 +284,20 @@ def test_train_prints_a_bad_option_as_a_usage_error(method, setting, message, ti
     assert f"hf-lowdata train: error: {message}" in err
     assert "unexpected failure" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- a config that targets no module ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lora", "ftp_lora", "twin_turbo", "mixup_blo_fast"])
+def test_a_target_that_matches_no_module_names_the_layers_there_are(method, tiny_bert_dir, tmp_path, capsys):
+    """PEFT's NoMatchingPeftModuleError reached the user as "an unexpected failure", exit 1, with no layer names."""
+    files = toy_files(tmp_path / "data")
+    args = ["train", "--method", method, "--model", str(tiny_bert_dir), "--data", str(files["train"]),
+            "--out", str(tmp_path / "out"), "--config", *tiny_args(method), "target_modules=['nope']"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"hf-lowdata train: error: {method}: target_modules=['nope'] matches no module of this model." in err
+    assert "Its Linear layers are named ['query', 'key', 'value', 'dense'" in err and "its head ['classifier']" in err
+    assert "unexpected failure" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
