@@ -241,7 +241,9 @@ def _evaluation_section(evaluation: Evaluation | None) -> str:
 
 
 def _usage_section(kind: str, base_ref: str, label_names: Sequence[str]) -> str:
-    labels = json.dumps(list(label_names))
+    # Python's own spelling: json.dumps's ASCII escapes write a character outside the basic plane (an emoji) as a
+    # surrogate pair, which a Python string literal reads as two lone surrogates, not the label name
+    labels = repr([str(n) for n in label_names])
     cli = ('\nOr from the command line (any kind of hf_lowdata output):\n\n```bash\n'
            'hf-lowdata predict path/to/this/folder --text "an example sentence"\n```')
     if kind == "peft":

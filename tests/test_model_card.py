@@ -115,6 +115,19 @@ def test_table_cells_escape_pipes_so_every_row_keeps_two_cells():
     assert "a\\|b: 2, c: 2" in text and "10 (dev\\|v2.csv)" in text
 
 
+def test_usage_snippet_spells_label_names_outside_the_basic_plane_as_python_reads_them():
+    """The snippet wrote its labels with json.dumps, whose ASCII escapes spell an emoji as a surrogate pair
+    (``\\ud83d\\ude1e``): Python reads that as two lone surrogates, so the snippet printed a label that is
+    not the class name, and printing it raised UnicodeEncodeError."""
+    names = ["négatif 😞", "中立 neutral", 'say "hi"\\', "Positive ✓"]
+    text = build_model_card(method="lora", kind="peft", base_model=None, label_names=names,
+                            budget=get_budget("lora"))
+    line = next(line for line in text.splitlines() if line.startswith("labels = "))
+    scope: dict = {}
+    exec(line, scope)  # noqa: S102 - the card's own line
+    assert scope["labels"] == names
+
+
 def test_training_time_of_a_resumed_run_says_what_it_covers():
     def time_row(**kwargs) -> str:
         text = build_model_card(method="lora", kind="peft", base_model=None, label_names=["a", "b"],
