@@ -97,6 +97,8 @@ class SetFit(Method):
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from setfit import SetFitModel, Trainer, TrainingArguments
 
+        from ..models import position_limit
+
         budget = ctx.budget_for(self.name)
         require_two_classes(task.labelled)  # SetFit's pair sampler fails with an IndexError on one class
         torch.manual_seed(ctx.seed)
@@ -121,6 +123,11 @@ class SetFit(Method):
         # progress and the demo's cancel button, as for the methods trained by LowDataTrainer
         trainer = Trainer(model=model, args=args, train_dataset=task.labelled.to_hf(),
                           callbacks=[_run_callback(ctx, self.name)])
+        # SetFit's TrainingArguments.max_length reaches only its end-to-end head: the encoder trains and predicts on
+        # its own max_seq_length (256 for all-MiniLM-L6-v2). Cut texts where every other method does; the saved
+        # body records it (sentence_bert_config.json), so a reloaded model cuts them there too.
+        limit = position_limit(resolve_model_path(ctx.model))
+        model.model_body.max_seq_length = min(budget.max_length, limit) if limit else budget.max_length
         trainer.train()
         fitted = SetFitClassifier(model, task.label_names)
         if task.dev is not None:  # said in the record rather than silently: SetFit runs its published recipe

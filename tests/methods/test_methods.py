@@ -359,6 +359,27 @@ def test_setfit_reloads_with_the_labels_its_head_was_trained_on(tiny_bert_dir, t
         load_classifier(folder)
 
 
+def test_setfit_cuts_texts_at_the_budgets_max_length_in_training_and_after_reloading(tiny_bert_dir, tmp_path):
+    """SetFit gave max_length to its TrainingArguments, which only its end-to-end head reads: the sentence encoder
+    trained and predicted on its own max_seq_length (256 for all-MiniLM-L6-v2), while the card recorded 128, and
+    --config max_length=... changed nothing (300-600 word texts: 2.5x the others' training time)."""
+    from hf_lowdata.workflow import load_classifier
+
+    rows = toy_sentences(16, 0)
+    labelled = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), labelled), seed=0, k=4)
+    budget = Budget(learning_rate=2e-5, epochs=1, batch_size=8, max_steps=2, max_length=12,
+                    options={"num_iterations": 1})
+    fitted = get_method("setfit").fit(task, RunContext(model=tiny_bert_dir, seed=0, budget=budget, work_dir=tmp_path))
+    head = " ".join(["the plot of this film"] * 4)  # well over 12 tokens: what follows is cut
+    texts = [f"{head} great wonderful", f"{head} awful dreadful boring"]
+    assert fitted.model.model_body.max_seq_length == 12
+    np.testing.assert_allclose(*fitted.predict_proba(texts), atol=1e-6)
+    loaded = load_classifier(fitted.save(tmp_path / "saved"))
+    np.testing.assert_allclose(*loaded.predict_proba(texts), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(texts), fitted.predict_proba(texts), atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["mixup_blo", "mixup_blo_fast", "tpgm"])
 def test_methods_with_a_held_out_split_refuse_one_example_per_class(method, tiny_bert_dir, tmp_path):
     """k = 1 on 20 classes: MixupBLO failed as an "unexpected failure" saying it could not split "20 labelled
