@@ -302,6 +302,10 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
         if evaluation is not None:
             _print_evaluation(evaluation)
         return 0
+    if args.method in METHODS:
+        note = _truncation_note(args, task, evaluation_data, config)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     class_counts = list(task.labelled.class_counts().items())
     counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (
         f", ... ({len(class_counts)} classes)" if len(class_counts) > 10 else "")
@@ -338,6 +342,23 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
         _print_evaluation(result.evaluation.to_dict())
         print(f"Evaluation figures written to {out / EVAL_FILE}.")
     return 0
+
+
+def _truncation_note(args: argparse.Namespace, task: Any, evaluation_data: Any, config: dict[str, Any]) -> str | None:
+    """The note of :func:`~hf_lowdata.workflow.truncation_note` for this run; ``None`` where the budget or the model
+    cannot be read yet (train_method then says what is wrong)."""
+    from .models import ModelNotFoundError
+    from .workflow import WorkflowError, resolve_budget, truncation_note
+
+    try:
+        budget, _ = resolve_budget(args.method, args.preset, config)
+    except WorkflowError:
+        return None
+    texts = {"labelled": task.labelled.texts, "evaluation": evaluation_data.texts if evaluation_data is not None else ()}
+    try:
+        return truncation_note(texts, args.model, budget.max_length)
+    except (ModelNotFoundError, OSError, ValueError):
+        return None
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -290,6 +290,32 @@ def _with_evaluation_texts(task: FewShotTask, evaluation_data: TextDataset | Non
     return replace(task, test=TextDataset(texts, None, task.label_names, evaluation_data.source))
 
 
+def truncation_note(texts: Mapping[str, Sequence[str]], model: str | os.PathLike | None, max_length: int) -> str | None:
+    """A note when texts are longer than the tokens a method reads (``max_length``, capped at the model's
+    position table), or ``None``. ``texts``: what is cut, by role ("labelled", "evaluation").
+
+    Every method cuts a text to its first ``max_length`` tokens, silently: 300-word documents are read as
+    their first hundred words or so.
+    """
+    from .models import load_tokenizer, position_limit, token_budget
+
+    tokenizer = load_tokenizer(model)
+    limit = token_budget(tokenizer, max_length)
+    longer = {}
+    for role, part in texts.items():
+        if part:
+            lengths = [len(ids) for ids in tokenizer(list(part), truncation=False, verbose=False)["input_ids"]]
+            longer[role] = (sum(n > limit for n in lengths), len(lengths))
+    cut = [f"{n:,} of {total:,} {role} texts" for role, (n, total) in longer.items() if n]
+    if not cut:
+        return None
+    most = position_limit(resolve_model_path(model))
+    more = (f"--config max_length=N reads more (this model reads at most {most})" if most and most > limit
+            else "this model reads no more")
+    return (f"{' and '.join(cut)} are longer than {limit} tokens; each is cut to its first {limit} tokens "
+            f"(max_length) and the rest is not read: {more}.")
+
+
 def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None, *,
                    uses_unlabelled: bool = True) -> dict[str, Any]:
     """Sizes and labels of the training data, for the model card and the results JSON.

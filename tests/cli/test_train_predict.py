@@ -668,6 +668,24 @@ def test_train_warns_when_evaluation_texts_are_training_texts(tmp_path, capsys):
                      str(tmp_path / "o")]) == 0
 
 
+def test_train_says_when_texts_are_cut_at_max_length(tmp_path, capsys):
+    """300-600 word documents trained and scored silently on their first 128 tokens: the run said nothing, so a user
+    could not tell that most of each text was never read, nor that max_length reads more."""
+    long_text = " ".join(["the battery lasts all day and the screen is sharp"] * 20)  # about 220 tokens
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"{long_text} {i},pos\nshort bad {i},neg\n" for i in range(3)))
+    evaluation = tmp_path / "eval.csv"
+    evaluation.write_text(f"text,label\n{long_text} again,pos\nshort and bad,neg\nshort and good,pos\n")
+    args = ["train", "--method", "probe", "--data", str(data), "--eval", str(evaluation)]
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 0
+    err = capsys.readouterr().err
+    assert ("note: 3 of 6 labelled texts and 1 of 3 evaluation texts are longer than 128 tokens; each is cut to its "
+            "first 128 tokens (max_length) and the rest is not read: --config max_length=N reads more (this model "
+            "reads at most 512).") in err
+    assert main([*args, "--out", str(tmp_path / "whole"), "--config", "max_length=512"]) == 0
+    assert "longer than" not in capsys.readouterr().err
+
+
 def test_adapter_on_the_wrong_base_model_is_a_clear_error(tiny_bert_dir, capsys):
     folder = trained("lora", str(tiny_bert_dir)).output_dir
     assert main(["predict", str(folder), "--text", "fine", "--model", "all-MiniLM-L6-v2"]) == 2
