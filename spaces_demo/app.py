@@ -591,12 +591,16 @@ def confusion_chart(results: dict[str, TrainResult]):
     import matplotlib.pyplot as plt
 
     methods = list(results)
-    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(max(4.0, 3.4 * len(methods)), 3.4), squeeze=False)
+    # each panel grows with the label count (a 13-class upload ran its label names and counts into each other in
+    # a fixed 3.4-inch panel); predicted-label names stand upright, so that neighbours never overlap
+    classes = max((len(results[m].evaluation.label_names) for m in methods), default=2)
+    side = max(3.4, 1.8 + 0.3 * classes)
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(max(4.0, side * len(methods)), side), squeeze=False)
     for ax, method in zip(axes[0], methods):
         ev = results[method].evaluation
         ax.imshow(ev.confusion, cmap="Blues")
         ticks = range(len(ev.label_names))
-        ax.set_xticks(ticks, ev.label_names, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(ticks, ev.label_names, rotation=90, fontsize=8)
         ax.set_yticks(ticks, ev.label_names, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -604,7 +608,8 @@ def confusion_chart(results: dict[str, TrainResult]):
         top = max(max(row) for row in ev.confusion) or 1
         for i, row in enumerate(ev.confusion):
             for j, count in enumerate(row):
-                ax.text(j, i, count, ha="center", va="center", color="white" if count > top / 2 else "black")
+                ax.text(j, i, count, ha="center", va="center", color="white" if count > top / 2 else "black",
+                        fontsize=10 if classes <= 8 else 7)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -216,6 +216,29 @@ def test_upload_summary_reports_problems_without_raising(tmp_path):
     assert text_update["value"] == "text" and label_update["value"] == "label" and "Training on 27" in summary
 
 
+def test_confusion_chart_of_many_classes_keeps_labels_and_counts_apart():
+    """A 13-class upload (label names such as "sst5-very positive") drew every method's matrix in the same 3.4-inch
+    panel as a 3-class one: the predicted-label names ran into each other, and so did the counts in the cells."""
+    from types import SimpleNamespace
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for k in (3, 13, 30):
+        names = tuple(f"sst5-very positive {i}" if i % 2 else f"cr-negative {i}" for i in range(k))
+        confusion = (np.eye(k, dtype=int) * 12 + 1).tolist()  # two-digit counts on the diagonal
+        evaluation = SimpleNamespace(label_names=names, confusion=confusion)
+        fig = app.confusion_chart({m: SimpleNamespace(evaluation=evaluation) for m in ("lora", "probe")})
+        canvas = FigureCanvasAgg(fig)  # (the chart's figure is closed: pyplot keeps no canvas for it)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        for ax in fig.axes:
+            for items in (ax.get_xticklabels(), ax.get_yticklabels(), ax.texts[: k]):  # the first row's counts
+                boxes = [item.get_window_extent(renderer) for item in items]
+                assert len(boxes) == k
+                for a, b in zip(boxes, boxes[1:]):
+                    assert not a.overlaps(b), (k, [item.get_text() for item in items][:3])
+
+
 def test_compare_probe_and_lora_end_to_end(session):
     outputs = list(app.run_comparison(session, str(app.EXAMPLE_FILE), None, None, None, None, None,
                                       ["probe", "lora"], "quick", TINY, 0))
