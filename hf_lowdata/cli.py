@@ -194,7 +194,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="budget fields (max_steps=40 learning_rate=1e-4 batch_size=8 ...) or method options (r=16)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="budget preset (default: standard)")
-    p.add_argument("--shots", type=int, default=None, help="train on K examples per class drawn from DATA (default: every row)")
+    p.add_argument("--shots", type=int, default=None, help="train on K examples per class drawn from DATA, never a text of the evaluation or dev data "
+                   "(default: every row)")
     p.add_argument("--seed", type=_seed, default=0, help="seed (initialisation, data order, --shots draw)")
     p.add_argument("--text-column", default="text", help="text column name (default: text)")
     p.add_argument("--label-column", default="label", help="label column name (default: label)")
@@ -239,8 +240,10 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .data import (
+        DataError,
         FewShotTask,
         check_dev_set,
+        excluded_pool_indices,
         load_data,
         load_file,
         make_few_shot_task,
@@ -271,8 +274,18 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
     splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
     dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
                      label_reading=splits.label_reading) if args.dev is not None else None)
-    if args.shots is not None:  # the draw never takes a dev text
-        task = make_few_shot_task(splits, seed=args.seed, k=args.shots, exclude_texts=dev.texts if dev else ())
+    evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
+                                 label_reading=splits.label_reading) if args.eval is not None else splits.test)
+    if args.shots is not None:  # the draw never takes a dev text, nor one it is evaluated on (as the benchmark's)
+        held = [*(dev.texts if dev else ()), *(evaluation_data.texts if evaluation_data is not None else ())]
+        try:
+            task = make_few_shot_task(splits, seed=args.seed, k=args.shots, exclude_texts=held)
+        except DataError as err:
+            left_out = len(excluded_pool_indices(splits.train, held))
+            if not left_out:
+                raise
+            raise DataError(f"{err} (The draw leaves out the {left_out} row(s) of {splits.train.source} whose text is "
+                            "in the evaluation or dev data.)") from err
     else:
         require_two_classes(splits.train)
         task = FewShotTask(name=splits.name, label_names=splits.label_names, labelled=splits.train, seed=args.seed)
@@ -289,9 +302,7 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
     if args.save_steps and args.method in METHODS and not METHODS[args.method].checkpoints:
         print(f"note: {args.method} writes no checkpoints (a short run on frozen features); --save-steps is ignored.",
               file=sys.stderr)
-    evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
-                                 label_reading=splits.label_reading) if args.eval is not None else splits.test)
-    if evaluation_data is not None and (args.eval is not None or args.shots is None):  # a --shots draw checks its own
+    if evaluation_data is not None and args.shots is None:  # a --shots draw never takes an evaluated text
         warn_if_test_in_train(task.labelled, evaluation_data)
     if dev is not None:
         check_dev_set(dev, task.labelled, evaluation_data)

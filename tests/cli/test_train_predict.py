@@ -668,6 +668,34 @@ def test_train_warns_when_evaluation_texts_are_training_texts(tmp_path, capsys):
                      str(tmp_path / "o")]) == 0
 
 
+def test_a_shots_draw_never_takes_an_evaluation_text(tmp_path, capsys, monkeypatch):
+    """--shots drew the labelled set from the whole --data file, evaluation texts included (unlike --dev texts, and
+    unlike the benchmark, which leaves out every text it scores on), then warned the user to remove from one of the
+    two files the overlap the draw had made."""
+    import warnings
+
+    import hf_lowdata.workflow as workflow
+
+    drawn = []
+    real = workflow.train_method
+    monkeypatch.setattr(workflow, "train_method", lambda method, task, *a, **kw: (
+        drawn.extend(task.labelled.texts), real(method, task, *a, **kw))[1])
+    data = tmp_path / "pool.csv"
+    data.write_text("text,label\n" + "".join(f"a good film number {i},pos\na bad film number {i},neg\n"
+                                             for i in range(6)))
+    evaluation = tmp_path / "eval.csv"
+    evaluation.write_text("text,label\n" + "".join(f"A good film number {i}!,pos\na bad film number {i},neg\n"
+                                                   for i in range(5)))
+    args = ["train", "--method", "probe", "--data", str(data), "--eval", str(evaluation), "--shots", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert main([*args, "--out", str(tmp_path / "o")]) == 0
+    assert sorted(drawn) == ["a bad film number 5", "a good film number 5"]
+    assert main([*args[:-1], "2", "--out", str(tmp_path / "o2")]) == 2
+    assert ("fewer than k=2 examples available in some classes ('neg' has 1; 'pos' has 1). Use a smaller k or add "
+            "labelled examples to those classes. (The draw leaves out the 10 row(s) of") in capsys.readouterr().err
+
+
 def test_train_says_when_texts_are_cut_at_max_length(tmp_path, capsys):
     """300-600 word documents trained and scored silently on their first 128 tokens: the run said nothing, so a user
     could not tell that most of each text was never read, nor that max_length reads more."""
