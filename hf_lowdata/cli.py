@@ -242,6 +242,7 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
     from .data import (
         DataError,
         FewShotTask,
+        balance_note,
         check_dev_set,
         excluded_pool_indices,
         load_data,
@@ -314,9 +315,9 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
             _print_evaluation(evaluation)
         return 0
     if args.method in METHODS:
-        note = _truncation_note(args, task, evaluation_data, config)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+        for note in (_truncation_note(args, task, evaluation_data, config), balance_note(task.labelled)):
+            if note:
+                print(f"note: {note}", file=sys.stderr)
     class_counts = list(task.labelled.class_counts().items())
     counts = ", ".join(f"{n}: {c}" for n, c in class_counts[:10]) + (
         f", ... ({len(class_counts)} classes)" if len(class_counts) > 10 else "")

@@ -43,6 +43,7 @@ from hf_lowdata.data import (
     DataError,
     FewShotTask,
     TextDataset,
+    balance_note,
     duplicate_notes,
     examples_from_rows,
     excluded_pool_indices,
@@ -282,6 +283,7 @@ def prepare_data(
                         "from the texts it is scored on." if left_out else "."))
         unlabelled = unlabelled if len(unlabelled) else None
     notes.extend(f"Check your data: {note}" for note in duplicate_notes(train))  # copies held out are not trained on
+    notes.extend(f"Check your data: {note}" for note in [balance_note(train)] if note)
     counts = ", ".join(f"{n} ({c})" for n, c in train.class_counts().items())
     notes.insert(0, f"Training on {len(train)} labelled examples: {counts}.")
     task = FewShotTask(Path(name).stem, labelled.label_names, train, seed=0, unlabelled=unlabelled)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from hf_lowdata.data import (
+    balance_note,
     DataError,
     DataWarning,
     TextDataset,
@@ -612,3 +613,19 @@ def test_integer_labels_that_look_like_scores_are_explained(tmp_path):
         load_file(ids)
         for path in one_shot:
             load_file(path)
+
+
+def test_balance_note_speaks_from_three_to_one_and_names_the_classes():
+    """40 examples of one class and 4 of each other: the fine-tuned methods predicted the large class almost only,
+    and nothing said the labelled set was uneven."""
+    def data(counts):
+        names = tuple(counts)
+        labels = tuple(i for i, n in enumerate(counts.values()) for _ in range(n))
+        return TextDataset(tuple(f"text {j}" for j in range(len(labels))), labels, names, "mine.csv")
+
+    note = balance_note(data({"neg": 4, "pos": 40, "mixed": 5}))
+    assert note is not None and note.startswith("mine.csv: the classes are uneven: 'pos' has 40 examples, 'neg' only 4.")
+    assert "macro-F1" in note and "--shots K" in note
+    assert balance_note(data({"neg": 4, "pos": 12})) is not None  # exactly 3 : 1
+    assert balance_note(data({"neg": 5, "pos": 14})) is None  # 2.8 : 1, the skew of ordinary sets
+    assert balance_note(data({"neg": 8, "pos": 8, "unused": 0})) is None  # a class with no example is not "smallest"

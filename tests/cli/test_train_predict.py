@@ -714,6 +714,18 @@ def test_train_says_when_texts_are_cut_at_max_length(tmp_path, capsys):
     assert "longer than" not in capsys.readouterr().err
 
 
+def test_train_says_when_the_labelled_classes_are_uneven(tmp_path, capsys):
+    """A user's 12-to-3 labelled set trained the fine-tuning methods towards the large class without a word."""
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"good film {i},pos\n" for i in range(12))
+                    + "".join(f"bad film {i},neg\n" for i in range(3)))
+    assert main(["train", "--method", "probe", "--data", str(data), "--out", str(tmp_path / "uneven")]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "train.csv: the classes are uneven: 'pos' has 12 examples, 'neg' only 3." in err
+    assert main(["train", "--method", "probe", "--data", str(data), "--shots", "3", "--out", str(tmp_path / "k")]) == 0
+    assert "uneven" not in capsys.readouterr().err  # a --shots draw is balanced
+
+
 def test_adapter_on_the_wrong_base_model_is_a_clear_error(tiny_bert_dir, capsys):
     folder = trained("lora", str(tiny_bert_dir)).output_dir
     assert main(["predict", str(folder), "--text", "fine", "--model", "all-MiniLM-L6-v2"]) == 2

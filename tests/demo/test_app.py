@@ -66,6 +66,14 @@ def test_repeated_rows_never_reach_both_sides_of_the_held_out_split(tmp_path):
     assert "Check your data:" in notes and "repeat an earlier row" in notes  # the warning reaches the page
 
 
+def test_uneven_classes_are_noted_on_the_page(tmp_path):
+    rows = [(f"good film {i}", "pos") for i in range(24)] + [(f"bad film {i}", "neg") for i in range(6)]
+    notes = " ".join(app.prepare_data(_csv(tmp_path / "uneven.csv", rows)).notes)
+    assert "Check your data: " in notes and "the classes are uneven: 'pos' has 18 examples, 'neg' only 4." in notes
+    even = [(f"good film {i}", "pos") for i in range(8)] + [(f"bad film {i}", "neg") for i in range(8)]
+    assert "uneven" not in " ".join(app.prepare_data(_csv(tmp_path / "even.csv", even)).notes)
+
+
 def test_repeated_rows_are_evaluated_once_and_the_note_gives_the_real_held_out_share(tmp_path):
     pos = ["good film", "great movie", "lovely acting", "superb plot", "fine work", "nice one", "brilliant cast",
            "strong story"]
