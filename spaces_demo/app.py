@@ -53,8 +53,9 @@ from hf_lowdata.data import (
     require_two_classes,
     test_in_train_note,
 )
-from hf_lowdata.methods import METHODS, RunCancelled, SharedCache, available_methods
+from hf_lowdata.methods import METHODS, MethodConfigError, RunCancelled, SharedCache, available_methods
 from hf_lowdata.models import DEFAULT_MODEL, ModelNotFoundError, require_text_model
+from hf_lowdata.training import NonFiniteLossError
 from hf_lowdata.workflow import (
     TrainResult,
     WorkflowError,
@@ -101,6 +102,11 @@ ERROR_BAR_NOTE = ("Error bars: 95% bootstrap interval over the evaluation exampl
 
 class DemoError(ValueError):
     """Input the page cannot use; the message is shown to the user as it is."""
+
+
+#: Errors whose message says what is wrong and what to do: the page shows the message alone, without the type
+#: name (a bad setting read "MethodConfigError: ..." in the results table) and without "Something went wrong".
+USER_ERRORS = (DemoError, DataError, ModelNotFoundError, WorkflowError, MethodConfigError, NonFiniteLossError)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,7 +511,7 @@ def compare(
                 run.status, run.message = "cancelled", "stopped by the cancel button"
             except Exception as err:  # noqa: BLE001 - one failing method is a row in the table, not a crash
                 log.exception("method %s failed", method)
-                run.status, run.error = "failed", f"{type(err).__name__}: {err}"
+                run.status, run.error = "failed", str(err) if isinstance(err, USER_ERRORS) else f"{type(err).__name__}: {err}"
                 run.message = run.error
 
     worker = threading.Thread(target=work, name="hf_lowdata-demo-run", daemon=True)
@@ -699,7 +705,7 @@ def unavailable_note(unavailable: dict[str, str]) -> str:
 
 def _message(err: Exception) -> str:
     """An error as a line for the page (never a traceback)."""
-    if isinstance(err, (DemoError, DataError, ModelNotFoundError, WorkflowError)):
+    if isinstance(err, USER_ERRORS):
         return f"**Error:** {err}"
     log.exception("unexpected error in the demo")
     return f"**Something went wrong:** {type(err).__name__}: {err}"

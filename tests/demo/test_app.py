@@ -680,6 +680,14 @@ def test_the_note_on_methods_not_offered_says_a_fix_the_page_accepts(monkeypatch
     assert "set HF_LOWDATA_DATA_DIR to a folder holding" in line and "or pass --config" not in line
 
 
+def test_a_method_that_refuses_a_setting_shows_its_message_without_a_type_name(session):
+    """A bad value for a method's option read "failed: MethodConfigError: lora: r must be ..." in the results."""
+    prepared = app.prepare_data(str(app.EXAMPLE_FILE))
+    final = list(app.compare(session, prepared, ["lora"], None, "quick", {"r": 2.5}, poll_seconds=0.05))[-1]
+    assert [r.status for r in final] == ["failed"]
+    assert final[0].error.startswith("lora: r must be a whole number") and "MethodConfigError" not in final[0].error
+
+
 def test_a_variants_defining_setting_is_refused_with_a_remedy_the_page_offers(session):
     """The message said '--config would be ignored there ... set it on a method that does not fix it', which the
     page cannot do: one Settings box applies to every chosen method."""
