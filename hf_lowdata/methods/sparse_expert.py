@@ -59,6 +59,7 @@ from .base import (
     FittedClassifier,
     Method,
     RunContext,
+    _run_callback,
     choice_option,
     default_device,
     method_config,
@@ -232,8 +233,11 @@ class MetaTrainingPlan:
 
 
 def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = None, quiet: bool = True,
-               device: str | None = None) -> Path:
-    """The folder of the meta-trained (binarized) adapter for ``plan``; meta-trains it if not cached."""
+               device: str | None = None, callbacks: Sequence[Any] = ()) -> Path:
+    """The folder of the meta-trained (binarized) adapter for ``plan``; meta-trains it if not cached.
+
+    ``callbacks``: TrainerCallbacks added to the meta-training (progress, cancellation: a cancelled meta-training
+    keeps its last checkpoint and the next call resumes from it)."""
     root = cache_root(cache_dir)
     final = root / plan.key()
     remove_dead_leftovers(root, prefix=plan.key())  # staged copies of killed meta-trainings of this plan
@@ -263,8 +267,8 @@ def meta_train(plan: MetaTrainingPlan, cache_dir: str | os.PathLike | None = Non
     lock = _lock_meta_training(work, final)
     try:
         if (final / META_FILE).is_file():  # another process published it while this one waited
-            return meta_train(plan, cache_dir, quiet, device)
-        return _meta_train(plan, root, final, work, quiet, device)
+            return meta_train(plan, cache_dir, quiet, device, callbacks)
+        return _meta_train(plan, root, final, work, quiet, device, callbacks)
     except BaseException:
         if lock is not None and work.is_dir() and {p.name for p in work.iterdir()} <= {LOCK_FILE}:
             shutil.rmtree(work, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
@@ -328,7 +332,7 @@ def _lock_meta_training(work: Path, final: Path) -> Any:
 
 
 def _meta_train(plan: MetaTrainingPlan, root: Path, final: Path, work: Path, quiet: bool,
-                device: str | None) -> Path:
+                device: str | None, callbacks: Sequence[Any] = ()) -> Path:
     """Meta-train ``plan`` in ``work`` (resuming from its last complete checkpoint) and publish it as ``final``."""
     from peft import get_peft_model
     from transformers import set_seed
@@ -377,7 +381,8 @@ def _meta_train(plan: MetaTrainingPlan, root: Path, final: Path, work: Path, qui
                              "process count that divides it, or one process.")
         args.gradient_accumulation_steps = plan.meta_batch // args.world_size
     trainer = _progress_keeping(LowDataTrainer)(model=model, args=args, train_dataset=episodes,
-                                                objective=SparseExpertObjective(**plan.objective))
+                                                objective=SparseExpertObjective(**plan.objective),
+                                                callbacks=list(callbacks))
     if quiet:
         from transformers.trainer_callback import PrinterCallback
 
@@ -786,7 +791,7 @@ class SparseExpertMethod(Method):
             lora_target_modules(encoder)  # a model type without LoRA targets fails before meta-training
         if self.meta_tune:
             adapter_dir = meta_train(self.plan(task, ctx), self.option(ctx, "cache_dir"), quiet=ctx.quiet,
-                                     device=ctx.device)
+                                     device=ctx.device, callbacks=[_run_callback(ctx, f"{self.name} meta-training")])
             peft_model = PeftModel.from_pretrained(encoder, adapter_dir).eval()
             batch = _encode(tokenizer, task.labelled.texts, budget.max_length, next(encoder.parameters()).device)
             weights = peft_model.base_model.route_support(

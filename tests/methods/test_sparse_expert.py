@@ -528,3 +528,30 @@ def test_a_second_process_waits_for_the_meta_training_of_its_plan_and_uses_its_a
     with pytest.raises(DataError, match="Source dataset 'nope' not found"):
         meta_train(replace(plan, sources=("nope",)), tmp_path / "shared")
     assert sorted(p.name for p in root.iterdir()) == [final.name]
+
+
+def test_meta_training_reports_progress_and_stops_on_cancel(tiny_bert_dir, data_dir, tmp_path):
+    """meta_train had no progress or cancel hook: `train` said nothing for minutes and the demo's Cancel button could
+    not stop it. A cancelled meta-training keeps its checkpoint, and the next run finishes it."""
+    import threading
+
+    from hf_lowdata.methods import RunCancelled
+
+    cancel, seen = threading.Event(), []
+
+    def progress(message, fraction):
+        seen.append((message, fraction))
+        if "meta-training" in message:
+            cancel.set()  # the user presses Cancel after the first meta-training step
+
+    options = {"meta_steps": 4}
+    ctx = replace(_ctx(tiny_bert_dir, data_dir, tmp_path, **options), progress=progress, cancel=cancel)
+    with pytest.raises(RunCancelled, match="sparse_expert meta-training: cancelled at step 2"):
+        get_method("sparse_expert").fit(_task(data_dir), ctx)
+    assert seen[0] == ("sparse_expert meta-training: step 1/4", 0.25)
+    [work] = cache_root(tmp_path / "cache").glob("*.work")
+    assert any(work.glob("checkpoint-*"))  # the finished step is kept for the next run
+    fitted = get_method("sparse_expert").fit(_task(data_dir), _ctx(tiny_bert_dir, data_dir, tmp_path, **options))
+    assert fitted.predict_proba(["fine"]).shape == (1, 2)
+    [entry] = cache_root(tmp_path / "cache").iterdir()
+    assert json.loads((entry / META_FILE).read_text())["resumed_from"] is not None
