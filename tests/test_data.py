@@ -8,10 +8,10 @@ import json
 import pytest
 
 from hf_lowdata.data import (
-    balance_note,
     DataError,
     DataWarning,
     TextDataset,
+    balance_note,
     inject_label_noise,
     load_data,
     load_file,
