@@ -180,6 +180,8 @@ class TwinTurbo(Method):
         from peft import TaskType
 
         budget = ctx.budget_for(BUDGET_NAME)
+        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)  # (a bad option fails
+        unlabelled_batch_size(ctx)  # before the token states of every text are computed, not after)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
         # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
@@ -212,7 +214,6 @@ class TwinTurbo(Method):
                 keep = np.sort(np.random.default_rng(ctx.seed).choice(len(texts), used, replace=False))
                 texts, pool_note = [texts[i] for i in keep], {"unlabelled_pool": len(texts), "unlabelled_used": used}
             unlabelled = TokenStateDataset(training_states(texts))
-        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         base = load_base_classifier(task, ctx)
         model = adapt_model(self.name, base, config).to(default_device(ctx.device))
         dev_selection = None

@@ -217,6 +217,20 @@ def test_twin_turbo_config_options_are_method_config_errors(options, message, tm
         build_config(_ctx(None, tmp_path, **options), {})
 
 
+@pytest.mark.parametrize("options", [{"dropout": "abc"}, {"unlabelled_batch_size": 0}])
+def test_twin_turbo_refuses_a_bad_option_before_computing_any_token_states(options, tiny_bert_dir, tmp_path,
+                                                                          monkeypatch):
+    """The config was checked only after every labelled and unlabelled text had passed the backbone."""
+    from hf_lowdata.methods import twin_turbo
+
+    def no_states(*args, **kwargs):
+        raise AssertionError("token states computed before the options were checked")
+
+    monkeypatch.setattr(twin_turbo, "text_token_states", no_states)
+    with pytest.raises(MethodConfigError, match="twin_turbo: "):
+        get_method("twin_turbo").fit(_task(), _ctx(tiny_bert_dir, tmp_path, **options))
+
+
 def test_twin_turbo_valid_config_options_are_unchanged(tmp_path):
     from hf_lowdata.methods.twin_turbo import build_config
 
