@@ -180,8 +180,9 @@ class TwinTurbo(Method):
         from peft import TaskType
 
         budget = ctx.budget_for(BUDGET_NAME)
-        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)  # (a bad option fails
-        unlabelled_batch_size(ctx)  # before the token states of every text are computed, not after)
+        # the options first: a bad one fails at once, not after every text has passed the backbone
+        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
+        batch_size = unlabelled_batch_size(ctx)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
         # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
@@ -208,7 +209,7 @@ class TwinTurbo(Method):
         unlabelled, pool_note = None, None
         if self.uses_unlabelled and task.unlabelled is not None and len(task.unlabelled):  # (a draw may leave none)
             texts = list(task.unlabelled.texts)
-            used = budget.steps(len(labelled)) * unlabelled_batch_size(ctx) * max(
+            used = budget.steps(len(labelled)) * batch_size * max(
                 1, int(os.environ.get("WORLD_SIZE", "1")))
             if len(texts) > used:  # training draws each text at most once: cache only the ones it will draw
                 keep = np.sort(np.random.default_rng(ctx.seed).choice(len(texts), used, replace=False))
