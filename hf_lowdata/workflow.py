@@ -111,7 +111,7 @@ def resolve_budget(method: str, preset: str = "standard", config: Mapping[str, A
             continue
         kind = BUDGET_FIELDS[key]
         try:
-            if kind is int and float(value) != int(float(value)):
+            if isinstance(value, bool) or (kind is int and float(value) != int(float(value))):  # (float(True) is 1)
                 raise ValueError
             changes[key] = int(float(value)) if kind is int else kind(value)
         except (TypeError, ValueError) as err:

@@ -13,6 +13,10 @@ the adapter the benchmark caches. Examples (about 30 s per run on a quiet 2-core
         --method ftp --grid lr=5e-5,1e-4,2e-4 mu=1e-2,1e-1 --out runs/ftp_dev_sweep.json
     python scripts/dev_sweep.py --data-dir ../shared/data --datasets sst2,sst5 --k 8 --seeds 0,1,2 \\
         --method twin_turbo --unlabelled 2000 --grid latent_weight=0,0.03,0.1 --out runs/tt_dev_sweep.json
+
+Uneven labelled sets (class weighting): ``--total N`` draws N examples by class frequency, as the
+benchmark's ``--totals``; ``--uneven R`` keeps every drawn example of the first class and 1/R (rounded up)
+of each other class's (``--k 40 --uneven 10``: 40 against 4). Rows record dev macro-F1 beside accuracy.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ import itertools
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers import set_seed
 
+from hf_lowdata.bench.measure import macro_f1
 from hf_lowdata.bench.report import format_mean_std
 from hf_lowdata.bench.runner import quiet_libraries
-from hf_lowdata.data import DatasetSplits, load_data, make_few_shot_task
+from hf_lowdata.data import DatasetSplits, FewShotTask, load_data, make_few_shot_task
 from hf_lowdata.methods import RunContext, SharedCache, get_method
 from hf_lowdata.methods.sparse_expert import BENCH_DATA_DIR_OPTION
 from hf_lowdata.paths import atomic_write_text
@@ -96,21 +102,39 @@ def dev_splits(data_dir: Path, dataset: str) -> DatasetSplits:
     return splits
 
 
+def uneven(task: FewShotTask, ratio: int) -> FewShotTask:
+    """``task`` with every labelled example of class 0 and the first ceil(n_c / ratio) of each other class's."""
+    labels = list(task.labelled.labels)
+    kept, seen = [], dict.fromkeys(range(task.num_labels), 0)
+    for i, y in enumerate(labels):
+        quota = labels.count(y) if y == 0 else -(-labels.count(y) // ratio)
+        if seen[y] < quota:
+            kept.append(i)
+            seen[y] += 1
+    return replace(task, labelled=task.labelled.subset(kept, source=f"{task.labelled.source} (uneven 1:{ratio})"))
+
+
 def score_on_dev(method: str, setting: Mapping[str, Any], splits: DatasetSplits, data_dir: Path, *, seed: int,
-                 k: int, cache: SharedCache, unlabelled: int = 0, model: str | None = None) -> tuple[float, float | None]:
-    """Dev accuracy of ``method`` under ``setting`` trained on the k-shot draw of ``seed``, and its median
-    step seconds. The draw, as the benchmark's, never holds a test text, nor a dev text (that would score the
-    model on one of its own training examples)."""
+                 k: int | None, cache: SharedCache, unlabelled: int = 0, model: str | None = None,
+                 total: int | None = None, uneven_ratio: int = 1) -> tuple[float, float, float | None]:
+    """Dev accuracy and macro-F1 of ``method`` under ``setting`` trained on the draw of ``seed`` (``k`` per
+    class or ``total`` by class frequency, then :func:`uneven` by ``uneven_ratio``), and its median step seconds.
+    The draw, as the benchmark's, never holds a test text, nor a dev text (that would score the model on one of
+    its own training examples)."""
     assert splits.dev is not None and splits.dev.labels is not None
     held_out = [*splits.dev.texts, *(splits.test.texts if splits.test is not None else ())]
-    task = make_few_shot_task(splits, seed=seed, k=k, unlabelled=unlabelled, warn_on_overlap=False,
-                              exclude_texts=held_out)
+    task = make_few_shot_task(splits, seed=seed, k=None if total else k, n=total, unlabelled=unlabelled,
+                              warn_on_overlap=False, exclude_texts=held_out)
+    if uneven_ratio > 1:
+        task = uneven(task, uneven_ratio)
     set_seed(seed)
     with tempfile.TemporaryDirectory() as work:
         ctx = run_context(method, setting, data_dir, seed=seed, work_dir=Path(work), cache=cache, model=model)
         fitted = get_method(method).fit(task, ctx)
-        accuracy = float((fitted.predict(splits.dev.texts) == np.array(splits.dev.labels)).mean())
-    return accuracy, fitted.train_step_seconds
+        predictions = fitted.predict(splits.dev.texts)
+        accuracy = float((predictions == np.array(splits.dev.labels)).mean())
+        f1 = macro_f1(list(splits.dev.labels), list(predictions), task.num_labels)
+    return accuracy, f1, fitted.train_step_seconds
 
 
 def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -126,6 +150,8 @@ def main() -> None:
     parser.add_argument("--method", default="ftp")
     parser.add_argument("--model", default=None, help="model name or folder (default: the packaged MiniLM)")
     parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--total", type=int, default=None, help="N examples by class frequency (instead of --k)")
+    parser.add_argument("--uneven", type=int, default=1, help="keep class 0 whole and 1/R of every other class")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--unlabelled", type=int, default=0, help="unlabelled pool size (semi-supervised methods)")
     parser.add_argument("--grid", nargs="+", required=True,
@@ -145,18 +171,23 @@ def main() -> None:
     for dataset, splits in all_splits.items():
         for setting in grid:
             for seed in map(int, args.seeds.split(",")):
-                accuracy, step_seconds = score_on_dev(args.method, setting, splits, args.data_dir, seed=seed, k=args.k,
-                                                      cache=cache, unlabelled=args.unlabelled, model=args.model)
-                rows.append({"dataset": dataset, "method": args.method, **setting, "seed": seed,
-                             "unlabelled": args.unlabelled, "dev_accuracy": accuracy, "step_seconds": step_seconds})
+                accuracy, f1, step_seconds = score_on_dev(
+                    args.method, setting, splits, args.data_dir, seed=seed, k=args.k, cache=cache,
+                    unlabelled=args.unlabelled, model=args.model, total=args.total, uneven_ratio=args.uneven)
+                draw = {"total": args.total} if args.total else {"k": args.k}
+                rows.append({"dataset": dataset, "method": args.method, **setting, "seed": seed, **draw,
+                             "uneven": args.uneven, "unlabelled": args.unlabelled, "dev_accuracy": accuracy,
+                             "dev_macro_f1": f1, "step_seconds": step_seconds})
                 print(json.dumps(rows[-1]), flush=True)
                 write_rows(args.out, rows)
     keys = list(grid[0])
-    print(f"\n| dataset | {' | '.join(keys)} | dev accuracy (mean ± std) |\n|---|{'---|' * len(keys)}---|")
+    print(f"\n| dataset | {' | '.join(keys)} | dev accuracy | dev macro-F1 |\n|---|{'---|' * len(keys)}---|---|")
     for dataset in datasets:
         for setting in grid:
-            accs = [r["dev_accuracy"] for r in rows if r["dataset"] == dataset and all(r[k] == v for k, v in setting.items())]
-            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | {format_mean_std(accs)} |")
+            chosen = [r for r in rows if r["dataset"] == dataset and all(r[k] == v for k, v in setting.items())]
+            print(f"| {dataset} | {' | '.join(str(setting[k]) for k in keys)} | "
+                  f"{format_mean_std([r['dev_accuracy'] for r in chosen])} | "
+                  f"{format_mean_std([r['dev_macro_f1'] for r in chosen])} |")
 
 
 if __name__ == "__main__":

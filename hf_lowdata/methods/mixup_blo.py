@@ -265,6 +265,7 @@ class MixupBLO(TransformerMethod):
         budget = ctx.budget_for(self.name)
         config = self.peft_config(ctx)
         merge = ctx.flag_option(self.name, "merge", True)  # (before training, not after it)
+        class_weights = self.class_weights(task, ctx)
         if config.hypergradient != "none":  # the bi-level search learns the mixing factors on held-out examples
             require_heldout_examples(task, self.name, "to learn the mixing factors on",
                                      "mixup_blo_joint (single-level, no held-out split)")
@@ -315,7 +316,8 @@ class MixupBLO(TransformerMethod):
         try:
             model = train_mixup_blo(
                 base_model, config, train, training_args, seed=ctx.seed,
-                trainer_kwargs={"data_collator": collator(tokenizer), "processing_class": tokenizer},
+                trainer_kwargs={"data_collator": collator(tokenizer), "processing_class": tokenizer,
+                                "class_weights": class_weights},
                 on_trainer=on_trainer,
                 state_dir=root if save_steps > 0 else None,
                 resume=ctx.resume,

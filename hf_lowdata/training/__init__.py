@@ -2,6 +2,7 @@
 
 from .arguments import few_shot_training_args
 from .batchnorm import batchnorm_statistics_frozen, frozen_batchnorm_in_eval
+from .class_weights import balanced_class_weights, weighted_cross_entropy
 from .objectives import (
     AuxiliaryOptimizer,
     TrainingObjective,
@@ -16,6 +17,7 @@ __all__ = [
     "LowDataTrainer",
     "NonFiniteLossError",
     "TrainingObjective",
+    "balanced_class_weights",
     "default_objective_for",
     "few_shot_training_args",
     "batchnorm_statistics_frozen",
@@ -23,4 +25,5 @@ __all__ = [
     "last_complete_checkpoint",
     "module_parameter_ids",
     "register_default_objective",
+    "weighted_cross_entropy",
 ]

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..paths import atomic_write_text
 from .batchnorm import frozen_batchnorm_in_eval
+from .class_weights import check_class_weights, weighted_cross_entropy
 from .objectives import (
     AuxiliaryOptimizer,
     TrainingObjective,
@@ -104,6 +106,10 @@ class LowDataTrainer(Trainer):
             :class:`~hf_lowdata.data.TextDataset` (tokenised here with ``processing_class``), or a
             torch ``Dataset`` whose items the data collator takes as they are (e.g. cached features).
         unlabeled_batch_size: examples per unlabelled batch (per process).
+        class_weights: one loss weight per class for single-label classification (e.g.
+            :func:`~hf_lowdata.training.balanced_class_weights` of the labelled set, for uneven classes): the
+            loss becomes the mean of ``weight[y] * cross-entropy`` (with ``label_smoothing_factor``) in place
+            of the model's own, wherever the objective uses the model's loss (:meth:`model_loss`).
         All other arguments are those of ``transformers.Trainer``.
     """
 
@@ -113,8 +119,12 @@ class LowDataTrainer(Trainer):
         objective: TrainingObjective | None = None,
         unlabeled_dataset: Any = None,
         unlabeled_batch_size: int = 64,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> None:
+        if class_weights is not None and kwargs.get("compute_loss_func") is not None:
+            raise ValueError("Pass class_weights or compute_loss_func, not both: class_weights replaces the loss.")
+        self.class_weights = None if class_weights is None else check_class_weights(class_weights)
         super().__init__(*args, **kwargs)
         launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
         if launched > 1 and self.args.world_size == 1:
@@ -333,7 +343,16 @@ class LowDataTrainer(Trainer):
 
         On a copy of ``inputs``: Trainer pops ``labels`` when it smooths labels or has a
         ``compute_loss_func``, and objectives reuse the batch (MixupBLO's hypergradient passes).
+        With ``class_weights``, the class-weighted cross-entropy of the model's logits instead.
         """
+        if self.class_weights is not None and inputs.get("labels") is not None:
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = weighted_cross_entropy(logits, labels, self.class_weights,
+                                          float(self.args.label_smoothing_factor or 0.0))
+            return (loss, outputs) if return_outputs else loss
         return super().compute_loss(model, dict(inputs), return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 

@@ -510,6 +510,9 @@ def test_train_refuses_changed_settings_on_resume_and_overwriting(tmp_path, caps
     [
         (["--method", "nope"], "Unknown method 'nope'. Available methods:"),
         (["--method", "lora", "--config", "max_steps=abc"], "max_steps must be an integer"),
+        # bool is an int to Python: batch_size=True trained with batches of 1
+        (["--method", "lora", "--config", "batch_size=True"], "batch_size must be an integer"),
+        (["--method", "lora", "--config", "learning_rate=False"], "learning_rate must be a number"),
         (["--method", "lora", "--config", "lerning_rate=1e-3"], "Unknown setting 'lerning_rate' (did you mean 'learning_rate'?)"),
         (["--method", "probe", "--config", "r=4"], "Unknown setting 'r'"),  # a LoRA option: probe reads only C
         # a variant's defining value was silently overridden: the run was twin_turbo_ce whatever --config said

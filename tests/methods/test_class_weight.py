@@ -1,0 +1,105 @@
+"""The backbone-training methods' ``class_weight`` option: balanced loss weights from the labelled set reach the
+LowDataTrainer (MixupBLO's in every phase), ``none`` trains on the plain loss, anything else is refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hf_lowdata.budgets import Budget
+from hf_lowdata.cli import main
+from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
+from hf_lowdata.methods import RunContext, get_method
+from hf_lowdata.methods.base import DEFAULT_CLASS_WEIGHT, MethodConfigError
+from tests.cli.outputs import tiny_args, toy_files
+from tests.helpers import toy_sentences
+
+FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=8)
+BACKBONE_METHODS = ["full", "lora", "ftp", "ftp_lora", "tpgm", "mixup_blo", "mixup_blo_fast", "mixup_blo_joint"]
+
+
+def _uneven_task():
+    """6 examples of class 0, 2 of class 1."""
+    rows = toy_sentences(60, 0)
+    pool = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
+    task = make_few_shot_task(DatasetSplits("toy", ("neg", "pos"), pool), seed=0, k=6)
+    labels = list(task.labelled.labels)
+    keep = [i for i, y in enumerate(labels) if y == 0] + [i for i, y in enumerate(labels) if y == 1][:2]
+    return replace(task, labelled=task.labelled.subset(keep))
+
+
+def _ctx(model, tmp_path, **options):
+    return RunContext(model=model, seed=0, budget=FAST, work_dir=tmp_path, quiet=True, options=options)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", BACKBONE_METHODS)
+def test_every_backbone_method_reads_class_weight(method):
+    assert "class_weight" in get_method(method).known_options()
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"class_weight": "balanced"}, [8 / 12, 2.0]), ({"class_weight": "none"}, None), ({}, DEFAULT_CLASS_WEIGHT),
+])
+def test_the_trainer_gets_the_labelled_sets_balanced_weights(options, expected, tiny_bert_dir, tmp_path, monkeypatch):
+    import hf_lowdata.training as training
+
+    seen = []
+
+    class Spy(training.LowDataTrainer):
+        def __init__(self, *args, class_weights=None, **kwargs):
+            seen.append(class_weights)
+            raise _Stop
+
+    monkeypatch.setattr(training, "LowDataTrainer", Spy)
+    with pytest.raises(_Stop):
+        get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, **options))
+    if expected in ("none", None):  # (the default is one of the two settings)
+        assert seen == [None]
+    else:
+        torch.testing.assert_close(seen[0], torch.tensor([8 / 12, 2.0] if expected == "balanced" else expected))
+
+
+def test_mixup_blo_weights_every_phase_and_reads_the_option_before_training(tiny_bert_dir, tmp_path, monkeypatch):
+    from hf_lowdata.methods import mixup_blo
+
+    def train(*args, trainer_kwargs, **kwargs):
+        raise _Stop(trainer_kwargs["class_weights"])
+
+    monkeypatch.setattr(mixup_blo, "train_mixup_blo", train)
+    with pytest.raises(_Stop) as stop:
+        get_method("mixup_blo_fast").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="balanced"))
+    torch.testing.assert_close(stop.value.args[0], torch.tensor([8 / 12, 2.0]))
+    with pytest.raises(MethodConfigError, match="mixup_blo_fast: class_weight must be 'balanced' or 'none'"):
+        get_method("mixup_blo_fast").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="auto"))
+
+
+@pytest.mark.parametrize("method", ["full", "ftp"])
+def test_a_bad_class_weight_is_a_method_config_error(method, tiny_bert_dir, tmp_path):
+    with pytest.raises(MethodConfigError, match=rf"{method}: class_weight must be 'balanced' or 'none', got 'yes'"):
+        get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="yes"))
+
+
+@pytest.mark.parametrize("setting", ["class_weight=balanced", "class_weight=none"])
+def test_train_with_class_weight_runs_and_records_the_setting(setting, tiny_bert_dir, tmp_path):
+    files = toy_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "--method", "lora", "--model", str(tiny_bert_dir), "--data", str(files["train"]),
+            "--out", str(out), "--config", *tiny_args("lora"), setting]
+    assert main(args) == 0
+    assert f"| option `class_weight` | `{setting.split('=')[1]}` |" in (out / "README.md").read_text()  # model card
+
+
+def test_a_balanced_labelled_set_trains_on_the_models_own_loss(tiny_bert_dir, tmp_path):
+    """Every balanced weight is 1 there: no weights at all, so k-shot runs train exactly as before."""
+    task = _uneven_task()
+    labels = list(task.labelled.labels)
+    even = task.labelled.subset([i for i, y in enumerate(labels) if y == 0][:2] + [i for i, y in enumerate(labels) if y == 1])
+    method = get_method("lora")
+    assert method.class_weights(replace(task, labelled=even), _ctx(tiny_bert_dir, tmp_path)) is None
+    torch.testing.assert_close(method.class_weights(task, _ctx(tiny_bert_dir, tmp_path)), torch.tensor([8 / 12, 2.0]))
