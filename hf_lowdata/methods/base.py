@@ -794,6 +794,8 @@ class TransformerMethod(Method):
         fitted = TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
+        if trainer.class_weights is not None:  # (the benchmark's record says what the loss was)
+            fitted.notes["class_weights"] = [round(w, 4) for w in trainer.class_weights.tolist()]
         fitted.train_step_seconds = _median(run_callback.step_seconds)
         fitted.optimizer_step_seconds = _median(run_callback.optimizer_seconds)
         return fitted

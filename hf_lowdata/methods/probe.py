@@ -17,7 +17,16 @@ import torch
 from safetensors.torch import save_file
 
 from ..data import FewShotTask, require_two_classes
-from .base import FittedClassifier, Method, RunContext, SharedCache, register_method
+from .base import (
+    CLASS_WEIGHT_CHOICES,
+    CLASS_WEIGHT_OPTION,
+    DEFAULT_CLASS_WEIGHT,
+    FittedClassifier,
+    Method,
+    RunContext,
+    SharedCache,
+    register_method,
+)
 
 
 class ProbeClassifier(FittedClassifier):
@@ -88,7 +97,7 @@ def save_probe_head(directory: str | os.PathLike, head: Any, config: dict[str, A
 class Probe(Method):
     name = "probe"
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
-    option_names = frozenset({"C", "class_weight"})
+    option_names = frozenset({"C", CLASS_WEIGHT_OPTION})
     budget_fields = frozenset({"max_length"})  # no optimizer, no steps
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
@@ -98,7 +107,7 @@ class Probe(Method):
         require_two_classes(task.labelled)  # (scikit-learn's own error names neither the data nor a remedy)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
-        weighting = ctx.choice_option(self.name, "class_weight", "balanced", ("balanced", "none"))
+        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT, CLASS_WEIGHT_CHOICES)
         class_weight = None if weighting == "none" else "balanced"
         c_value = ctx.number_option(self.name, "C", 1.0, low=0, low_open=True,
                                     meaning="the inverse regularisation strength")

@@ -103,3 +103,11 @@ def test_a_balanced_labelled_set_trains_on_the_models_own_loss(tiny_bert_dir, tm
     method = get_method("lora")
     assert method.class_weights(replace(task, labelled=even), _ctx(tiny_bert_dir, tmp_path)) is None
     torch.testing.assert_close(method.class_weights(task, _ctx(tiny_bert_dir, tmp_path)), torch.tensor([8 / 12, 2.0]))
+
+
+def test_a_weighted_fit_trains_and_records_its_weights(tiny_bert_dir, tmp_path):
+    fitted = get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path))
+    assert fitted.notes["class_weights"] == [0.6667, 2.0]
+    assert len(fitted.predict(["a new text"])) == 1
+    unweighted = get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none", class_weight="none"))
+    assert "class_weights" not in unweighted.notes
