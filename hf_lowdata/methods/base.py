@@ -348,6 +348,11 @@ CLASS_WEIGHT_CHOICES = ("balanced", "none")
 DEFAULT_CLASS_WEIGHT = "balanced"
 
 
+def class_weights_note(weights: torch.Tensor | None) -> dict[str, Any]:
+    """The record of a fit's class weights (the benchmark's record then says what the loss was); none: empty."""
+    return {} if weights is None else {"class_weights": [round(w, 4) for w in weights.tolist()]}
+
+
 class Method(ABC):
     """A way of training a classifier from a few labelled examples."""
 
@@ -395,6 +400,18 @@ class Method(ABC):
         """Every method option it reads: :attr:`option_names` and its budget's ``options``."""
         budget = BUDGETS.get(cls.budget_key())
         return cls.option_names | frozenset(budget.options if budget is not None else ())
+
+    def class_weights(self, task: Any, ctx: RunContext) -> torch.Tensor | None:
+        """The loss weight of each class, for methods that read option ``class_weight``: ``balanced`` (the default)
+        weights classes to count alike (``n / (K n_c)``; ``None``, the plain loss, on a balanced labelled set),
+        ``none`` trains on the plain loss. The default was chosen on dev splits (BENCHMARKS.md, "Class weights")."""
+        from ..training import balanced_class_weights
+
+        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT, CLASS_WEIGHT_CHOICES)
+        if weighting == "none":
+            return None
+        weights = balanced_class_weights([int(y) for y in task.labelled.labels], task.num_labels)
+        return None if bool((weights == 1).all()) else weights  # (a balanced set trains exactly as it did before)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -712,19 +729,6 @@ class TransformerMethod(Method):
     def known_options(cls) -> frozenset[str]:
         return super().known_options() | cls.common_option_names
 
-    def class_weights(self, task: Any, ctx: RunContext) -> torch.Tensor | None:
-        """The loss weight of each class (option ``class_weight``): ``balanced`` weights classes to count alike
-        (``n / (K n_c)``; ``None``, the model's own loss, on a balanced labelled set), ``none`` trains on the plain
-        loss. Chosen on dev splits (BENCHMARKS.md, "Class weights"): at SST-5's class frequencies it raised macro-F1
-        by about 5 points at the same accuracy."""
-        from ..training import balanced_class_weights
-
-        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT, CLASS_WEIGHT_CHOICES)
-        if weighting == "none":
-            return None
-        weights = balanced_class_weights([int(y) for y in task.labelled.labels], task.num_labels)
-        return None if bool((weights == 1).all()) else weights  # (a balanced set trains exactly as it did before)
-
     def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
         """The model to train: the base classifier, which subclasses wrap (PEFT config)."""
         return load_base_classifier(task, ctx)
@@ -794,8 +798,7 @@ class TransformerMethod(Method):
         fitted = TransformerClassifier(trainer.model, tokenizer, task.label_names, budget.max_length)
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
-        if trainer.class_weights is not None:  # (the benchmark's record says what the loss was)
-            fitted.notes["class_weights"] = [round(w, 4) for w in trainer.class_weights.tolist()]
+        fitted.notes.update(class_weights_note(trainer.class_weights))
         fitted.train_step_seconds = _median(run_callback.step_seconds)
         fitted.optimizer_step_seconds = _median(run_callback.optimizer_seconds)
         return fitted

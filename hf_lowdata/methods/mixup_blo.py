@@ -40,6 +40,7 @@ from .base import (
     TransformerMethod,
     _median,
     _run_callback,
+    class_weights_note,
     count_trainable,
     default_device,
     dev_selection_callback,
@@ -330,8 +331,7 @@ class MixupBLO(TransformerMethod):
                                     merge=merge)
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
-        if class_weights is not None:
-            fitted.notes["class_weights"] = [round(w, 4) for w in class_weights.tolist()]
+        fitted.notes.update(class_weights_note(class_weights))
         # the search's inner and outer parameters: phase 2's plus the (then frozen) mixing factors
         fitted.trainable_parameters = count_trainable(model) + sum(
             p.numel() for n, p in model.named_parameters() if _is_mixing(n))

@@ -39,6 +39,7 @@ from ..features import (
 from ..models import resolve_model_path
 from ..tuners.twin_turbo import TwinTurboConfig, TwinTurboObjective, twin_turbo_layer
 from .base import (
+    CLASS_WEIGHT_OPTION,
     FittedClassifier,
     Method,
     RunCancelled,
@@ -48,6 +49,7 @@ from .base import (
     _median,
     _run_callback,
     adapt_model,
+    class_weights_note,
     default_device,
     dev_selection_callback,
     load_base_classifier,
@@ -117,9 +119,10 @@ def predict_from_states(model: torch.nn.Module, states: Sequence[torch.Tensor], 
 def train_projector(
     model: torch.nn.Module, labelled: TokenStateDataset, unlabelled: TokenStateDataset | None, budget: Budget,
     ctx: RunContext, run_name: str, config: TwinTurboConfig, callbacks: Sequence[Any] = (),
+    class_weights: torch.Tensor | None = None,
 ):
     """Train a TwinTurbo PEFT model on cached token states; return the trainer and its step timer.
-    ``callbacks``: more TrainerCallbacks (e.g. dev-set selection)."""
+    ``callbacks``: more TrainerCallbacks (e.g. dev-set selection); ``class_weights``: the conditional loss's."""
     from ..training import LowDataTrainer, few_shot_training_args
 
     device = default_device(ctx.device)
@@ -132,7 +135,7 @@ def train_projector(
         model=model, args=args, train_dataset=labelled, data_collator=collate_token_states,
         objective=TwinTurboObjective(config), unlabeled_dataset=unlabelled,
         unlabeled_batch_size=unlabelled_batch_size(ctx),
-        callbacks=[callback, *callbacks],
+        callbacks=[callback, *callbacks], class_weights=class_weights,
     )
     if ctx.quiet:
         from transformers.trainer_callback import PrinterCallback
@@ -170,7 +173,7 @@ class TwinTurbo(Method):
              "Mutual Information Decompositions for Downstream Task and Latent Spaces, arXiv:2503.07851, 2025")
     uses_unlabelled = True
     budget_name = BUDGET_NAME
-    option_names = frozenset(_CONFIG_FIELDS | {"feature_cache_dir", "unlabelled_batch_size"})
+    option_names = frozenset(_CONFIG_FIELDS | {"feature_cache_dir", "unlabelled_batch_size", CLASS_WEIGHT_OPTION})
 
     @classmethod
     def fixed_options(cls) -> Mapping[str, Any]:
@@ -183,6 +186,7 @@ class TwinTurbo(Method):
         # the options first: a bad one fails at once, not after every text has passed the backbone
         config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
         batch_size = unlabelled_batch_size(ctx)
+        class_weights = self.class_weights(task, ctx)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)
         key = model_fingerprint(resolve_model_path(ctx.model))
         # The run's cache (shared by a benchmark's runs) only while its SharedCache lives: a trained model kept
@@ -223,12 +227,14 @@ class TwinTurbo(Method):
             dev_selection = dev_selection_callback(task.dev.labels, lambda m: predict_from_states(m, dev_states),
                                                    budget.steps(len(labelled)))
         trainer, callback = train_projector(model, labelled, unlabelled, budget, ctx, self.name, config,
-                                            callbacks=[dev_selection] if dev_selection is not None else [])
+                                            callbacks=[dev_selection] if dev_selection is not None else [],
+                                            class_weights=class_weights)
         if dev_selection is not None:
             dev_selection.restore(trainer.model)
         fitted = TwinTurboClassifier(trainer.model, tokenizer, task.label_names, budget.max_length, states)
         if pool_note is not None:
             fitted.notes.update(pool_note)
+        fitted.notes.update(class_weights_note(class_weights))
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)
         fitted.train_step_seconds = _median(callback.step_seconds)

@@ -17,7 +17,8 @@ from tests.cli.outputs import tiny_args, toy_files
 from tests.helpers import toy_sentences
 
 FAST = Budget(learning_rate=5e-3, epochs=1, min_steps=2, max_steps=2, batch_size=8)
-BACKBONE_METHODS = ["full", "lora", "ftp", "ftp_lora", "tpgm", "mixup_blo", "mixup_blo_fast", "mixup_blo_joint"]
+WEIGHTING_METHODS = ["full", "lora", "ftp", "ftp_lora", "tpgm", "mixup_blo", "mixup_blo_fast", "mixup_blo_joint",
+                     "twin_turbo", "twin_turbo_ce", "probe"]
 
 
 def _uneven_task():
@@ -38,8 +39,8 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", BACKBONE_METHODS)
-def test_every_backbone_method_reads_class_weight(method):
+@pytest.mark.parametrize("method", WEIGHTING_METHODS)
+def test_every_method_that_trains_a_head_on_a_loss_reads_class_weight(method):
     assert "class_weight" in get_method(method).known_options()
 
 
@@ -79,7 +80,7 @@ def test_mixup_blo_weights_every_phase_and_reads_the_option_before_training(tiny
         get_method("mixup_blo_fast").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="auto"))
 
 
-@pytest.mark.parametrize("method", ["full", "ftp"])
+@pytest.mark.parametrize("method", ["full", "ftp", "twin_turbo"])
 def test_a_bad_class_weight_is_a_method_config_error(method, tiny_bert_dir, tmp_path):
     with pytest.raises(MethodConfigError, match=rf"{method}: class_weight must be 'balanced' or 'none', got 'yes'"):
         get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="yes"))
@@ -105,9 +106,21 @@ def test_a_balanced_labelled_set_trains_on_the_models_own_loss(tiny_bert_dir, tm
     torch.testing.assert_close(method.class_weights(task, _ctx(tiny_bert_dir, tmp_path)), torch.tensor([8 / 12, 2.0]))
 
 
-def test_a_weighted_fit_trains_and_records_its_weights(tiny_bert_dir, tmp_path):
-    fitted = get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path))
+@pytest.mark.parametrize("method", ["full", "twin_turbo_ce"])
+def test_a_weighted_fit_trains_and_records_its_weights(method, tiny_bert_dir, tmp_path, monkeypatch):
+    from hf_lowdata.training import LowDataTrainer
+
+    used = []
+    model_loss = LowDataTrainer.model_loss
+    monkeypatch.setattr(LowDataTrainer, "model_loss", lambda self, *a, **k: used.append(self.class_weights) or
+                        model_loss(self, *a, **k))
+    from hf_lowdata.tuners.twin_turbo import objectives
+
+    conditional = objectives.conditional_loss
+    monkeypatch.setattr(objectives, "conditional_loss", lambda *a: used.append(a[4]) or conditional(*a))
+    fitted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path))
     assert fitted.notes["class_weights"] == [0.6667, 2.0]
+    assert used and all(torch.equal(w, torch.tensor([8 / 12, 2.0])) for w in used)  # every training loss weighted
     assert len(fitted.predict(["a new text"])) == 1
-    unweighted = get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none", class_weight="none"))
+    unweighted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none", class_weight="none"))
     assert "class_weights" not in unweighted.notes

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ...training.class_weights import weighted_cross_entropy
 from ...training.objectives import AuxiliaryOptimizer, TrainingObjective, dataset_labels
 from .config import TwinTurboConfig
 from .layer import MASK_KEY, TOKENS_KEY, masked_mean
@@ -43,10 +44,12 @@ if TYPE_CHECKING:
     from ...training.trainer import LowDataTrainer
 
 # ---- the loss terms ---------------------------------------------------------------------------------
-def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                     class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_cond: one-vs-rest BCE for the "binary" head, softmax cross-entropy otherwise; ``smoothing`` is
     Trainer's ``label_smoothing_factor`` (targets (1 - s) one-hot + s / K, as Trainer smooths). Rows labelled
-    -100 ("no label", as transformers marks them) count in neither."""
+    -100 ("no label", as transformers marks them) count in neither. ``class_weights`` (the trainer's, for uneven
+    classes; not in the paper) weight each row's loss by its class, averaged over the rows."""
     if kind == "binary":
         k = logits.shape[-1]
         labelled = labels >= 0
@@ -54,7 +57,12 @@ def conditional_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, smoo
             return logits.sum() * 0.0  # (cross-entropy's mean over no row would be NaN)
         logits, labels = logits[labelled], labels[labelled]
         target = F.one_hot(labels, k).to(logits.dtype) * (1.0 - smoothing) + smoothing / k
-        return F.binary_cross_entropy_with_logits(logits, target)
+        if class_weights is None:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        rows = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+        return (class_weights.to(rows.device, rows.dtype)[labels] * rows).mean()
+    if class_weights is not None:
+        return weighted_cross_entropy(logits, labels, class_weights, smoothing)
     return F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
 
@@ -237,7 +245,8 @@ class TwinTurboObjective(TrainingObjective):
                 f"TwinTurbo's training batches need labels, but this batch has only {sorted(inputs)}: name the label "
                 "column 'labels' or 'label' (transformers' collators pass 'label' on as 'labels')."
             )
-        loss = conditional_loss(head.kind, logits, labels, float(trainer.args.label_smoothing_factor or 0.0))
+        loss = conditional_loss(head.kind, logits, labels, float(trainer.args.label_smoothing_factor or 0.0),
+                                trainer.class_weights)
         terms = {"cond": loss.detach()}
         if model.training and config.uses_unlabelled_terms:
             if self.has_unlabelled:

@@ -59,6 +59,22 @@ def test_conditional_losses_of_the_three_heads():
                                F.binary_cross_entropy_with_logits(logits, target))
 
 
+def test_class_weights_weight_each_rows_conditional_loss():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 2, -100])
+    weights = torch.tensor([3.0, 1.0, 0.5])
+    for kind in ("categorical", "infonce"):
+        rows = F.cross_entropy(logits[:3], labels[:3], reduction="none")
+        torch.testing.assert_close(conditional_loss(kind, logits, labels, class_weights=weights),
+                                   (weights[labels[:3]] * rows).mean())
+    rows = F.binary_cross_entropy_with_logits(logits[:3], F.one_hot(labels[:3], 3).float(), reduction="none").mean(-1)
+    torch.testing.assert_close(conditional_loss("binary", logits, labels, class_weights=weights),
+                               (weights[labels[:3]] * rows).mean())
+    for kind in ("categorical", "binary"):  # all weights 1: the unweighted loss
+        torch.testing.assert_close(conditional_loss(kind, logits, labels, class_weights=torch.ones(3)),
+                                   conditional_loss(kind, logits, labels))
+
+
 def test_info_nce_and_alignment_are_lower_for_aligned_pairs():
     torch.manual_seed(0)
     u = torch.randn(16, 8)
