@@ -21,6 +21,7 @@ from ..budgets import Budget
 from ..data import FewShotTask, require_two_classes
 from ..models import resolve_model_path
 from .base import (
+    CLASS_WEIGHT_OPTION,
     FittedClassifier,
     Method,
     RunContext,
@@ -75,7 +76,7 @@ class SetFit(Method):
     name = "setfit"
     summary = "SetFit: contrastive fine-tuning of the sentence encoder, then a logistic head"
     paper = "Tunstall et al., Efficient Few-Shot Learning Without Prompts, 2022"
-    option_names = frozenset({"num_iterations"})
+    option_names = frozenset({"num_iterations", CLASS_WEIGHT_OPTION})
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -101,8 +102,12 @@ class SetFit(Method):
 
         budget = ctx.budget_for(self.name)
         require_two_classes(task.labelled)  # SetFit's pair sampler fails with an IndexError on one class
+        # the logistic head weights classes as the probe's does (an uneven labelled set only: a balanced one keeps
+        # the published recipe exactly); the contrastive phase is SetFit's own
+        uneven = self.class_weights(task, ctx) is not None
         torch.manual_seed(ctx.seed)
-        model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
+        model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True,
+                                            head_params={"class_weight": "balanced"} if uneven else {})
         if ctx.device:
             model.to(ctx.device)
         iterations = ctx.number_option(self.name, "num_iterations", 20, whole=True, low=1)
@@ -130,6 +135,8 @@ class SetFit(Method):
         model.model_body.max_seq_length = min(budget.max_length, limit) if limit else budget.max_length
         trainer.train()
         fitted = SetFitClassifier(model, task.label_names)
+        if uneven:
+            fitted.notes["class_weight"] = "balanced (logistic head)"
         if task.dev is not None:  # said in the record rather than silently: SetFit runs its published recipe
             fitted.notes["dev_set"] = "not used: SetFit trains its fixed recipe, with no step to select"
         return fitted

@@ -218,6 +218,22 @@ def test_setfit_baseline_runs_on_minilm(tmp_path):
 
 
 @pytest.mark.slow
+def test_setfit_weights_its_head_on_an_uneven_labelled_set_only(tmp_path):
+    task = _task(k=4)
+    labels = list(task.labelled.labels)
+    uneven = replace(task, labelled=task.labelled.subset([i for i, y in enumerate(labels) if y == 0] +
+                                                         [i for i, y in enumerate(labels) if y == 1][:1]))
+    budget = replace(get_budget("setfit"), max_steps=1, options={"num_iterations": 1})
+    heads = {}
+    for name, data, options in [("uneven", uneven, {}), ("none", uneven, {"class_weight": "none"}),
+                                ("even", task, {})]:
+        fitted = get_method("setfit").fit(data, RunContext(seed=0, budget=budget, work_dir=tmp_path / name,
+                                                           options=options))
+        heads[name] = (fitted.model.model_head.class_weight, fitted.notes.get("class_weight"))
+    assert heads == {"uneven": ("balanced", "balanced (logistic head)"), "none": (None, None), "even": (None, None)}
+
+
+@pytest.mark.slow
 def test_setfit_reports_progress_honours_cancel_and_its_step_cap(tmp_path):
     """SetFit trained through the demo's Cancel (42 s on) with no progress, and ignored max_steps."""
     import threading
