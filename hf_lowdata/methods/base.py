@@ -407,7 +407,9 @@ class Method(ABC):
         ``none`` trains on the plain loss. The default was chosen on dev splits (BENCHMARKS.md, "Class weights")."""
         from ..training import balanced_class_weights
 
-        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT, CLASS_WEIGHT_CHOICES)
+        # (the budget's own options under the budget's name: a variant such as twin_turbo_ce has none of its own)
+        given = ctx.option(self.budget_key(), CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT)
+        weighting = choice_option(self.name, CLASS_WEIGHT_OPTION, given, CLASS_WEIGHT_CHOICES, DEFAULT_CLASS_WEIGHT)
         if weighting == "none":
             return None
         weights = balanced_class_weights([int(y) for y in task.labelled.labels], task.num_labels)

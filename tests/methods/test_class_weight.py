@@ -124,3 +124,14 @@ def test_a_weighted_fit_trains_and_records_its_weights(method, tiny_bert_dir, tm
     assert len(fitted.predict(["a new text"])) == 1
     unweighted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none", class_weight="none"))
     assert "class_weights" not in unweighted.notes
+
+
+@pytest.mark.parametrize("method", ["twin_turbo_ce", "twin_turbo_notask", "mixup_blo_fast", "full"])
+def test_variants_read_class_weight_under_their_methods_budget(method, tmp_path):
+    """Without a run budget the option is looked up in the method's budget: twin_turbo_ce has none of its own (it
+    trains with twin_turbo's), so a benchmark run of it failed with "No budget for method 'twin_turbo_ce'"."""
+    ctx = RunContext(seed=0, work_dir=tmp_path)
+    torch.testing.assert_close(get_method(method).class_weights(_uneven_task(), ctx), torch.tensor([8 / 12, 2.0]))
+    ctx = RunContext(seed=0, work_dir=tmp_path, options={"class_weight": "x"})
+    with pytest.raises(MethodConfigError, match=f"{method}: class_weight must be"):
+        get_method(method).class_weights(_uneven_task(), ctx)
