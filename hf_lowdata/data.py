@@ -530,7 +530,7 @@ def balance_note(data: TextDataset) -> str | None:
     """A note when the labelled classes are uneven (the largest :data:`UNEVEN_CLASS_RATIO` times the smallest or
     more), else ``None``. With 40 examples of one class and 4 of each other, full fine-tuning, LoRA, FTP and TPGM
     put 99-100% of their predictions on the large class (macro-F1 0.07-0.09), silently; weighting the classes
-    (their default since) does not change that at 10 : 1 with 4 examples (SST-2 dev, BENCHMARKS.md)."""
+    (``class_weight=balanced``) does not change that at 10 : 1 with 4 examples (SST-2 dev, BENCHMARKS.md)."""
     counts = {name: n for name, n in data.class_counts().items() if n}
     if len(counts) < 2:
         return None
@@ -539,9 +539,10 @@ def balance_note(data: TextDataset) -> str | None:
     if counts[big] < UNEVEN_CLASS_RATIO * counts[small]:
         return None
     return (f"{data.source}: the classes are uneven: {big!r} has {counts[big]} examples, {small!r} only "
-            f"{counts[small]}. The probe and the fine-tuning methods weight classes to balance (class_weight), yet "
-            f"from this few examples of a class a model may still predict mostly {big!r}. Judge the methods by "
-            "macro-F1 and per class, or balance the labelled set (train --shots K draws K per class).")
+            f"{counts[small]}. Methods trained on the plain loss learn that prior and may predict mostly {big!r} (the "
+            "probe weights classes to balance; the others do with --config class_weight=balanced, which helps "
+            "macro-F1 at some cost in accuracy). Judge them by macro-F1 and per class, or balance the labelled set "
+            "(train --shots K draws K per class).")
 
 
 def _describe(value: Any) -> str:

@@ -20,7 +20,6 @@ from ..data import FewShotTask, require_two_classes
 from .base import (
     CLASS_WEIGHT_CHOICES,
     CLASS_WEIGHT_OPTION,
-    DEFAULT_CLASS_WEIGHT,
     FittedClassifier,
     Method,
     RunContext,
@@ -99,6 +98,7 @@ class Probe(Method):
     summary = "Logistic regression on frozen mean-pooled embeddings (linear probe)"
     option_names = frozenset({"C", CLASS_WEIGHT_OPTION})
     budget_fields = frozenset({"max_length"})  # no optimizer, no steps
+    default_class_weight = "balanced"  # chosen on dev splits (BENCHMARKS.md, "Label noise")
 
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression
@@ -107,7 +107,7 @@ class Probe(Method):
         require_two_classes(task.labelled)  # (scikit-learn's own error names neither the data nor a remedy)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
-        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, DEFAULT_CLASS_WEIGHT, CLASS_WEIGHT_CHOICES)
+        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, self.default_class_weight, CLASS_WEIGHT_CHOICES)
         class_weight = None if weighting == "none" else "balanced"
         c_value = ctx.number_option(self.name, "C", 1.0, low=0, low_open=True,
                                     meaning="the inverse regularisation strength")

@@ -12,7 +12,7 @@ from hf_lowdata.budgets import Budget
 from hf_lowdata.cli import main
 from hf_lowdata.data import DatasetSplits, TextDataset, make_few_shot_task
 from hf_lowdata.methods import RunContext, get_method
-from hf_lowdata.methods.base import DEFAULT_CLASS_WEIGHT, MethodConfigError
+from hf_lowdata.methods.base import MethodConfigError
 from tests.cli.outputs import tiny_args, toy_files
 from tests.helpers import toy_sentences
 
@@ -45,7 +45,7 @@ def test_every_method_that_trains_a_head_on_a_loss_reads_class_weight(method):
 
 
 @pytest.mark.parametrize(("options", "expected"), [
-    ({"class_weight": "balanced"}, [8 / 12, 2.0]), ({"class_weight": "none"}, None), ({}, DEFAULT_CLASS_WEIGHT),
+    ({"class_weight": "balanced"}, [8 / 12, 2.0]), ({"class_weight": "none"}, None), ({}, None),  # (chosen on dev)
 ])
 def test_the_trainer_gets_the_labelled_sets_balanced_weights(options, expected, tiny_bert_dir, tmp_path, monkeypatch):
     import hf_lowdata.training as training
@@ -60,10 +60,10 @@ def test_the_trainer_gets_the_labelled_sets_balanced_weights(options, expected, 
     monkeypatch.setattr(training, "LowDataTrainer", Spy)
     with pytest.raises(_Stop):
         get_method("full").fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, **options))
-    if expected in ("none", None):  # (the default is one of the two settings)
+    if expected is None:
         assert seen == [None]
     else:
-        torch.testing.assert_close(seen[0], torch.tensor([8 / 12, 2.0] if expected == "balanced" else expected))
+        torch.testing.assert_close(seen[0], torch.tensor(expected))
 
 
 def test_mixup_blo_weights_every_phase_and_reads_the_option_before_training(tiny_bert_dir, tmp_path, monkeypatch):
@@ -102,8 +102,9 @@ def test_a_balanced_labelled_set_trains_on_the_models_own_loss(tiny_bert_dir, tm
     labels = list(task.labelled.labels)
     even = task.labelled.subset([i for i, y in enumerate(labels) if y == 0][:2] + [i for i, y in enumerate(labels) if y == 1])
     method = get_method("lora")
-    assert method.class_weights(replace(task, labelled=even), _ctx(tiny_bert_dir, tmp_path)) is None
-    torch.testing.assert_close(method.class_weights(task, _ctx(tiny_bert_dir, tmp_path)), torch.tensor([8 / 12, 2.0]))
+    ctx = _ctx(tiny_bert_dir, tmp_path, class_weight="balanced")
+    assert method.class_weights(replace(task, labelled=even), ctx) is None
+    torch.testing.assert_close(method.class_weights(task, ctx), torch.tensor([8 / 12, 2.0]))
 
 
 @pytest.mark.parametrize("method", ["full", "twin_turbo_ce"])
@@ -118,20 +119,20 @@ def test_a_weighted_fit_trains_and_records_its_weights(method, tiny_bert_dir, tm
 
     conditional = objectives.conditional_loss
     monkeypatch.setattr(objectives, "conditional_loss", lambda *a: used.append(a[4]) or conditional(*a))
-    fitted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path))
+    fitted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path, class_weight="balanced"))
     assert fitted.notes["class_weights"] == [0.6667, 2.0]
     assert used and all(torch.equal(w, torch.tensor([8 / 12, 2.0])) for w in used)  # every training loss weighted
     assert len(fitted.predict(["a new text"])) == 1
-    unweighted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none", class_weight="none"))
-    assert "class_weights" not in unweighted.notes
+    used.clear()
+    unweighted = get_method(method).fit(_uneven_task(), _ctx(tiny_bert_dir, tmp_path / "none"))  # the default
+    assert "class_weights" not in unweighted.notes and used and all(w is None for w in used)
 
 
 @pytest.mark.parametrize("method", ["twin_turbo_ce", "twin_turbo_notask", "mixup_blo_fast", "full"])
 def test_variants_read_class_weight_under_their_methods_budget(method, tmp_path):
     """Without a run budget the option is looked up in the method's budget: twin_turbo_ce has none of its own (it
-    trains with twin_turbo's), so a benchmark run of it failed with "No budget for method 'twin_turbo_ce'"."""
-    ctx = RunContext(seed=0, work_dir=tmp_path)
-    torch.testing.assert_close(get_method(method).class_weights(_uneven_task(), ctx), torch.tensor([8 / 12, 2.0]))
+    trains with twin_turbo's), so a run of it failed with "No budget for method 'twin_turbo_ce'"."""
+    assert get_method(method).class_weights(_uneven_task(), RunContext(seed=0, work_dir=tmp_path)) is None
     ctx = RunContext(seed=0, work_dir=tmp_path, options={"class_weight": "x"})
     with pytest.raises(MethodConfigError, match=f"{method}: class_weight must be"):
         get_method(method).class_weights(_uneven_task(), ctx)

@@ -225,12 +225,12 @@ def test_setfit_weights_its_head_on_an_uneven_labelled_set_only(tmp_path):
                                                          [i for i, y in enumerate(labels) if y == 1][:1]))
     budget = replace(get_budget("setfit"), max_steps=1, options={"num_iterations": 1})
     heads = {}
-    for name, data, options in [("uneven", uneven, {}), ("none", uneven, {"class_weight": "none"}),
-                                ("even", task, {})]:
+    for name, data, options in [("uneven", uneven, {"class_weight": "balanced"}), ("default", uneven, {}),
+                                ("even", task, {"class_weight": "balanced"})]:
         fitted = get_method("setfit").fit(data, RunContext(seed=0, budget=budget, work_dir=tmp_path / name,
                                                            options=options))
         heads[name] = (fitted.model.model_head.class_weight, fitted.notes.get("class_weight"))
-    assert heads == {"uneven": ("balanced", "balanced (logistic head)"), "none": (None, None), "even": (None, None)}
+    assert heads == {"uneven": ("balanced", "balanced (logistic head)"), "default": (None, None), "even": (None, None)}
 
 
 @pytest.mark.slow
