@@ -540,7 +540,7 @@ def balance_note(data: TextDataset) -> str | None:
         return None
     return (f"{data.source}: the classes are uneven: {big!r} has {counts[big]} examples, {small!r} only "
             f"{counts[small]}. Methods trained on the plain loss learn that prior and may predict mostly {big!r} (the "
-            "probe weights classes to balance; the others do with --config class_weight=balanced, which helps "
+            "probe weights classes to balance; the others do with the setting class_weight=balanced, which helps "
             "macro-F1 at some cost in accuracy). Judge them by macro-F1 and per class, or balance the labelled set "
             "(train --shots K draws K per class).")
 
