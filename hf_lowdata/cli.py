@@ -486,6 +486,24 @@ def hide_upstream_deprecation_noise() -> None:
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
+def short_warning_format(command: str) -> Any:
+    """A ``warnings.formatwarning`` that prints hf_lowdata's own warnings (a :class:`~hf_lowdata.data.DataWarning`,
+    or one raised from the package) as ``hf-lowdata COMMAND: warning: MESSAGE``, the way errors are printed: Python's
+    default shows the library file, line and source line, which say nothing to a command's user. Other warnings keep
+    the default format."""
+    from .data import DataWarning
+
+    package = str(Path(__file__).resolve().parent)
+    original = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, DataWarning) or str(Path(filename).resolve()).startswith(package):
+            return f"hf-lowdata {command}: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    return formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     hide_upstream_deprecation_noise()
@@ -508,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .training import NonFiniteLossError
     from .workflow import WorkflowError
 
+    plain_format, warnings.formatwarning = warnings.formatwarning, short_warning_format(args.command)
     try:
         return int(args.func(args) or 0)
     except (BenchError, DataError, ModelNotFoundError, WorkflowError, NonFiniteLossError, OutputFolderBusyError,
@@ -521,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "setting the library underneath rejects, such as --config r=0; run with HF_LOWDATA_DEBUG=1 for the "
               "traceback)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = plain_format
 
 
 if __name__ == "__main__":  # pragma: no cover

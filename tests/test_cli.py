@@ -112,3 +112,28 @@ def test_bench_dev_k_takes_a_number_or_same(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--dev-k", "half"])
     assert "expected a number of examples per class or 'same'" in capsys.readouterr().err
+
+
+def test_own_warnings_print_like_errors_and_others_keep_their_format(monkeypatch):
+    """A DataWarning printed as '/.../hf_lowdata/data.py:215: DataWarning: ...' plus the library's source line."""
+    import warnings
+
+    from hf_lowdata import cli
+    from hf_lowdata.data import DataWarning
+
+    fmt = cli.short_warning_format("train")
+    own = fmt(DataWarning("mine.csv: 2 row(s) repeat"), DataWarning, "/elsewhere/x.py", 3, "source line")
+    assert own == "hf-lowdata train: warning: mine.csv: 2 row(s) repeat\n"
+    inside = fmt(UserWarning("a checkpoint note"), UserWarning, cli.__file__, 10)
+    assert inside == "hf-lowdata train: warning: a checkpoint note\n"
+    foreign = fmt(FutureWarning("old API"), FutureWarning, "/site-packages/peft/x.py", 7, "call()")
+    assert foreign == warnings.formatwarning(FutureWarning("old API"), FutureWarning, "/site-packages/peft/x.py", 7,
+                                             "call()")
+    assert "peft/x.py:7" in foreign
+    # main() installs it for the command and puts the process's own back afterwards
+    seen = []
+    before = warnings.formatwarning
+    monkeypatch.setattr(cli, "_list_methods", lambda args: seen.append(warnings.formatwarning) or 0)
+    assert cli.main(["methods"]) == 0
+    assert seen[0] is not before and seen[0](DataWarning("x"), DataWarning, "f", 1).startswith("hf-lowdata methods:")
+    assert warnings.formatwarning is before
