@@ -1,11 +1,11 @@
 """Class-weighted cross-entropy for uneven labelled sets.
 
-A few-shot set whose classes are uneven (40 examples of one class, 4 of another) teaches a classifier the
-class prior: fine-tuned on it, a model calls nearly everything the large class. Weighting each example's
-loss by ``n / (K n_c)`` (scikit-learn's ``class_weight="balanced"``: ``n`` labelled examples, ``K`` classes
-present, ``n_c`` of class c) gives every class the same total weight. The weights average 1 over the
-labelled set, so the loss keeps its scale (learning rates stay valid), and on a balanced set every weight
-is exactly 1: training is unchanged.
+A labelled set whose classes are uneven teaches a classifier the class prior. Weighting each example's loss
+by ``n / (K n_c)`` (scikit-learn's ``class_weight="balanced"``: ``n`` labelled examples, ``K`` classes present,
+``n_c`` of class c) gives every class the same total weight. The weights average 1 over the labelled set, so
+the loss keeps its scale (learning rates stay valid), and on a balanced set every weight is exactly 1. On
+SST-5 at its class frequencies this trades accuracy for macro-F1; it does not rescue a class of a handful of
+examples, which a fine-tuned model memorises (BENCHMARKS.md, "Class weights").
 """
 
 from __future__ import annotations
