@@ -350,11 +350,17 @@ class LowDataTrainer(Trainer):
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            loss = weighted_cross_entropy(logits, labels, self.class_weights,
-                                          float(self.args.label_smoothing_factor or 0.0))
+            loss = self.class_weighted_loss(logits, labels, float(self.args.label_smoothing_factor or 0.0))
             return (loss, outputs) if return_outputs else loss
         return super().compute_loss(model, dict(inputs), return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def class_weighted_loss(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The mean over rows of ``class_weights[y] * cross-entropy``: for an objective that computes a model's loss
+        itself (TPGM's held-out loss at projected weights), as :meth:`model_loss` does. Needs ``class_weights``."""
+        if self.class_weights is None:
+            raise ValueError("class_weighted_loss needs class_weights= (LowDataTrainer was built without them).")
+        return weighted_cross_entropy(logits, labels, self.class_weights, label_smoothing)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log line: add the objective's own terms, averaged over processes

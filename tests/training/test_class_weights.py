@@ -123,3 +123,9 @@ def test_bad_class_weights_are_refused_before_training(tiny_bert_dir, tmp_path, 
 def test_class_weights_and_a_custom_loss_function_exclude_each_other(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="class_weights or compute_loss_func"):
         _trainer(tiny_bert_dir, tmp_path, class_weights=[1.0, 2.0], compute_loss_func=lambda *a, **k: None)
+
+
+def test_class_weighted_loss_needs_weights(tiny_bert_dir, tmp_path):
+    trainer, _, _ = _trainer(tiny_bert_dir, tmp_path)
+    with pytest.raises(ValueError, match="needs class_weights="):
+        trainer.class_weighted_loss(torch.zeros(2, 2), torch.tensor([0, 1]))

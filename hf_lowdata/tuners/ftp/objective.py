@@ -231,7 +231,9 @@ class TPGMObjective(TrainingObjective):
                 batch = self._validation_batch(trainer, (step // self.interval) * self.iterations + it)
                 overrides = {name: self._projected(i, c, r) for i, (name, (c, r)) in enumerate(zip(self.names, candidates))}
                 outputs = torch.func.functional_call(model, overrides, args=(), kwargs=batch)
-                trainer.step_auxiliary("tpgm", outputs["loss"])
+                loss = (outputs["loss"] if trainer.class_weights is None  # (the training loss's class weights)
+                        else trainer.class_weighted_loss(outputs["logits"], batch["labels"]))
+                trainer.step_auxiliary("tpgm", loss)
                 self._clip(norms)
         finally:
             model.train(was_training)

@@ -19,7 +19,8 @@ from tests.helpers import toy_sentences
 BUDGET = Budget(learning_rate=1e-2, epochs=1, min_steps=8, max_steps=8, batch_size=4, warmup_ratio=0.0, weight_decay=0.0)
 
 
-def _trainer(tiny_bert_dir, out, delta: str | None = "full", objective=None, mu: float = 5e-2, **overrides):
+def _trainer(tiny_bert_dir, out, delta: str | None = "full", objective=None, mu: float = 5e-2, class_weights=None,
+             **overrides):
     tok = load_tokenizer(tiny_bert_dir)
     model = load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0)
     if delta is not None:
@@ -28,7 +29,7 @@ def _trainer(tiny_bert_dir, out, delta: str | None = "full", objective=None, mu:
     data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
     args = few_shot_training_args(str(out), BUDGET, len(data), seed=0, use_cpu=True, **overrides)
     return LowDataTrainer(model=model, args=args, train_dataset=tokenize(data, tok), data_collator=collator(tok),
-                          processing_class=tok, objective=objective)
+                          processing_class=tok, objective=objective, class_weights=class_weights)
 
 
 def _inner(optimizer):
@@ -140,6 +141,30 @@ def test_tpgm_trains_on_the_rest_and_constrains_the_deltas(tiny_bert_dir, tmp_pa
     for unit, gamma in zip(objective.units, objective.gammas):
         assert (row_norms(unit.params[0].detach(), "mars") <= gamma.item() * (1 + 1e-4) + 1e-7).all()
     assert any(unit.params[0].detach().abs().sum() > 0 for unit in objective.units)
+
+
+def test_tpgm_weights_its_held_out_loss_as_the_training_loss(tiny_bert_dir, tmp_path, monkeypatch):
+    """The radius step took the model's own (unweighted) loss although training used class weights."""
+    weights = torch.tensor([0.5, 3.0])
+    trainer = _trainer(tiny_bert_dir, tmp_path, objective=TPGMObjective(lr=5e-2), class_weights=weights, max_steps=2)
+    seen, step = [], trainer.step_auxiliary
+
+    def record(name, loss):
+        seen.append(loss.detach().clone())
+        return step(name, loss)
+
+    monkeypatch.setattr(trainer, "step_auxiliary", record)
+    calls = []
+    real = trainer.class_weighted_loss
+    monkeypatch.setattr(trainer, "class_weighted_loss", lambda logits, labels, *a: calls.append(
+        (logits.detach(), labels, trainer.model.training)) or real(logits, labels, *a))
+    trainer.train()
+    held_out = [(logits, labels) for logits, labels, training in calls if not training]  # (TPGM's step runs in eval)
+    assert len(seen) == 2 and len(held_out) == 2 and len(calls) > 2  # the training batches were weighted too
+    from hf_lowdata.training import weighted_cross_entropy
+
+    logits, labels = held_out[-1]
+    torch.testing.assert_close(seen[-1], weighted_cross_entropy(logits, labels, weights))
 
 
 def test_tpgm_resume_equals_uninterrupted(tiny_bert_dir, tmp_path):
