@@ -487,17 +487,16 @@ def hide_upstream_deprecation_noise() -> None:
 
 
 def short_warning_format(command: str) -> Any:
-    """A ``warnings.formatwarning`` that prints hf_lowdata's own warnings (a :class:`~hf_lowdata.data.DataWarning`,
-    or one raised from the package) as ``hf-lowdata COMMAND: warning: MESSAGE``, the way errors are printed: Python's
-    default shows the library file, line and source line, which say nothing to a command's user. Other warnings keep
-    the default format."""
+    """A ``warnings.formatwarning`` that prints warnings about the user's data (:class:`~hf_lowdata.data.DataWarning`)
+    as ``hf-lowdata COMMAND: warning: MESSAGE``, the way errors are printed: Python's default shows the library's
+    file, line and source line, which say nothing to a command's user. Other warnings (a library's deprecation, ...)
+    keep the default format, category and origin included."""
     from .data import DataWarning
 
-    package = str(Path(__file__).resolve().parent)
     original = warnings.formatwarning
 
     def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings' signature
-        if issubclass(category, DataWarning) or str(Path(filename).resolve()).startswith(package):
+        if issubclass(category, DataWarning):
             return f"hf-lowdata {command}: warning: {message}\n"
         return original(message, category, filename, lineno, line)
 

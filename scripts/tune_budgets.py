@@ -64,8 +64,8 @@ def main() -> None:
         for method, settings in grid:
             for setting in settings:
                 for seed in map(int, args.seeds.split(",")):
-                    acc, _ = dev_sweep.score_on_dev(method, setting, data, args.data_dir, seed=seed, k=args.k,
-                                                    cache=cache)
+                    acc, _, _ = dev_sweep.score_on_dev(method, setting, data, args.data_dir, seed=seed, k=args.k,
+                                                       cache=cache)
                     value = next(iter(setting.values()))
                     results.append({"dataset": dataset, "method": method, "value": value, "seed": seed,
                                     "dev_accuracy": acc})

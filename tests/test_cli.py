@@ -124,8 +124,9 @@ def test_own_warnings_print_like_errors_and_others_keep_their_format(monkeypatch
     fmt = cli.short_warning_format("train")
     own = fmt(DataWarning("mine.csv: 2 row(s) repeat"), DataWarning, "/elsewhere/x.py", 3, "source line")
     assert own == "hf-lowdata train: warning: mine.csv: 2 row(s) repeat\n"
-    inside = fmt(UserWarning("a checkpoint note"), UserWarning, cli.__file__, 10)
-    assert inside == "hf-lowdata train: warning: a checkpoint note\n"
+    # another library's warning raised at a line of hf_lowdata (its stacklevel) keeps its category and origin
+    inside = fmt(FutureWarning("torch.cuda.amp is deprecated"), FutureWarning, cli.__file__, 10)
+    assert "FutureWarning: torch.cuda.amp is deprecated" in inside and "cli.py:10" in inside
     foreign = fmt(FutureWarning("old API"), FutureWarning, "/site-packages/peft/x.py", 7, "call()")
     assert foreign == warnings.formatwarning(FutureWarning("old API"), FutureWarning, "/site-packages/peft/x.py", 7,
                                              "call()")

@@ -43,7 +43,7 @@ from ..features import (
     mean_pool_states,
     model_fingerprint,
 )
-from ..methods import RunContext, SharedCache
+from ..methods import RunContext, SharedCache, get_method
 from ..methods.base import (
     count_trainable,
     directory_bytes,
@@ -310,7 +310,8 @@ def _fit_twin_turbo(method, task, labelled_states, unlabelled_states, ctx, work:
     model = get_peft_model(base, config)
     labelled = TokenStateDataset(labelled_states, task.labelled.labels.tolist())
     unlabelled = TokenStateDataset(unlabelled_states) if unlabelled_states is not None else None
-    trainer, _ = train_projector(model, labelled, unlabelled, ctx.budget_for("twin_turbo"), ctx, method, config)
+    trainer, _ = train_projector(model, labelled, unlabelled, ctx.budget_for("twin_turbo"), ctx, method, config,
+                                 class_weights=get_method(method).class_weights(task, ctx))
     trainer.model.save_pretrained(work / "adapter")
     return trainer.model, work / "adapter"
 

@@ -24,6 +24,7 @@ from .base import (
     CLASS_WEIGHT_OPTION,
     FittedClassifier,
     Method,
+    MethodConfigError,
     RunContext,
     _run_callback,
     count_trainable,
@@ -106,8 +107,12 @@ class SetFit(Method):
         # the published recipe exactly); the contrastive phase is SetFit's own
         uneven = self.class_weights(task, ctx) is not None
         torch.manual_seed(ctx.seed)
-        model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True,
-                                            head_params={"class_weight": "balanced"} if uneven else {})
+        model = SetFitModel.from_pretrained(str(resolve_model_path(ctx.model)), local_files_only=True)
+        if uneven:  # (set on the head itself: head_params= is ignored where the folder holds a saved head)
+            if not hasattr(model.model_head, "class_weight"):
+                raise MethodConfigError(f"{self.name}: class_weight=balanced weights SetFit's logistic head, but this "
+                                        f"model's head is a {type(model.model_head).__name__}; leave it out.")
+            model.model_head.set_params(class_weight="balanced")
         if ctx.device:
             model.to(ctx.device)
         iterations = ctx.number_option(self.name, "num_iterations", 20, whole=True, low=1)
@@ -136,7 +141,7 @@ class SetFit(Method):
         trainer.train()
         fitted = SetFitClassifier(model, task.label_names)
         if uneven:
-            fitted.notes["class_weight"] = "balanced (logistic head)"
+            fitted.notes["class_weights"] = "balanced (logistic head)"
         if task.dev is not None:  # said in the record rather than silently: SetFit runs its published recipe
             fitted.notes["dev_set"] = "not used: SetFit trains its fixed recipe, with no step to select"
         return fitted

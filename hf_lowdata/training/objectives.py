@@ -61,6 +61,9 @@ class TrainingObjective:
     #: submodules of the unwrapped model sets this False: DDP then never averages the gradients, and
     #: the trainer averages them over processes itself before each optimizer step.
     uses_wrapped_forward: bool = True
+    #: Whether the objective's loss honours the trainer's ``class_weights`` (it uses :meth:`LowDataTrainer.model_loss`
+    #: or weights its own loss); the trainer refuses class weights for one that does not.
+    takes_class_weights: bool = True
 
     def setup(self, trainer: LowDataTrainer) -> None:
         """Called once from the trainer's constructor."""

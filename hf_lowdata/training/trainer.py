@@ -141,6 +141,11 @@ class LowDataTrainer(Trainer):
             # num_items_in_batch, so that summed gradients over micro-batches and scaled them by world_size.
             self.model_accepts_loss_kwargs = False
         self.objective = objective or default_objective_for(self.model) or TrainingObjective()
+        if self.class_weights is not None and not self.objective.takes_class_weights:
+            raise ValueError(
+                f"The {self.objective.name!r} objective computes its own loss and does not weight classes: leave "
+                "class_weights out (for this method, balance the labelled set instead)."
+            )
         self.auxiliary_optimizers: dict[str, AuxiliaryOptimizer] = {}
         self.unlabeled_dataset = self._prepare_unlabelled(unlabeled_dataset)
         self.unlabeled_batch_size = unlabeled_batch_size
@@ -351,6 +356,8 @@ class LowDataTrainer(Trainer):
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             loss = self.class_weighted_loss(logits, labels, float(self.args.label_smoothing_factor or 0.0))
+            if not isinstance(outputs, dict):  # a tuple, as with labels: (loss, logits, ...) (prediction_step drops [0])
+                outputs = (loss, *outputs)
             return (loss, outputs) if return_outputs else loss
         return super().compute_loss(model, dict(inputs), return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)

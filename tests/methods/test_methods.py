@@ -229,7 +229,7 @@ def test_setfit_weights_its_head_on_an_uneven_labelled_set_only(tmp_path):
                                 ("even", task, {"class_weight": "balanced"})]:
         fitted = get_method("setfit").fit(data, RunContext(seed=0, budget=budget, work_dir=tmp_path / name,
                                                            options=options))
-        heads[name] = (fitted.model.model_head.class_weight, fitted.notes.get("class_weight"))
+        heads[name] = (fitted.model.model_head.class_weight, fitted.notes.get("class_weights"))
     assert heads == {"uneven": ("balanced", "balanced (logistic head)"), "default": (None, None), "even": (None, None)}
 
 

@@ -75,12 +75,12 @@ def sweep_data(tmp_path):
     return tmp_path
 
 
-def _main(monkeypatch, tmp_path, data_dir, method, grid, recorder, seeds="0"):
+def _main(monkeypatch, tmp_path, data_dir, method, grid, recorder, seeds="0", draw=("--k", "2")):
     sweep = _sweep()
     monkeypatch.setattr(sweep, "get_method", lambda name: recorder)
     out = tmp_path / "out" / "sweep.json"
     monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--data-dir", str(data_dir), "--datasets", "toy",
-                                      "--method", method, "--k", "2", "--seeds", seeds, "--grid", *grid,
+                                      "--method", method, *draw, "--seeds", seeds, "--grid", *grid,
                                       "--out", str(out)])
     sweep.main()
     return out
@@ -126,3 +126,22 @@ def test_the_output_holds_every_run_and_one_seed_prints_no_nan(monkeypatch, tmp_
     rows = json.loads(out.read_text())
     assert [(r["lr"], r["seed"]) for r in rows] == [(1e-4, 0), (2e-4, 0)]
     assert "nan" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("draw", "counts"), [
+    (("--k", "6", "--uneven", "3"), [6, 2]),  # class 0 whole, a third of class 1
+    (("--k", "5", "--uneven", "2"), [5, 3]),  # rounded up
+    (("--total", "9"), None),  # by class frequency: the pool's own proportions
+])
+def test_total_and_uneven_draws_and_macro_f1_in_every_row(monkeypatch, tmp_path, sweep_data, draw, counts):
+    recorder = _Recorder()
+    out = _main(monkeypatch, tmp_path, sweep_data, "ftp", ["kappa=0.5"], recorder, draw=draw)
+    task = recorder.calls[0][0]
+    if counts is not None:
+        assert np.bincount(task.labelled.labels).tolist() == counts
+    else:
+        assert len(task.labelled) == 9 and task.n == 9
+    row = json.loads(out.read_text())[0]
+    # the recorder predicts class 0 for every dev text: macro-F1 is that of a one-class prediction
+    assert 0 < row["dev_macro_f1"] < row["dev_accuracy"] < 1
+    assert ("total" in row) == (counts is None) and row["uneven"] == (1 if counts is None else int(draw[3]))

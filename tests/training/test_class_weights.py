@@ -64,11 +64,12 @@ def test_weighted_cross_entropy_refuses_other_heads(logits, labels, weights, mes
         weighted_cross_entropy(logits, labels, weights)
 
 
-def _trainer(tiny_bert_dir, out, **kwargs):
+def _trainer(tiny_bert_dir, out, args_overrides=None, **kwargs):
     rows = toy_sentences(12, 0)
     data = TextDataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), ("neg", "pos"), "toy")
     tok = load_tokenizer(tiny_bert_dir)
-    args = few_shot_training_args(str(out), BUDGET, len(data), seed=0, use_cpu=True, report_to=[])
+    args = few_shot_training_args(str(out), BUDGET, len(data), seed=0, use_cpu=True, report_to=[],
+                                  **(args_overrides or {}))
     model = load_for_classification(tiny_bert_dir, 2, ["neg", "pos"], seed=0)
     train = tokenize(data, tok)
     return LowDataTrainer(model=model, args=args, train_dataset=train, eval_dataset=train,
@@ -129,3 +130,67 @@ def test_class_weighted_loss_needs_weights(tiny_bert_dir, tmp_path):
     trainer, _, _ = _trainer(tiny_bert_dir, tmp_path)
     with pytest.raises(ValueError, match="needs class_weights="):
         trainer.class_weighted_loss(torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
+def test_a_model_returning_tuples_keeps_its_logits_where_trainer_looks_for_them(tiny_bert_dir, tmp_path):
+    """Trainer's prediction_step drops outputs[0] (the loss, when the model had the labels): the weighted path calls
+    the model without labels, so a tuple lost its logits and predict() returned no predictions."""
+    from torch import nn
+
+    class TupleModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, features):
+            return (self.linear(features),)
+
+    trainer, _, _ = _trainer(tiny_bert_dir, tmp_path, class_weights=[1.0, 4.0])
+    model, batch = TupleModel(), {"features": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}
+    loss, outputs = trainer.model_loss(model, batch, return_outputs=True)
+    logits = model(batch["features"])[0]
+    assert outputs[0] is loss and torch.equal(outputs[1], logits)
+    torch.testing.assert_close(loss, weighted_cross_entropy(logits, batch["labels"], torch.tensor([1.0, 4.0])))
+
+
+def test_label_smoothing_applies_to_the_weighted_loss(tiny_bert_dir, tmp_path):
+    weights = torch.tensor([0.5, 2.0])
+    trainer, train, tok = _trainer(tiny_bert_dir, tmp_path, class_weights=weights)
+    trainer.args.label_smoothing_factor = 0.2
+    batch = collator(tok)([train[i] for i in range(6)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.model_loss(model, batch)
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(loss, weighted_cross_entropy(logits, batch["labels"], weights, 0.2))
+    assert not torch.allclose(loss, weighted_cross_entropy(logits, batch["labels"], weights))
+
+
+def test_gradient_accumulation_of_weighted_losses_is_one_big_batch(tiny_bert_dir, tmp_path):
+    """Each micro-batch's weighted mean is divided by the accumulation steps, as Trainer does for the model's loss."""
+    def update(out, batch_size, accumulation):
+        arguments = dict(per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
+                         optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                         max_grad_norm=0.0)
+        trainer, _, _ = _trainer(tiny_bert_dir, out, arguments, class_weights=[0.5, 3.0])
+        for module in trainer.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        return {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+
+    accumulated, whole = update(tmp_path / "a", 4, 2), update(tmp_path / "b", 8, 1)
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_an_objective_with_its_own_loss_refuses_class_weights(tiny_bert_dir, tmp_path):
+    from hf_lowdata.training import TrainingObjective
+
+    class OwnLoss(TrainingObjective):
+        name = "own-loss"
+        takes_class_weights = False
+
+    with pytest.raises(ValueError, match="'own-loss' objective computes its own loss and does not weight classes"):
+        _trainer(tiny_bert_dir, tmp_path, class_weights=[1.0, 2.0], objective=OwnLoss())

@@ -188,6 +188,7 @@ class SparseExpertObjective(TrainingObjective):
     """
 
     name = "sparse_expert"
+    takes_class_weights = False  # (prototype logits of episodes: every class counts alike by construction)
     uses_wrapped_forward = False  # calls projector/backbone pieces directly: the trainer syncs gradients
 
     def __init__(
