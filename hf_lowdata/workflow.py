@@ -290,9 +290,11 @@ def _with_evaluation_texts(task: FewShotTask, evaluation_data: TextDataset | Non
     return replace(task, test=TextDataset(texts, None, task.label_names, evaluation_data.source))
 
 
-def truncation_note(texts: Mapping[str, Sequence[str]], model: str | os.PathLike | None, max_length: int) -> str | None:
+def truncation_note(texts: Mapping[str, Sequence[str]], model: str | os.PathLike | None, max_length: int,
+                    setting: str = "--config max_length=N") -> str | None:
     """A note when texts are longer than the tokens a method reads (``max_length``, capped at the model's
-    position table), or ``None``. ``texts``: what is cut, by role ("labelled", "evaluation").
+    position table), or ``None``. ``texts``: what is cut, by role ("labelled", "evaluation"); ``setting``: how the
+    reader raises ``max_length`` (the demo's Settings box, the CLI's ``--config``).
 
     Every method cuts a text to its first ``max_length`` tokens, silently: 300-word documents are read as
     their first hundred words or so.
@@ -310,7 +312,7 @@ def truncation_note(texts: Mapping[str, Sequence[str]], model: str | os.PathLike
     if not cut:
         return None
     most = position_limit(resolve_model_path(model))
-    more = (f"--config max_length=N reads more (this model reads at most {most})" if most and most > limit
+    more = (f"{setting} reads more (this model reads at most {most})" if most and most > limit
             else "this model reads no more")
     return (f"{' and '.join(cut)} are longer than {limit} tokens; each is cut to its first {limit} tokens "
             f"(max_length) and the rest is not read: {more}.")

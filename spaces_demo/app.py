@@ -65,6 +65,7 @@ from hf_lowdata.workflow import (
     require_examples,
     resolve_budget,
     train_method,
+    truncation_note,
 )
 
 log = logging.getLogger("hf_lowdata.demo")
@@ -755,6 +756,18 @@ def check_step_limit(methods: Sequence[str], preset: str, config: dict[str, Any]
                             f"batch_size, or max_steps={limit} or less, or train with hf-lowdata train.")
 
 
+def length_note(prepared: PreparedData, methods: Sequence[str], model: str | None, preset: str,
+                config: dict[str, Any]) -> str | None:
+    """The CLI's note on texts longer than the methods read (:func:`~hf_lowdata.workflow.truncation_note`), for the
+    shortest ``max_length`` among ``methods``; ``None`` when nothing is cut."""
+    if not methods:
+        return None
+    length = min(resolve_budget(method, preset, config)[0].max_length for method in methods)
+    texts = {"labelled": prepared.task.labelled.texts,
+             "evaluation": prepared.evaluation.texts if prepared.evaluation is not None else ()}
+    return truncation_note(texts, model, length, setting="the setting max_length=N")
+
+
 def describe_upload(
     path: str | None, text_column: str | None, label_column: str | None,
     unlabelled: str | None = None, evaluation: str | None = None,
@@ -812,6 +825,7 @@ def run_comparison(
         require_text_model(model)  # an image model, or a folder without a tokenizer, fails here, not once per method
         prepared = prepare_data(labelled, text_column, label_column, unlabelled, evaluation)
         check_step_limit([m for m in runnable_methods() if m in chosen], preset, config, len(prepared.task.labelled))
+        cut = length_note(prepared, [m for m in runnable_methods() if m in chosen], model, preset, config)
     except Exception as err:  # noqa: BLE001 - every input problem is a message in the page
         session.start_failed()
         yield _message(err), skip, skip, skip, skip, skip
@@ -833,6 +847,8 @@ def run_comparison(
             status = "Training..."
         else:
             status = "Finished: " + ", ".join(f"{r.method} {r.status}" for r in runs) + "."
+        if cut and not session.ahead:
+            status += f" Note: {cut}"
         results = session.finished()
         outputs: list[Any] = [status, progress_rows(runs)]
         if shown is None and not results:  # a new comparison replaced the old outputs: clear their results

@@ -708,3 +708,19 @@ def test_a_run_longer_than_the_pages_step_limit_is_refused(session, tmp_path):
     assert "lora would train" in shown and "max_steps=2000 or less" in shown
     app.check_step_limit(["lora"], "standard", {"batch_size": 1, "max_steps": 2000}, 800)  # a hard cap: accepted
     app.check_step_limit(["lora", "probe"], "standard", {}, 2000)  # the defaults stay within it (1,250 steps)
+
+
+def test_texts_longer_than_the_methods_read_are_noted_in_the_status(session, tmp_path):
+    """train printed how many texts are cut to max_length; the page said nothing and read 300-word documents as
+    their first hundred words."""
+    long = " ".join(["the parcel arrived late and the box was damaged"] * 12)
+    rows = [(f"{long} {i}", "delivery") for i in range(4)] + [(f"charged twice {i}", "billing") for i in range(4)]
+    labelled = _csv(tmp_path / "long.csv", rows)
+    outputs = list(app.run_comparison(session, labelled, None, None, None, None, None, ["probe"], "quick",
+                                      "max_length=32", 0))
+    status = outputs[-1][0]
+    assert status.startswith("Finished: probe done. Note: ")
+    assert "longer than 32 tokens" in status and "the setting max_length=N reads more" in status
+    assert "--config" not in status
+    short = list(app.run_comparison(session, labelled, None, None, None, None, None, ["probe"], "quick", "", 0))
+    assert short[-1][0] == "Finished: probe done."  # 128 tokens read them whole
