@@ -12,7 +12,9 @@ runs) share entries. They are kept in memory and, with ``directory=``, on disk a
 written atomically (a kill leaves the previous shards readable). Each shard records a checksum of
 its tensors' bytes; a shard that cannot be read, or whose contents no longer match their checksum
 (a flipped byte on disk), is skipped with a warning and its entries are recomputed. Every lookup
-returns fresh tensors, so a caller editing them in place never changes a later hit. Storage is fp16 by default (half the memory, within fp16 rounding of
+returns fresh tensors, so a caller editing them in place never changes a later hit (``as_stored=True`` returns the
+cache's own tensors instead, in their storage dtype: no float32 copy for a caller that only reads them, such as
+TwinTurbo's training, whose :func:`collate_token_states` builds float32 batches). Storage is fp16 by default (half the memory, within fp16 rounding of
 the fp32 states; an input whose states exceed fp16's range is kept in float32 rather than as inf);
 ``dtype=torch.float32`` caches exactly what the backbone returned.
 """
@@ -121,9 +123,11 @@ class FeatureCache:
         return self.directory / f"{namespace}{suffix}"
 
     def lookup(
-        self, namespace: str, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]]
+        self, namespace: str, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]],
+        as_stored: bool = False,
     ) -> list[torch.Tensor]:
-        """Token states for ``keys``; ``compute(indices)`` runs the backbone on the missing ones only."""
+        """Token states for ``keys``; ``compute(indices)`` runs the backbone on the missing ones only. Float32
+        copies, or with ``as_stored`` the cached tensors themselves (storage dtype; the caller must not modify them)."""
         with self._lock:
             entries = self._namespace(namespace)
             missing = [i for i, key in enumerate(keys) if key not in entries]
@@ -136,6 +140,8 @@ class FeatureCache:
                 self.computed += len(new)
                 entries.update(new)
                 self._write_shard(namespace, new)
+            if as_stored:
+                return [entries[key] for key in keys]
             # a copy each time: a float32 cache would otherwise hand out its own storage
             return [entries[key].to(torch.float32, copy=True) for key in keys]
 
@@ -181,10 +187,12 @@ class TokenStateDataset(Dataset):
 
 
 def collate_token_states(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad a list of (T_i, d) token states to (B, T_max, d) with a (B, T_max) mask (+ labels)."""
+    """Pad a list of (T_i, d) token states to (B, T_max, d) with a (B, T_max) mask (+ labels). States stored in
+    half precision (a feature cache's own tensors) come out in float32, as the projector trains."""
     states = [f[TOKENS_KEY] for f in features]
     longest = max(s.shape[0] for s in states)
-    batch = torch.zeros(len(states), longest, states[0].shape[1], dtype=states[0].dtype)
+    dtype = torch.float32 if states[0].dtype in (torch.float16, torch.bfloat16) else states[0].dtype
+    batch = torch.zeros(len(states), longest, states[0].shape[1], dtype=dtype)
     mask = torch.zeros(len(states), longest, dtype=torch.bool)
     for i, s in enumerate(states):
         batch[i, : s.shape[0]] = s
@@ -209,11 +217,12 @@ def _unpad(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> list[to
 def text_token_states(
     cache: FeatureCache, backbone: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
     model_key: str, batch_size: int = 64, on_batch: Callable[[int, int], None] | None = None,
+    as_stored: bool = False,
 ) -> list[torch.Tensor]:
     """Last-layer token states (T_i, d) of each text (real tokens only), through ``cache``.
 
     ``on_batch(done, total)`` is called after each backbone batch of the texts not yet cached (progress; it may
-    raise to stop, as the demo's Cancel does)."""
+    raise to stop, as the demo's Cancel does); ``as_stored``: see :meth:`FeatureCache.lookup`."""
     from .inference import length_sorted_batches
 
     @torch.inference_mode()
@@ -233,7 +242,7 @@ def text_token_states(
 
     # "right-padded": states cached before batches were always padded on the right may depend on their batch
     namespace = digest("text", model_key, str(max_length), "right-padded")
-    return cache.lookup(namespace, [digest(t) for t in texts], compute)
+    return cache.lookup(namespace, [digest(t) for t in texts], compute, as_stored=as_stored)
 
 
 def image_token_states(

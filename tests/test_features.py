@@ -227,3 +227,21 @@ def test_states_beyond_the_fp16_range_are_kept_in_float32_not_stored_as_inf(tiny
     cache = FeatureCache()  # states within range are still stored in fp16
     text_token_states(cache, load_encoder(tiny_bert_dir).eval(), tok, texts, 64, "tiny")
     assert all(t.dtype == torch.float16 for entries in cache._entries.values() for t in entries.values())
+
+
+def test_stored_states_are_the_caches_own_and_batch_as_their_float32_copies(tiny_bert_dir):
+    """TwinTurbo held a float32 copy of every cached fp16 state (twice the cache's memory) for the whole training;
+    it now reads the cache's own fp16 tensors, and its batches are the same float32 values."""
+    encoder, tok = load_encoder(tiny_bert_dir).eval(), load_tokenizer(tiny_bert_dir)
+    cache, texts = FeatureCache(), ["a good film", "a dull plot that drags on and on"]
+    stored = text_token_states(cache, encoder, tok, texts, 64, "tiny", as_stored=True)
+    assert all(s.dtype == torch.float16 for s in stored)
+    again = text_token_states(cache, encoder, tok, texts, 64, "tiny", as_stored=True)
+    assert all(a is b for a, b in zip(again, stored)) and cache.computed == 2  # no copy, no recomputation
+    copies = text_token_states(cache, encoder, tok, texts, 64, "tiny")
+    assert all(c.dtype == torch.float32 for c in copies)
+    half = collate_token_states(list(TokenStateDataset(stored, [0, 1])))
+    full = collate_token_states(list(TokenStateDataset(copies, [0, 1])))
+    assert half["token_states"].dtype == torch.float32
+    for key in full:
+        assert torch.equal(half[key], full[key]), key

@@ -158,7 +158,7 @@ class TwinTurboClassifier(TransformerClassifier):
     def predict_proba(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         if not use_cache:  # the real cost: backbone + projector on raw text
             return super().predict_proba(texts)
-        # in chunks: the float32 token states of a whole large test set at once would take 2x its fp16 cache again
+        # in chunks: the float32 batches of a whole large test set at once would take 2x its fp16 cache again
         chunks = [predict_from_states(self.model, self.states(texts[start : start + PREDICT_CHUNK]))
                   for start in range(0, len(texts), PREDICT_CHUNK)]
         logits = np.concatenate(chunks) if chunks else predict_from_states(self.model, [])
@@ -203,7 +203,9 @@ class TwinTurbo(Method):
             cache = shared()
             if cache is None:  # the run's SharedCache is gone: a cache for this call only (kept, it would grow
                 cache = FeatureCache()  # with every text the model is ever asked about)
-            return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key, on_batch=on_batch)
+            # the cache's fp16 tensors, not float32 copies (half the memory; batches are built in float32)
+            return text_token_states(cache, backbone, tokenizer, texts, budget.max_length, key, on_batch=on_batch,
+                                     as_stored=True)
 
         def training_states(texts: Sequence[str]) -> list[torch.Tensor]:
             return states(texts, on_batch=caching_progress)
