@@ -179,7 +179,9 @@ def ignored_budget_settings(method: str, config: Mapping[str, Any] | None) -> li
 
 def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
     """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
-    not silently ignored), a budget value of the wrong type, min_steps above max_steps."""
+    not silently ignored), a budget value of the wrong type, min_steps above max_steps, a method option's
+    bad value (:meth:`~hf_lowdata.methods.Method.check_options`: the demo's last method would otherwise
+    fail on it after the others trained)."""
     remedy = ("Leave the setting out, or train a method that does not fix it (the variant's base method)."
               if len(methods) == 1 else SEPARATE_RUN_REMEDY)  # (the demo applies one config to every chosen method)
     message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS)) or fixed_option_conflicts(
@@ -187,7 +189,8 @@ def check_config(methods: Sequence[str], preset: str = "standard", config: Mappi
     if message:
         raise WorkflowError(message)
     for method in methods:
-        resolve_budget(method, preset, config)
+        budget, options = resolve_budget(method, preset, config)
+        get_method(method).check_options(RunContext(budget=budget, options=options))
 
 
 # --------------------------------------------------------------------------------------------------

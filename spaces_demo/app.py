@@ -22,6 +22,7 @@ import atexit
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -707,7 +708,8 @@ def unavailable_note(unavailable: dict[str, str]) -> str:
 def _message(err: Exception) -> str:
     """An error as a line for the page (never a traceback)."""
     if isinstance(err, USER_ERRORS):
-        return f"**Error:** {err}"
+        # the library's messages name the command line's form, --config "r=8"; the page takes r=8 in Settings
+        return "**Error:** " + re.sub(r'--config "([^"]+)"', r"the setting \1", str(err))
     log.exception("unexpected error in the demo")
     return f"**Something went wrong:** {type(err).__name__}: {err}"
 

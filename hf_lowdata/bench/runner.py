@@ -26,13 +26,14 @@ from ..budgets import Budget
 from ..data import (
     DEV_K_SAME,
     TEXT_FILE_SUFFIXES,
+    DataError,
     DatasetSplits,
     DataWarning,
     check_label_space,
     load_data,
     make_few_shot_task,
 )
-from ..methods import METHODS, RunContext, SharedCache, get_method
+from ..methods import METHODS, MethodConfigError, RunContext, SharedCache, get_method
 from ..methods.base import (
     default_device,
     directory_bytes,
@@ -40,6 +41,7 @@ from ..methods.base import (
     unknown_options,
     unlabelled_pool_size,
 )
+from ..methods.sparse_expert import BENCH_DATA_DIR_OPTION
 from ..models import (
     ModelNotFoundError,
     model_content_digest,
@@ -181,6 +183,16 @@ def validate(config: BenchConfig) -> None:
     except RuntimeError as err:  # every run records its device: a name torch does not know fails here, not in a run
         raise BenchError(f"--device {config.device}: {err}") from err
     require_text_model(config.model)  # a missing, image or tokenizer-less model fails here, with its message
+    for name in config.methods:  # option values (and SMAT's source datasets) fail here, not in every run of a method
+        try:
+            get_method(name).check_options(RunContext(model=config.model, options=run_options(config)))
+        except (MethodConfigError, DataError) as err:
+            raise BenchError(str(err)) from err
+
+
+def run_options(config: BenchConfig) -> dict[str, Any]:
+    """The method options of every run: ``--config`` and the data folder (where SMAT looks for its sources)."""
+    return {BENCH_DATA_DIR_OPTION: str(config.data_dir), **config.options}
 
 
 #: Settings that change results but are not part of a run's key: a resumed benchmark must keep them.
@@ -430,7 +442,7 @@ def execute_run(
         method = get_method(spec.method)
         with tempfile.TemporaryDirectory(prefix="hf_lowdata_run_") as work:
             ctx = RunContext(model=config.model, seed=spec.seed, work_dir=Path(work), cache=cache,
-                             options={"bench_data_dir": str(config.data_dir), **config.options},
+                             options=run_options(config),
                              device=config.device, bf16=config.bf16, quiet=True)
             set_seed(spec.seed)
             with PeakMemory() as memory:

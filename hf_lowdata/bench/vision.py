@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..budgets import BUDGETS, Budget, image_budget
+from ..budgets import Budget, image_budget
 from ..cli import _int_list, _name_list, parse_options
 from ..data import DataError
 from ..features import (
@@ -43,7 +43,7 @@ from ..features import (
     mean_pool_states,
     model_fingerprint,
 )
-from ..methods import RunContext, SharedCache, get_method
+from ..methods import MethodConfigError, RunContext, SharedCache, get_method
 from ..methods.base import (
     count_trainable,
     directory_bytes,
@@ -115,7 +115,7 @@ def _validate(config: VisionBenchConfig) -> None:
             raise SystemExit(f"{flag} must be at least {least}, got {value}.")
     if not config.budget_scale > 0:
         raise SystemExit(f"--budget-scale must be positive, got {config.budget_scale}.")
-    # options reach the methods' configs (the image probe has none; budgets come from --budget-scale)
+    # options reach the methods' configs (budgets come from --budget-scale)
     budget_fields = sorted(BUDGET_FIELDS & set(config.options))
     if budget_fields and not config.dev:
         raise SystemExit(f"--config {', '.join(budget_fields)}: budget fields may be changed only on a dev split "
@@ -124,25 +124,35 @@ def _validate(config: VisionBenchConfig) -> None:
     if batchnorm not in BATCHNORM_MODES:
         raise SystemExit(f"--config batchnorm={batchnorm}: choose one of {list(BATCHNORM_MODES)}.")
     also_known = [BATCHNORM_OPTION] if set(IMAGE_BACKBONE_METHODS) & set(config.methods) else []
-    message = unknown_options([m for m in config.methods if m != "probe"], list(config.options),
+    message = unknown_options(config.methods, list(config.options),
                               also_known=[*also_known, *(sorted(BUDGET_FIELDS) if config.dev else ())]
                               ) or fixed_option_conflicts(config.methods, config.options)
     if message:
         raise SystemExit(message)
+    for method in config.methods:  # their values too, before any image passes the backbone
+        try:
+            get_method(method).check_options(RunContext(options=method_options(config)))
+        except MethodConfigError as err:
+            raise SystemExit(str(err)) from err
     runs = Path(config.out) / "runs.jsonl"
     if runs.exists() and runs.stat().st_size and not config.resume:
         raise SystemExit(f"{runs} already holds results: pass --resume or choose another --out.")
 
 
+def method_options(config: VisionBenchConfig) -> dict[str, Any]:
+    """The run's method options: ``--config`` without the budget fields (a dev split's, read by :func:`_budget`)."""
+    return {k: v for k, v in config.options.items() if k not in BUDGET_FIELDS}
+
+
 class _Probe:
     """Logistic regression on mean-pooled feature maps (the image counterpart of ``probe``)."""
 
-    def __init__(self, seed: int, label_names: Sequence[str], image_size: int) -> None:
+    def __init__(self, ctx: RunContext, label_names: Sequence[str], image_size: int) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        options = BUDGETS["probe"].options  # the text probe's settings
-        self.head = LogisticRegression(C=float(options["C"]), max_iter=2000, random_state=seed,
-                                       class_weight=None if options["class_weight"] == "none" else "balanced")
+        probe = get_method("probe")  # the text probe's options (C, class_weight), read as it reads them
+        self.head = LogisticRegression(C=probe.inverse_regularisation(ctx), max_iter=2000, random_state=ctx.seed,
+                                       class_weight=None if probe.class_weight_choice(ctx) == "none" else "balanced")
         self.label_names = list(label_names)
         self.image_size = image_size
 
@@ -251,12 +261,12 @@ def _execute(spec, key, task, test_states, backbone, cache, model_key, config, e
             unlabelled_states = states(task.unlabelled) if task.unlabelled is not None and spec["unlabelled"] else None
             method = spec["method"]
             ctx = RunContext(seed=spec["seed"], work_dir=Path(work), cache=SharedCache(), quiet=True,
-                             options={k: v for k, v in config.options.items() if k not in BUDGET_FIELDS},
+                             options=method_options(config),
                              budget=_budget(config, "twin_turbo" if method in METHOD_VARIANTS else method))
             torch.manual_seed(spec["seed"])
             with Timer() as train_timer:
                 if method == "probe":
-                    fitted: Any = _Probe(spec["seed"], task.label_names, config.image_size).fit(
+                    fitted: Any = _Probe(ctx, task.label_names, config.image_size).fit(
                         labelled_states, task.labelled.labels)
                     predict, trainable = fitted.predict, fitted.head.coef_.size + fitted.head.intercept_.size
                     saved = directory_bytes(fitted.save(Path(work) / "probe"))

@@ -402,6 +402,21 @@ class Method(ABC):
         budget = BUDGETS.get(cls.budget_key())
         return cls.option_names | frozenset(budget.options if budget is not None else ())
 
+    def check_options(self, ctx: RunContext) -> None:
+        """Read every option value the method takes (``ctx.options`` over its budget's) as :meth:`fit` reads it,
+        raising :class:`MethodConfigError` for a bad one. The benchmark calls it for each method before its first
+        run, so a typo fails at once instead of in every run of the method, after the other methods trained.
+        Values that need the model (``target_modules``: its layer names) are checked when the model is built.
+        Subclasses that read options extend it, sharing the reading code with :meth:`fit`."""
+        if CLASS_WEIGHT_OPTION in self.known_options():
+            self.class_weight_choice(ctx)
+
+    def class_weight_choice(self, ctx: RunContext) -> str:
+        """The ``class_weight`` option: ``balanced`` or ``none`` (default :attr:`default_class_weight`)."""
+        # (the budget's own options under the budget's name: a variant such as twin_turbo_ce has none of its own)
+        given = ctx.option(self.budget_key(), CLASS_WEIGHT_OPTION, self.default_class_weight)
+        return choice_option(self.name, CLASS_WEIGHT_OPTION, given, CLASS_WEIGHT_CHOICES, "balanced")
+
     def class_weights(self, task: Any, ctx: RunContext) -> torch.Tensor | None:
         """The loss weight of each class, for methods that read option ``class_weight``: ``balanced`` weights classes
         to count alike (``n / (K n_c)``; ``None``, the plain loss, on a balanced labelled set), ``none`` trains on
@@ -410,10 +425,7 @@ class Method(ABC):
         points of accuracy (BENCHMARKS.md, "Class weights")."""
         from ..training import balanced_class_weights
 
-        # (the budget's own options under the budget's name: a variant such as twin_turbo_ce has none of its own)
-        given = ctx.option(self.budget_key(), CLASS_WEIGHT_OPTION, self.default_class_weight)
-        weighting = choice_option(self.name, CLASS_WEIGHT_OPTION, given, CLASS_WEIGHT_CHOICES, "balanced")
-        if weighting == "none":
+        if self.class_weight_choice(ctx) == "none":
             return None
         weights = balanced_class_weights([int(y) for y in task.labelled.labels], task.num_labels)
         return None if bool((weights == 1).all()) else weights  # (a balanced set trains exactly as it did before)

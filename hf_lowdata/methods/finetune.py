@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..data import FewShotTask
@@ -83,20 +85,31 @@ class LoRA(TransformerMethod):
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
     option_names = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules"})
 
-    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+    def lora_config(self, ctx: RunContext, model: torch.nn.Module | None = None) -> Any:
+        """LoraConfig from the run's options (a :class:`MethodConfigError` naming a bad one). ``model`` resolves
+        the default ``target_modules`` and trains the modules its checkpoint lacks; without it (the benchmark's
+        check of the options before any run) the given targets are kept as they are."""
         from peft import LoraConfig, TaskType
 
         from ..models import new_modules
 
-        base = super().build_model(task, ctx)
+        requested = ctx.option(self.name, "target_modules", None)
         # int() cut r=2.5 to 2 and took True as 1; PEFT accepted a negative lora_alpha (a negated update)
-        config = method_config(
+        return method_config(
             self.name, LoraConfig,
             task_type=TaskType.SEQ_CLS,
             r=ctx.number_option(self.name, "r", 8, whole=True, low=1),
             lora_alpha=ctx.number_option(self.name, "lora_alpha", 8, whole=True, low=1),
             lora_dropout=ctx.number_option(self.name, "lora_dropout", 0.0, low=0, high=1, high_open=True),
-            target_modules=lora_target_modules(base, ctx.option(self.name, "target_modules", None)),
-            modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
+            target_modules=module_name_list(requested) if model is None else lora_target_modules(model, requested),
+            # e.g. a pooler the checkpoint lacks: trained and saved
+            modules_to_save=(new_modules(model) or None) if model is not None else None,
         )
-        return adapt_model(self.name, base, config)
+
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.lora_config(ctx)
+
+    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+        base = super().build_model(task, ctx)
+        return adapt_model(self.name, base, self.lora_config(ctx, base))

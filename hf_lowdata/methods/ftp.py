@@ -34,7 +34,9 @@ class _FTPAdapterMethod(TransformerMethod):
     delta = "full"
     option_names = frozenset({"r", "lora_alpha", "mu", "kappa", "norm", "base_optimizer", "target_modules"})
 
-    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+    def ftp_config(self, ctx: RunContext, model: torch.nn.Module | None = None) -> Any:
+        """FTPConfig from the run's options; its own ranges give a :class:`MethodConfigError` naming the method
+        (:func:`method_config`). ``model``: trains and saves the modules its checkpoint lacks."""
         from peft import TaskType
 
         from ..models import new_modules
@@ -42,9 +44,7 @@ class _FTPAdapterMethod(TransformerMethod):
         from ..tuners.ftp.config import BASE_OPTIMIZERS, NORMS
         from .finetune import module_name_list
 
-        base = super().build_model(task, ctx)
-        # ranges: FTPConfig's own checks (through method_config, a MethodConfigError naming the method)
-        config = method_config(
+        return method_config(
             self.name, FTPConfig,
             task_type=TaskType.SEQ_CLS,
             delta=self.delta,
@@ -55,9 +55,17 @@ class _FTPAdapterMethod(TransformerMethod):
             norm=ctx.choice_option(self.name, "norm", "mars", NORMS),
             base_optimizer=ctx.choice_option(self.name, "base_optimizer", "adam", BASE_OPTIMIZERS),
             target_modules=module_name_list(ctx.option(self.name, "target_modules", None)),
-            modules_to_save=new_modules(base) or None,  # e.g. a pooler the checkpoint lacks: trained and saved
+            # e.g. a pooler the checkpoint lacks: trained and saved
+            modules_to_save=(new_modules(model) or None) if model is not None else None,
         )
-        return adapt_model(self.name, base, config)
+
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.ftp_config(ctx)
+
+    def build_model(self, task: FewShotTask, ctx: RunContext) -> torch.nn.Module:
+        base = super().build_model(task, ctx)
+        return adapt_model(self.name, base, self.ftp_config(ctx, base))
 
 
 @register_method
@@ -82,11 +90,19 @@ class TPGM(_FTPAdapterMethod):
     paper = "Tian, Dai, Ma, Kira, Trainable Projected Gradient Method for Robust Fine-Tuning, CVPR 2023"
     option_names = _FTPAdapterMethod.option_names | {"heldout_fraction", "tpgm_lr", "interval", "iterations"}
 
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.tpgm_objective(ctx)
+
     def objective(self, task: FewShotTask, ctx: RunContext, model: torch.nn.Module) -> Any:
+        require_heldout_examples(task, self.name, "to learn its projection radii on", "ftp (no held-out split)")
+        return self.tpgm_objective(ctx)
+
+    def tpgm_objective(self, ctx: RunContext) -> Any:
+        """TPGMObjective from the run's options."""
         from ..tuners.ftp import TPGMObjective
         from ..tuners.ftp.config import NORMS
 
-        require_heldout_examples(task, self.name, "to learn its projection radii on", "ftp (no held-out split)")
         return method_config(
             self.name, TPGMObjective,
             heldout_fraction=ctx.number_option(self.name, "heldout_fraction", 0.2, low=0, high=1, low_open=True,

@@ -256,6 +256,11 @@ class MixupBLO(TransformerMethod):
         values.update(self.variant)
         return method_config(self.name, MixupBLOConfig, task_type=TaskType.SEQ_CLS, **values)
 
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.peft_config(ctx)
+        ctx.flag_option(self.name, "merge", True)
+
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from peft.utils import NoMatchingPeftModuleError
         from transformers.trainer_callback import PrinterCallback

@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from ..data import FewShotTask, require_two_classes
 from .base import (
-    CLASS_WEIGHT_CHOICES,
     CLASS_WEIGHT_OPTION,
     FittedClassifier,
     Method,
@@ -100,6 +99,14 @@ class Probe(Method):
     budget_fields = frozenset({"max_length"})  # no optimizer, no steps
     default_class_weight = "balanced"  # chosen on dev splits (BENCHMARKS.md, "Label noise")
 
+    def inverse_regularisation(self, ctx: RunContext) -> float:
+        """Option ``C``: logistic regression's inverse regularisation strength, positive."""
+        return ctx.number_option(self.name, "C", 1.0, low=0, low_open=True, meaning="the inverse regularisation strength")
+
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.inverse_regularisation(ctx)
+
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from sklearn.linear_model import LogisticRegression
 
@@ -107,11 +114,8 @@ class Probe(Method):
         require_two_classes(task.labelled)  # (scikit-learn's own error names neither the data nor a remedy)
         features = ctx.cache.embeddings(ctx.model, task.labelled.texts, budget.max_length, device=ctx.device)
         labels = np.asarray(task.labelled.labels)
-        weighting = ctx.choice_option(self.name, CLASS_WEIGHT_OPTION, self.default_class_weight, CLASS_WEIGHT_CHOICES)
-        class_weight = None if weighting == "none" else "balanced"
-        c_value = ctx.number_option(self.name, "C", 1.0, low=0, low_open=True,
-                                    meaning="the inverse regularisation strength")
-        candidates = [c_value]
+        class_weight = None if self.class_weight_choice(ctx) == "none" else "balanced"
+        candidates = [self.inverse_regularisation(ctx)]
         if task.dev is not None:  # with a dev set, choose C on it (the same rule as step selection)
             candidates = [0.01, 0.1, 1.0, 10.0, 100.0]
             dev_features = ctx.cache.embeddings(ctx.model, task.dev.texts, budget.max_length, device=ctx.device)

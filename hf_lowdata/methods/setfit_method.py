@@ -96,6 +96,14 @@ class SetFit(Method):
         recipe = math.ceil(2 * iterations * num_examples / budget.batch_size)
         return min(budget.max_steps, max(1, round(recipe * budget.epochs)))
 
+    def iterations(self, ctx: RunContext) -> int:
+        """Option ``num_iterations``: contrastive pairs per labelled example (SetFit's own name), at least 1."""
+        return ctx.number_option(self.name, "num_iterations", 20, whole=True, low=1)
+
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.iterations(ctx)
+
     def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -115,7 +123,7 @@ class SetFit(Method):
             model.model_head.set_params(class_weight="balanced")
         if ctx.device:
             model.to(ctx.device)
-        iterations = ctx.number_option(self.name, "num_iterations", 20, whole=True, low=1)
+        iterations = self.iterations(ctx)
         steps = self.planned_steps(len(task.labelled), budget, {"num_iterations": iterations})
         args = TrainingArguments(
             output_dir=str(Path(ctx.work_dir) / f"setfit-seed{ctx.seed}"),

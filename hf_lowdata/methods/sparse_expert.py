@@ -72,6 +72,9 @@ BUDGET_NAME = "sparse_expert"
 DEFAULT_SOURCES = ("sst5", "mr", "mpqa")
 #: Option the benchmark runner sets to its ``--data-dir`` (the default ``source_dir``).
 BENCH_DATA_DIR_OPTION = "bench_data_dir"
+#: Options that shape meta-training (:class:`MetaTrainingPlan`) and where it reads and caches.
+META_TRAINING_OPTIONS = frozenset({"source_dir", "sources", "num_experts", "target_sparsity", "meta_steps", "meta_batch",
+                                   "meta_lr", "meta_seed", "query_per_class", "cache_dir", "binary_masks_from"})
 #: Environment variable naming the source folder when neither option is given.
 META_FILE = "meta_training.json"
 #: Written into each meta-training checkpoint: the objective's per-step history and the seconds spent so far, so
@@ -671,15 +674,20 @@ class SparseExpertMethod(Method):
         "Interpolated Experts, ICML 2024"
     )
     budget_name: ClassVar[str] = BUDGET_NAME
-    option_names = frozenset({"source_dir", "sources", "num_experts", "target_sparsity", "meta_steps", "meta_batch",
-                              "meta_lr", "meta_seed", "query_per_class", "cache_dir", "router_temperature",
-                              "finetune", "r", "lora_alpha", "binary_masks_from"})
+    option_names = META_TRAINING_OPTIONS | {"router_temperature", "finetune", "r", "lora_alpha"}
     #: Adapter settings of this variant (over the budget's options).
     adapter_overrides: ClassVar[dict[str, Any]] = {}
     #: Objective settings of this variant.
     objective_overrides: ClassVar[dict[str, Any]] = {}
     #: False: skip meta-training (the pretrained encoder, for the no-meta-tuning ablation).
     meta_tune: ClassVar[bool] = True
+
+    @classmethod
+    def known_options(cls) -> frozenset[str]:
+        """Without meta-tuning (``sparse_expert_pretrained``) the meta-training options are not read: given for
+        it alone, they are unknown settings, not silently ignored ones."""
+        known = super().known_options()
+        return known if cls.meta_tune else known - META_TRAINING_OPTIONS
 
     @classmethod
     def data_dir_datasets(cls, options: Mapping[str, Any]) -> list[str]:
@@ -733,39 +741,66 @@ class SparseExpertMethod(Method):
             "holding them, or choose others with --config sources=a,b,c."
         )
 
-    def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
-        """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
-        from ..tuners.sparse_expert import SparseExpertConfig
-
+    def source_names(self, ctx: RunContext) -> tuple[str, ...]:
+        """Option ``sources``: the source dataset folders, by name (a path is refused)."""
         sources = self.option(ctx, "sources", ",".join(DEFAULT_SOURCES))
         names = source_names(sources)
         paths = [n for n in names if n in (".", "..") or any(sep in n for sep in ("/", "\\")) or Path(n).is_absolute()]
         if paths:  # (the demo refuses folder settings; a source name must not reach outside source_dir either)
             raise DataError(f"sources names dataset folders inside the source folder, but {paths[0]!r} is a path. Give "
                             "folder names, e.g. --config sources=sst5,mr,mpqa, and the folder with source_dir=.")
-        source_dir = self._source_dir(ctx, names)
-        if task is not None:
-            names = tuple(n for n in names if n != task.name)  # the evaluated dataset stays held out
-        if not names:
-            raise DataError(f"No source dataset left to meta-train on (sources={sources!r}, task {task and task.name!r}).")
-        extra = evaluated_texts(task, ctx) if task is not None else ()
+        return names
+
+    def meta_settings(self, ctx: RunContext) -> dict[str, Any]:
+        """The meta-training options of :class:`MetaTrainingPlan` (adapter, objective and schedule), checked."""
+        from ..tuners.sparse_expert import SparseExpertConfig
+
         adapter = {"num_experts": self.number(ctx, "num_experts", 8, whole=True),
                    "target_sparsity": self.number(ctx, "target_sparsity", 0.9), **self.adapter_overrides}
         method_config(self.name, SparseExpertConfig, **adapter)  # its ranges, checked now (meta-training builds it)
         objective = dict(self.objective_overrides)
         if self.option(ctx, "binary_masks_from") is not None:  # (only when set: the default keeps its cache key)
             objective["binary_masks_from"] = self.number(ctx, "binary_masks_from", None, low=0, high=1, example=0.5)
+        return {
+            "adapter": adapter,
+            "objective": objective,
+            "steps": self.number(ctx, "meta_steps", 100, whole=True, low=1),
+            "meta_batch": self.number(ctx, "meta_batch", 4, whole=True, low=1),
+            "learning_rate": self.number(ctx, "meta_lr", 5e-4, low=0, low_open=True),
+            "seed": self.number(ctx, "meta_seed", 0, whole=True, low=0, high=2**32 - 1),
+            "query_per_class": self.number(ctx, "query_per_class", 8, whole=True, low=1),
+        }
+
+    def task_settings(self, ctx: RunContext) -> tuple[str, int, int, float]:
+        """The per-task options: test-time ``finetune`` mode, its LoRA ``r`` and ``lora_alpha``, and the
+        ``router_temperature``."""
+        return (choice_option(self.name, "finetune", self.option(ctx, "finetune", "lora"), FINETUNE_MODES, "lora"),
+                self.number(ctx, "r", 8, whole=True, low=1),
+                self.number(ctx, "lora_alpha", 8, whole=True, low=1),
+                self.number(ctx, "router_temperature", 0.5, low=0, low_open=True))
+
+    def check_options(self, ctx: RunContext) -> None:
+        """Also finds the source datasets (a missing folder fails before the benchmark's first run)."""
+        super().check_options(ctx)
+        self.task_settings(ctx)
+        if self.meta_tune:
+            self.meta_settings(ctx)
+            self._source_dir(ctx, self.source_names(ctx))
+
+    def plan(self, task: FewShotTask | None, ctx: RunContext) -> MetaTrainingPlan:
+        """The meta-training plan of this run (sources minus the task's own dataset, held-out texts excluded)."""
+        given = self.source_names(ctx)
+        source_dir = self._source_dir(ctx, given)
+        names = tuple(n for n in given if task is None or n != task.name)  # the evaluated dataset stays held out
+        if not names:
+            raise DataError(f"No source dataset left to meta-train on (sources={','.join(given)!r}, task "
+                            f"{task and task.name!r}).")
+        extra = evaluated_texts(task, ctx) if task is not None else ()
         return MetaTrainingPlan(
             model=str(ctx.model) if ctx.model is not None else None,
             source_dir=str(source_dir),
             sources=names,
-            adapter=adapter,
-            objective=objective,
-            steps=self.number(ctx, "meta_steps", 100, whole=True, low=1),
-            meta_batch=self.number(ctx, "meta_batch", 4, whole=True, low=1),
-            learning_rate=self.number(ctx, "meta_lr", 5e-4, low=0, low_open=True),
-            seed=self.number(ctx, "meta_seed", 0, whole=True, low=0, high=2**32 - 1),
-            query_per_class=self.number(ctx, "query_per_class", 8, whole=True, low=1),
+            **self.meta_settings(ctx),
             exclude_texts=tuple(held_out_texts(Path(source_dir), extra)),
         )
 
@@ -777,10 +812,7 @@ class SparseExpertMethod(Method):
         encoder = load_encoder(ctx.model).to(default_device(ctx.device))  # (training and prototypes run there)
         info: dict[str, Any] = {"method": self.name}
         # every setting read before meta-training, not half an hour later
-        mode = choice_option(self.name, "finetune", self.option(ctx, "finetune", "lora"), FINETUNE_MODES, "lora")
-        lora_r = self.number(ctx, "r", 8, whole=True, low=1)
-        lora_alpha = self.number(ctx, "lora_alpha", 8, whole=True, low=1)
-        router_temperature = self.number(ctx, "router_temperature", 0.5, low=0, low_open=True)
+        mode, lora_r, lora_alpha, router_temperature = self.task_settings(ctx)
         counts = task.labelled.class_counts()
         empty = [name for name in task.label_names if not counts.get(name)]
         if empty:  # (before meta-training too)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftConfig
 
 from ..budgets import Budget
 from ..data import FewShotTask
@@ -69,7 +70,11 @@ METHOD_VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: Texts whose token states :class:`TwinTurboClassifier` holds at once while predicting.
 PREDICT_CHUNK = 2048
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TwinTurboConfig)}
+#: TwinTurboConfig fields a run may set (``--config``): the method's own, not PEFT's bookkeeping (``peft_type``,
+#: ``task_type``, ``revision``, ...) nor what the model and task give (``num_labels``, ``token_dim``), which a
+#: benchmark option would contradict.
+_CONFIG_FIELDS = ({f.name for f in dataclasses.fields(TwinTurboConfig)} - {f.name for f in dataclasses.fields(PeftConfig)}
+                  - {"num_labels", "token_dim"})
 _FEATURE_CACHES: weakref.WeakKeyDictionary[SharedCache, FeatureCache] = weakref.WeakKeyDictionary()
 
 StatesFn = Callable[[Sequence[Any]], list[torch.Tensor]]
@@ -179,12 +184,21 @@ class TwinTurbo(Method):
     def fixed_options(cls) -> Mapping[str, Any]:
         return dict(METHOD_VARIANTS.get(cls.name, {}))
 
-    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+    def peft_config(self, ctx: RunContext) -> TwinTurboConfig:
+        """TwinTurboConfig from the run's options and this variant's fixed settings."""
         from peft import TaskType
 
+        return build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
+
+    def check_options(self, ctx: RunContext) -> None:
+        super().check_options(ctx)
+        self.peft_config(ctx)
+        unlabelled_batch_size(ctx)
+
+    def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
         budget = ctx.budget_for(BUDGET_NAME)
         # the options first: a bad one fails at once, not after every text has passed the backbone
-        config = build_config(ctx, METHOD_VARIANTS[self.name], task_type=TaskType.SEQ_CLS)
+        config = self.peft_config(ctx)
         batch_size = unlabelled_batch_size(ctx)
         class_weights = self.class_weights(task, ctx)
         tokenizer, backbone = ctx.cache.tokenizer(ctx.model), ctx.cache.encoder(ctx.model, ctx.device)

@@ -173,6 +173,22 @@ def test_config_keys_no_method_reads_fail_before_training(toy_data_dir, tiny_ber
     validate(_config(toy_data_dir, tiny_bert_dir, tmp_path, methods=["probe", "lora"], options={"r": 4, "C": 0.5}))
 
 
+@pytest.mark.parametrize(("methods", "options", "message"), [
+    (["probe", "lora"], {"r": "abc"}, r"lora: r must be a whole number >= 1, got 'abc'"),
+    (["probe", "lora"], {"class_weight": "balancd"}, r"probe: class_weight must be 'balanced' or 'none', got 'balancd'"),
+    (["probe", "twin_turbo"], {"aggregation": "max"}, "twin_turbo: .*aggregation"),
+    (["probe", "mixup_blo"], {"merge": "maybe"}, "mixup_blo: merge must be true or false"),
+    (["probe", "sparse_expert"], {"sources": "toya,nowhere"}, "nowhere not found in"),
+])
+def test_bad_option_values_fail_before_the_first_run(toy_data_dir, tiny_bert_dir, tmp_path, methods, options, message):
+    """These were read inside each run: the probe trained and was written, then every run of the other method
+    was recorded as failed with the same message."""
+    with pytest.raises(BenchError, match=message):
+        run_benchmark(_config(toy_data_dir, tiny_bert_dir, tmp_path / "o", methods=methods, options=options),
+                      show_progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"shots": [0]}, "--shots 0"), ({"label_noise": [1.5]}, "--label-noise 1.5"), ({"totals": [1], "shots": []}, "--totals 1"),
     ({"unlabelled": -5}, "--unlabelled -5"), ({"dev_k": 0}, "--dev-k 0"), ({"dev_k": "half"}, "--dev-k half"),

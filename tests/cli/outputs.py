@@ -27,7 +27,7 @@ def tiny_config(method: str) -> dict:
         config["num_iterations"] = 1
     if method.startswith("mixup_blo"):  # one search fold instead of five
         config["folds"] = 1
-    if method.startswith("sparse_expert"):  # meta-training: one step on one shared source dataset
+    if getattr(METHODS.get(method), "meta_tune", False):  # meta-training: one step on one shared source dataset
         config.update(source_dir=str(SHARED_DATA), sources="mr", meta_steps=1, meta_batch=1,
                       cache_dir=str(_ROOT / "meta_training"))
     return config

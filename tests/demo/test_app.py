@@ -688,6 +688,12 @@ def test_a_method_that_refuses_a_setting_shows_its_message_without_a_type_name(s
     assert final[0].error.startswith("lora: r must be a whole number") and "MethodConfigError" not in final[0].error
 
 
+def test_a_bad_setting_of_the_last_method_is_refused_before_the_first_method_trains(session):
+    """It was read by the method's own run: the probe trained first, then lora failed on r=2.5."""
+    shown = _first_message(session, str(app.EXAMPLE_FILE), chosen=["probe", "lora"], config_text="r=2.5")
+    assert shown == "**Error:** lora: r must be a whole number >= 1, got 2.5 (e.g. the setting r=8)." and not session.runs
+
+
 def test_a_variants_defining_setting_is_refused_with_a_remedy_the_page_offers(session):
     """The message said '--config would be ignored there ... set it on a method that does not fix it', which the
     page cannot do: one Settings box applies to every chosen method."""

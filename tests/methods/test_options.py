@@ -315,3 +315,47 @@ def test_a_target_that_matches_no_module_names_the_layers_there_are(method, tiny
     assert "Its Linear layers are named ['query', 'key', 'value', 'dense'" in err and "its head ['classifier']" in err
     assert "unexpected failure" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- every option, checked before any run ----------------------------------------------------------
+
+#: Options that take any text, so no value is wrong before the model or the file system is read: layer names
+#: (checked against the model's layers when it is built) and folders (created or read by the run).
+FREE_TEXT_OPTIONS = frozenset({"target_modules", "modules_to_save", "exclude_modules", "backbone_module", "cache_dir",
+                               "feature_cache_dir", "source_dir"})
+
+
+def _every_method_option() -> list[tuple[str, str]]:
+    from hf_lowdata.methods import METHODS
+
+    # (a variant's fixed options are refused whatever their value: fixed_option_conflicts, tested with the bench)
+    return [(name, option) for name in sorted(METHODS) for option in sorted(METHODS[name].known_options())
+            if option not in FREE_TEXT_OPTIONS | set(METHODS[name].fixed_options())]
+
+
+@pytest.mark.parametrize(("method", "option"), _every_method_option())
+def test_check_options_refuses_a_bad_value_of_every_option(method, option, toy_data_dir, monkeypatch):
+    """The benchmark and the demo call check_options for each method before the first run: an option whose value
+    is first read inside fit would fail in every run of its method, after the other methods trained."""
+    from hf_lowdata.data import DataError
+
+    monkeypatch.setenv("HF_LOWDATA_DATA_DIR", str(toy_data_dir))
+    defaults = RunContext(options={"sources": "toya,toyb"})
+    if option != "sources":
+        get_method(method).check_options(defaults)  # the defaults pass
+    with pytest.raises((MethodConfigError, DataError)) as err:
+        get_method(method).check_options(RunContext(options={"sources": "toya,toyb", option: "wrong?"}))
+    assert option in str(err.value)
+
+
+def test_options_a_method_never_reads_are_unknown_settings():
+    """sparse_expert_pretrained listed the meta-training options, which it ignores; twin_turbo listed PEFT's own
+    config fields (task_type, revision, ...) and the ones the model gives (num_labels), which the run overrides."""
+    from hf_lowdata.methods.base import unknown_options
+
+    assert unknown_options(["sparse_expert"], ["meta_steps", "sources"]) is None
+    assert "Unknown setting 'meta_steps'" in unknown_options(["sparse_expert_pretrained"], ["meta_steps"])
+    assert unknown_options(["sparse_expert_pretrained"], ["router_temperature", "r"]) is None
+    for field_name in ("task_type", "revision", "num_labels", "token_dim"):
+        assert f"Unknown setting '{field_name}'" in unknown_options(["twin_turbo"], [field_name])
+    assert unknown_options(["twin_turbo"], ["projector_dim", "latent_weight"]) is None

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hf_lowdata.data import DataError
+from hf_lowdata.methods import RunContext
 from hf_lowdata.vision import (
     VisionAssetError,
     efficientnet_lite0_path,
@@ -233,11 +234,21 @@ def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
     assert record["status"] == "ok"
     assert record["adapter_bytes"] > 4 * record["trainable_params"]  # the float32 head, plus its config
     states = [torch.rand(1, 1280, generator=torch.Generator().manual_seed(i)) for i in range(10)]
-    probe = _Probe(0, [str(d) for d in range(10)], 32).fit(states, np.arange(10))
+    probe = _Probe(RunContext(seed=0), [str(d) for d in range(10)], 32).fit(states, np.arange(10))
     saved = probe.save(tmp_path / "probe")
     assert {p.name for p in saved.iterdir()} == {"probe_head.safetensors", "probe_config.json"}
     assert json.loads((saved / "probe_config.json").read_text())["image_size"] == 32
     assert record["adapter_bytes"] == directory_bytes(saved)  # same head shape, same file sizes
+
+
+def test_the_image_probe_reads_the_probes_options():
+    """It took the text probe's budget values and refused --config C=... as an unknown setting."""
+    from hf_lowdata.bench.vision import _Probe
+
+    head = _Probe(RunContext(seed=0, options={"C": 0.25, "class_weight": "none"}), ["a", "b"], 32).head
+    assert (head.C, head.class_weight) == (0.25, None)
+    head = _Probe(RunContext(seed=0), ["a", "b"], 32).head
+    assert (head.C, head.class_weight) == (1.0, "balanced")  # the probe's budget
 
 
 @pytest.mark.parametrize(("setting", "message"), [
@@ -248,7 +259,9 @@ def test_vision_benchmark_records_the_bytes_the_probe_saves(tmp_path):
     (dict(shots=[0, 1]), "--shots must be at least 1"),
     (dict(options={"max_steps": 1}), "budget fields may be changed only on a dev split"),  # was silently ignored
     (dict(options={"max_step": 1}, dev=50), "Unknown setting 'max_step' .did you mean 'max_steps'"),
-    (dict(options={"C": 1.0}, methods=["probe"]), "Unknown setting 'C'"),
+    (dict(options={"C": "abc"}, methods=["probe"]), r"probe: C \(the inverse regularisation strength\) must be a number above 0, got 'abc'"),
+    (dict(options={"r": 2.5}, methods=["probe", "lora"]), r"lora: r must be a whole number >= 1, got 2\.5"),
+    (dict(options={"projector_dim": "wide"}, methods=["probe", "twin_turbo"]), "twin_turbo: projector_dim"),
     (dict(options={"adversarial_weight": 0.3}, methods=["twin_turbo", "twin_turbo_noadv"]),
      "twin_turbo_noadv is defined by adversarial_weight=0.0"),  # was overridden for that method alone
 ])
