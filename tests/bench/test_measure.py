@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+from hf_lowdata.bench import measure
 from hf_lowdata.bench.measure import accuracy, macro_f1
 
 
@@ -22,12 +25,9 @@ def test_macro_f1_averages_the_classes_that_occur():
                          ids=["macos-bytes", "linux-kilobytes"])
 def test_peak_memory_without_proc_reads_ru_maxrss_in_the_platform_unit(monkeypatch, platform, ru_maxrss):
     """Where /proc is missing, ``ru_maxrss`` is the peak: bytes on macOS, kilobytes on Linux (getrusage(2))."""
-    import sys
     import types
 
     import torch  # noqa: F401 - imported by PeakMemory; imported here, before sys.platform is changed
-
-    from hf_lowdata.bench import measure
 
     usage = types.SimpleNamespace(ru_maxrss=ru_maxrss)
     monkeypatch.setattr(measure, "_rss_bytes", lambda: None)  # no /proc/self/statm
@@ -48,3 +48,18 @@ def test_accuracy_never_broadcasts_predictions_against_the_labels():
     for predictions in ([0], [0, 1, 1], np.zeros((4, 2), dtype=int)):
         with pytest.raises(ValueError, match="for 4 labels"):
             accuracy(labels, predictions)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap (malloc_trim): Linux only")
+def test_peak_memory_does_not_count_the_heap_an_earlier_block_freed():
+    """Every run after SparseExpert's meta-training was recorded at its 5.3 GB: glibc kept the freed heap."""
+    import torch
+
+    tensors = [torch.empty(256) for _ in range(150_000)]  # 1 KiB each, from malloc's heap (not mmap)
+    kept = tensors[::16]  # a few live ones in between: the heap's top cannot simply shrink
+    del tensors
+    before = measure._rss_bytes()
+    with measure.PeakMemory() as memory:
+        pass
+    assert memory.peak_rss < before - 80 * 2**20, (memory.peak_rss, before)
+    assert len(kept) == 150_000 // 16
