@@ -177,11 +177,13 @@ def ignored_budget_settings(method: str, config: Mapping[str, Any] | None) -> li
     return [key for key in (config or {}) if key in BUDGET_FIELDS and key not in read]
 
 
-def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None) -> None:
+def check_config(methods: Sequence[str], preset: str = "standard", config: Mapping[str, Any] | None = None,
+                 run_options: Mapping[str, Any] | None = None) -> None:
     """Fail before any training on ``config`` for ``methods``: a key none of them reads (a typo is
     not silently ignored), a budget value of the wrong type, min_steps above max_steps, a method option's
     bad value (:meth:`~hf_lowdata.methods.Method.check_options`: the demo's last method would otherwise
-    fail on it after the others trained)."""
+    fail on it after the others trained). ``run_options``: options the runs get besides ``config`` (a script's
+    data folder, where SparseExpert finds its sources), read by those checks only."""
     remedy = ("Leave the setting out, or train a method that does not fix it (the variant's base method)."
               if len(methods) == 1 else SEPARATE_RUN_REMEDY)  # (the demo applies one config to every chosen method)
     message = unknown_options(methods, list(config or {}), also_known=list(BUDGET_FIELDS)) or fixed_option_conflicts(
@@ -190,7 +192,7 @@ def check_config(methods: Sequence[str], preset: str = "standard", config: Mappi
         raise WorkflowError(message)
     for method in methods:
         budget, options = resolve_budget(method, preset, config)
-        get_method(method).check_options(RunContext(budget=budget, options=options))
+        get_method(method).check_options(RunContext(budget=budget, options={**(run_options or {}), **options}))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ from transformers import set_seed
 from hf_lowdata.bench.measure import macro_f1
 from hf_lowdata.bench.report import format_mean_std
 from hf_lowdata.bench.runner import quiet_libraries
-from hf_lowdata.data import DatasetSplits, FewShotTask, load_data, make_few_shot_task
-from hf_lowdata.methods import RunContext, SharedCache, get_method
+from hf_lowdata.data import DataError, DatasetSplits, FewShotTask, load_data, make_few_shot_task
+from hf_lowdata.methods import MethodConfigError, RunContext, SharedCache, get_method
 from hf_lowdata.methods.sparse_expert import BENCH_DATA_DIR_OPTION
 from hf_lowdata.paths import atomic_write_text
 from hf_lowdata.workflow import BUDGET_FIELDS, WorkflowError, check_config, resolve_budget
@@ -72,13 +72,15 @@ def config_of(setting: Mapping[str, Any]) -> dict[str, Any]:
     return {("learning_rate" if key == LR else key): value for key, value in setting.items()}
 
 
-def check_grid(method: str, grid: Sequence[Mapping[str, Any]]) -> None:
-    """Fail before any training on a grid key ``method`` does not read (with the CLI's "did you mean")
-    or a budget value it cannot take."""
+def check_grid(method: str, grid: Sequence[Mapping[str, Any]], data_dir: Path | None = None) -> None:
+    """Fail before any training on a grid key ``method`` does not read (with the CLI's "did you mean"),
+    a budget value it cannot take, or an option value it refuses (``data_dir``: where SparseExpert's
+    sources are looked for, as in :func:`run_context`)."""
+    folder = {BENCH_DATA_DIR_OPTION: str(data_dir)} if data_dir is not None else None
     for setting in grid:
         try:
-            check_config([method], config=config_of(setting))
-        except WorkflowError as err:
+            check_config([method], config=config_of(setting), run_options=folder)
+        except (WorkflowError, MethodConfigError, DataError) as err:
             raise SystemExit(f"--grid {' '.join(f'{k}={v}' for k, v in setting.items())}: {err}") from None
 
 
@@ -163,7 +165,7 @@ def main() -> None:
         get_method(args.method)
     except (KeyError, RuntimeError) as err:
         raise SystemExit(str(err.args[0] if err.args else err)) from None
-    check_grid(args.method, grid)
+    check_grid(args.method, grid, args.data_dir)
     datasets = args.datasets.split(",")
     all_splits = {dataset: dev_splits(args.data_dir, dataset) for dataset in datasets}
     quiet_libraries()

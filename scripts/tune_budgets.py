@@ -55,7 +55,7 @@ def main() -> None:
             dev_sweep.get_method(method)
         except (KeyError, RuntimeError) as err:
             raise SystemExit(str(err.args[0] if err.args else err)) from None
-        dev_sweep.check_grid(method, settings)
+        dev_sweep.check_grid(method, settings, args.data_dir)
     splits = {dataset: dev_sweep.dev_splits(args.data_dir, dataset) for dataset in args.datasets.split(",")}
     quiet_libraries()
     cache = SharedCache()

@@ -99,6 +99,18 @@ def test_sparse_expert_never_meta_trains_on_the_dev_sentences_it_is_scored_on(mo
     assert dev <= {normalize_text(t) for t in plans[0].exclude_texts}
 
 
+def test_sparse_experts_sources_are_checked_in_the_data_dir_before_any_training(monkeypatch, tmp_path, sweep_data):
+    """The up-front check looks for the sources where the runs do (--data-dir), not only in the environment."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    recorder = _Recorder()
+    with pytest.raises(SystemExit, match="--grid sources=nowhere: sparse_expert meta-trains on the source datasets "
+                                         "nowhere, but nowhere not found in"):
+        _main(monkeypatch, tmp_path, sweep_data, "sparse_expert", ["sources=nowhere"], recorder)
+    assert recorder.calls == []
+    _main(monkeypatch, tmp_path, sweep_data, "sparse_expert", ["sources=src"], recorder)
+    assert len(recorder.calls) == 1
+
+
 def test_budget_fields_in_the_grid_change_the_budget(monkeypatch, tmp_path, sweep_data):
     """``max_steps=10,200`` used to land in budget.options and leave max_steps at the method's 160."""
     recorder = _Recorder()
@@ -110,8 +122,16 @@ def test_budget_fields_in_the_grid_change_the_budget(monkeypatch, tmp_path, swee
 
 def test_method_options_in_the_grid_reach_the_method(monkeypatch, tmp_path, sweep_data):
     recorder = _Recorder()
-    _main(monkeypatch, tmp_path, sweep_data, "ftp", ["kappa=0.5,2"], recorder)
-    assert [ctx.option("ftp", "kappa") for _, ctx in recorder.calls] == [0.5, 2]
+    _main(monkeypatch, tmp_path, sweep_data, "ftp", ["kappa=0.5,1"], recorder)
+    assert [ctx.option("ftp", "kappa") for _, ctx in recorder.calls] == [0.5, 1]
+
+
+def test_a_grid_value_the_method_refuses_fails_before_any_training(monkeypatch, tmp_path, sweep_data):
+    """kappa=2 (FTPConfig takes [0, 1]) failed in its own runs, after the runs of kappa=0.5 had trained."""
+    recorder = _Recorder()
+    with pytest.raises(SystemExit, match=r"--grid kappa=2: ftp: FTPConfig.kappa must lie in \[0, 1\]"):
+        _main(monkeypatch, tmp_path, sweep_data, "ftp", ["kappa=0.5,2"], recorder)
+    assert recorder.calls == []
 
 
 def test_a_misspelt_grid_key_is_refused_before_any_training(monkeypatch, tmp_path, sweep_data):
