@@ -137,6 +137,33 @@ def label_prior(kind: str, labels: list[int] | None, num_labels: int) -> torch.T
     return counts / counts.sum()
 
 
+def classify_and_count(labelled: torch.Tensor, labels: list[int], unlabelled: torch.Tensor, num_labels: int,
+                       floor: float = 0.01) -> torch.Tensor:
+    """p(y) of an unlabelled pool: the share of it a linear probe assigns to each class (classify and count).
+
+    The probe is logistic regression (C = 1, classes weighted to count alike, so the labelled set's own
+    class balance does not tilt it) on the L2-normalised mean-pooled states of the labelled examples.
+    Each class keeps at least ``floor`` (the marginal term takes the prior's log; a class the probe
+    never predicts may still be there). Not in the paper: the task-space bound needs p(y), and a k-shot
+    labelled set is balanced by construction, so its frequencies say nothing about the pool's. EM on
+    the probe's probabilities (Saerens et al. 2002) was tried first and ran off to a corner (0.99 of
+    the pool in one class) from 24 labelled examples; counting hard predictions did not.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels)) < 2:  # nothing to tell apart: the labelled frequencies
+        return label_prior("labelled", labels, num_labels)
+    features = [F.normalize(x.float(), dim=-1).cpu().numpy() for x in (labelled, unlabelled)]
+    probe = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(features[0], labels)
+    counts = torch.bincount(torch.as_tensor(probe.predict(features[1]), dtype=torch.long), minlength=num_labels)
+    prior = (counts[:num_labels].float() / max(len(unlabelled), 1)).clamp(min=floor)
+    return prior / prior.sum()
+
+
+#: Item keys :meth:`TwinTurboObjective.pooled_states` passes to the collator (the model's inputs, no text or label).
+_INPUT_KEYS = (TOKENS_KEY, "input_ids", "attention_mask", "token_type_ids", "pixel_values")
+
+
 # ---- the objective ----------------------------------------------------------------------------------
 class TwinTurboObjective(TrainingObjective):
     """Trains a TwinTurbo adapter with the task- and latent-space bounds (or CE only, all weights 0).
@@ -171,12 +198,20 @@ class TwinTurboObjective(TrainingObjective):
         projector = layer.twin_turbo_projector[layer.active_adapters[0]]
         num_labels = layer.adapter_head().num_labels
         self.has_unlabelled = trainer.unlabeled_dataset is not None
-        labels = [y for y in dataset_labels(trainer.train_dataset) or () if y >= 0]  # -100: no label
-        if config.label_prior == "labelled" and not labels:
+        all_labels = dataset_labels(trainer.train_dataset) or []
+        labels = [y for y in all_labels if y >= 0]  # -100: no label
+        if config.label_prior != "uniform" and not labels:
             warnings.warn(
-                "TwinTurbo's label_prior='labelled' found no labels in train_dataset (no 'labels' / 'label' column): "
-                "the marginal and adversarial terms use a uniform prior.", UserWarning, stacklevel=2)
-        self.prior = label_prior(config.label_prior, labels, num_labels)
+                f"TwinTurbo's label_prior={config.label_prior!r} found no labels in train_dataset (no 'labels' / "
+                "'label' column): the marginal and adversarial terms use a uniform prior.", UserWarning, stacklevel=2)
+        pulls = config.marginal_weight or config.adversarial_weight  # (the terms that read the prior)
+        if config.label_prior == "estimated" and labels and self.has_unlabelled and pulls:
+            labelled = self.pooled_states(trainer, trainer.model, trainer.train_dataset)
+            self.prior = classify_and_count(labelled[torch.as_tensor(all_labels) >= 0], labels,
+                                            self.pooled_states(trainer, trainer.model, trainer.unlabeled_dataset),
+                                            num_labels)
+        else:
+            self.prior = label_prior("uniform" if config.label_prior == "uniform" else "labelled", labels, num_labels)
         with torch.random.fork_rng(devices=[]):  # seeded, without shifting the run's random stream
             torch.manual_seed(trainer.args.seed + 7919)
             if config.adversarial_weight > 0:
@@ -185,6 +220,18 @@ class TwinTurboObjective(TrainingObjective):
                 self.critics = LatentCritics(config.projector_dim, projector.input.in_features, config.critic_dim,
                                              config.contrastive_temperature)
         self.to(projector.input.weight.device)
+
+    @torch.no_grad()
+    def pooled_states(self, trainer: LowDataTrainer, model: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
+        """The mean-pooled backbone states of every item of ``dataset``, (N, d) on the CPU: from cached token states
+        as they are, else one pass of the frozen backbone (the unlabelled pool's costs what caching it would)."""
+        pooled = []
+        for start in range(0, len(dataset), batch_size):
+            items = [{k: v for k, v in dataset[i].items() if k in _INPUT_KEYS}
+                     for i in range(start, min(start + batch_size, len(dataset)))]
+            tokens, mask = self.token_states(model, trainer._prepare_inputs(dict(trainer.data_collator(items))))
+            pooled.append(masked_mean(tokens.float(), mask).cpu())
+        return torch.cat(pooled)
 
     def to(self, device: torch.device | str) -> TwinTurboObjective:
         """Put the objective's own tensors and modules (prior, discriminator, critics) on ``device``."""

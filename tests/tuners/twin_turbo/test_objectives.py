@@ -16,6 +16,7 @@ from hf_lowdata.training import LowDataTrainer, few_shot_training_args
 from hf_lowdata.tuners.twin_turbo import LabelDiscriminator, TwinTurboObjective, twin_turbo_layer
 from hf_lowdata.tuners.twin_turbo.objectives import (
     alignment,
+    classify_and_count,
     conditional_loss,
     info_nce,
     label_prior,
@@ -103,6 +104,59 @@ def test_discriminator_learns_one_hots_from_soft_predictions():
 def test_label_prior():
     torch.testing.assert_close(label_prior("labelled", [0, 0, 0, 1], 2), torch.tensor([0.75, 0.25]))
     torch.testing.assert_close(label_prior("uniform", [0, 0, 0, 1], 2), torch.tensor([0.5, 0.5]))
+
+
+def test_classify_and_count_estimates_an_uneven_pool_from_a_balanced_labelled_set():
+    """A k-shot labelled set is balanced whatever the pool holds; its frequencies (the "labelled" prior) pulled the
+    predictions on a 9 / 45 / 46 % pool towards a third each."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=generator) * 4
+
+    def draw(counts):
+        labels = [c for c, n in enumerate(counts) for _ in range(n)]
+        return centres[labels] + torch.randn(len(labels), 16, generator=generator), labels
+
+    labelled, labels = draw([4, 4, 4])
+    pool, _ = draw([100, 450, 450])
+    torch.testing.assert_close(classify_and_count(labelled, labels, pool, 3), torch.tensor([0.1, 0.45, 0.45]),
+                               atol=0.02, rtol=0)
+    without_class_0, _ = draw([0, 500, 500])
+    prior = classify_and_count(labelled, labels, without_class_0, 3)
+    assert prior[0] >= 0.0099 and math.isclose(float(prior.sum()), 1.0, rel_tol=1e-6)  # the floor: never log(0)
+    torch.testing.assert_close(classify_and_count(labelled[:4], labels[:4], pool, 3),  # one class: nothing to count
+                               label_prior("labelled", labels[:4], 3))
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_estimated_prior_counts_the_probes_predictions_on_the_pool(tiny_bert_dir, tmp_path, cached):
+    """The default label_prior: the probe on the labelled examples' pooled states, counted on the pool's, from
+    cached token states or through the backbone alike."""
+    from hf_lowdata.tuners.twin_turbo.layer import masked_mean
+
+    trainer = _trainer(tiny_bert_dir, tmp_path, cached=cached)
+    states = [_cached(tiny_bert_dir, d) for d in (toy_text(16, 0), toy_text(24, 5, labelled=False))]
+    pooled = [torch.stack([masked_mean(s[None], torch.ones(1, len(s), dtype=torch.bool))[0] for s in d.states])
+              for d in states]
+    expected = classify_and_count(pooled[0], list(states[0].labels), pooled[1], 2)
+    torch.testing.assert_close(trainer.objective.prior, expected)
+    assert trainer.objective.config.label_prior == "estimated"
+
+
+def test_the_estimated_prior_is_the_labelled_one_without_a_pool_or_the_terms_that_read_it(tiny_bert_dir, tmp_path,
+                                                                                           monkeypatch):
+    counted = []
+    original = TwinTurboObjective.pooled_states
+    monkeypatch.setattr(TwinTurboObjective, "pooled_states",
+                        lambda self, *a, **k: counted.append(1) or original(self, *a, **k))
+    no_pool = _trainer(tiny_bert_dir, tmp_path / "a", unlabelled=False)
+    ce_only = LowDataTrainer(model=tiny_model(tiny_bert_dir, marginal_weight=0.0, adversarial_weight=0.0),
+                             args=few_shot_training_args(str(tmp_path / "b"), BUDGET, 16, seed=0, use_cpu=True),
+                             train_dataset=_cached(tiny_bert_dir, toy_text(16, 0)), data_collator=collate_token_states,
+                             unlabeled_dataset=_cached(tiny_bert_dir, toy_text(24, 5, labelled=False)),
+                             unlabeled_batch_size=8)
+    for trainer in (no_pool, ce_only):
+        torch.testing.assert_close(trainer.objective.prior, torch.tensor([0.5, 0.5]))
+    assert counted == []  # no pass over the data for a prior nothing reads
 
 
 def _cached(folder, data):
@@ -263,7 +317,7 @@ def test_the_labelled_prior_reads_a_label_column_skips_unlabelled_marks_and_warn
 
     def prior(labels: dict) -> torch.Tensor:
         data = Dataset.from_dict({**encoded, **labels})
-        trainer = LowDataTrainer(model=tiny_model(tiny_bert_dir), args=args, train_dataset=data,
+        trainer = LowDataTrainer(model=tiny_model(tiny_bert_dir, label_prior="labelled"), args=args, train_dataset=data,
                                  data_collator=collator(tok), processing_class=tok,
                                  unlabeled_dataset=toy_text(8, 5, labelled=False))
         return trainer.objective.prior
