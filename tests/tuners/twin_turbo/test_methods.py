@@ -104,6 +104,8 @@ def test_only_the_unlabelled_texts_training_will_draw_are_cached(tiny_bert_dir, 
                      cache=SharedCache())
     fitted = get_method("twin_turbo").fit(task, ctx)
     assert fitted.notes["unlabelled_pool"] == 100 and fitted.notes["unlabelled_used"] == 6 * 8
+    prior = fitted.notes["label_prior"]  # estimated on the drawn part of the pool, recorded with the run
+    assert len(prior) == 2 and abs(sum(prior) - 1.0) < 1e-3 and min(prior) >= 0.0099
     cached = sum(len(entries) for entries in feature_cache(ctx)._entries.values())
     assert cached == 8 + 6 * 8  # the labelled texts and the drawn part of the pool
 
