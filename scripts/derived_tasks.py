@@ -22,6 +22,8 @@ import json
 import random
 from pathlib import Path
 
+from hf_lowdata.paths import atomic_write_text
+
 CORPORA = ("cr", "mpqa", "mr")
 CORPUS_LABELS = ["product review", "opinion phrase", "movie snippet"]
 TEST_PER_CORPUS = 600
@@ -35,13 +37,12 @@ def read_rows(folder: Path, split: str) -> list[dict]:
 
 def write_task(folder: Path, name: str, task: str, label_names: list[str], splits: dict[str, list[dict]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        with (folder / f"{split}.jsonl").open("w") as stream:
-            stream.writelines(json.dumps(row) + "\n" for row in rows)
+    for split, rows in splits.items():  # (atomically: a kill leaves no cut-off file a benchmark would read)
+        atomic_write_text(folder / f"{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     meta = {"name": name, "task": task, "label_names": label_names,
             "sizes": {split: len(rows) for split, rows in splits.items()},
             "source": "derived from the shared data by scripts/derived_tasks.py"}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
 
 
 def corpus_task(data_dir: Path, rng: random.Random) -> dict[str, list[dict]]:
