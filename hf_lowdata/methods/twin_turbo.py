@@ -251,7 +251,7 @@ class TwinTurbo(Method):
         if pool_note is not None:
             fitted.notes.update(pool_note)
         fitted.notes.update(class_weights_note(class_weights))
-        if config.marginal_weight or config.adversarial_weight:  # p(y) the unlabelled terms pulled towards
+        if config.reads_label_prior:  # p(y) the unlabelled terms pulled towards
             fitted.notes["label_prior"] = [round(float(p), 4) for p in trainer.objective.prior]
         if dev_selection is not None:
             fitted.notes.update(dev_accuracy=dev_selection.best_accuracy, selected_step=dev_selection.best_step)

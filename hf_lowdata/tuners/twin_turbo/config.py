@@ -228,6 +228,11 @@ class TwinTurboConfig(PeftConfig):
         return config
 
     @property
+    def reads_label_prior(self) -> bool:
+        """Whether a term pulls predictions towards ``label_prior`` (the marginal or the adversarial one)."""
+        return bool(self.marginal_weight or self.adversarial_weight)
+
+    @property
     def uses_unlabelled_terms(self) -> bool:
         """Whether any term of the bounds beyond the conditional one is on."""
         return bool(self.marginal_weight or self.adversarial_weight or self.latent_weight)

@@ -204,8 +204,7 @@ class TwinTurboObjective(TrainingObjective):
             warnings.warn(
                 f"TwinTurbo's label_prior={config.label_prior!r} found no labels in train_dataset (no 'labels' / "
                 "'label' column): the marginal and adversarial terms use a uniform prior.", UserWarning, stacklevel=2)
-        pulls = config.marginal_weight or config.adversarial_weight  # (the terms that read the prior)
-        if config.label_prior == "estimated" and labels and self.has_unlabelled and pulls:
+        if config.label_prior == "estimated" and labels and self.has_unlabelled and config.reads_label_prior:
             labelled = self.pooled_states(trainer, trainer.model, trainer.train_dataset)
             self.prior = classify_and_count(labelled[torch.as_tensor(all_labels) >= 0], labels,
                                             self.pooled_states(trainer, trainer.model, trainer.unlabeled_dataset),
