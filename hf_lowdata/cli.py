@@ -198,6 +198,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "(default: every row)")
     p.add_argument("--seed", type=_seed, default=0, help="seed (initialisation, data order, --shots draw)")
     p.add_argument("--text-column", default="text", help="text column name (default: text)")
+    p.add_argument("--text-pair-column", default="text_pair",
+                   help="second text of pair examples (premise / hypothesis); default: text_pair, where the data have it")
     p.add_argument("--label-column", default="label", help="label column name (default: label)")
     p.add_argument("--save-steps", type=_count, default=None, help="checkpoint every N steps (default: 4 per run; 0: none)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in OUT/checkpoints")
@@ -272,11 +274,13 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
                             "(nothing was overwritten).")
     if not finished:
         check_output_folder(out)  # before the data is read; train_method checks it again
-    splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column)
+    pair = args.text_pair_column
+    splits = load_data(args.data, text_column=args.text_column, label_column=args.label_column, text_pair_column=pair)
     dev = (load_file(args.dev, args.text_column, args.label_column, label_names=splits.label_names,
-                     label_reading=splits.label_reading) if args.dev is not None else None)
+                     label_reading=splits.label_reading, text_pair_column=pair) if args.dev is not None else None)
     evaluation_data = (load_file(args.eval, args.text_column, args.label_column, label_names=splits.label_names,
-                                 label_reading=splits.label_reading) if args.eval is not None else splits.test)
+                                 label_reading=splits.label_reading, text_pair_column=pair)
+                       if args.eval is not None else splits.test)
     if args.shots is not None:  # the draw never takes a dev text, nor one it is evaluated on (as the benchmark's)
         held = [*(dev.texts if dev else ()), *(evaluation_data.texts if evaluation_data is not None else ())]
         try:
@@ -291,7 +295,8 @@ def _train_holding_the_lock(args: argparse.Namespace) -> int:
         require_two_classes(splits.train)
         task = FewShotTask(name=splits.name, label_names=splits.label_names, labelled=splits.train, seed=args.seed)
     if args.unlabelled is not None:
-        task = replace(task, unlabelled=load_file(args.unlabelled, args.text_column, label_column=None))
+        task = replace(task, unlabelled=load_file(args.unlabelled, args.text_column, label_column=None,
+                                                  text_pair_column=pair))
         if args.method in METHODS and not METHODS[args.method].uses_unlabelled:
             print(f"note: {args.method} does not use unlabelled data; --unlabelled is ignored.", file=sys.stderr)
     config = parse_options(args.config)
@@ -384,7 +389,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="a text to classify (repeat for several)")
     source.add_argument("--file", type=Path, help="a .csv/.tsv/.jsonl file of texts")
+    p.add_argument("--text-pair", action="append",
+                   help="the second text of a pair, for a model trained on pairs (one per --text, in order)")
     p.add_argument("--text-column", default="text", help="text column of --file (default: text)")
+    p.add_argument("--text-pair-column", default="text_pair",
+                   help="second text column of --file, for pairs (default: text_pair, where the file has it)")
     p.add_argument("--model", default=None, help="base model folder, when the recorded one is not available here")
     p.add_argument("--json", action="store_true", help="print JSON lines with every label's probability")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -397,29 +406,46 @@ _ONE_LINE = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .data import load_file
-    from .workflow import WorkflowError, load_classifier
+    from .data import PAIR_SEPARATOR, join_pair, load_file
+    from .workflow import WorkflowError, card_metadata, load_classifier
 
     if args.text is not None:
-        texts = [t.strip() for t in args.text]
-        if not all(texts):
-            raise WorkflowError("--text needs a non-empty text.")
+        firsts = [t.strip() for t in args.text]
+        seconds = [t.strip() for t in args.text_pair] if args.text_pair is not None else None
+        if not all(firsts) or (seconds is not None and not all(seconds)):
+            raise WorkflowError("--text and --text-pair need non-empty texts.")
+        if seconds is not None and len(seconds) != len(firsts):
+            raise WorkflowError(f"{len(firsts)} --text but {len(seconds)} --text-pair: give one --text-pair per --text.")
+        texts = [join_pair(*parts) for parts in zip(firsts, seconds)] if seconds is not None else firsts
     else:
-        texts = list(load_file(args.file, args.text_column, label_column=None).texts)
+        if args.text_pair is not None:
+            raise WorkflowError("--text-pair goes with --text; a --file gives its second texts in a column "
+                                "(--text-pair-column).")
+        texts = list(load_file(args.file, args.text_column, label_column=None, text_pair_column=args.text_pair_column).texts)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     classifier = load_classifier(args.folder, model=args.model, device=args.device)
+    card = card_metadata(args.folder)  # written by hf-lowdata train; a folder saved without a card is not checked
+    wants_pairs, has_pairs = bool(card.get("text_pairs")), PAIR_SEPARATOR in texts[0]
+    if card.get("method") and wants_pairs != has_pairs:
+        raise WorkflowError(
+            f"{args.folder} was trained on pairs of texts; give each --text its --text-pair (or a --file with a "
+            f"{args.text_pair_column!r} column)." if wants_pairs else
+            f"{args.folder} was trained on single texts; leave out the second texts.")
     proba = classifier.predict_proba(texts)
     for text, row in zip(texts, proba):
+        parts = text.split(PAIR_SEPARATOR, 1)  # a pair: text, text_pair
         best = int(row.argmax())
         label = classifier.label_names[best]
         if args.json:
-            print(json.dumps({"text": text, "label": label, "score": round(float(row[best]), 6),
+            print(json.dumps({"text": parts[0], **({"text_pair": parts[1]} if len(parts) == 2 else {}), "label": label,
+                              "score": round(float(row[best]), 6),
                               "probabilities": {n: round(float(v), 6) for n, v in zip(classifier.label_names, row)}}))
         else:
-            # one line per text: tabs and line breaks inside a text are written as \t, \n (--json keeps them exact)
-            print(f"{label}\t{row[best]:.4f}\t{text.translate(_ONE_LINE)}")
+            # one line per text (a pair's two texts tab-separated): tabs and line breaks inside a text are written
+            # as \t, \n (--json keeps them exact)
+            print("\t".join([label, f"{row[best]:.4f}", *(part.translate(_ONE_LINE) for part in parts)]))
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Sources: a dataset folder in the shared format (``train.jsonl``, optional ``dev.jsonl``,
 ``test.jsonl``, ``meta.json`` with ``label_names``), a CSV / TSV / JSONL file, or a
-``datasets.Dataset``. Text and label column names are configurable; labels may be ids or names.
+``datasets.Dataset``. Text and label column names are configurable; labels may be ids or names. A
+second text column (``text_pair`` by default) makes each example a pair (premise / hypothesis, question /
+passage): the two texts travel as one string joined by :data:`PAIR_SEPARATOR`, and :func:`encode_texts`
+hands them to the tokenizer as its two segments.
 
 Sampling is deterministic per (data, k, seed) on every machine and in every process: each example
 gets a rank ``blake2b(purpose, seed, index, text)`` and the lowest ranks are taken per class. This
@@ -30,12 +33,23 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .models import token_budget
 
 TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+#: The column a second text is read from when none is named: the name transformers' tokenizers give the
+#: second segment (``tokenizer(text, text_pair)``). With it, each example is a pair of texts.
+TEXT_PAIR_COLUMN = "text_pair"
+#: Joins the two texts of a pair into the one string an example is everywhere else (sampling, overlap checks,
+#: feature caches, fingerprints), so pairs need no second code path; :func:`encode_texts` splits it again and
+#: the tokenizer encodes the two as segments (``[CLS] a [SEP] b [SEP]`` for BERT, with its token type ids).
+#: U+001F (unit separator) is a control character that tokenizers drop; a text file's own U+001F is read as
+#: a space.
+PAIR_SEPARATOR = "\x1f"
 
 
 class DataError(ValueError):
@@ -72,6 +86,11 @@ class TextDataset:
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    @cached_property
+    def pairs(self) -> bool:
+        """Whether the examples are text pairs (each text holds :data:`PAIR_SEPARATOR`); a mix is an error."""
+        return split_pairs(self.texts, self.source)[1] is not None
+
     def subset(self, indices: Iterable[int], source: str | None = None) -> TextDataset:
         idx = list(indices)
         return TextDataset(
@@ -90,7 +109,8 @@ class TextDataset:
         return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
 
     def to_hf(self):
-        """A ``datasets.Dataset`` with columns ``text`` and (when labelled) ``label``."""
+        """A ``datasets.Dataset`` with columns ``text`` and (when labelled) ``label``; a pair's texts stay joined
+        by :data:`PAIR_SEPARATOR` (:func:`tokenize` splits them)."""
         import datasets
 
         columns: dict[str, list[Any]] = {"text": list(self.texts)}
@@ -144,6 +164,11 @@ class FewShotTask:
     noisy_indices: tuple[int, ...] = ()
     excluded_from_pool: int = 0
 
+    def __post_init__(self) -> None:
+        for part in (self.dev, self.unlabelled, self.test):
+            if part is not None:
+                check_same_kind(self.labelled, part)
+
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
@@ -160,6 +185,7 @@ def load_data(
     label_names: Sequence[str] | None = None,
     name: str | None = None,
     empty_text: str = "error",
+    text_pair_column: str | None = TEXT_PAIR_COLUMN,
 ) -> DatasetSplits:
     """Load a dataset folder, a CSV/TSV/JSONL file, or a ``datasets.Dataset`` / ``DatasetDict``.
 
@@ -167,6 +193,8 @@ def load_data(
     names may be given; otherwise ``text``/``label`` and the labels found in the data are used.
     ``empty_text="drop"`` drops rows with empty text (with a :class:`DataWarning` naming them)
     instead of raising; public corpora have a few (cr and mpqa in the shared data).
+    ``text_pair_column``: the second text of pair examples; the default ``text_pair`` is used where the data
+    have that column (otherwise the examples are single texts), another name must exist, ``None`` ignores it.
     """
     try:
         import datasets
@@ -175,13 +203,16 @@ def load_data(
     except ImportError:  # pragma: no cover - datasets is a dependency
         hf_types = ()
     if hf_types and isinstance(source, hf_types):
-        return from_hf_dataset(source, text_column, label_column, label_names, name=name, empty_text=empty_text)
+        return from_hf_dataset(source, text_column, label_column, label_names, name=name, empty_text=empty_text,
+                               text_pair_column=text_pair_column)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"Data path {path} does not exist. Pass a dataset folder or a .csv/.tsv/.jsonl file.")
     if path.is_dir():
-        return load_folder(path, text_column=text_column, label_column=label_column, name=name, empty_text=empty_text)
-    split = load_file(path, text_column, label_column, label_names=label_names, empty_text=empty_text)
+        return load_folder(path, text_column=text_column, label_column=label_column, name=name, empty_text=empty_text,
+                           text_pair_column=text_pair_column)
+    split = load_file(path, text_column, label_column, label_names=label_names, empty_text=empty_text,
+                      text_pair_column=text_pair_column)
     return DatasetSplits(name=name or path.stem, label_names=split.label_names, train=split,
                          declared_label_names=label_names is not None)
 
@@ -192,6 +223,7 @@ def load_folder(
     label_column: str = "label",
     name: str | None = None,
     empty_text: str = "error",
+    text_pair_column: str | None = TEXT_PAIR_COLUMN,
 ) -> DatasetSplits:
     """A folder in the shared format: ``train``, optional ``dev`` and ``test`` files, ``meta.json``."""
     folder = Path(path).expanduser()
@@ -213,7 +245,7 @@ def load_folder(
             raise DataError(f"{folder} has several {split} files ({', '.join(p.name for p in found)}); keep one.")
         if found:
             splits[split] = load_file(found[0], text_column, label_column, label_names=names, empty_text=empty_text,
-                                      label_reading=reading)
+                                      label_reading=reading, text_pair_column=text_pair_column)
             names = names or list(splits[split].label_names)
             if split == "train" and declared:
                 reading = splits[split].label_reading or reading
@@ -227,7 +259,9 @@ def load_folder(
     for split, data in splits.items():
         if data.label_names != label_names:
             splits[split] = load_file(data.source, text_column, label_column, label_names=label_names,
-                                      empty_text=empty_text, label_reading=reading)
+                                      empty_text=empty_text, label_reading=reading, text_pair_column=text_pair_column)
+    for data in splits.values():
+        check_same_kind(splits["train"], data)
     return DatasetSplits(
         name=name or meta.get("name") or folder.name,
         label_names=label_names,
@@ -247,15 +281,17 @@ def load_file(
     max_rows: int | None = None,
     empty_text: str = "error",
     label_reading: str = "either",
+    text_pair_column: str | None = TEXT_PAIR_COLUMN,
 ) -> TextDataset:
     """Read a CSV, TSV or JSONL file. ``label_column=None`` reads an unlabelled file.
 
-    ``label_reading``: how labels are read against ``label_names`` (see :func:`examples_from_rows`).
+    ``label_reading``: how labels are read against ``label_names``; ``text_pair_column``: the second text of
+    pair examples (see :func:`examples_from_rows`).
     """
     file = Path(path).expanduser()
     rows = read_rows(file, max_rows=max_rows)
     return examples_from_rows(rows, str(file), text_column, label_column, label_names, empty_text=empty_text,
-                              label_reading=label_reading)
+                              label_reading=label_reading, text_pair_column=text_pair_column)
 
 
 def read_rows(file: Path, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -437,6 +473,7 @@ def examples_from_rows(
     label_names: Sequence[str] | None = None,
     empty_text: str = "error",
     label_reading: str = "either",
+    text_pair_column: str | None = TEXT_PAIR_COLUMN,
 ) -> TextDataset:
     """Validate records and turn them into a :class:`TextDataset`.
 
@@ -445,6 +482,9 @@ def examples_from_rows(
     With ``label_names``, ``label_reading`` says how labels are read: ``"either"`` (declared names: ids
     into them or the names themselves, decided for the file as a whole), ``"names"`` (the labels of
     training data: every label must be one of them) or ``"ids"`` (as the training split was read).
+    ``text_pair_column``: the column of each example's second text (pair tasks). The default, ``text_pair``, is
+    read where the rows have it and otherwise the examples are single texts; another name must be a column;
+    ``None`` reads single texts. A pair's two texts are joined by :data:`PAIR_SEPARATOR`.
     """
     if empty_text not in ("error", "drop"):
         raise ValueError(f"empty_text must be 'error' or 'drop', got {empty_text!r}")
@@ -453,16 +493,24 @@ def examples_from_rows(
                         "would be trained on as texts. Name two different columns (--text-column / --label-column, "
                         "or text_column= / label_column=).")
     columns = list(rows[0].keys()) if rows else []
-    for column, flag in ((text_column, "text"), (label_column, "label")):
+    if text_pair_column == TEXT_PAIR_COLUMN and not any(TEXT_PAIR_COLUMN in row for row in rows):
+        text_pair_column = None
+    if text_pair_column is not None and text_pair_column in (text_column, label_column):
+        raise DataError(f"{source}: the second text column of pairs is {text_pair_column!r}, which is also the "
+                        f"{'text' if text_pair_column == text_column else 'label'} column. Name three different "
+                        "columns (--text-column / --text-pair-column / --label-column).")
+    for column, flag in ((text_column, "text"), (label_column, "label"), (text_pair_column, "text-pair")):
         if column is not None and not any(column in row for row in rows):
             raise DataError(
                 f"{source} has no column {column!r}. Columns found: {columns}. Name the right one with "
-                f"--{flag}-column (hf-lowdata train / predict) or {flag}_column= (Python), or rename the column to "
-                f"{column!r} (a benchmark dataset folder uses 'text' and 'label')."
+                f"--{flag}-column (hf-lowdata train / predict) or {flag.replace('-', '_')}_column= (Python), or "
+                f"rename the column to {column!r} (a benchmark dataset folder uses 'text' and 'label'"
+                f"{', and text_pair for pairs' if flag != 'label' else ''}).{_pair_columns_hint(columns)}"
             )
-    texts = [row.get(text_column) for row in rows]
+    text_columns = (text_column,) if text_pair_column is None else (text_column, text_pair_column)
     if empty_text == "drop":
-        empty = [i for i, t in enumerate(texts) if isinstance(t, str) and not t.strip()]
+        empty = [i for i, row in enumerate(rows)
+                 if any(isinstance(row.get(c), str) and not row[c].strip() for c in text_columns)]
         if empty:
             warnings.warn(
                 f"{source}: dropped {len(empty)} row(s) with empty text (rows {', '.join(str(i + 1) for i in empty[:10])}).",
@@ -471,25 +519,88 @@ def examples_from_rows(
             )
             dropped = set(empty)
             rows = [r for i, r in enumerate(rows) if i not in dropped]
-            texts = [row.get(text_column) for row in rows]
             if not rows:
                 raise DataError(f"{source}: every row has empty text.")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        shown = ", ".join(f"row {i + 1} ({_describe(texts[i])})" for i in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(
-            f"{source}: {len(bad)} row(s) have an empty or non-text {text_column!r}: {shown}{more}. "
-            "Every example needs a non-empty string; remove or fill these rows."
-        )
+    for column in text_columns:
+        values = [row.get(column) for row in rows]
+        bad = [i for i, t in enumerate(values) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            shown = ", ".join(f"row {i + 1} ({_describe(values[i])})" for i in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DataError(
+                f"{source}: {len(bad)} row(s) have an empty or non-text {column!r}: {shown}{more}. "
+                f"Every example needs a non-empty string{' in both texts of a pair' if len(text_columns) > 1 else ''}; "
+                "remove or fill these rows."
+            )
+    texts = tuple(join_pair(*(row[c] for c in text_columns)) for row in rows)
     if label_column is None:
-        return TextDataset(tuple(t.strip() for t in texts), None, tuple(label_names or ()), source)
+        return TextDataset(texts, None, tuple(label_names or ()), source)
     raw_labels = [row.get(label_column) for row in rows]
     labels, names, reading = _encode_labels(raw_labels, source, label_column, label_names, label_reading)
-    data = TextDataset(tuple(t.strip() for t in texts), tuple(labels), tuple(names), source, label_reading=reading)
+    data = TextDataset(texts, tuple(labels), tuple(names), source, label_reading=reading)
     for note in duplicate_notes(data):
         warnings.warn(note, DataWarning, stacklevel=3)
     return data
+
+
+#: Column names of pair data sets (GLUE, SNLI, SQuAD-style), for the hint of a missing text column.
+_KNOWN_PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
+                       ("question", "sentence"), ("question", "passage"), ("query", "document"))
+
+
+def _pair_columns_hint(columns: Sequence[str]) -> str:
+    for first, second in _KNOWN_PAIR_COLUMNS:
+        if first in columns and second in columns:
+            return (f" For pairs of texts name both columns: --text-column {first} --text-pair-column {second} "
+                    f"(text_column={first!r}, text_pair_column={second!r} in Python).")
+    return ""
+
+
+def join_pair(*parts: str) -> str:
+    """One example's text: a single text, or the two texts of a pair joined by :data:`PAIR_SEPARATOR`. Each part
+    is stripped, and a U+001F inside it becomes a space (tokenizers drop that control character anyway)."""
+    if len(parts) not in (1, 2):
+        raise ValueError(f"an example is one text or a pair of two, not {len(parts)}")
+    return PAIR_SEPARATOR.join(part.replace(PAIR_SEPARATOR, " ").strip() for part in parts)
+
+
+def as_example_text(item: str | Sequence[str]) -> str:
+    """What :meth:`FittedClassifier.predict` accepts per example, as the one string the package passes around: a
+    text, or a pair given as ``(text, text_pair)`` (already joined texts pass unchanged)."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Sequence) and len(item) == 2 and all(isinstance(part, str) for part in item):
+        return join_pair(*item)
+    raise TypeError(f"an example is a text or a (text, text_pair) pair of strings, not {_describe(item)}")
+
+
+def split_pairs(texts: Sequence[str], source: str = "") -> tuple[list[str], list[str] | None]:
+    """The tokenizer's two arguments for ``texts``: ``(texts, None)`` for single texts, ``(firsts, seconds)`` when
+    every text is a pair. A mix of both is an error: a model reads one kind."""
+    parts = [text.split(PAIR_SEPARATOR, 1) for text in texts]
+    paired = sum(len(p) == 2 for p in parts)
+    if paired == 0:
+        return list(texts), None
+    if paired < len(parts):
+        where = f"{source}: " if source else ""
+        raise DataError(f"{where}{paired} of {len(parts)} examples are pairs of texts and the others single texts. "
+                        "Give every example a second text (a text_pair column), or none.")
+    return [p[0] for p in parts], [p[1] for p in parts]
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> Any:
+    """``tokenizer(texts, **kwargs)``, with pairs given as the tokenizer's two segments (``text_pair``)."""
+    firsts, seconds = split_pairs(texts)
+    return tokenizer(firsts, **kwargs) if seconds is None else tokenizer(firsts, seconds, **kwargs)
+
+
+def check_same_kind(train: TextDataset, other: TextDataset) -> None:
+    """Data a model trained on pairs predicts (or learns from) must be pairs too, and single texts single texts."""
+    if len(train) and len(other) and train.pairs != other.pairs:
+        kinds = {True: "pairs of texts (a text_pair column)", False: "single texts"}
+        raise DataError(f"{other.source or 'these data'} holds {kinds[other.pairs]} but the training data "
+                        f"{train.source!r} holds {kinds[train.pairs]}. A model reads one kind: give both files the "
+                        "same columns.")
 
 
 def duplicate_notes(data: TextDataset) -> list[str]:
@@ -700,22 +811,28 @@ def from_hf_dataset(
     label_names: Sequence[str] | None = None,
     name: str | None = None,
     empty_text: str = "error",
+    text_pair_column: str | None = TEXT_PAIR_COLUMN,
 ) -> DatasetSplits:
-    """Wrap a ``datasets.Dataset`` (the training pool) or a ``DatasetDict`` (train/validation/test)."""
+    """Wrap a ``datasets.Dataset`` (the training pool) or a ``DatasetDict`` (train/validation/test).
+
+    ``text_pair_column``: as in :func:`examples_from_rows` (``text_pair`` is read where a split has it)."""
     import datasets
 
     def convert(ds: Any, split: str, names: Sequence[str] | None, reading: str) -> TextDataset:
-        for column in (text_column, label_column):
-            if column not in ds.column_names:
+        pair = None if text_pair_column == TEXT_PAIR_COLUMN and TEXT_PAIR_COLUMN not in ds.column_names \
+            else text_pair_column
+        for column in (text_column, label_column, pair):
+            if column is not None and column not in ds.column_names:
                 raise DataError(
                     f"Dataset split {split!r} has no column {column!r}. Columns: {ds.column_names}. "
-                    "Pass text_column= / label_column=."
+                    f"Pass text_column= / label_column= / text_pair_column=.{_pair_columns_hint(ds.column_names)}"
                 )
-        rows = [{text_column: t, label_column: y} for t, y in zip(ds[text_column], ds[label_column])]
+        columns = [c for c in (text_column, pair, label_column) if c is not None]
+        rows = [dict(zip(columns, values)) for values in zip(*(ds[c] for c in columns))]
         if not rows:
             raise DataError(f"Dataset split {split!r} is empty.")
         return examples_from_rows(rows, f"datasets.Dataset[{split}]", text_column, label_column, names, empty_text,
-                                  label_reading=reading)
+                                  label_reading=reading, text_pair_column=pair)
 
     def declared_names(ds: Any) -> Sequence[str] | None:
         feature = ds.features.get(label_column)
@@ -733,6 +850,8 @@ def from_hf_dataset(
     reading = (train.label_reading or "either") if declared else "names"
     others = {key: convert(dataset[key], key, train.label_names, reading)
               for key in ("validation", "dev", "test") if key in dataset}
+    for other in others.values():
+        check_same_kind(train, other)
     return DatasetSplits(name or "dataset", train.label_names, train, test=others.get("test"),
                          dev=others.get("validation", others.get("dev")), declared_label_names=declared)
 
@@ -975,12 +1094,13 @@ def check_dev_set(dev: TextDataset, labelled: TextDataset, evaluation: TextDatas
 
 
 def check_label_space(train: TextDataset, other: TextDataset) -> None:
-    """Out-of-domain evaluation needs the same labels in the same order."""
+    """Out-of-domain evaluation needs the same labels in the same order, and the same kind of example."""
     if tuple(train.label_names) != tuple(other.label_names):
         raise DataError(
             f"Label sets differ: {other.source} has {list(other.label_names)}, the training data has "
             f"{list(train.label_names)}. Out-of-domain evaluation needs the same labels in the same order."
         )
+    check_same_kind(train, other)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -994,7 +1114,8 @@ def tokenize(data: TextDataset, tokenizer: Any, max_length: int = 128):
     """
     ds = data.to_hf()
     ds = ds.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=token_budget(tokenizer, max_length)),
+        lambda batch: encode_texts(tokenizer, batch["text"], truncation=True,
+                                   max_length=token_budget(tokenizer, max_length)),
         batched=True,
         remove_columns=["text"],
         load_from_cache_file=False,

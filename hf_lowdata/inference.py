@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import encode_texts
 from .models import token_budget
 
 
@@ -27,7 +28,7 @@ def length_sorted_batches(
     """
     if isinstance(texts, str):
         raise TypeError("texts is one string; pass a list of texts ([text]), or each character is read as a text.")
-    encoded = tokenizer(list(texts), truncation=True, max_length=token_budget(tokenizer, max_length))
+    encoded = encode_texts(tokenizer, texts, truncation=True, max_length=token_budget(tokenizer, max_length))
     lengths = [len(ids) for ids in encoded["input_ids"]]
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:

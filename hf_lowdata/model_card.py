@@ -104,6 +104,9 @@ def build_model_card(
                              "base_model": base_name}
     if data_summary and data_summary.get("data_fingerprint"):  # train --resume on the finished folder checks it
         block["data_fingerprint"] = data_summary["data_fingerprint"]
+    pairs = bool(data_summary and data_summary.get("text_pairs"))
+    if pairs:  # hf-lowdata predict asks for pairs
+        block["text_pairs"] = True
     if evaluation is not None:
         block["evaluation"] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4),
                                "examples": evaluation.examples}
@@ -125,7 +128,7 @@ def build_model_card(
     parts.append(_config_section(budget, options, steps, adapter_config, trainable_parameters, adapter_bytes,
                                  _training_time(train_seconds, resumed_from, earlier_seconds), budget_fields))
     parts.append(_evaluation_section(evaluation))
-    parts.append(_usage_section(kind, base_ref, label_names))
+    parts.append(_usage_section(kind, base_ref, label_names, pairs))
     return "\n".join(p for p in parts if p) + "\n"
 
 
@@ -240,12 +243,16 @@ def _evaluation_section(evaluation: Evaluation | None) -> str:
             "examples. Figures on a few dozen examples move a lot between draws; compare methods on the same set.")
 
 
-def _usage_section(kind: str, base_ref: str, label_names: Sequence[str]) -> str:
+def _usage_section(kind: str, base_ref: str, label_names: Sequence[str], pairs: bool = False) -> str:
     # Python's own spelling: json.dumps's ASCII escapes write a character outside the basic plane (an emoji) as a
     # surrogate pair, which a Python string literal reads as two lone surrogates, not the label name
     labels = repr([str(n) for n in label_names])
+    texts = '["a first text"], ["a second text"]' if pairs else '["an example sentence"]'
     cli = ('\nOr from the command line (any kind of hf_lowdata output):\n\n```bash\n'
-           'hf-lowdata predict path/to/this/folder --text "an example sentence"\n```')
+           'hf-lowdata predict path/to/this/folder '
+           + ('--text "a first text" --text-pair "a second text"' if pairs else '--text "an example sentence"')
+           + '\n```' + ("\n\nThis model classifies pairs of texts: give both, as the tokenizer's two segments." if pairs
+                        else ""))
     if kind == "peft":
         code = f"""import hf_lowdata  # must come before PeftModel.from_pretrained: it registers hf_lowdata's PEFT methods
 from peft import PeftModel
@@ -257,24 +264,26 @@ base = AutoModelForSequenceClassification.from_pretrained(
     id2label=dict(enumerate(labels)), label2id={{name: i for i, name in enumerate(labels)}})
 model = PeftModel.from_pretrained(base, "path/or/hub-id/of/this/adapter").eval()
 tokenizer = AutoTokenizer.from_pretrained("{base_ref}")
-inputs = tokenizer(["an example sentence"], return_tensors="pt", padding=True, truncation=True)
+inputs = tokenizer({texts}, return_tensors="pt", padding=True, truncation=True)
 print(labels[model(**inputs).logits.argmax(-1).item()])"""
         note = ("This adapter's type comes from hf_lowdata, not from PEFT: install it (`pip install hf-lowdata`). "
                 "`import hf_lowdata` must come before `PeftModel.from_pretrained` (and before "
                 "`AutoPeftModelForSequenceClassification.from_pretrained` or transformers' `load_adapter`): "
                 "it registers hf_lowdata's adapter types with PEFT; without it PEFT raises `KeyError` for them.")
     elif kind == "full":
-        code = """from transformers import pipeline
+        call = '{"text": "a first text", "text_pair": "a second text"}' if pairs else '"an example sentence"'
+        code = f"""from transformers import pipeline
 
 classifier = pipeline("text-classification", model="path/or/hub-id/of/this/folder")
-print(classifier("an example sentence"))"""
+print(classifier({call}))"""
         note = "A complete fine-tuned model (weights, config and tokenizer); it loads with transformers alone."
     else:
-        code = """import hf_lowdata
+        examples = '[("a first text", "a second text")]' if pairs else '["an example sentence"]'
+        code = f"""import hf_lowdata
 from hf_lowdata.workflow import load_classifier
 
 classifier = load_classifier("path/to/this/folder")
-print(classifier.predict_proba(["an example sentence"]))"""
+print(classifier.predict_proba({examples}))"""
         note = f"Saved as safetensors arrays plus a JSON config; `{kind}` outputs load with hf_lowdata."
     return f"\n## Usage\n\n{note}\n\n```python\n{code}\n```\n{cli}"
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from .bench.measure import accuracy, macro_f1
 from .budgets import Budget, get_budget
-from .data import DataError, FewShotTask, TextDataset
+from .data import DataError, FewShotTask, TextDataset, check_same_kind, encode_texts
 from .methods import FittedClassifier, Method, RunContext, SharedCache, get_method
 from .methods.base import (
     METHODS,
@@ -311,7 +311,7 @@ def truncation_note(texts: Mapping[str, Sequence[str]], model: str | os.PathLike
     longer = {}
     for role, part in texts.items():
         if part:
-            lengths = [len(ids) for ids in tokenizer(list(part), truncation=False, verbose=False)["input_ids"]]
+            lengths = [len(ids) for ids in encode_texts(tokenizer, part, truncation=False, verbose=False)["input_ids"]]
             longer[role] = (sum(n > limit for n in lengths), len(lengths))
     cut = [f"{n:,} of {total:,} {role} texts" for role, (n, total) in longer.items() if n]
     if not cut:
@@ -346,6 +346,8 @@ def summarize_data(task: FewShotTask, evaluation_data: TextDataset | None = None
     }
     if given and not uses_unlabelled:
         summary["unlabelled_not_used"] = given
+    if task.labelled.pairs:  # predict then needs pairs: the card records it
+        summary["text_pairs"] = True
     return summary
 
 
@@ -410,6 +412,8 @@ def train_method(
 
     runner = require_method(method)
     check_device(device)
+    if evaluation_data is not None:
+        check_same_kind(task.labelled, evaluation_data)
     check_config(config_methods or [method], preset, config)
     budget, options = resolve_budget(method, preset, config)
     unchanged = preset == "standard" and not set(config or {}) & set(BUDGET_FIELDS)

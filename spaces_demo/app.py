@@ -41,10 +41,12 @@ from hf_lowdata.budgets import PRESETS
 from hf_lowdata.cli import hide_upstream_deprecation_noise
 from hf_lowdata.data import (
     TEXT_FILE_SUFFIXES,
+    TEXT_PAIR_COLUMN,
     DataError,
     FewShotTask,
     TextDataset,
     balance_note,
+    check_same_kind,
     duplicate_notes,
     examples_from_rows,
     excluded_pool_indices,
@@ -98,6 +100,8 @@ SETTING_LIMITS: dict[str, float] = {
     "critic_dim": 4096, "discriminator_hidden": 4096, "meta_steps": 2000, "meta_batch": 32, "query_per_class": 64,
     "num_experts": 64,
 }
+#: How a visitor types a pair into the "Try a sentence" box (a tab cannot be typed there).
+PAIR_TYPING_SEPARATOR = "||"
 ERROR_BAR_NOTE = ("Error bars: 95% bootstrap interval over the evaluation examples (the examples are resampled "
                   "1000 times), i.e. how much a figure could move with another evaluation set of the same size.")
 
@@ -255,6 +259,7 @@ def prepare_data(
         try:
             evaluation = examples_from_rows(eval_rows, eval_name, text_column, label_column, labelled.label_names,
                                             label_reading="names")
+            check_same_kind(labelled, evaluation)
         except DataError as err:
             raise DemoError(_friendly(err, Path(eval_path))) from err
         train, distinct = labelled, distinct_examples(evaluation)
@@ -293,7 +298,9 @@ def prepare_data(
     notes.extend(f"Check your data: {note}" for note in duplicate_notes(train))  # copies held out are not trained on
     notes.extend(f"Check your data: {note}" for note in [balance_note(train)] if note)
     counts = ", ".join(f"{n} ({c})" for n, c in train.class_counts().items())
-    notes.insert(0, f"Training on {len(train)} labelled examples: {counts}.")
+    notes.insert(0, f"Training on {len(train)} labelled examples: {counts}."
+                 + (f" Each example is a pair of texts: {text_column!r} and {TEXT_PAIR_COLUMN!r}, read as the model's "
+                    "two segments (SetFit takes single sentences only)." if train.pairs else ""))
     task = FewShotTask(Path(name).stem, labelled.label_names, train, seed=0, unlabelled=unlabelled)
     return PreparedData(task, evaluation, notes)
 
@@ -638,7 +645,14 @@ def predict_text(session: Session, method: str | None, text: str) -> dict[str, f
     if not text or not text.strip():
         raise DemoError("Type a sentence to classify.")
     classifier = results[method].classifier
-    proba = classifier.predict_proba([text.strip()])[0]
+    example: str | tuple[str, ...] = text.strip()
+    if results[method].data_summary.get("text_pairs"):  # a pair model reads two texts, typed with || between them
+        example = tuple(part.strip() for part in text.split(PAIR_TYPING_SEPARATOR))
+        if len(example) != 2 or not all(example):
+            raise DemoError(f"{method} was trained on pairs of texts: type both, separated by "
+                            f"{PAIR_TYPING_SEPARATOR} (a man plays the guitar {PAIR_TYPING_SEPARATOR} someone makes "
+                            "music).")
+    proba = classifier.predict_proba([example])[0]
     return {name: float(p) for name, p in zip(classifier.label_names, proba)}
 
 
@@ -932,8 +946,8 @@ def build_app(store: SessionStore) -> gr.Blocks:
         gr.Markdown(
             "# Which few-shot method wins on your data?\n"
             "Upload a few labelled sentences per class (CSV, TSV, JSONL or a JSON list), pick methods, and compare them: "
-            "accuracy, macro-F1, training time, trainable parameters and the size of what is saved. Everything runs here, "
-            "offline, with [hf_lowdata](https://github.com/hf-lowdata/hf_lowdata)."
+            "accuracy, macro-F1, training time, trainable parameters and the size of what is saved. Pairs of texts "
+            "(premise / hypothesis, question / answer): add a `text_pair` column. Everything runs here, offline, with [hf_lowdata](https://github.com/hf-lowdata/hf_lowdata)."
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -976,7 +990,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
             with gr.Column():
                 gr.Markdown("### Try it")
                 trained = gr.Dropdown(label="Trained method", choices=[], elem_id="trained-method")
-                sentence = gr.Textbox(label="A new sentence", elem_id="sentence")
+                sentence = gr.Textbox(label="A new sentence (a pair: first text || second text)", elem_id="sentence")
                 predict_button = gr.Button("Classify", elem_id="classify")
                 prediction = gr.Label(label="Prediction", elem_id="prediction")
                 try_message = gr.Markdown(elem_id="try-message")

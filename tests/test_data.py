@@ -629,3 +629,116 @@ def test_balance_note_speaks_from_three_to_one_and_names_the_classes():
     assert balance_note(data({"neg": 4, "pos": 12})) is not None  # exactly 3 : 1
     assert balance_note(data({"neg": 5, "pos": 14})) is None  # 2.8 : 1, the skew of ordinary sets
     assert balance_note(data({"neg": 8, "pos": 8, "unused": 0})) is None  # a class with no example is not "smallest"
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairs of texts (premise / hypothesis, question / passage)
+
+
+def _pair_rows(n: int = 8) -> list[dict]:
+    return [{"premise": f"a man plays the guitar number {i}", "hypothesis": "someone makes music" if i % 2 else
+             "nobody is there", "label": ["contradiction", "entailment"][i % 2]} for i in range(n)]
+
+
+def test_a_text_pair_column_makes_each_example_a_pair(tmp_path):
+    from hf_lowdata.data import PAIR_SEPARATOR, load_data, split_pairs
+
+    rows = [{"text": r["premise"], "text_pair": r["hypothesis"], "label": r["label"]} for r in _pair_rows()]
+    splits = load_data(write_jsonl(tmp_path / "nli.jsonl", rows))  # the column is read without being named
+    assert splits.train.pairs
+    assert splits.train.texts[1] == f"a man plays the guitar number 1{PAIR_SEPARATOR}someone makes music"
+    firsts, seconds = split_pairs(splits.train.texts)
+    assert firsts == [r["text"] for r in rows] and seconds == [r["text_pair"] for r in rows]
+    single = load_data(write_jsonl(tmp_path / "single.jsonl", [{"text": r["text"], "label": r["label"]} for r in rows]))
+    assert not single.train.pairs and split_pairs(single.train.texts) == (list(single.train.texts), None)
+    # a U+001F inside a text is not a pair boundary: it is read as a space
+    odd = load_data(write_jsonl(tmp_path / "odd.jsonl", [{"text": "a\x1fb", "label": "x"}, {"text": "c", "label": "y"}]))
+    assert odd.train.texts == ("a b", "c") and not odd.train.pairs
+
+
+def test_pair_columns_by_name_with_a_hint_when_the_text_column_is_missing(tmp_path):
+    from hf_lowdata.data import load_data
+
+    path = write_jsonl(tmp_path / "nli.jsonl", _pair_rows())
+    with pytest.raises(DataError, match="--text-column premise --text-pair-column hypothesis"):
+        load_data(path)
+    splits = load_data(path, text_column="premise", text_pair_column="hypothesis")
+    assert splits.train.pairs and splits.train.label_names == ("contradiction", "entailment")
+    with pytest.raises(DataError, match="no column 'sentence2'.*--text-pair-column"):
+        load_data(path, text_column="premise", text_pair_column="sentence2")
+    with pytest.raises(DataError, match="also the text column"):
+        load_data(path, text_column="premise", text_pair_column="premise")
+
+
+def test_an_empty_second_text_is_an_error_or_dropped(tmp_path):
+    from hf_lowdata.data import DataWarning, load_data
+
+    rows = _pair_rows()
+    rows[3]["hypothesis"] = "  "
+    path = write_jsonl(tmp_path / "nli.jsonl", rows)
+    with pytest.raises(DataError, match=r"1 row\(s\) have an empty or non-text 'hypothesis': row 4.*both texts"):
+        load_data(path, text_column="premise", text_pair_column="hypothesis")
+    with pytest.warns(DataWarning, match=r"dropped 1 row\(s\) with empty text \(rows 4\)"):
+        dropped = load_data(path, text_column="premise", text_pair_column="hypothesis", empty_text="drop")
+    assert len(dropped.train) == 7 and dropped.train.pairs
+
+
+def test_pairs_and_single_texts_never_mix(tmp_path):
+    from hf_lowdata.data import FewShotTask, check_label_space, join_pair, split_pairs
+
+    pairs = TextDataset(tuple(join_pair(f"premise {i}", f"hypothesis {i}") for i in range(4)), (0, 1, 0, 1), ("a", "b"),
+                        "pairs.csv")
+    single = TextDataset(("one", "two"), (0, 1), ("a", "b"), "single.csv")
+    with pytest.raises(DataError, match="single.csv holds single texts but the training data 'pairs.csv' holds pairs"):
+        FewShotTask("t", ("a", "b"), pairs, seed=0, unlabelled=single.without_labels().subset(range(2), "single.csv"))
+    with pytest.raises(DataError, match="pairs.csv holds pairs of texts .* but the training data 'single.csv' holds "
+                                        "single texts"):
+        check_label_space(single, pairs)
+    with pytest.raises(DataError, match="1 of 2 examples are pairs of texts and the others single texts"):
+        split_pairs([pairs.texts[0], "alone"])
+    # a folder whose test file lacks the pair column is refused when it is read
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": "p", "text_pair": "h", "label": "a"}, {"text": "q", "text_pair": "i",
+                                                                                        "label": "b"}])
+    write_jsonl(folder / "test.jsonl", [{"text": "p h", "label": "a"}])
+    from hf_lowdata.data import load_data
+
+    with pytest.raises(DataError, match="test.jsonl holds single texts but the training data .* holds pairs"):
+        load_data(folder)
+
+
+def test_encode_texts_gives_the_tokenizer_its_two_segments(minilm_dir):
+    from hf_lowdata.data import encode_texts, join_pair
+    from hf_lowdata.models import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm_dir)
+    encoded = encode_texts(tokenizer, [join_pair("a man plays", "music"), join_pair("it rains", "the street is wet")])
+    expected = tokenizer(["a man plays", "it rains"], ["music", "the street is wet"])
+    assert encoded["input_ids"] == expected["input_ids"] and encoded["token_type_ids"] == expected["token_type_ids"]
+    assert set(encoded["token_type_ids"][0]) == {0, 1}  # BERT's segment B is marked
+    assert encode_texts(tokenizer, ["it rains"])["input_ids"] == tokenizer(["it rains"])["input_ids"]
+
+
+def test_a_datasets_dataset_with_pairs(tmp_path):
+    import datasets
+
+    from hf_lowdata.data import PAIR_SEPARATOR, from_hf_dataset
+
+    ds = datasets.Dataset.from_dict({"question": ["where is it?", "who came?"], "sentence": ["in paris", "nobody"],
+                                     "label": [0, 1]})
+    splits = from_hf_dataset(ds, text_column="question", text_pair_column="sentence")
+    assert splits.train.texts == (f"where is it?{PAIR_SEPARATOR}in paris", f"who came?{PAIR_SEPARATOR}nobody")
+    with pytest.raises(DataError, match="no column 'text'.*text_column='question', text_pair_column='sentence'"):
+        from_hf_dataset(ds)
+
+
+def test_as_example_text_reads_pairs_as_tuples():
+    from hf_lowdata.data import PAIR_SEPARATOR, as_example_text
+
+    assert as_example_text("plain") == "plain"
+    assert as_example_text(("a", "b")) == f"a{PAIR_SEPARATOR}b" == as_example_text(["a ", " b"])
+    with pytest.raises(TypeError, match="a text or a \\(text, text_pair\\) pair"):
+        as_example_text(("a", "b", "c"))
+    with pytest.raises(TypeError, match="a text or a \\(text, text_pair\\) pair"):
+        as_example_text(3)

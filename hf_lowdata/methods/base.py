@@ -10,6 +10,7 @@ share :class:`TransformerMethod`: build a model, pick a training objective, trai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..budgets import BUDGETS, Budget, get_budget
-from ..data import DataError, FewShotTask, tokenize
+from ..data import DataError, FewShotTask, as_example_text, tokenize
 from ..inference import mean_pooled_embeddings, predict_logits
 from ..models import load_encoder, load_tokenizer, resolve_model_path
 
@@ -304,7 +305,26 @@ class RunContext:
 
 
 class FittedClassifier(ABC):
-    """A trained classifier: predicts, counts its trainable parameters, saves itself."""
+    """A trained classifier: predicts, counts its trainable parameters, saves itself.
+
+    ``predict`` and ``predict_proba`` take texts, or for a model trained on pairs ``(text, text_pair)`` tuples (or
+    texts joined by :data:`~hf_lowdata.data.PAIR_SEPARATOR`); every subclass's ``predict_proba`` receives them as
+    joined strings.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict_proba")
+        if own is not None and not getattr(own, "_reads_pairs", False):
+            @functools.wraps(own)
+            def predict_proba(self, texts: Sequence[Any], use_cache: bool = True) -> np.ndarray:
+                if isinstance(texts, str):
+                    raise TypeError("texts is one string; pass a list of texts ([text]), or each character is read "
+                                    "as a text.")
+                return own(self, [as_example_text(t) for t in texts], use_cache=use_cache)
+
+            predict_proba._reads_pairs = True  # type: ignore[attr-defined]
+            cls.predict_proba = predict_proba  # type: ignore[method-assign]
 
     label_names: tuple[str, ...]
     trainable_parameters: int

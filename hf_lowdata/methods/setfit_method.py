@@ -111,6 +111,11 @@ class SetFit(Method):
 
         budget = ctx.budget_for(self.name)
         require_two_classes(task.labelled)  # SetFit's pair sampler fails with an IndexError on one class
+        if task.labelled.pairs:
+            raise MethodConfigError(
+                "setfit embeds one sentence per example, and these examples are pairs of texts (premise / hypothesis, "
+                "question / passage): its sentence encoder would read them as one run-on sentence. Compare the other "
+                "methods on pairs (probe, lora, full, ...): they encode the two texts as the model's two segments.")
         # the logistic head weights classes as the probe's does (an uneven labelled set only: a balanced one keeps
         # the published recipe exactly); the contrastive phase is SetFit's own
         uneven = self.class_weights(task, ctx) is not None

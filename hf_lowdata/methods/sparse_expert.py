@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import paths
 from ..budgets import Budget, get_budget
-from ..data import DataError, FewShotTask, TextDataset, load_data, normalize_text
+from ..data import DataError, FewShotTask, TextDataset, encode_texts, load_data, normalize_text
 from ..inference import mean_pooled_embeddings
 from ..leftovers import remove_dead_leftovers, untouched_for
 from ..models import (
@@ -490,8 +490,8 @@ def _progress_keeping(trainer_class: type) -> type:
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    batch = tokenizer(list(texts), truncation=True, max_length=token_budget(tokenizer, max_length), padding=True,
-                      return_tensors="pt")
+    batch = encode_texts(tokenizer, texts, truncation=True, max_length=token_budget(tokenizer, max_length),
+                         padding=True, return_tensors="pt")
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DataError, TextDataset, normalize_text
+from ..data import DataError, TextDataset, encode_texts, normalize_text
 from ..models import token_budget
 
 
@@ -92,8 +92,8 @@ class TextSource:
 
     def encode(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         texts = [self.data.texts[i] for i in indices]
-        batch = self.tokenizer(texts, truncation=True, max_length=token_budget(self.tokenizer, self.max_length),
-                               padding=True, return_tensors="pt")
+        batch = encode_texts(self.tokenizer, texts, truncation=True,
+                             max_length=token_budget(self.tokenizer, self.max_length), padding=True, return_tensors="pt")
         return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 

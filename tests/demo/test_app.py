@@ -730,3 +730,25 @@ def test_texts_longer_than_the_methods_read_are_noted_in_the_status(session, tmp
     assert "--config" not in status
     short = list(app.run_comparison(session, labelled, None, None, None, None, None, ["probe"], "quick", "", 0))
     assert short[-1][0] == "Finished: probe done."  # 128 tokens read them whole
+
+
+def test_a_pair_upload_trains_on_both_texts_and_the_try_box_takes_pairs(session, tmp_path):
+    topics = {"food": ["it was about cooking pasta", "the topic was a delicious meal", "it described baking bread"],
+              "sport": ["it was about a football match", "the topic was a tennis final", "it described a marathon"]}
+    rows = [{"text": f"{opener} {i}", "text_pair": topics[label][i % 3], "label": label}
+            for i, opener in enumerate(["my neighbour told me a story", "there was an article", "we talked for an hour",
+                                        "the radio programme went on", "she wrote a letter", "a friend sent a message"])
+            for label in topics]
+    labelled = str(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    prepared = app.prepare_data(labelled)
+    assert prepared.task.labelled.pairs and prepared.evaluation.pairs
+    assert "Each example is a pair of texts: 'text' and 'text_pair'" in prepared.notes[0]
+    evaluation = str(write_jsonl(tmp_path / "single.jsonl", [{"text": r["text"], "label": r["label"]} for r in rows]))
+    with pytest.raises(app.DemoError, match="single.jsonl holds single texts but the training data"):
+        app.prepare_data(labelled, None, None, None, evaluation)
+    outputs = list(app.run_comparison(session, labelled, None, None, None, None, None, ["probe"], "quick", TINY, 0))
+    assert outputs[-1][0] == "Finished: probe done."
+    proba = app.predict_text(session, "probe", "we met at noon || it was about a tennis final")
+    assert set(proba) == {"food", "sport"} and abs(sum(proba.values()) - 1) < 1e-5
+    assert proba != app.predict_text(session, "probe", "we met at noon || it described baking bread")
+    assert "type both, separated by ||" in app.try_sentence(session, "probe", "we met at noon")[1]
