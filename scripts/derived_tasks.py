@@ -1,4 +1,4 @@
-"""Build two tasks unlike the shared sentiment datasets, from them, to see how the defaults carry over.
+"""Build tasks unlike the shared sentiment datasets, from them, to see how the defaults carry over.
 
 The defaults (budgets, learning rates, TwinTurbo's weights) were chosen on sentiment tasks of short
 sentences. The product is also used on other tasks, so the benchmark runs on two derived ones:
@@ -9,6 +9,11 @@ sentences. The product is also used on other tasks, so the benchmark runs on two
   split (``dev.jsonl``), for choosing settings without the test split.
 - ``longdocs``: mr's sentiment, but each example is 6 sentences of the same label joined (about 130
   tokens, past the budgets' 128-token cut), from mr's training pool and test split separately.
+- ``claims`` (when the folder has sst2): a pair task. Each sst2 sentence (``text``) comes with a claim about
+  it (``text_pair``: "the reviewer liked the film", "the film is criticised", ... ; polarity and wording
+  drawn at random), labelled ``entailment`` when the claim matches the sentence's sentiment and
+  ``contradiction`` when not. Neither text alone says the label: a method must read both. From sst2's
+  train, dev and test splits, each sentence once.
 
 Usage: ``python scripts/derived_tasks.py --data-dir ../shared/data --out /tmp/derived [--dev 300]``, then
 ``hf-lowdata bench --data-dir /tmp/derived --datasets corpus3,longdocs ...``. The files are built from the
@@ -28,6 +33,12 @@ CORPORA = ("cr", "mpqa", "mr")
 CORPUS_LABELS = ["product review", "opinion phrase", "movie snippet"]
 TEST_PER_CORPUS = 600
 SENTENCES_PER_DOCUMENT = 6
+#: Claims about a review sentence, by the sentiment they state (0 negative, 1 positive).
+CLAIMS = {0: ["the reviewer disliked the film", "this is an unfavourable opinion", "the critic does not recommend it",
+              "the film is criticised", "the writer thinks the movie is bad", "the speaker was disappointed"],
+          1: ["the reviewer liked the film", "this is a favourable opinion", "the critic recommends it",
+              "the film is praised", "the writer thinks the movie is good", "the speaker was pleased"]}
+CLAIM_LABELS = ["contradiction", "entailment"]
 
 
 def read_rows(folder: Path, split: str) -> list[dict]:
@@ -81,6 +92,16 @@ def documents(rows: list[dict], rng: random.Random, size: int = SENTENCES_PER_DO
     return out
 
 
+def claims(rows: list[dict], rng: random.Random) -> list[dict]:
+    """Each sentence with one claim of random polarity and wording; the label says whether the claim holds."""
+    out = []
+    for row in rows:
+        stated = rng.randrange(2)
+        out.append({"text": row["text"], "text_pair": rng.choice(CLAIMS[stated]),
+                    "label": int(stated == int(row["label"]))})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="the shared data folder (cr, mpqa, mr)")
@@ -98,7 +119,17 @@ def main(argv: list[str] | None = None) -> None:
                hold_out_dev(corpus, args.dev) if args.dev else corpus)
     write_task(args.out / "longdocs", "longdocs", f"sentiment of {SENTENCES_PER_DOCUMENT}-sentence documents",
                json.loads((mr / "meta.json").read_text())["label_names"], longdocs)
-    for name in ("corpus3", "longdocs"):
+    built = ["corpus3", "longdocs"]
+    sst2 = args.data_dir / "sst2"
+    if (sst2 / "train.jsonl").is_file():  # its own stream: the draws above stay the ones BENCHMARKS.md reports
+        claim_rng = random.Random(2)
+        write_task(args.out / "claims", "claims", "does the claim (text_pair) hold for the review sentence (text)",
+                   CLAIM_LABELS, {split: claims(read_rows(sst2, split), claim_rng) for split in ("train", "dev", "test")
+                                  if (sst2 / f"{split}.jsonl").is_file()})
+        built.append("claims")
+    else:
+        print(f"claims: not built ({sst2} has no train.jsonl)")
+    for name in built:
         print(name, json.loads((args.out / name / "meta.json").read_text())["sizes"])
 
 

@@ -53,3 +53,26 @@ def test_longdocs_joins_six_sentences_of_one_label_from_one_split(shared_like, t
 def test_a_folder_without_the_corpora_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="lacks cr, mpqa, mr"):
         load_script("derived_tasks").main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_claims_pairs_each_sentence_with_a_claim_that_holds_or_not(shared_like, tmp_path):
+    script = load_script("derived_tasks")
+    script.main(["--data-dir", str(shared_like), "--out", str(tmp_path / "without")])
+    assert not (tmp_path / "without" / "claims").exists()  # no sst2 folder: the pair task is not built
+    (shared_like / "sst2").mkdir()
+    rows = {split: toy_sentences(n, seed) for split, n, seed in (("train", 60, 20), ("dev", 20, 21), ("test", 30, 22))}
+    for split, split_rows in rows.items():
+        write_jsonl(shared_like / "sst2" / f"{split}.jsonl", split_rows)
+    script.main(["--data-dir", str(shared_like), "--out", str(tmp_path / "out")])
+    splits = load_data(tmp_path / "out" / "claims")
+    assert splits.label_names == ("contradiction", "entailment") and splits.train.pairs
+    stated = {claim: polarity for polarity, claims in script.CLAIMS.items() for claim in claims}
+    for split, data in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)):
+        sentiment = {r["text"]: r["label"] for r in rows[split]}
+        pairs = [text.split("\x1f") for text in data.texts]
+        assert [first for first, _ in pairs] == [r["text"] for r in rows[split]]  # each sentence once, in order
+        assert all(label == int(stated[claim] == sentiment[first]) for (first, claim), label in zip(pairs, data.labels))
+    assert 0 < sum(splits.train.labels) < len(splits.train)  # both labels occur
+    # the earlier tasks' draws do not move when claims is built beside them
+    assert (tmp_path / "out" / "corpus3" / "test.jsonl").read_text() == (
+        tmp_path / "without" / "corpus3" / "test.jsonl").read_text()
