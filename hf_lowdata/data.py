@@ -594,6 +594,11 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> Any:
     return tokenizer(firsts, **kwargs) if seconds is None else tokenizer(firsts, seconds, **kwargs)
 
 
+def shown_text(text: str, limit: int = 60) -> str:
+    """An example as a message shows it: cut to ``limit`` characters, a pair's two texts joined by `` || ``."""
+    return text.replace(PAIR_SEPARATOR, " || ")[:limit]
+
+
 def check_same_kind(train: TextDataset, other: TextDataset) -> None:
     """Data a model trained on pairs predicts (or learns from) must be pairs too, and single texts single texts."""
     if len(train) and len(other) and train.pairs != other.pairs:
@@ -622,7 +627,7 @@ def duplicate_notes(data: TextDataset) -> list[str]:
     if conflicting:
         example = first[conflicting[0]]
         shown = ", ".join(names[i] for i in sorted(seen[conflicting[0]]))
-        notes.append(f"{data.source}: {len(conflicting)} text(s) carry different labels, e.g. {example[:60]!r}: "
+        notes.append(f"{data.source}: {len(conflicting)} text(s) carry different labels, e.g. {shown_text(example)!r}: "
                      f"{shown}. Check these labels: the same text cannot teach two classes.")
     duplicates = sum(n - 1 for n in Counter(zip(texts, labels)).values() if n > 1)
     if duplicates:
@@ -1065,7 +1070,7 @@ def test_in_train_note(train: TextDataset, test: TextDataset) -> str | None:
     dupes = [t for t in test.texts if normalize_text(t) in seen]
     if not dupes:
         return None
-    return (f"{len(dupes)} test example(s) also appear in the training set {train.source!r} (e.g. {dupes[0][:60]!r}); "
+    return (f"{len(dupes)} test example(s) also appear in the training set {train.source!r} (e.g. {shown_text(dupes[0])!r}); "
             "accuracy on them does not measure generalisation. Remove them from one of the two files.")
 
 
@@ -1088,7 +1093,7 @@ def check_dev_set(dev: TextDataset, labelled: TextDataset, evaluation: TextDatas
         if shared:
             raise DataError(
                 f"{len(shared)} dev example(s) of {dev.source!r} also appear in the {role} {other.source!r} (e.g. "
-                f"{shared[0][:60]!r}). Model selection needs examples the model neither trains nor is scored on: "
+                f"{shown_text(shared[0])!r}). Model selection needs examples the model neither trains nor is scored on: "
                 "remove them from the dev file."
             )
 

@@ -742,3 +742,11 @@ def test_as_example_text_reads_pairs_as_tuples():
         as_example_text(("a", "b", "c"))
     with pytest.raises(TypeError, match="a text or a \\(text, text_pair\\) pair"):
         as_example_text(3)
+
+
+def test_messages_show_a_pair_as_its_two_texts():
+    from hf_lowdata.data import duplicate_notes, join_pair
+
+    pair = join_pair("a man plays the guitar", "someone makes music")
+    notes = duplicate_notes(TextDataset((pair, pair), (0, 1), ("no", "yes"), "nli.csv"))
+    assert "e.g. 'a man plays the guitar || someone makes music': no, yes" in notes[0]
