@@ -165,6 +165,8 @@ def _data_section(summary: Mapping[str, Any] | None) -> str:
         unlabelled = f"0 ({summary['unlabelled_not_used']} given, not used by this method)"
     rows = [("labelled examples", summary.get("labelled_examples")), ("per class", per_class),
             ("unlabelled examples", unlabelled)]
+    if summary.get("text_pairs"):
+        rows.insert(0, ("examples", "pairs of texts (text, text_pair), read as the model's two segments"))
     if summary.get("evaluation_examples"):
         rows.append(("evaluation examples", f"{summary['evaluation_examples']} ({summary.get('evaluation_source')})"))
     if summary.get("dev_examples"):

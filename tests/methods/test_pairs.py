@@ -60,7 +60,8 @@ def test_a_method_trains_saves_and_predicts_pairs(method, tiny_bert_dir, tmp_pat
     result = train_method(method, task, tmp_path / method, model=str(tiny_bert_dir), config=tiny_config(method),
                           evaluation_data=evaluation)
     assert result.evaluation.examples == 8
-    assert "text_pairs: true" in (tmp_path / method / "README.md").read_text()
+    card = (tmp_path / method / "README.md").read_text()
+    assert "text_pairs: true" in card and "pairs of texts (text, text_pair)" in card
     loaded = load_classifier(tmp_path / method, model=tiny_bert_dir)
     as_tuples = [tuple(text.split(PAIR_SEPARATOR)) for text in evaluation.texts]
     np.testing.assert_allclose(loaded.predict_proba(as_tuples), result.classifier.predict_proba(evaluation.texts),
