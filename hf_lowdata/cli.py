@@ -407,7 +407,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import json
 
     from .data import PAIR_SEPARATOR, join_pair, load_file
-    from .workflow import WorkflowError, card_metadata, load_classifier
+    from .workflow import WorkflowError, load_classifier
 
     if args.text is not None:
         firsts = [t.strip() for t in args.text]
@@ -425,14 +425,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    classifier = load_classifier(args.folder, model=args.model, device=args.device)
-    card = card_metadata(args.folder)  # written by hf-lowdata train; a folder saved without a card is not checked
-    wants_pairs, has_pairs = bool(card.get("text_pairs")), PAIR_SEPARATOR in texts[0]
-    if card.get("method") and wants_pairs != has_pairs:
-        raise WorkflowError(
-            f"{args.folder} was trained on pairs of texts; give each --text its --text-pair (or a --file with a "
-            f"{args.text_pair_column!r} column)." if wants_pairs else
-            f"{args.folder} was trained on single texts; leave out the second texts.")
+    classifier = load_classifier(args.folder, model=args.model, device=args.device)  # it knows the kind it reads
     proba = classifier.predict_proba(texts)
     for text, row in zip(texts, proba):
         parts = text.split(PAIR_SEPARATOR, 1)  # a pair: text, text_pair

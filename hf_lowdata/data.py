@@ -493,8 +493,9 @@ def examples_from_rows(
                         "would be trained on as texts. Name two different columns (--text-column / --label-column, "
                         "or text_column= / label_column=).")
     columns = list(rows[0].keys()) if rows else []
-    if text_pair_column == TEXT_PAIR_COLUMN and not any(TEXT_PAIR_COLUMN in row for row in rows):
-        text_pair_column = None
+    if text_pair_column == TEXT_PAIR_COLUMN and (TEXT_PAIR_COLUMN in (text_column, label_column)
+                                                 or not any(TEXT_PAIR_COLUMN in row for row in rows)):
+        text_pair_column = None  # the default applies where the rows have the column, for nothing else
     if text_pair_column is not None and text_pair_column in (text_column, label_column):
         raise DataError(f"{source}: the second text column of pairs is {text_pair_column!r}, which is also the "
                         f"{'text' if text_pair_column == text_column else 'label'} column. Name three different "
@@ -589,9 +590,27 @@ def split_pairs(texts: Sequence[str], source: str = "") -> tuple[list[str], list
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> Any:
-    """``tokenizer(texts, **kwargs)``, with pairs given as the tokenizer's two segments (``text_pair``)."""
+    """``tokenizer(texts, **kwargs)``, with pairs given as the tokenizer's two segments (``text_pair``).
+
+    A tokenizer without a template for pairs (GPT-2's adds no token between them: ``plays guitarsomeone``) gets
+    each pair as one text, the two joined by its separator or end-of-text token (else a line break); truncation
+    then cuts the end of the second text instead of the longer one."""
     firsts, seconds = split_pairs(texts)
-    return tokenizer(firsts, **kwargs) if seconds is None else tokenizer(firsts, seconds, **kwargs)
+    if seconds is None:
+        return tokenizer(firsts, **kwargs)
+    if tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False):
+        return tokenizer(firsts, seconds, **kwargs)
+    joiner = getattr(tokenizer, "sep_token", None) or getattr(tokenizer, "eos_token", None)
+    joiner = f" {joiner} " if joiner else "\n"
+    return tokenizer([first + joiner + second for first, second in zip(firsts, seconds)], **kwargs)
+
+
+def texts_and_parts(texts: Iterable[str]) -> list[str]:
+    """Each text and, for a pair, each of its two texts too: what a held-out check compares, since a corpus holds
+    a pair's premise as a text of its own (every sst2 sentence is a text of sst5, and a premise of a pair task
+    built from it)."""
+    return [piece for text in texts
+            for piece in ([text, *text.split(PAIR_SEPARATOR)] if PAIR_SEPARATOR in text else [text])]
 
 
 def shown_text(text: str, limit: int = 60) -> str:
@@ -824,8 +843,8 @@ def from_hf_dataset(
     import datasets
 
     def convert(ds: Any, split: str, names: Sequence[str] | None, reading: str) -> TextDataset:
-        pair = None if text_pair_column == TEXT_PAIR_COLUMN and TEXT_PAIR_COLUMN not in ds.column_names \
-            else text_pair_column
+        default_unused = TEXT_PAIR_COLUMN not in ds.column_names or TEXT_PAIR_COLUMN in (text_column, label_column)
+        pair = None if text_pair_column == TEXT_PAIR_COLUMN and default_unused else text_pair_column
         for column in (text_column, label_column, pair):
             if column is not None and column not in ds.column_names:
                 raise DataError(
@@ -1044,8 +1063,11 @@ def normalize_text(text: str) -> str:
     text with no letter or digit left (``:-)``) keeps its case-folded, space-normalised form, so such
     texts do not all collide. (A copy with accents stripped, ``cafe`` for ``café``, is not caught;
     texts that differ only in accented letters, French ``près``/``prés``, share a key: in a benchmark
-    draw that only keeps an extra text out.)
+    draw that only keeps an extra text out.) A pair's texts are keyed each on its own, joined by
+    :data:`PAIR_SEPARATOR`.
     """
+    if PAIR_SEPARATOR in text:  # a pair: each text on its own, so the boundary between them counts
+        return PAIR_SEPARATOR.join(normalize_text(part) for part in text.split(PAIR_SEPARATOR, 1))
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())  # so ℍ folds too
     key = "".join(c for c in folded if c.isalnum() and (c.isascii() or not _is_accented_latin(c)))
     return key or " ".join(folded.split())

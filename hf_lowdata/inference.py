@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import encode_texts
+from .data import encode_texts, shown_text
 from .models import token_budget
 
 
@@ -32,7 +32,7 @@ def length_sorted_batches(
     lengths = [len(ids) for ids in encoded["input_ids"]]
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
-        raise ValueError(f"{len(empty)} text(s) give no token at all (positions {empty[:5]}, e.g. {texts[empty[0]]!r}): "
+        raise ValueError(f"{len(empty)} text(s) give no token at all (positions {empty[:5]}, e.g. {shown_text(texts[empty[0]])!r}): "
                          "remove empty texts, or use a tokenizer that adds special tokens.")
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     keys = [k for k in encoded if k in ("input_ids", "attention_mask", "token_type_ids")]

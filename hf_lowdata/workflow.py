@@ -860,6 +860,8 @@ def load_classifier(
     loader = {"peft": _load_peft, "full": _load_full, "probe": _load_probe, "setfit": _load_setfit,
               "prototype": _load_prototype}[kind]
     classifier = loader(path, model, meta)
+    if meta.get("method"):  # a card written by train: it says whether the examples were pairs
+        classifier.text_pairs = bool(meta.get("text_pairs"))
     return classifier if device is None else classifier.to(device)
 
 

@@ -149,8 +149,8 @@ def detect_columns(rows: Sequence[dict[str, Any]]) -> tuple[str | None, str | No
     if text is None and columns:
         text = max(columns, key=lambda c: sum(len(str(r.get(c) or "")) for r in rows))
     label = next((lower[n] for n in LABEL_NAMES if n in lower and lower[n] != text), None)
-    if label is None:
-        others = [c for c in columns if c != text]
+    if label is None:  # (a pair's second text is never the label)
+        others = [c for c in columns if c not in (text, TEXT_PAIR_COLUMN)]
         distinct = {c: len({str(r.get(c)) for r in rows}) for c in others}
         usable = [c for c in others if 2 <= distinct[c] <= max(2, len(rows) // 2)]
         label = min(usable, key=lambda c: distinct[c]) if usable else None
@@ -646,8 +646,8 @@ def predict_text(session: Session, method: str | None, text: str) -> dict[str, f
         raise DemoError("Type a sentence to classify.")
     classifier = results[method].classifier
     example: str | tuple[str, ...] = text.strip()
-    if results[method].data_summary.get("text_pairs"):  # a pair model reads two texts, typed with || between them
-        example = tuple(part.strip() for part in text.split(PAIR_TYPING_SEPARATOR))
+    if classifier.text_pairs:  # a pair model reads two texts, typed with || between them (the first || splits)
+        example = tuple(part.strip() for part in text.split(PAIR_TYPING_SEPARATOR, 1))
         if len(example) != 2 or not all(example):
             raise DemoError(f"{method} was trained on pairs of texts: type both, separated by "
                             f"{PAIR_TYPING_SEPARATOR} (a man plays the guitar {PAIR_TYPING_SEPARATOR} someone makes "
@@ -960,7 +960,7 @@ def build_app(store: SessionStore) -> gr.Blocks:
                     label_column = gr.Dropdown(label="Label column", choices=[], elem_id="label-column")
                 summary = gr.Markdown("Upload a labelled file, or load the example.", elem_id="upload-summary")
                 with gr.Accordion("Optional: unlabelled and evaluation files", open=False):
-                    unlabelled = gr.File(label="Unlabelled texts (same text column)", file_types=FILE_TYPES)
+                    unlabelled = gr.File(label="Unlabelled texts (same text columns)", file_types=FILE_TYPES)
                     evaluation = gr.File(label=f"Evaluation file (without one, {HELD_OUT_FRACTION:.0%} of each label is "
                                                "held out)", file_types=FILE_TYPES)
             with gr.Column(scale=2):

@@ -750,3 +750,40 @@ def test_messages_show_a_pair_as_its_two_texts():
     pair = join_pair("a man plays the guitar", "someone makes music")
     notes = duplicate_notes(TextDataset((pair, pair), (0, 1), ("no", "yes"), "nli.csv"))
     assert "e.g. 'a man plays the guitar || someone makes music': no, yes" in notes[0]
+
+
+def test_a_tokenizer_without_a_pair_template_gets_the_texts_joined_by_its_end_token():
+    """GPT-2's tokenizer adds nothing between a pair's texts ("plays guitarsomeone"): the pair is joined by its
+    end-of-text token instead."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_lowdata.data import encode_texts, join_pair
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    bpe.train_from_iterator(["a man plays guitar someone makes music"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    assert tokenizer.num_special_tokens_to_add(pair=True) == 0  # no template: tokenizer(a, b) glues them
+    encoded = encode_texts(tokenizer, [join_pair("a man plays guitar", "someone makes music")])
+    assert tokenizer.decode(encoded["input_ids"][0]) == "a man plays guitar <|endoftext|> someone makes music"
+
+
+def test_a_text_column_named_text_pair_is_a_text_column(tmp_path):
+    from hf_lowdata.data import load_data
+
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"text_pair": "good", "label": "pos"}, {"text_pair": "bad", "label": "neg"}])
+    splits = load_data(path, text_column="text_pair")
+    assert splits.train.texts == ("good", "bad") and not splits.train.pairs
+
+
+def test_a_pair_is_keyed_text_by_text():
+    from hf_lowdata.data import join_pair, normalize_text
+
+    keys = {normalize_text(join_pair("the cat", "sat on the mat")), normalize_text(join_pair("the cat sat", "on the mat")),
+            normalize_text("the cat sat on the mat")}
+    assert len(keys) == 3  # the boundary between the two texts counts
+    assert normalize_text(join_pair("It's  great!", "Yes.")) == normalize_text(join_pair("its great", "yes"))

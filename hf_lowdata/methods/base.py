@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..budgets import BUDGETS, Budget, get_budget
-from ..data import DataError, FewShotTask, as_example_text, tokenize
+from ..data import DataError, FewShotTask, as_example_text, split_pairs, tokenize
 from ..inference import mean_pooled_embeddings, predict_logits
 from ..models import load_encoder, load_tokenizer, resolve_model_path
 
@@ -309,22 +309,36 @@ class FittedClassifier(ABC):
 
     ``predict`` and ``predict_proba`` take texts, or for a model trained on pairs ``(text, text_pair)`` tuples (or
     texts joined by :data:`~hf_lowdata.data.PAIR_SEPARATOR`); every subclass's ``predict_proba`` receives them as
-    joined strings.
+    joined strings, all of one kind: the kind it was trained on (``text_pairs``, set by :meth:`Method.fit` and by
+    :func:`~hf_lowdata.workflow.load_classifier` from the card; ``None``: not known, not checked).
     """
+
+    text_pairs: bool | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("predict_proba")
         if own is not None and not getattr(own, "_reads_pairs", False):
             @functools.wraps(own)
-            def predict_proba(self, texts: Sequence[Any], use_cache: bool = True) -> np.ndarray:
-                if isinstance(texts, str):
-                    raise TypeError("texts is one string; pass a list of texts ([text]), or each character is read "
-                                    "as a text.")
-                return own(self, [as_example_text(t) for t in texts], use_cache=use_cache)
+            def predict_proba(self, texts: Sequence[Any], *args: Any, **options: Any) -> np.ndarray:
+                return own(self, self.examples(texts), *args, **options)
 
             predict_proba._reads_pairs = True  # type: ignore[attr-defined]
             cls.predict_proba = predict_proba  # type: ignore[method-assign]
+
+    def examples(self, texts: Sequence[Any]) -> list[str]:
+        """``texts`` as the joined strings a ``predict_proba`` reads, checked: all pairs or all single texts, and
+        the kind this classifier was trained on (a pair model given single texts would answer, wrongly)."""
+        if isinstance(texts, str):
+            raise TypeError("texts is one string; pass a list of texts ([text]), or each character is read as a text.")
+        joined = [as_example_text(t) for t in texts]
+        pairs = split_pairs(joined)[1] is not None  # a mix is an error here, before any feature cache is read
+        if joined and self.text_pairs is not None and pairs != self.text_pairs:
+            raise DataError(
+                "This classifier was trained on pairs of texts: give both texts of each example, as (text, text_pair) "
+                "tuples (hf-lowdata predict: --text-pair, or a file with a text_pair column)." if self.text_pairs else
+                "This classifier was trained on single texts, and these examples are pairs: give one text each.")
+        return joined
 
     label_names: tuple[str, ...]
     trainable_parameters: int
@@ -398,6 +412,19 @@ class Method(ABC):
     checkpoints: ClassVar[bool] = False
     #: ``class_weight`` when the run gives none (methods that read the option): chosen per method on dev splits.
     default_class_weight: ClassVar[str] = "none"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("fit")
+        if own is not None and not getattr(own, "_records_kind", False):
+            @functools.wraps(own)
+            def fit(self, task: FewShotTask, ctx: RunContext) -> FittedClassifier:
+                classifier = own(self, task, ctx)
+                classifier.text_pairs = task.labelled.pairs  # what it predicts on is checked against this
+                return classifier
+
+            fit._records_kind = True  # type: ignore[attr-defined]
+            cls.fit = fit  # type: ignore[method-assign]
 
     @classmethod
     def budget_key(cls) -> str:

@@ -41,7 +41,15 @@ from safetensors.torch import load_file, save_file
 
 from .. import paths
 from ..budgets import Budget, get_budget
-from ..data import DataError, FewShotTask, TextDataset, encode_texts, load_data, normalize_text
+from ..data import (
+    DataError,
+    FewShotTask,
+    TextDataset,
+    encode_texts,
+    load_data,
+    normalize_text,
+    texts_and_parts,
+)
 from ..inference import mean_pooled_embeddings
 from ..leftovers import remove_dead_leftovers, untouched_for
 from ..models import (
@@ -93,9 +101,9 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_texts(folder: Path) -> list[str]:
-    """Every text of every split (train, dev, test) of the dataset in ``folder``."""
+    """Every text of every split (train, dev, test) of the dataset in ``folder`` (a pair's two texts too)."""
     splits = load_data(folder, empty_text="drop")
-    return [t for part in (splits.train, splits.dev, splits.test) if part is not None for t in part.texts]
+    return texts_and_parts(t for part in (splits.train, splits.dev, splits.test) if part is not None for t in part.texts)
 
 
 def evaluated_texts(task: FewShotTask, ctx: RunContext) -> list[str]:
@@ -104,7 +112,8 @@ def evaluated_texts(task: FewShotTask, ctx: RunContext) -> list[str]:
 
     Datasets overlap: SST-2 is SST-5 without its neutral class, and 4,370 of its training sentences are
     in MR's. Holding out only the test split let meta-training see the very support examples a
-    meta-test task is then given, with their labels.
+    meta-test task is then given, with their labels. A pair task holds out each of its two texts as well
+    (:func:`~hf_lowdata.data.texts_and_parts`): a pair task built on sst2's sentences is as leaky.
     """
     bench_dir = ctx.options.get(BENCH_DATA_DIR_OPTION)
     if bench_dir and (Path(bench_dir) / task.name).is_dir():
@@ -113,7 +122,7 @@ def evaluated_texts(task: FewShotTask, ctx: RunContext) -> list[str]:
         except DataError as err:
             raise DataError(f"SparseExpert never meta-trains on a text of the evaluated dataset, and {task.name} "
                             f"cannot be read: {err}") from err
-    return [t for part in (task.labelled, task.dev, task.test) if part is not None for t in part.texts]
+    return texts_and_parts(t for part in (task.labelled, task.dev, task.test) if part is not None for t in part.texts)
 
 
 def full_finetune_budget(ctx: RunContext) -> Budget:

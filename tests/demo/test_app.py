@@ -749,6 +749,7 @@ def test_a_pair_upload_trains_on_both_texts_and_the_try_box_takes_pairs(session,
     outputs = list(app.run_comparison(session, labelled, None, None, None, None, None, ["probe"], "quick", TINY, 0))
     assert outputs[-1][0] == "Finished: probe done."
     proba = app.predict_text(session, "probe", "we met at noon || it was about a tennis final")
-    assert set(proba) == {"food", "sport"} and abs(sum(proba.values()) - 1) < 1e-5
-    assert proba != app.predict_text(session, "probe", "we met at noon || it described baking bread")
+    expected = session.finished()["probe"].classifier.predict_proba([("we met at noon", "it was about a tennis final")])
+    assert list(proba) == ["food", "sport"] and np.allclose(list(proba.values()), expected[0])
+    assert app.predict_text(session, "probe", "we met || a || b")  # the first || splits: the second text may hold one
     assert "type both, separated by ||" in app.try_sentence(session, "probe", "we met at noon")[1]

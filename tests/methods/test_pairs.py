@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from hf_lowdata.cli import main
-from hf_lowdata.data import PAIR_SEPARATOR, FewShotTask, TextDataset, join_pair
-from hf_lowdata.methods import METHODS, RunContext, get_method
+from hf_lowdata.data import PAIR_SEPARATOR, DataError, FewShotTask, TextDataset, join_pair
+from hf_lowdata.methods import METHODS, FittedClassifier, RunContext, get_method
 from hf_lowdata.methods.base import MethodConfigError
 from hf_lowdata.workflow import load_classifier, train_method
-from tests.cli.outputs import runnable_methods, tiny_config
+from tests.cli.outputs import tiny_config
 from tests.helpers import write_jsonl
 
 LABELS = ("food", "sport")
@@ -48,13 +48,25 @@ PAIR_METHODS = ["probe", "full", "lora", "ftp", "mixup_blo_fast", "twin_turbo", 
                 "sparse_expert"]
 
 
-def test_the_pair_methods_cover_every_kind():
-    assert set(PAIR_METHODS) <= set(runnable_methods())
-    assert {METHODS[m].__mro__[1].__name__ for m in PAIR_METHODS} >= {"Method", "TransformerMethod"}
+@pytest.fixture
+def segments(monkeypatch):
+    """The token type ids BERT's embeddings receive, per call: the second segment of a pair is marked 1 only when
+    the tokenizer was given the two texts apart (a joined string is one segment of zeros)."""
+    from transformers.models.bert.modeling_bert import BertEmbeddings
+
+    seen: list[set[int]] = []
+    forward = BertEmbeddings.forward
+
+    def recording(self, input_ids=None, token_type_ids=None, *args, **kwargs):
+        seen.append(set(token_type_ids.unique().tolist()) if token_type_ids is not None else set())
+        return forward(self, input_ids, token_type_ids, *args, **kwargs)
+
+    monkeypatch.setattr(BertEmbeddings, "forward", recording)
+    return seen
 
 
 @pytest.mark.parametrize("method", PAIR_METHODS)
-def test_a_method_trains_saves_and_predicts_pairs(method, tiny_bert_dir, tmp_path):
+def test_a_method_trains_saves_and_predicts_pairs(method, tiny_bert_dir, tmp_path, segments):
     task = _task()
     evaluation = _pairs(8, 3, "pairs-eval")
     result = train_method(method, task, tmp_path / method, model=str(tiny_bert_dir), config=tiny_config(method),
@@ -62,13 +74,19 @@ def test_a_method_trains_saves_and_predicts_pairs(method, tiny_bert_dir, tmp_pat
     assert result.evaluation.examples == 8
     card = (tmp_path / method / "README.md").read_text()
     assert "text_pairs: true" in card and "pairs of texts (text, text_pair)" in card
+    # training and evaluation read two segments (meta-training reads its single-text source corpora too)
+    on_pairs = [ids == {0, 1} for ids in segments]
+    assert on_pairs and (any if getattr(METHODS[method], "meta_tune", False) else all)(on_pairs), segments
+    segments.clear()
     loaded = load_classifier(tmp_path / method, model=tiny_bert_dir)
     as_tuples = [tuple(text.split(PAIR_SEPARATOR)) for text in evaluation.texts]
     np.testing.assert_allclose(loaded.predict_proba(as_tuples), result.classifier.predict_proba(evaluation.texts),
                                atol=1e-5)
-    # the second segment reaches the model: another second text gives other probabilities
-    swapped = [(first, "an unrelated remark about the weather") for first, _ in as_tuples]
-    assert not np.allclose(loaded.predict_proba(swapped), loaded.predict_proba(as_tuples), atol=1e-6)
+    assert segments and all(ids == {0, 1} for ids in segments), segments
+    with pytest.raises(DataError, match="trained on pairs of texts: give both texts of each example"):
+        loaded.predict(["a man plays the guitar"])  # the loaded classifier knows it reads pairs
+    with pytest.raises(DataError, match="trained on pairs of texts"):
+        result.classifier.predict(["a man plays the guitar"])  # and so does the fitted one
 
 
 @pytest.mark.slow
@@ -99,6 +117,33 @@ def test_predict_takes_tuples_and_refuses_a_bare_string(tiny_bert_dir, tmp_path)
         fitted.predict([("a", "b", "c")])
     with pytest.raises(ValueError, match="1 of 2 examples are pairs"):
         fitted.predict([("a", "b"), "c"])
+    fitted.predict([("we met at noon", "it was about a tennis final")])  # cached now: a mix is still refused
+    with pytest.raises(ValueError, match="1 of 2 examples are pairs"):
+        fitted.predict([("we met at noon", "it was about a tennis final"), "c"])
+
+
+def test_a_subclass_keeps_its_own_predict_proba_signature():
+    class Constant(FittedClassifier):
+        label_names = ("a", "b")
+        trainable_parameters = 0
+
+        def predict_proba(self, texts):  # no use_cache: predict() still works, and receives joined pairs
+            self.seen = list(texts)
+            return np.tile([0.25, 0.75], (len(texts), 1))
+
+        def save(self, directory):
+            raise NotImplementedError
+
+    constant = Constant()
+    assert constant.predict([("a", "b")]).tolist() == [1] and constant.seen == [f"a{PAIR_SEPARATOR}b"]
+
+
+def test_sparse_expert_never_meta_trains_on_either_text_of_an_evaluated_pair(tmp_path):
+    from hf_lowdata.methods.sparse_expert import evaluated_texts
+
+    held = evaluated_texts(_task(), RunContext(seed=0, work_dir=tmp_path))
+    first, second = _task().labelled.texts[0].split(PAIR_SEPARATOR)
+    assert {first, second, _task().labelled.texts[0]} <= set(held)  # a premise is a single text in a source corpus
 
 
 def test_train_and_predict_pairs_from_the_command_line(tiny_bert_dir, tmp_path, capsys):
@@ -113,7 +158,7 @@ def test_train_and_predict_pairs_from_the_command_line(tiny_bert_dir, tmp_path, 
     record = json.loads(capsys.readouterr().out)
     assert (record["text"], record["text_pair"]) == ("we talked", "it was about baking") and record["label"] in LABELS
     for args, message in (
-            (["--text", "we talked"], "trained on pairs of texts; give each --text its --text-pair"),
+            (["--text", "we talked"], "trained on pairs of texts: give both texts of each example"),
             (["--text", "a", "--text-pair", "b", "--text-pair", "c"], "1 --text but 2 --text-pair"),
     ):
         assert main(["predict", str(out), "--model", str(tiny_bert_dir), *args]) == 2
