@@ -593,16 +593,21 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> Any:
     """``tokenizer(texts, **kwargs)``, with pairs given as the tokenizer's two segments (``text_pair``).
 
     A tokenizer without a template for pairs (GPT-2's adds no token between them: ``plays guitarsomeone``) gets
-    each pair as one text, the two joined by its separator or end-of-text token (else a line break); truncation
-    then cuts the end of the second text instead of the longer one."""
+    the second text led by its separator or end-of-text token (else a line break). It still takes the two as a
+    pair, so truncation cuts the longer text, as with a template; only a tokenizer that would then give the
+    second text segment ids its model may not have (``token_type_ids`` among its inputs) gets each pair as one
+    joined text, whose truncation cuts the end of the second text."""
     firsts, seconds = split_pairs(texts)
     if seconds is None:
         return tokenizer(firsts, **kwargs)
     if tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False):
         return tokenizer(firsts, seconds, **kwargs)
     joiner = getattr(tokenizer, "sep_token", None) or getattr(tokenizer, "eos_token", None)
-    joiner = f" {joiner} " if joiner else "\n"
-    return tokenizer([first + joiner + second for first, second in zip(firsts, seconds)], **kwargs)
+    led = [f"{joiner} {second}" if joiner else f"\n{second}" for second in seconds]
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
+        return tokenizer(firsts, led, **kwargs)
+    space = " " if joiner else ""
+    return tokenizer([first + space + second for first, second in zip(firsts, led)], **kwargs)
 
 
 def texts_and_parts(texts: Iterable[str]) -> list[str]:

@@ -753,8 +753,8 @@ def test_messages_show_a_pair_as_its_two_texts():
 
 
 def test_a_tokenizer_without_a_pair_template_gets_the_texts_joined_by_its_end_token():
-    """GPT-2's tokenizer adds nothing between a pair's texts ("plays guitarsomeone"): the pair is joined by its
-    end-of-text token instead."""
+    """GPT-2's tokenizer adds nothing between a pair's texts ("plays guitarsomeone"): the second text is led by
+    its end-of-text token instead."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -769,7 +769,21 @@ def test_a_tokenizer_without_a_pair_template_gets_the_texts_joined_by_its_end_to
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     assert tokenizer.num_special_tokens_to_add(pair=True) == 0  # no template: tokenizer(a, b) glues them
     encoded = encode_texts(tokenizer, [join_pair("a man plays guitar", "someone makes music")])
-    assert tokenizer.decode(encoded["input_ids"][0]) == "a man plays guitar <|endoftext|> someone makes music"
+    assert tokenizer.decode(encoded["input_ids"][0]) == "a man plays guitar<|endoftext|> someone makes music"
+
+    # still a pair to the tokenizer, so truncation cuts the longer text, not the end of the second
+    long_first = encode_texts(tokenizer, [join_pair("a man plays guitar " * 10, "someone makes music")],
+                              truncation=True, max_length=12)
+    assert tokenizer.decode(long_first["input_ids"][0]) == "a man plays guitar a man plays<|endoftext|> someone makes music"
+    long_second = encode_texts(tokenizer, [join_pair("a man plays guitar", "someone makes music " * 10)],
+                               truncation=True, max_length=12)
+    assert tokenizer.decode(long_second["input_ids"][0]).startswith("a man plays guitar<|endoftext|> someone makes")
+
+    # a model with segment embeddings but no pair template: one joined text, every segment id 0
+    tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    joined = encode_texts(tokenizer, [join_pair("a man plays guitar", "someone makes music")])
+    assert tokenizer.decode(joined["input_ids"][0]) == "a man plays guitar <|endoftext|> someone makes music"
+    assert set(joined["token_type_ids"][0]) == {0}
 
 
 def test_a_text_column_named_text_pair_is_a_text_column(tmp_path):
