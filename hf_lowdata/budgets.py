@@ -63,14 +63,21 @@ class Budget:
         return int(min(cap, max(self.min_steps, raw)))
 
     def scaled(self, factor: float) -> Budget:
-        """The same budget with ``factor`` times the steps (demo presets)."""
+        """The same budget with ``factor`` times the steps (demo presets), those of a method's own loop
+        (:data:`STEP_OPTIONS`: SparseExpert's meta-training) included."""
         return replace(
             self,
             epochs=self.epochs * factor,
             min_epochs=self.min_epochs * factor,
             min_steps=max(1, round(self.min_steps * factor)),
             max_steps=max(1, round(self.max_steps * factor)),
+            options={key: max(1, round(value * factor)) if key in STEP_OPTIONS else value
+                     for key, value in self.options.items()},
         )
+
+
+#: Method options that count optimizer steps of the method's own loop, which a preset scales with the rest.
+STEP_OPTIONS = frozenset({"meta_steps"})
 
 
 #: Full fine-tuning's learning rate: the usual BERT value. On SST-2's dev split at k=16 (3 seeds,

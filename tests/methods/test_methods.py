@@ -61,6 +61,8 @@ def test_step_cap_never_cuts_training_below_min_epochs():
     assert Budget(learning_rate=1e-4, epochs=2, max_steps=10, min_epochs=5).steps(1000) == 250  # epochs bound it
     assert Budget(learning_rate=1e-4, max_steps=10).steps(1000) == 10  # a Budget built by hand: a hard cap
     assert get_budget("full", "quick").steps(1000) == 313  # the preset halves the floor too
+    assert get_budget("sparse_expert", "quick").options["meta_steps"] == 50  # and a method's own loop
+    assert get_budget("sparse_expert").options["meta_steps"] == 100
     assert get_budget("probe").steps(1000) == 0  # no epochs, no steps
     capped, _ = resolve_budget("full", config={"max_steps": 100})
     assert capped.steps(1000) == 100
