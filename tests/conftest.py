@@ -20,6 +20,36 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # HF_LOWDATA_TEST_CUDA=1 keeps the GPU visible (for running the suite on CUDA deliberately).
 if os.environ.get("HF_LOWDATA_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Under pytest-xdist (the README's ``-n 2``) each worker is one of the processes sharing the cores: one
+# OpenMP thread each (and in the processes they start), since oversubscribed small models run far slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+#: Modules reading the outputs that ``tests/cli/outputs.py`` trains once per process (every method): under xdist
+#: one worker runs them all, so the outputs are trained once and the module fixture that loads them is set up once.
+TRAINED_OUTPUT_MODULES = frozenset({"tests/cli/test_loading.py", "tests/cli/test_train_predict.py",
+                                    "tests/test_hub.py", "tests/test_model_card.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's ``loadgroup`` with :data:`TRAINED_OUTPUT_MODULES` as one group: every other test is its own unit.
+    (The ``xdist_group`` mark cannot carry this: xdist 3.8 marks groups by rewriting node ids, which pytest 9
+    no longer reads.)"""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None  # another mode the user chose (each, loadfile, worksteal, ...)
+    from xdist.scheduler import LoadGroupScheduling
+
+    class TrainedOutputsTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "trained_outputs" if nodeid.split("::", 1)[0] in TRAINED_OUTPUT_MODULES else nodeid
+
+    return TrainedOutputsTogether(config, log)
+
 
 @pytest.fixture
 def one_torch_thread():
